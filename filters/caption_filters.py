@@ -1,0 +1,108 @@
+"""Per-row caption filters; each rejection has a named reason that ends up in the stage output."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+from filters.lang import LanguageGuess, guess_language
+
+_URL = re.compile(r"(https?://|www\.)\S+", re.IGNORECASE)
+_FILENAME = re.compile(
+    r"^[\w\-. ()\[\]]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg|pdf|mp4|mov|avi|psd|raw|cr2|nef|zip)$",
+    re.IGNORECASE,
+)
+_CAMERA = re.compile(
+    r"^(img|dsc|dscn|dscf|dcim|pxl|gopr|mvimg|screenshot|photo|image|pic|file|untitled)[\s_\-]*\d+"
+    r"([_\-]\d+)*(\s*\(\d+\))?$",
+    re.I,
+)
+#: A product/SKU code: digits mixed with letters or symbols, or a long bare number (not a year).
+_CODE_TOKEN = re.compile(r"^(?=.*\d)(?:(?=.*[A-Za-z\-/#.+])[\w\-./#+]{3,}|\d{5,})$")
+_WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def load_blocklist(path: str | None = None) -> list[str]:
+    """Terms from the bundled NSFW list (or `path`), comments and blanks skipped."""
+    if path:
+        text = Path(path).read_text(encoding="utf-8")
+    else:
+        text = (importlib_resources.files("filters") / "data" / "nsfw_blocklist.txt").read_text("utf-8")
+    return [t.strip().lower() for t in text.splitlines() if t.strip() and not t.strip().startswith("#")]
+
+
+@lru_cache(maxsize=8)
+def _compile_blocklist(terms: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not terms:
+        return None
+    parts = []
+    for term in terms:
+        if term.endswith("*"):
+            parts.append(re.escape(term[:-1]) + r"\w*")
+        else:
+            parts.append(re.escape(term))
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)", re.I)
+
+
+def blocklisted(text: str, terms: tuple[str, ...]) -> str | None:
+    """The first blocklisted term found on word boundaries, or None."""
+    pat = _compile_blocklist(terms)
+    if pat is None:
+        return None
+    m = pat.search(text)
+    return m.group(0) if m else None
+
+
+def junk_reason(text: str) -> str | None:
+    """Bare URLs, file names, camera file stems and SKU-like codes carry no describable content."""
+    stripped = text.strip()
+    without_urls = _URL.sub(" ", stripped).strip()
+    if not without_urls or len(_WORD.findall(without_urls)) == 0 and _URL.search(stripped):
+        return "junk_url"
+    if _FILENAME.match(stripped) or _CAMERA.match(stripped):
+        return "junk_filename"
+    tokens = without_urls.split()
+    letters = len(_LETTER.findall(without_urls))
+    if letters < 0.5 * len(without_urls.replace(" ", "")):
+        return "junk_symbols"
+    codes = sum(1 for t in tokens if _CODE_TOKEN.match(t))
+    words = len(_WORD.findall(without_urls))
+    if tokens and codes / len(tokens) >= 0.5 and words < 2:
+        return "junk_code"
+    return None
+
+
+def check_caption(
+    caption: str,
+    *,
+    min_words: int,
+    max_words: int,
+    min_chars: int,
+    max_chars: int,
+    languages: tuple[str, ...],
+    min_language_confidence: float,
+    blocklist: tuple[str, ...],
+    drop_junk: bool,
+) -> tuple[str | None, LanguageGuess | None]:
+    """(drop reason or None, language guess). Cheap checks first; language id runs last."""
+    if not caption or not _LETTER.search(caption):
+        return "empty", None
+    n_chars = len(caption)
+    n_words = len(caption.split())
+    if n_chars > max_chars or n_words > max_words:
+        return "too_long", None
+    if n_chars < min_chars or n_words < min_words:
+        return "too_short", None
+    if drop_junk:
+        junk = junk_reason(caption)
+        if junk:
+            return junk, None
+    if blocklisted(caption, blocklist):
+        return "blocklisted", None
+    guess = guess_language(caption)
+    if languages and guess.lang not in languages and guess.confidence >= min_language_confidence:
+        return ("not_english" if tuple(languages) == ("en",) else "language"), guess
+    return None, guess

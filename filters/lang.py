@@ -1,0 +1,94 @@
+"""Language identification for captions.
+
+py3langid (a maintained langid.py fork that ships its model) is accurate on sentences but unsure on
+short LAION product titles ("Stainless Steel Kitchen Sink Faucet" -> Luxembourgish, p=0.36). So the
+decision combines three signals, strongest first:
+1. script: mostly non-Latin letters is decisive (e.g. CJK, Cyrillic, Arabic);
+2. langid restricted to widely used languages, with normalized probabilities;
+3. English evidence: the share of tokens that are common English words overrides a weak non-English guess.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+#: Languages langid may answer (restricting the label set removes rare-language false positives).
+LANGID_LANGUAGES = (
+    "en de fr es it pt nl sv da no fi pl cs sk hu ro hr sl et lv lt tr id ms vi tl "
+    "ru uk bg el he ar fa hi bn ta th zh ja ko ca eu gl af sw"
+).split()
+
+_TOKEN = re.compile(r"[a-z']+")
+_ENGLISH = frozenset(
+    """
+    a about above across after against all along an and any are around as at away back be beautiful before behind
+    below best between big black blue book boy brown by can car card cat child city close cold color colorful
+    colour come cover cute dark day design dog door down dress during each every face family flower flowers
+    food for forest from front full garden gift girl glass gold good great green grey gray hair hand happy has have
+    her his home house how illustration image in inside into is it its kids kitchen lake large leather light
+    like little living logo long love man men modern mountain mountains my new night of off old on one or
+    orange our out outdoor over paper park people photo picture pink plate poster print purple red river road
+    room round set silver simple sky small snow some steel street style summer sun sunset table the their
+    these this through to top tree trees two under up vector view vintage wall water wedding white wild window
+    winter with without woman women wood wooden world yellow young your shirt shoes bag black white
+    art guide sticker miniature collection movie poster kit pack mini sale free cotton silk jacket coat
+    ring necklace earrings bracelet watch chair sofa bed lamp bathroom bedroom office school map game
+    games toy toys baby cake recipe chocolate coffee tea wine beer chicken salad bread pizza beach sea
+    ocean island bridge castle church tower building wall art painting drawing sketch portrait landscape
+    abstract pattern texture background wallpaper icon icons shoes boots jeans hat cap bike bicycle
+    truck bus train boat ship plane airplane horse bird birds fish bear lion tiger elephant
+        """.split()
+)
+
+
+@dataclass(frozen=True)
+class LanguageGuess:
+    lang: str
+    confidence: float
+
+
+@lru_cache(maxsize=1)
+def _identifier():  # noqa: ANN202 - third-party type
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ident.set_languages(LANGID_LANGUAGES)
+    return ident
+
+
+def _script_of(ch: str) -> str:
+    try:
+        name = unicodedata.name(ch)
+    except ValueError:
+        return "OTHER"
+    return name.split(" ", 1)[0]
+
+
+_SCRIPT_LANG = {"CJK": "zh", "HIRAGANA": "ja", "KATAKANA": "ja", "HANGUL": "ko", "CYRILLIC": "ru",
+                "ARABIC": "ar", "HEBREW": "he", "GREEK": "el", "THAI": "th", "DEVANAGARI": "hi"}
+
+
+def guess_language(text: str) -> LanguageGuess:
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return LanguageGuess("und", 0.0)
+    latin = sum(1 for ch in letters if _script_of(ch) == "LATIN")
+    if latin < 0.5 * len(letters):
+        scripts: dict[str, int] = {}
+        for ch in letters:
+            s = _script_of(ch)
+            scripts[s] = scripts.get(s, 0) + 1
+        top = max(scripts, key=scripts.__getitem__)
+        return LanguageGuess(_SCRIPT_LANG.get(top, top.lower()), 1.0 - latin / len(letters))
+    lang, prob = _identifier().classify(text)
+    lang, prob = str(lang), float(prob)
+    if lang != "en":
+        tokens = _TOKEN.findall(text.lower())
+        if tokens:
+            share = sum(1 for t in tokens if t in _ENGLISH) / len(tokens)
+            if share >= 0.34:
+                return LanguageGuess("en", max(share, 1.0 - prob))
+    return LanguageGuess(lang, prob)

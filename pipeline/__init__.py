@@ -1,0 +1,1 @@
+"""editgen runtime: config, storage, partitions, runner, Ray bootstrap and CLI."""

@@ -1,0 +1,163 @@
+"""`editgen` command line: run, status, config, pair, preview, validate.
+
+Exit codes: 0 success, 1 a stage failed or validation found problems, 2 bad config / input / output.
+User errors print one line (`editgen: <what and where>`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.errors import StageFailed, UserError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="named profile: tiny (offline CPU smoke), sd15, sdxl")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one setting, e.g. --set ingest.limit=100 (repeatable)")
+
+
+def _build_config(args: argparse.Namespace) -> Any:
+    from pipeline.config import build_config
+
+    extra: dict[str, Any] = {}
+    if getattr(args, "input", None):
+        extra.setdefault("ingest", {})["input"] = args.input
+    if getattr(args, "limit", None) is not None:
+        extra.setdefault("ingest", {})["limit"] = args.limit
+    if getattr(args, "ray_address", None):
+        extra.setdefault("ray", {})["address"] = args.ray_address
+    return build_config(profile=args.profile, files=args.config, overrides=args.overrides, extra=extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.logs import RunLog
+    from pipeline.progress import Progress, summary_table
+    from pipeline.runner import Runner
+
+    cfg = _build_config(args)
+    runlog = RunLog(cfg.run.log_level, console=not args.quiet)
+    progress = Progress(enabled=cfg.run.progress and not args.no_progress and not args.quiet)
+    runner = Runner(cfg, args.out, progress=progress, runlog=runlog)
+    try:
+        result = runner.run(only=args.only, from_stage=getattr(args, "from"), to_stage=args.to)
+    finally:
+        progress.stop()
+    progress.console.print(summary_table(result))
+    for s in result.stages:
+        if s.note:
+            progress.console.print(f"{s.name}: {s.note}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.status import collect, render_table
+    from pipeline.storage import Storage
+
+    storage = Storage(args.out)
+    if not storage.exists():
+        raise UserError(f"{args.out}: no such output directory")
+    status = collect(args.out)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        Console().print(render_table(status))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import config_to_yaml, profile_names
+
+    if args.list_profiles:
+        print("\n".join(profile_names()))
+        return 0
+    print(config_to_yaml(_build_config(args)), end="")
+    return 0
+
+
+def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None] | None, Callable[..., int] | None]:
+    """Subcommands owned by other packages; absent (with a clear message) if their stack isn't installed."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None, None
+    return getattr(mod, "add_arguments", None), getattr(mod, "main", None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editgen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (resumes where it stopped)")
+    _config_args(run)
+    run.add_argument("--input", action="append", help="input path/glob/dir/URL (repeatable)")
+    run.add_argument("--out", required=True, help="output directory or URL (s3://...)")
+    run.add_argument("--limit", type=int, help="seeded sample of N input rows")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--only", metavar="STAGE", help="run just this stage")
+    group.add_argument("--from", metavar="STAGE", help="recompute this stage and everything downstream")
+    run.add_argument("--to", metavar="STAGE", help="stop after this stage")
+    run.add_argument("--ray-address", help="join an existing Ray cluster (else RAY_ADDRESS, else local)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument("-q", "--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="per-stage progress and row accounting of an output directory")
+    st.add_argument("out")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    cf = sub.add_parser("config", help="print the effective config")
+    _config_args(cf)
+    cf.add_argument("--list-profiles", action="store_true")
+    cf.set_defaults(func=cmd_config)
+
+    for name, module, help_text in (
+        ("pair", "p2p.pair_cli", "render one Prompt-to-Prompt pair by hand"),
+        ("preview", "output.preview", "write OUT/preview.html"),
+        ("validate", "output.validate", "check shards against the manifest"),
+    ):
+        add, main = _delegate(module)
+        p = sub.add_parser(name, help=help_text)
+        if add and main:
+            add(p)
+            p.set_defaults(func=main)
+        else:
+            p.set_defaults(func=_missing(name, module))
+    return parser
+
+
+def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:
+    def run(_args: argparse.Namespace) -> int:
+        raise UserError(f"`editgen {name}` needs {module}, which is not installed in this environment "
+                        "(install editgen[render])")
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"editgen: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StageFailed as exc:
+        print(f"editgen: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("editgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

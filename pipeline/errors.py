@@ -1,0 +1,27 @@
+"""Errors that end a run with one clear line and exit code 2 (bad config or bad input)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    pass
+
+
+class InputError(UserError):
+    pass
+
+
+class OutputError(UserError):
+    """The output location cannot be written (permissions, full disk)."""
+
+
+class StageFailed(Exception):
+    """A stage could not finish (e.g. a partition kept failing); exit code 1."""
+
+    exit_code = 1

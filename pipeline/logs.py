@@ -1,0 +1,62 @@
+"""Logging: a log file per run under OUT/logs/, and concise console output."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+from pipeline.storage import Storage
+
+FMT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RunLog:
+    """Logs to a local file; for object-store outputs the file is uploaded to OUT/logs at the end."""
+
+    def __init__(self, level: str = "INFO", console: bool = True) -> None:
+        self.logger = logging.getLogger("editgen")
+        self.logger.setLevel(level.upper())
+        self.logger.propagate = False
+        for h in list(self.logger.handlers):
+            self.logger.removeHandler(h)
+        self.name = time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())
+        self._tmp = Path(tempfile.mkdtemp(prefix="editgen-log-")) / self.name
+        self.file_handler = logging.FileHandler(self._tmp, encoding="utf-8")
+        self.file_handler.setFormatter(logging.Formatter(FMT))
+        self.logger.addHandler(self.file_handler)
+        if console:
+            ch = RichHandler(show_path=False, show_time=False, rich_tracebacks=False, markup=False)
+            ch.setLevel(logging.INFO)
+            self.logger.addHandler(ch)
+
+    def attach(self, storage: Storage) -> None:
+        """Once OUT is known to be writable: local outputs log straight into OUT/logs/ (so a killed
+        run still leaves its log); object-store outputs get the file uploaded by `publish`."""
+        if not storage.local:
+            return
+        self.file_handler.flush()
+        target = Path(storage.path("logs", self.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self._tmp.read_bytes())
+        self.logger.removeHandler(self.file_handler)
+        self.file_handler.close()
+        self._tmp = target
+        self.file_handler = logging.FileHandler(target, encoding="utf-8")
+        self.file_handler.setFormatter(logging.Formatter(FMT))
+        self.logger.addHandler(self.file_handler)
+        self._attached = True
+
+    def publish(self, storage: Storage) -> str | None:
+        """Copy the log into OUT/logs/ (atomic write); returns its path, None if OUT is unwritable."""
+        self.file_handler.flush()
+        if getattr(self, "_attached", False):
+            return str(self._tmp)
+        try:
+            storage.write_bytes(self._tmp.read_bytes(), "logs", self.name)
+        except Exception:  # noqa: BLE001 - a log copy must never mask the run's own error
+            return None
+        return storage.path("logs", self.name)

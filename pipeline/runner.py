@@ -1,0 +1,368 @@
+"""The one runner: owns partitions, resume, invalidation and Ray for every stage.
+
+Stage outputs live at OUT/<stage>/part-NNNNN.parquet with a completion record each. Every stage has a
+hash chained from its upstream's (pipeline.config.section_hash), so a changed setting recomputes that
+stage and everything downstream, and nothing else. `--from` forces recomputation from a stage on;
+`--only` runs one stage against an up-to-date upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import EditgenConfig, config_to_yaml, section_hash
+from pipeline.errors import StageFailed, UserError
+from pipeline.logs import RunLog
+from pipeline.progress import Progress
+from pipeline.records import (
+    DONE_DIR,
+    GLOBAL_RECORD,
+    STAGE_FILE,
+    combined_key,
+    is_done,
+    read_record,
+    read_records,
+    read_stage_meta,
+    write_record,
+    write_stage_meta,
+)
+from pipeline.stage import PartitionSpec, PlanContext, Stage, part_name
+from pipeline.storage import Storage
+from stages import load_stage_class, stage_names, upstream_of
+
+log = logging.getLogger("editgen")
+
+
+@dataclass
+class StageResult:
+    name: str
+    stage_hash: str
+    partitions: int
+    computed: int
+    skipped: int
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int]
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class RunResult:
+    out: str
+    stages: list[StageResult]
+
+
+def stage_hashes(cfg: EditgenConfig) -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    for name in stage_names():
+        cls = load_stage_class_safe(name)
+        version = getattr(cls, "version", "1") if cls else "1"
+        up = upstream_of(name)
+        hashes[name] = section_hash(cfg, name, hashes.get(up, "") if up else "", version)
+    return hashes
+
+
+def load_stage_class_safe(name: str) -> type[Stage] | None:
+    try:
+        return load_stage_class(name)
+    except ImportError:
+        return None
+
+
+def stage_complete(storage: Storage, name: str, stage_hash: str) -> bool:
+    meta = read_stage_meta(storage, name)
+    return bool(meta and meta.get("complete") and meta.get("stage_hash") == stage_hash)
+
+
+def published_records(storage: Storage, name: str) -> list[dict[str, Any]]:
+    return read_records(storage, name)
+
+
+class Runner:
+    def __init__(
+        self,
+        cfg: EditgenConfig,
+        out: str,
+        storage_options: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+        runlog: RunLog | None = None,
+    ) -> None:
+        self.runlog = runlog
+        self.cfg = cfg
+        self.out = out
+        self.storage_options = storage_options or {}
+        self.storage = Storage(out, self.storage_options)
+        self.progress = progress or Progress(enabled=False)
+        self.hashes = stage_hashes(cfg)
+
+    # ------------------------------------------------------------------------------------
+    def run(self, only: str | None = None, from_stage: str | None = None, to_stage: str | None = None) -> RunResult:
+        """Every run logs to OUT/logs/run-<time>.log (uploaded at the end for object stores)."""
+        own_log = self.runlog is None
+        if own_log:
+            self.runlog = RunLog(self.cfg.run.log_level, console=False)
+        try:
+            return self._run(only, from_stage, to_stage)
+        finally:
+            if self._ready:
+                self.runlog.publish(self.storage)
+
+    _ready = False
+
+    def _run(self, only: str | None, from_stage: str | None, to_stage: str | None) -> RunResult:
+        names = stage_names()
+        for flag, value in (("--only", only), ("--from", from_stage), ("--to", to_stage)):
+            if value is not None and value not in names:
+                raise UserError(f"{flag} {value}: unknown stage (stages: {', '.join(names)})")
+        if only:
+            selected = [only]
+        elif from_stage:
+            selected = names[names.index(from_stage):]
+        else:
+            selected = names
+        if to_stage:
+            selected = [n for n in selected if names.index(n) <= names.index(to_stage)]
+        # Validate inputs before touching OUT: a bad input must leave nothing half-written.
+        self._stages = {name: load_stage_class(name)(self.cfg) for name in selected}
+        for name in selected:
+            self._stages[name].preflight()
+        self.storage.check_writable()
+        self.storage.write_text(config_to_yaml(self.cfg), "config.yaml")
+        self._ready = True
+        self.runlog.attach(self.storage)
+        log.info("editgen run: out=%s stages=%s hashes=%s", self.out, ",".join(selected), self.hashes)
+        if from_stage:
+            for name in names[names.index(from_stage):]:
+                self.invalidate(name, reason=f"--from {from_stage}")
+        results = []
+        for name in selected:
+            up = upstream_of(name)
+            if up and up not in selected and not stage_complete(self.storage, up, self.hashes[up]):
+                raise UserError(
+                    f"{name}: upstream stage {up!r} is missing or out of date in {self.out} "
+                    f"(run `editgen run` without --only, or `--only {up}` first)"
+                )
+            results.append(self.run_stage(name))
+        return RunResult(out=self.out, stages=results)
+
+    def invalidate(self, name: str, reason: str) -> None:
+        """Forget a stage's completion so it is recomputed; data files are overwritten in place."""
+        removed = False
+        for sub in ("", "_pre"):
+            base = f"{name}/{sub}".rstrip("/")
+            if self.storage.exists(base, DONE_DIR):
+                self.storage.remove(base, DONE_DIR)
+                removed = True
+        if self.storage.exists(name, STAGE_FILE):
+            self.storage.remove(name, STAGE_FILE)
+            removed = True
+        if removed:
+            log.info("%s: invalidated (%s)", name, reason)
+
+    # ------------------------------------------------------------------------------------
+    def run_stage(self, name: str) -> StageResult:
+        stage = self._stages[name] if name in getattr(self, "_stages", {}) else load_stage_class(name)(self.cfg)
+        cls = type(stage)
+        h = self.hashes[name]
+        up = upstream_of(name)
+        upstream_records = published_records(self.storage, up) if up else []
+        ctx = PlanContext(self.cfg, self.storage, upstream_records, up)
+        removed = self.storage.clean_temp(name)
+        if removed:
+            log.info("%s: removed %d temp files left by an interrupted run", name, removed)
+        prev = read_stage_meta(self.storage, name)
+        note = ""
+        if prev and prev.get("stage_hash") not in (None, h):
+            note = f"config changed ({prev['stage_hash']} -> {h}): recomputing {name} and downstream"
+            log.warning("%s: %s", name, note)
+        t0 = time.perf_counter()
+        if cls.is_global:
+            result = self._run_global(stage, ctx, h)
+        else:
+            result = self._run_map(stage, ctx, h, prev)
+        result.seconds = time.perf_counter() - t0
+        result.note = note or result.note
+        return result
+
+    def _run_global(self, stage: Stage, ctx: PlanContext, h: str) -> StageResult:
+        name = stage.name
+        key = combined_key([r["sha256"] for r in ctx.upstream_records])
+        rec = read_record(self.storage, name, GLOBAL_RECORD)
+        task = self.progress.add_stage(name, partitions=1, rows=sum(r["rows_out"] for r in ctx.upstream_records))
+        write_stage_meta(self.storage, name, {"stage": name, "stage_hash": h, "complete": False, "partitions": 1})
+        if rec and rec.get("stage_hash") == h and rec.get("input_key") == key and rec.get("valid", True):
+            self.progress.advance(task, rows=rec.get("rows_in", 0), skipped=True)
+            computed = 0
+        else:
+            summary = stage.run_global(ctx)
+            rec = {"stage": name, "partition": 0, "stage_hash": h, "input_key": key, **summary}
+            write_record(self.storage, name, rec, GLOBAL_RECORD)
+            self.progress.advance(task, rows=rec.get("rows_in", 0))
+            computed = 1
+        write_stage_meta(self.storage, name, {"stage": name, "stage_hash": h, "complete": True, "partitions": 1})
+        return StageResult(
+            name, h, 1, computed, 1 - computed, rec.get("rows_in", 0), rec.get("rows_out", 0),
+            rec.get("dropped", {}), 0.0, rec.get("metrics", {}),
+        )
+
+    def _run_map(self, stage: Stage, ctx: PlanContext, h: str, prev: dict[str, Any] | None) -> StageResult:
+        name = stage.name
+        work_dir = f"{name}/{stage.work_subdir}".rstrip("/")
+        specs = stage.plan(ctx)
+        write_stage_meta(
+            self.storage, name, {"stage": name, "stage_hash": h, "complete": False, "partitions": len(specs)}
+        )
+        self._remove_stale(work_dir, len(specs))
+        verify = self.cfg.run.verify_checksums
+        todo: list[PartitionSpec] = []
+        reasons: dict[str, int] = {}
+        for spec in specs:
+            ok, why = is_done(self.storage, work_dir, spec, h, verify)
+            if not ok:
+                todo.append(spec)
+                reasons[why] = reasons.get(why, 0) + 1
+        skipped = len(specs) - len(todo)
+        if todo:
+            detail = ", ".join(f"{n} {w}" for w, n in sorted(reasons.items()))
+            log.info("%s: %d/%d partitions to compute (%s)", name, len(todo), len(specs), detail)
+        else:
+            log.info("%s: all %d partitions already done", name, len(specs))
+        task = self.progress.add_stage(name, partitions=len(specs), rows=sum(s.rows_in for s in specs))
+        todo_ids = {s.pid for s in todo}
+        for spec in specs:
+            if spec.pid not in todo_ids:
+                self.progress.advance(task, rows=spec.rows_in, skipped=True)
+        if todo:
+            self._execute(stage, todo, work_dir, ctx.upstream_dir, h, task)
+        records = read_records(self.storage, work_dir)
+        records = [r for r in records if r["partition"] < len(specs)]
+        final = stage.finalize(ctx, records)
+        if final is not None:
+            records = final
+        write_stage_meta(
+            self.storage, name, {"stage": name, "stage_hash": h, "complete": True, "partitions": len(specs)}
+        )
+        dropped: dict[str, int] = {}
+        metrics: dict[str, float] = {}
+        for r in records:
+            for k, v in r.get("dropped", {}).items():
+                dropped[k] = dropped.get(k, 0) + v
+            for k, v in r.get("metrics", {}).items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        return StageResult(
+            name, h, len(specs), len(todo), skipped,
+            sum(r.get("rows_in", 0) for r in records), sum(r.get("rows_out", 0) for r in records),
+            dict(sorted(dropped.items())), 0.0, metrics,
+        )
+
+    def _remove_stale(self, work_dir: str, n: int) -> None:
+        """Partitions beyond the new plan (e.g. rows_per_partition grew) must not linger."""
+        for fname in self.storage.listdir(work_dir):
+            if fname.startswith("part-") and fname.endswith(".parquet") and int(fname[5:10]) >= n:
+                self.storage.remove(work_dir, fname)
+        for fname in self.storage.listdir(work_dir, DONE_DIR):
+            if fname.startswith("part-") and int(fname[5:10]) >= n:
+                self.storage.remove(work_dir, DONE_DIR, fname)
+
+    # ------------------------------------------------------------------------------------
+    def _execute(
+        self, stage: Stage, todo: list[PartitionSpec], work_dir: str, upstream_dir: str | None, h: str, task: Any
+    ) -> None:
+        """Schedule partitions over a pool of actors; a dead actor is restarted by Ray and its
+        partition requeued (atomic writes make the redo harmless)."""
+        import ray
+
+        from pipeline.ray_runtime import ensure_ray, fit_concurrency
+        from pipeline.worker import StageWorker
+
+        ensure_ray(self.cfg.ray)
+        res = stage.resources()
+        n = fit_concurrency(stage.name, min(res.concurrency, len(todo)), res.num_cpus, res.num_gpus)
+        options: dict[str, Any] = {
+            "num_cpus": res.num_cpus,
+            "num_gpus": res.num_gpus,
+            "max_restarts": -1,
+            "max_task_retries": 0,
+        }
+        extra = dict(stage.ray_options())
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith("EDITGEN_")}
+        if env_vars:
+            runtime_env = dict(extra.pop("runtime_env", {}) or {})
+            runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
+            extra["runtime_env"] = runtime_env
+        options.update(extra)
+        actor_cls = ray.remote(StageWorker).options(**options)
+        cfg_json = self.cfg.model_dump_json()
+        actors = [
+            actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options)
+            for _ in range(n)
+        ]
+        pending = deque(todo)
+        inflight: dict[Any, tuple[int, PartitionSpec]] = {}
+        idle = list(range(n))
+        max_retries = res.max_retries
+        try:
+            while pending or inflight:
+                while idle and pending:
+                    i = idle.pop(0)
+                    spec = pending.popleft()
+                    inflight[actors[i].run.remote(spec)] = (i, spec)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    i, spec = inflight.pop(ref)
+                    idle.append(i)
+                    try:
+                        rec = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                        self._retry(stage.name, spec, pending, max_retries, f"worker died ({type(exc).__name__})")
+                        continue
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                        if isinstance(cause, UserError):
+                            raise cause from None
+                        self._retry(stage.name, spec, pending, max_retries, f"{type(cause).__name__}: {cause}")
+                        continue
+                    log.info(
+                        "%s: partition %d done: %d rows in, %d kept (%.2fs)",
+                        stage.name, rec["partition"], rec["rows_in"], rec["rows_out"], rec["seconds"],
+                    )
+                    self.progress.advance(task, rows=spec.rows_in)
+        finally:
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - best effort cleanup
+                    pass
+
+    @staticmethod
+    def _retry(stage: str, spec: PartitionSpec, pending: deque, max_retries: int, why: str) -> None:
+        if spec.attempt >= max_retries:
+            raise StageFailed(f"{stage}: partition {spec.pid} failed after {spec.attempt + 1} attempts: {why}")
+        log.warning("%s: partition %d attempt %d failed (%s); retrying", stage, spec.pid, spec.attempt + 1, why)
+        spec.attempt += 1
+        pending.appendleft(spec)
+
+
+def run_pipeline(
+    config: EditgenConfig,
+    out: str,
+    only: str | None = None,
+    from_stage: str | None = None,
+    to_stage: str | None = None,
+    progress: Progress | None = None,
+    storage_options: dict[str, Any] | None = None,
+    runlog: RunLog | None = None,
+) -> RunResult:
+    """Programmatic entry point (the CLI and tests call this)."""
+    runner = Runner(config, out, storage_options, progress, runlog)
+    return runner.run(only=only, from_stage=from_stage, to_stage=to_stage)
+
+
+__all__ = ["Runner", "RunResult", "StageResult", "run_pipeline", "part_name", "stage_complete"]

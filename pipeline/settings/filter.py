@@ -1,0 +1,37 @@
+"""Config of the filter stage (CLIP scoring and selection). Owned by the filter stage.
+
+Defaults reproduce InstructPix2Pix's released data: ViT-L/14 (OpenAI weights), thresholds
+sim_image >= 0.75, sim_direction >= 0.2, sim_0 >= 0.2, sim_1 >= 0.2, top 4 per pair by direction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.settings.base import Resources, Strict
+
+
+class FilterConfig(Strict):
+    clip_model: str = Field(
+        "ViT-L-14", description="open_clip model name, 'hf-hub:org/repo', 'local-dir:PATH', or 'tiny-clip'"
+    )
+    clip_pretrained: str = Field(
+        "openai", description="open_clip pretrained tag or local weights file; 'seed:N' for tiny-clip"
+    )
+    clip_cache_dir: str | None = Field(
+        None, description="open_clip download cache and tiny-clip build dir (default ~/.cache/editgen)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto = fp16 on GPU")
+    clip_batch_size: int = Field(64, ge=1, description="images per CLIP forward pass")
+    min_sim_image: float = Field(0.75, ge=-1, le=1, description="cos(I0, I1): edited image stays close")
+    min_sim_direction: float = Field(0.2, ge=-1, le=1, description="cos(I1-I0, T1-T0): edit follows text")
+    min_sim_0: float = Field(0.2, ge=-1, le=1, description="cos(I0, T0): input image matches caption")
+    min_sim_1: float = Field(0.2, ge=-1, le=1, description="cos(I1, T1): edited image matches caption")
+    top_k: int | None = Field(4, ge=1, description="kept candidates per pair, by sim_direction; null = all")
+    cache_scores: bool = Field(
+        True, description="reuse OUT/filter/_scores when only thresholds/top_k change"
+    )
+    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1, batch_size=64))

@@ -1,0 +1,33 @@
+"""Config of the ingest stage: where captions come from and which rows survive."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.settings.base import Resources, Strict
+
+
+class IngestConfig(Strict):
+    input: list[str] = Field(default_factory=list, description="paths, globs, directories or fsspec URLs")
+    format: Literal["auto", "parquet", "jsonl", "csv", "tsv", "txt"] = "auto"
+    text_column: str = "TEXT"
+    url_column: str | None = "URL"
+    limit: int | None = Field(None, ge=1, description="seeded deterministic sample of N input rows")
+    seed: int = 0
+    rows_per_partition: int = Field(1000, ge=1)
+    min_words: int = Field(2, ge=0)
+    max_words: int = Field(60, ge=1)
+    min_chars: int = Field(8, ge=0)
+    max_chars: int = Field(400, ge=1)
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="kept languages; [] = any")
+    min_language_confidence: float = Field(
+        0.5, ge=0, le=1, description="drop as not_english only when langid is at least this sure"
+    )
+    blocklist: str | None = Field(None, description="blocklist file; default: the bundled NSFW list")
+    extra_blocked_terms: list[str] = Field(default_factory=list)
+    drop_junk: bool = True
+    dedup_captions: bool = True
+    dedup_urls: bool = True
+    resources: Resources = Field(default_factory=lambda: Resources(concurrency=2, batch_size=2048))

@@ -1,0 +1,67 @@
+"""`editgen status OUT`: what each stage has done, read from completion records only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta
+from pipeline.storage import Storage
+from stages import stage_names
+
+
+def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    storage = Storage(out, storage_options or {})
+    stages = []
+    for name in stage_names():
+        meta = read_stage_meta(storage, name)
+        if meta is None:
+            stages.append({"stage": name, "present": False})
+            continue
+        records = read_records(storage, name)
+        glob = read_record(storage, name, GLOBAL_RECORD)
+        if glob:
+            records = [glob]
+        records = [r for r in records if r.get("stage_hash") == meta.get("stage_hash")]
+        dropped: dict[str, int] = {}
+        metrics: dict[str, float] = {}
+        for r in records:
+            for k, v in r.get("dropped", {}).items():
+                dropped[k] = dropped.get(k, 0) + v
+            for k, v in r.get("metrics", {}).items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        seconds = sum(r.get("seconds", 0.0) for r in records)
+        rows_in = sum(r.get("rows_in", 0) for r in records)
+        stages.append({
+            "stage": name,
+            "present": True,
+            "complete": bool(meta.get("complete")),
+            "config_hash": meta.get("stage_hash"),
+            "partitions_total": meta.get("partitions", 0),
+            "partitions_done": len(records),
+            "rows_in": rows_in,
+            "rows_out": sum(r.get("rows_out", 0) for r in records),
+            "rows_dropped": sum(dropped.values()),
+            "dropped": dict(sorted(dropped.items())),
+            "worker_seconds": round(seconds, 3),
+            "metrics": metrics,
+        })
+    return {"out": out, "stages": stages}
+
+
+def render_table(status: dict[str, Any]) -> Table:
+    table = Table(title=f"editgen status: {status['out']}")
+    for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
+        table.add_column(col)
+    for s in status["stages"]:
+        if not s["present"]:
+            table.add_row(s["stage"], "not run", "", "", "", "", "", "")
+            continue
+        state = "complete" if s["complete"] else "incomplete"
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(
+            s["stage"], state, f"{s['partitions_done']}/{s['partitions_total']}", str(s["rows_in"]),
+            str(s["rows_out"]), str(s["rows_dropped"]), reasons, s["config_hash"] or "",
+        )
+    return table

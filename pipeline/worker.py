@@ -1,0 +1,100 @@
+"""The Ray actor that runs one stage's batch function over partitions.
+
+One actor holds one stage instance (models loaded once in `setup`), reads a partition's input from
+storage, runs the stage, writes the output file atomically and then its completion record. Because
+the record is the commit point, a partition redone after a crash never appears twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.records import write_record
+from pipeline.stage import PartitionSpec, count_reasons, part_name
+from pipeline.storage import Storage
+
+#: Test hooks for fault injection (documented in docs/faults.md): slow partitions down, or make a
+#: worker process die hard in the middle of a given partition.
+FAULT_DELAY = "EDITGEN_FAULT_DELAY_S"
+FAULT_CRASH = "EDITGEN_FAULT_CRASH"  # "stage:pid[:attempt]" -> os._exit(137) mid-partition
+
+
+class StageWorker:
+    def __init__(
+        self,
+        stage_name: str,
+        config_json: str,
+        out_root: str,
+        stage_dir: str,
+        upstream_dir: str | None,
+        stage_hash: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from pipeline.config import EditgenConfig
+        from stages import load_stage_class
+
+        cfg = EditgenConfig.model_validate_json(config_json)
+        self.stage = load_stage_class(stage_name)(cfg)
+        self.stage.setup()
+        self.storage = Storage(out_root, storage_options or {})
+        self.stage_dir = stage_dir
+        self.upstream_dir = upstream_dir
+        self.stage_hash = stage_hash
+
+    def ready(self) -> bool:
+        return True
+
+    def _maybe_fault(self, spec: PartitionSpec) -> None:
+        delay = float(os.environ.get(FAULT_DELAY, "0") or 0)
+        if delay:
+            time.sleep(delay)
+        crash = os.environ.get(FAULT_CRASH, "")
+        if crash:
+            parts = crash.split(":")
+            attempt_ok = len(parts) < 3 or int(parts[2]) == spec.attempt
+            if parts[0] == self.stage.name and int(parts[1]) == spec.pid and attempt_ok:
+                os._exit(137)
+
+    def run(self, spec: PartitionSpec) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.stage.metrics = {}
+        table = self.stage.load_input(spec, self.storage, self.upstream_dir)
+        rows_in = table.num_rows
+        out = self.stage.process_partition(table)
+        _check_output(self.stage.name, out)
+        self._maybe_fault(spec)
+        sha, nbytes = self.storage.write_table(out, self.stage_dir, part_name(spec.pid))
+        kept, dropped = count_reasons(out)
+        record = {
+            "stage": self.stage.name,
+            "partition": spec.pid,
+            "file": part_name(spec.pid),
+            "stage_hash": self.stage_hash,
+            "input_key": spec.input_key,
+            "sha256": sha,
+            "bytes": nbytes,
+            "rows_in": rows_in,
+            "rows_total": out.num_rows,
+            "rows_out": kept,
+            "dropped": dropped,
+            "metrics": {k: float(v) for k, v in self.stage.metrics.items()},
+            "seconds": round(time.perf_counter() - t0, 4),
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "attempt": spec.attempt,
+        }
+        write_record(self.storage, self.stage_dir, record)
+        return record
+
+    def shutdown(self) -> None:
+        self.stage.teardown()
+
+
+def _check_output(stage: str, out: pa.Table) -> None:
+    missing = [c for c in ("id", "status", "drop_reason") if c not in out.column_names]
+    if missing:
+        raise RuntimeError(f"stage {stage} produced output without columns {missing}")

@@ -1,0 +1,50 @@
+"""Shared fixtures: one real local Ray per test session, paths to shared data, helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_LAION = ROOT.parent / "shared" / "data" / "laion_captions_1000.parquet"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("EDITGEN_CACHE", str(ROOT / ".cache" / "editgen"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster, started once per session and shared by every test that needs one."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            object_store_memory=300 * 1024 * 1024,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+    yield ray
+    # Leave Ray running until the interpreter exits: other session fixtures may still use it.
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """GCS address of the session cluster, for CLI subprocesses that join it (--ray-address)."""
+    return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def laion_parquet() -> Path:
+    if not SHARED_LAION.exists():
+        pytest.skip(f"{SHARED_LAION} not present (../shared/data beside the project)")
+    return SHARED_LAION
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
