@@ -8,7 +8,7 @@ VENV ?= .venv
 VENV_LLM ?= .venv-llm
 OUT ?= demo-out
 # pip on this machine prints a warning per missing local index dir; keep the log readable.
-QUIET_PIP = grep -v -E "is ignored: it is neither a file nor a directory" || true
+QUIET_PIP = sed -e "/is ignored: it is neither a file nor a directory/d"
 
 help:
 	@echo "make demo   - create the venv, run the whole pipeline offline (tiny profile) on examples/"
@@ -18,7 +18,6 @@ help:
 # Diffusion + CLIP + Ray stack (torch 2.14.1, torchvision 0.29.1).
 $(VENV)/.installed: pyproject.toml constraints/render.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(VENV)/bin/pip install -q -c constraints/render.txt -e '.[render,test]' 2>&1 | $(QUIET_PIP)
 	$(VENV)/bin/python -c "import torch, torchvision, diffusers, open_clip, ray, webdataset, pipeline.cli"
 	touch $@
@@ -27,7 +26,6 @@ $(VENV)/.installed: pyproject.toml constraints/render.txt
 # so it lives in its own venv; the instruct stage's vllm backend runs there.
 $(VENV_LLM)/.installed: pyproject.toml constraints/llm-cpu.txt
 	test -x $(VENV_LLM)/bin/python || $(PYTHON) -m venv $(VENV_LLM)
-	$(VENV_LLM)/bin/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt torch==2.13.0 2>&1 | $(QUIET_PIP)
 	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt -e '.[llm-cpu,test]' 2>&1 | $(QUIET_PIP)
 	$(VENV_LLM)/bin/python -c "import vllm, ray, pipeline.cli"

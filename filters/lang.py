@@ -71,12 +71,22 @@ _SCRIPT_LANG = {"CJK": "zh", "HIRAGANA": "ja", "KATAKANA": "ja", "HANGUL": "ko",
                 "ARABIC": "ar", "HEBREW": "he", "GREEK": "el", "THAI": "th", "DEVANAGARI": "hi"}
 
 
+def _is_latin(ch: str) -> bool:
+    return ch < "\u0250" or "\u1e00" <= ch <= "\u1eff" or _script_of(ch) == "LATIN"
+
+
 def guess_language(text: str) -> LanguageGuess:
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return LanguageGuess("und", 0.0)
-    latin = sum(1 for ch in letters if _script_of(ch) == "LATIN")
-    if latin < 0.5 * len(letters):
+    if text.isascii():
+        if not any(ch.isalpha() for ch in text):
+            return LanguageGuess("und", 0.0)
+        letters: list[str] = []
+        latin = 1
+    else:
+        letters = [ch for ch in text if ch.isalpha()]
+        if not letters:
+            return LanguageGuess("und", 0.0)
+        latin = sum(1 for ch in letters if _is_latin(ch))
+    if letters and latin < 0.5 * len(letters):
         scripts: dict[str, int] = {}
         for ch in letters:
             s = _script_of(ch)

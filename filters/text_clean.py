@@ -34,8 +34,11 @@ def boilerplate_patterns() -> list[re.Pattern[str]]:
     return pats
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _control_to_space(text: str) -> str:
-    return "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
+    return _CONTROL.sub(" ", text)
 
 
 def clean_caption(text: str | None) -> str:

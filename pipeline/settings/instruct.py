@@ -67,7 +67,7 @@ class InstructConfig(Strict):
     max_instruction_chars: int = Field(160, ge=8, description="JSON-schema maxLength of the instruction")
     max_caption_chars: int = Field(400, ge=8, description="JSON-schema maxLength of the edited caption")
     min_similarity: float = Field(
-        0.35, ge=0, le=1, description="word-level similarity of edited vs input below this: llm_rewrites_too_much"
+        0.3, ge=0, le=1, description="word-level similarity of edited vs input below this: llm_rewrites_too_much"
     )
     blocklist: str | None = Field(None, description="blocklist file; default: filters/data/nsfw_blocklist.txt")
     extra_blocked_terms: list[str] = Field(default_factory=list)
