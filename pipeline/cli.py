@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pair", "p2p.pair_cli", "render one Prompt-to-Prompt pair by hand"),
         ("preview", "output.preview", "write OUT/preview.html"),
         ("validate", "output.validate", "check shards against the manifest"),
+        ("export-hf", "output.export_hf", "export kept samples as Hugging Face datasets parquet"),
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)

@@ -197,7 +197,8 @@ class Runner:
         rec = read_record(self.storage, name, GLOBAL_RECORD)
         task = self.progress.add_stage(name, partitions=1, rows=sum(r["rows_out"] for r in ctx.upstream_records))
         write_stage_meta(self.storage, name, {"stage": name, "stage_hash": h, "complete": False, "partitions": 1})
-        if rec and rec.get("stage_hash") == h and rec.get("input_key") == key and rec.get("valid", True):
+        if (rec and rec.get("stage_hash") == h and rec.get("input_key") == key
+                and stage.global_output_valid(ctx, rec)):
             self.progress.advance(task, rows=rec.get("rows_in", 0), skipped=True)
             computed = 0
         else:

@@ -120,6 +120,10 @@ class Stage:
         """Global stages only: produce the stage output from all upstream partitions."""
         raise NotImplementedError
 
+    def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
+        """Global stages only: is what `run_global` wrote (per `record`) still intact on disk?"""
+        return True
+
     def teardown(self) -> None:
         """Release resources; called when a worker is retired."""
 

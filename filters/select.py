@@ -1,0 +1,83 @@
+"""Selection of candidates from their CLIP scores: thresholds, then top-k per pair by direction.
+
+Pure functions over stored scores, so changing a threshold or k re-runs this (seconds) and never
+rendering or CLIP. Every candidate gets one named reason, checked in a fixed order, so drop counts
+add up to the number of candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.settings.filter import FilterConfig
+
+BAD_IMAGE = "bad_image"  # image missing or undecodable: no scores
+NOT_TOP_K = "not_top_k"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Minimum score per criterion; defaults are InstructPix2Pix's released-data settings."""
+
+    sim_image: float = 0.75
+    sim_direction: float = 0.2
+    sim_0: float = 0.2
+    sim_1: float = 0.2
+
+    @classmethod
+    def from_config(cls, cfg: FilterConfig) -> Thresholds:
+        return cls(cfg.min_sim_image, cfg.min_sim_direction, cfg.min_sim_0, cfg.min_sim_1)
+
+    def items(self) -> list[tuple[str, float]]:
+        """Check order: the first failing criterion names the drop."""
+        return [
+            ("sim_image", self.sim_image),
+            ("sim_direction", self.sim_direction),
+            ("sim_0", self.sim_0),
+            ("sim_1", self.sim_1),
+        ]
+
+
+def threshold_reason(scores: Mapping[str, float], th: Thresholds) -> str | None:
+    """None if the candidate passes every threshold, else `below_<score>` (or bad_image)."""
+    values = [float(scores[name]) for name, _ in th.items()]
+    if any(math.isnan(v) for v in values):
+        return BAD_IMAGE
+    for (name, minimum), v in zip(th.items(), values, strict=True):
+        if v < minimum:
+            return f"below_{name}"
+    return None
+
+
+def select(
+    pair_ids: Sequence[str],
+    candidates: Sequence[int],
+    scores: Mapping[str, np.ndarray],
+    th: Thresholds,
+    top_k: int | None,
+) -> tuple[list[str | None], list[int | None]]:
+    """(reason per candidate — None = kept —, rank by sim_direction among passing candidates)."""
+    n = len(pair_ids)
+    reasons: list[str | None] = [
+        threshold_reason({k: scores[k][i] for k, _ in th.items()}, th) for i in range(n)
+    ]
+    ranks: list[int | None] = [None] * n
+    passing: dict[str, list[int]] = defaultdict(list)
+    for i in range(n):
+        if reasons[i] is None:
+            passing[pair_ids[i]].append(i)
+    direction = scores["sim_direction"]
+    for rows in passing.values():
+        rows.sort(key=lambda i: (-float(direction[i]), int(candidates[i])))  # ties: lower candidate
+        for rank, i in enumerate(rows):
+            ranks[i] = rank
+            if top_k is not None and rank >= top_k:
+                reasons[i] = NOT_TOP_K
+    return reasons, ranks

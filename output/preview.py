@@ -1,0 +1,269 @@
+"""`editgen preview OUT`: one HTML page to eyeball a run before training on it.
+
+OUT/preview.html shows a grid of before/after pairs (thumbnails under OUT/preview/) with instruction,
+captions, CLIP scores and drop reasons, plus PNG plots of score distributions (kept vs dropped, with
+the thresholds) and of drop reasons per stage (from OUT/<stage>/_done/*.json). All text from the data
+is HTML-escaped: captions come from the web and from an LLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from filters.clip_score import SCORE_COLUMNS
+from filters.select import Thresholds
+from output.shard_writer import sample_key
+from pipeline.stage import KEPT
+from pipeline.storage import Storage
+
+PREVIEW_DIR = "preview"
+PAGE = "preview.html"
+THUMB = 256
+META_COLUMNS = [
+    "id", "candidate", "caption", "edited_caption", "instruction", "edit_kind", "url", *SCORE_COLUMNS,
+    "status", "drop_reason",
+]
+#: Tells a viewer (and the headless-browser test) whether every thumbnail loaded.
+LOAD_CHECK = """<script>
+window.addEventListener('load', function () {
+  var imgs = document.querySelectorAll('img');
+  var ok = Array.prototype.filter.call(imgs, function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.setAttribute('data-images-total', imgs.length);
+  document.body.setAttribute('data-images-ok', ok.length);
+  document.getElementById('load-status').textContent = ok.length + ' / ' + imgs.length + ' images loaded';
+});
+</script>"""
+CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px}
+.card{border:1px solid #ccc;border-radius:6px;padding:8px}.card.dropped{background:#fff4f4}
+.pair{display:flex;gap:6px}.pair img{width:256px;height:auto;background:#eee}
+.instr{font-weight:bold;margin:6px 0}.cap{font-size:.85em;color:#444}
+.scores{font-family:monospace;font-size:.8em}
+.plots img{max-width:100%}"""
+
+
+def _stage_order(storage: Storage) -> list[str]:
+    try:
+        from stages import REGISTRY
+
+        known = list(REGISTRY)
+    except ImportError:
+        known = []
+    present = [d for d in storage.listdir() if storage.exists(d, "_done")]
+    return [s for s in known if s in present] + sorted(d for d in present if d not in known)
+
+
+def stage_drops(storage: Storage) -> dict[str, dict[str, Any]]:
+    """{stage: {rows_in, rows_out, dropped}} summed over its completion records."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage in _stage_order(storage):
+        agg: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "dropped": {}}
+        for name in storage.listdir(stage, "_done"):
+            if not name.endswith(".json"):
+                continue
+            try:
+                rec = json.loads(storage.read_text(stage, "_done", name))
+            except ValueError:
+                continue
+            agg["rows_in"] += int(rec.get("rows_in", 0))
+            agg["rows_out"] += int(rec.get("rows_out", 0))
+            for reason, n in (rec.get("dropped") or {}).items():
+                agg["dropped"][reason] = agg["dropped"].get(reason, 0) + int(n)
+        out[stage] = agg
+    return out
+
+
+def load_thresholds(storage: Storage) -> Thresholds:
+    """The run's thresholds from OUT/config.yaml (defaults when absent)."""
+    import yaml
+
+    try:
+        cfg = (yaml.safe_load(storage.read_text("config.yaml")) or {}).get("filter", {})
+    except (FileNotFoundError, ValueError, AttributeError):
+        return Thresholds()
+    d = Thresholds()
+    return Thresholds(
+        cfg.get("min_sim_image", d.sim_image), cfg.get("min_sim_direction", d.sim_direction),
+        cfg.get("min_sim_0", d.sim_0), cfg.get("min_sim_1", d.sim_1),
+    )
+
+
+def filter_rows(storage: Storage) -> pa.Table | None:
+    """Scores and text of every filtered candidate (no images), with its partition file."""
+    tables = []
+    for name in storage.listdir("filter"):
+        if name.startswith("part-") and name.endswith(".parquet"):
+            with storage.fs.open(storage.path("filter", name), "rb") as f:
+                present = pq.read_schema(f).names
+            t = storage.read_table("filter", name, columns=[c for c in META_COLUMNS if c in present])
+            tables.append(t.append_column("_file", pa.array([name] * t.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def _pick(table: pa.Table, status_kept: bool, n: int) -> list[dict[str, Any]]:
+    mask = pc.equal(table["status"], KEPT)
+    sub = table.filter(mask if status_kept else pc.invert(mask))
+    if sub.num_rows <= n:
+        return sub.to_pylist()
+    step = sub.num_rows / n  # spread over all partitions, deterministically
+    return [sub.slice(int(i * step), 1).to_pylist()[0] for i in range(n)]
+
+
+def _thumbnail(data: bytes) -> bytes:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def write_thumbnails(storage: Storage, rows: list[dict[str, Any]]) -> None:
+    """Adds `thumbs` (relative paths) to each row; reads only the picked rows' images."""
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_file.setdefault(r["_file"], []).append(r)
+    for fname, picked in by_file.items():
+        t = storage.read_table("filter", fname, columns=["id", "candidate", "input_image", "edited_image"])
+        pairs = zip(t["id"].to_pylist(), t["candidate"].to_pylist(), strict=True)
+        index = {pair: n for n, pair in enumerate(pairs)}
+        for r in picked:
+            n = index[(r["id"], r["candidate"])]
+            key = sample_key(str(r["id"]), int(r["candidate"]))
+            r["thumbs"] = []
+            for col, tag in (("input_image", "in"), ("edited_image", "out")):
+                rel = f"{key}-{tag}.jpg"
+                data = t[col][n].as_py()
+                try:
+                    storage.write_bytes(_thumbnail(data), PREVIEW_DIR, rel)
+                except Exception:  # noqa: BLE001 - an undecodable image shows as broken, not a crash
+                    pass
+                r["thumbs"].append(f"{PREVIEW_DIR}/{rel}")
+
+
+def plot_scores(table: pa.Table, th: Thresholds) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = pc.equal(table["status"], KEPT)
+    limits = dict(th.items())
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, col in zip(axes, SCORE_COLUMNS, strict=True):
+        for mask, label, color in ((kept, "kept", "tab:green"), (pc.invert(kept), "dropped", "tab:red")):
+            vals = [v for v in table.filter(mask)[col].to_pylist() if v is not None and v == v]
+            if vals:
+                ax.hist(vals, bins=30, alpha=0.6, label=f"{label} ({len(vals)})", color=color)
+        ax.axvline(limits[col], color="k", linestyle="--", linewidth=1)
+        ax.set_title(f"{col} (min {limits[col]:g})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_drops(drops: dict[str, dict[str, Any]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(drops))
+    height = 1.2 + 0.9 * n + 0.25 * sum(len(d["dropped"]) for d in drops.values())
+    fig, axes = plt.subplots(n, 1, figsize=(9, height), squeeze=False)
+    for ax, (stage, d) in zip(axes[:, 0], drops.items(), strict=False):
+        labels = ["kept", *sorted(d["dropped"])]
+        values = [d["rows_out"], *(d["dropped"][k] for k in sorted(d["dropped"]))]
+        ax.barh(labels, values, color=["tab:green"] + ["tab:red"] * (len(labels) - 1))
+        ax.invert_yaxis()
+        ax.set_title(f"{stage}: {d['rows_in']} in, {d['rows_out']} kept", fontsize=9)
+        ax.tick_params(labelsize=8)
+    if not drops:
+        axes[0, 0].text(0.5, 0.5, "no completion records", ha="center")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _card(r: dict[str, Any]) -> str:
+    e = lambda v: html.escape("" if v is None else str(v), quote=True)  # noqa: E731
+    scores = " ".join(f"{c}={r[c]:.3f}" if r.get(c) is not None else f"{c}=n/a" for c in SCORE_COLUMNS)
+    status = "kept" if r.get("status") == KEPT else f"dropped: {r.get('drop_reason')}"
+    thumbs = zip(r.get("thumbs", []), ("before", "after"), strict=False)
+    imgs = "".join(f'<img src="{e(src)}" alt="{e(alt)}">' for src, alt in thumbs)
+    link = f'<a href="{e(r["url"])}" rel="noreferrer">source</a>' if r.get("url") else ""
+    return (
+        f'<div class="card {"kept" if r.get("status") == KEPT else "dropped"}">'
+        f'<div class="pair">{imgs}</div>'
+        f'<div class="instr">{e(r.get("instruction"))}</div>'
+        f'<div class="cap">before: {e(r.get("caption"))}</div>'
+        f'<div class="cap">after: {e(r.get("edited_caption"))}</div>'
+        f'<div class="scores">{e(scores)}<br>{e(status)} · {e(r.get("edit_kind"))} · '
+        f'{e(r.get("id"))}#{e(r.get("candidate"))} {link}</div></div>'
+    )
+
+
+def build_preview(out: str, limit: int = 48, rejected: int = 12) -> str:
+    """Write OUT/preview.html (+ OUT/preview/*); returns the page path."""
+    storage = Storage(out)
+    storage.remove(PREVIEW_DIR)  # no thumbnails from an earlier preview linger
+    drops = stage_drops(storage)
+    storage.write_bytes(plot_drops(drops), PREVIEW_DIR, "drop_reasons.png")
+    table = filter_rows(storage)
+    plots = ['<img src="preview/drop_reasons.png" alt="drop reasons per stage">']
+    kept_rows: list[dict[str, Any]] = []
+    dropped_rows: list[dict[str, Any]] = []
+    if table is not None and table.num_rows:
+        storage.write_bytes(plot_scores(table, load_thresholds(storage)), PREVIEW_DIR, "scores.png")
+        plots.insert(0, '<img src="preview/scores.png" alt="CLIP score distributions">')
+        kept_rows, dropped_rows = _pick(table, True, limit), _pick(table, False, rejected)
+        write_thumbnails(storage, kept_rows + dropped_rows)
+    summary = "".join(
+        f"<li>{html.escape(s)}: {d['rows_in']} in, {d['rows_out']} kept, "
+        f"{html.escape(json.dumps(d['dropped']))}</li>"
+        for s, d in drops.items()
+    )
+    body = [
+        f"<h1>editgen preview: {html.escape(out)}</h1><p id=\"load-status\"></p><ul>{summary}</ul>",
+        f'<div class="plots">{"".join(plots)}</div>',
+        f"<h2>Kept pairs ({len(kept_rows)} shown)</h2>"
+        f"<div class=\"grid\">{''.join(map(_card, kept_rows))}</div>",
+    ]
+    if dropped_rows:
+        body.append(f"<h2>Rejected candidates ({len(dropped_rows)} shown)</h2>"
+                    f"<div class=\"grid\">{''.join(map(_card, dropped_rows))}</div>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>editgen preview</title>"
+        f"<style>{CSS}</style></head><body>{''.join(body)}{LOAD_CHECK}</body></html>\n"
+    )
+    storage.write_text(page, PAGE)
+    return storage.path(PAGE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="editgen output directory")
+    parser.add_argument("--limit", type=int, default=48, help="kept pairs shown")
+    parser.add_argument("--rejected", type=int, default=12, help="rejected candidates shown")
+
+
+def main(args: argparse.Namespace) -> int:
+    path = build_preview(args.out, args.limit, args.rejected)
+    print(f"wrote {path}")
+    return 0

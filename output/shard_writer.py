@@ -1,0 +1,296 @@
+"""Deterministic WebDataset shards: OUT/shards/edits-NNNNNN.tar plus OUT/shards/manifest.json.
+
+Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers
+carry a fixed mtime/uid/gid/uname/mode, JSON is written with sorted keys, and nothing records the time
+or host. Each tar is assembled in memory and published through pipeline.storage.Storage (temp name +
+rename locally, one PUT on object stores), so readers never see half a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.storage import Storage
+
+SHARDS_DIR = "shards"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "editgen-webdataset/1"
+REJECTED_PREFIX = "rejected"
+#: 2000-01-01T00:00:00Z: any fixed value makes tars reproducible; 0 upsets some extractors.
+TAR_MTIME = 946_684_800
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+#: Image columns -> member suffix stem; `mask` is optional and always PNG.
+IMAGE_MEMBERS = (("input_image", "input"), ("edited_image", "edited"))
+REQUIRED_JSON = ("id", "candidate", "instruction", "caption", "edited_caption", "seed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_KEY_STEM = 64
+
+
+def sample_key(record_id: str, candidate: int) -> str:
+    """`<id>-cNNNN` with only [A-Za-z0-9_-]: no dots (webdataset splits there), no '/' or '..', never
+    `__meta__`-like; ids that needed sanitizing or truncating get a hash suffix to stay unique."""
+    stem = _UNSAFE.sub("_", record_id).strip("_-")[:_MAX_KEY_STEM]
+    if stem != record_id or not stem:
+        digest = hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:10]
+        stem = f"{stem}_{digest}" if stem else digest
+    return f"{stem}-c{int(candidate):04d}"
+
+
+def image_ext(data: bytes, declared: str | None) -> str:
+    """File extension from the bytes (authoritative) or the declared image_format."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    return "png" if (declared or "png") == "png" else "jpg"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """Every non-binary column (captions, seed, scores, model ids, url, source, row id, status...),
+    with `params` (the P2P parameters as JSON text) expanded into an object."""
+    meta = {k: v for k, v in row.items() if not isinstance(v, bytes | bytearray)}
+    meta.pop("mask", None)
+    params = meta.get("params")
+    if isinstance(params, str):
+        try:
+            meta["params"] = json.loads(params)
+        except ValueError:
+            pass
+    return _jsonable(meta)
+
+
+def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
+    """(key, [(member name, bytes)]) for one candidate row; raises ValueError on a missing image."""
+    key = sample_key(str(row["id"]), int(row["candidate"]))
+    members: list[tuple[str, bytes]] = []
+    for col, stem in IMAGE_MEMBERS:
+        data = row.get(col)
+        if not data:
+            raise ValueError(f"missing {col}")
+        members.append((f"{key}.{stem}.{image_ext(data, row.get('image_format'))}", bytes(data)))
+    if row.get("mask"):
+        members.append((f"{key}.mask.png", bytes(row["mask"])))
+    members.append((f"{key}.txt", str(row.get("instruction") or "").encode("utf-8")))
+    meta = json.dumps(sample_metadata(row), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    members.append((f"{key}.json", meta.encode("utf-8")))
+    return key, members
+
+
+def members_size(members: list[tuple[str, bytes]]) -> int:
+    """Bytes these members occupy in a tar (header block + data padded to blocks)."""
+    return sum(BLOCK + -(-len(data) // BLOCK) * BLOCK for _, data in members)
+
+
+def tar_size(payload: int) -> int:
+    """Final tar size for `payload` member bytes: two zero blocks, padded to a record."""
+    return -(-(payload + 2 * BLOCK) // RECORD) * RECORD
+
+
+def build_tar(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A reproducible tar: fixed header fields, members in the given order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = TAR_MTIME
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+class ShardSetWriter:
+    """Cuts a stream of samples into numbered shards (by count and size) and writes them in parallel.
+
+    Shard boundaries depend only on the sample sequence and the limits (sizes are computed exactly,
+    before writing), so parallel writing cannot change the output.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        prefix: str = "edits",
+        samples_per_shard: int = 1000,
+        max_shard_bytes: int = 1_000_000_000,
+        workers: int = 2,
+        subdir: str = SHARDS_DIR,
+    ) -> None:
+        self.storage, self.prefix, self.subdir = storage, prefix, subdir
+        self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="shard")
+        self._inflight: list[Future[ShardInfo]] = []
+        self.shards: list[ShardInfo] = []
+        self._members: list[tuple[str, bytes]] = []
+        self._count = 0
+        self._payload = 0
+        self._keys: set[str] = set()
+
+    def name(self, index: int) -> str:
+        return f"{self.prefix}-{index:06d}.tar"
+
+    def has_key(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        size = members_size(members)
+        full = self._count >= self.samples_per_shard or (
+            self._count and tar_size(self._payload + size) > self.max_shard_bytes
+        )
+        if full:
+            self._flush()
+        self._keys.add(key)
+        self._members.extend(members)
+        self._count += 1
+        self._payload += size
+
+    def _flush(self) -> None:
+        if not self._count:
+            return
+        index = len(self.shards) + len(self._inflight)
+        members, count = self._members, self._count
+        self._members, self._count, self._payload = [], 0, 0
+        while len(self._inflight) >= self.workers:  # bound memory: at most `workers` shards pending
+            self.shards.append(self._inflight.pop(0).result())
+        self._inflight.append(self._pool.submit(self._write, self.name(index), members, count))
+
+    def _write(self, name: str, members: list[tuple[str, bytes]], count: int) -> ShardInfo:
+        data = build_tar(members)
+        self.storage.write_bytes(data, self.subdir, name)
+        return ShardInfo(name, count, len(data), hashlib.sha256(data).hexdigest())
+
+    def close(self) -> list[ShardInfo]:
+        try:
+            self._flush()
+            while self._inflight:
+                self.shards.append(self._inflight.pop(0).result())
+        finally:
+            self._pool.shutdown(wait=True)
+        return self.shards
+
+
+def iter_rows(storage: Storage, parts: Iterable[tuple[str, str]], batch_rows: int = 256) -> Iterator[dict]:
+    """Rows of parquet files in file order, streamed by record batch (a partition may not fit in RAM)."""
+    import pyarrow.parquet as pq
+
+    for directory, fname in parts:
+        with storage.fs.open(storage.path(directory, fname), "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                yield from pa.Table.from_batches([batch]).to_pylist()
+
+
+def _set_summary(shards: list[ShardInfo]) -> dict[str, Any]:
+    return {
+        "samples": sum(s.samples for s in shards),
+        "bytes": sum(s.bytes for s in shards),
+        "shards": [asdict(s) for s in shards],
+    }
+
+
+def write_dataset(
+    storage: Storage,
+    rows: Iterable[dict[str, Any]],
+    *,
+    prefix: str = "edits",
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 1_000_000_000,
+    export_rejected: bool = False,
+    workers: int = 2,
+    config_hash: str = "",
+    upstream_key: str = "",
+) -> dict[str, Any]:
+    """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary."""
+    limits = {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers}
+    kept = ShardSetWriter(storage, prefix, **limits)
+    rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
+    rows_in = 0
+    dropped: dict[str, int] = {}
+    try:
+        for row in rows:
+            is_kept = row.get("status", "kept") == "kept"
+            if not is_kept and rejected is None:
+                continue
+            rows_in += int(is_kept)
+            writer = kept if is_kept else rejected
+            try:
+                key, members = sample_members(row)
+            except ValueError:
+                reason = "missing_image"
+            else:
+                reason = "duplicate_key" if writer.has_key(key) else ""
+            if reason:
+                if is_kept:
+                    dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            writer.add(key, members)
+    finally:
+        kept_shards = kept.close()
+        rejected_shards = rejected.close() if rejected is not None else []
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "config_hash": config_hash,
+        "upstream_key": upstream_key,
+        "prefix": prefix,
+        **_set_summary(kept_shards),
+    }
+    if rejected is not None:
+        manifest["rejected"] = _set_summary(rejected_shards)
+    text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    storage.write_text(text, SHARDS_DIR, MANIFEST)
+    remove_stale(storage, {s.name for s in kept_shards + rejected_shards})
+    return {
+        "rows_in": rows_in,
+        "rows_out": manifest["samples"],
+        "dropped": dict(sorted(dropped.items())),
+        "shards": len(kept_shards),
+        "bytes": manifest["bytes"],
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "metrics": {
+            "rejected_samples": float(sum(s.samples for s in rejected_shards)),
+            "rejected_shards": float(len(rejected_shards)),
+        },
+    }
+
+
+def remove_stale(storage: Storage, keep: set[str]) -> None:
+    """Tars left from an earlier, larger run must not be picked up by a `*.tar` glob."""
+    storage.clean_temp(SHARDS_DIR)
+    for name in storage.listdir(SHARDS_DIR):
+        if name.endswith(".tar") and name not in keep:
+            storage.remove(SHARDS_DIR, name)
+
+
+def read_manifest(storage: Storage) -> dict[str, Any]:
+    return json.loads(storage.read_text(SHARDS_DIR, MANIFEST))

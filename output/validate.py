@@ -1,0 +1,149 @@
+"""`editgen validate OUT`: re-read every shard with webdataset and check it against the manifest.
+
+Checks per shard: present, size and sha256 as listed, a complete tar, the listed sample count, every
+sample with input/edited images that decode, an instruction, and metadata JSON with the required
+fields whose id/candidate match the sample key. Exit 1 with one line per problem, 0 when valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from output.shard_writer import MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
+from pipeline.storage import Storage
+
+#: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
+MAX_LINES_PER_SHARD = 10
+
+
+def _decodes(data: bytes) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoder failure is the finding
+        return False
+
+
+def check_sample(sample: dict[str, Any]) -> list[str]:
+    key = sample.get("__key__", "?")
+    problems = []
+    for stem in ("input", "edited"):
+        found = [k for k in (f"{stem}.png", f"{stem}.jpg") if k in sample]
+        if not found:
+            problems.append(f"sample {key}: no {stem}.png/.jpg")
+        elif not _decodes(sample[found[0]]):
+            problems.append(f"sample {key}: {found[0]} does not decode")
+    if "mask.png" in sample and not _decodes(sample["mask.png"]):
+        problems.append(f"sample {key}: mask.png does not decode")
+    if not sample.get("txt", b"").strip():
+        problems.append(f"sample {key}: missing or empty txt (instruction)")
+    try:
+        meta = json.loads(sample["json"])
+    except (KeyError, ValueError):
+        return [*problems, f"sample {key}: missing or invalid json"]
+    missing = [f for f in REQUIRED_JSON if f not in meta]
+    if missing:
+        problems.append(f"sample {key}: json lacks {', '.join(missing)}")
+    elif sample_key(str(meta["id"]), int(meta["candidate"])) != key:
+        problems.append(f"sample {key}: json id/candidate do not match the key")
+    return problems
+
+
+def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int, set[str]]:
+    """(problems, samples read, keys) for one manifest entry."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    name = entry["name"]
+    if not storage.exists(SHARDS_DIR, name):
+        return [f"{name}: listed in manifest but missing"], 0, set()
+    problems: list[str] = []
+    size = storage.size(SHARDS_DIR, name)
+    if size != entry["bytes"]:
+        problems.append(f"{name}: {size} bytes, manifest says {entry['bytes']} (truncated or altered)")
+    h = hashlib.sha256()
+    with storage.fs.open(storage.path(SHARDS_DIR, name), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != entry["sha256"]:
+        problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest")
+    count, keys, sample_lines = 0, set(), []
+    try:
+        with storage.fs.open(storage.path(SHARDS_DIR, name), "rb") as f:
+            for sample in group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f)):
+                count += 1
+                key = sample["__key__"]
+                if key in keys:
+                    sample_lines.append(f"sample {key}: duplicate key")
+                keys.add(key)
+                sample_lines.extend(check_sample(sample))
+    except Exception as exc:  # noqa: BLE001 - tarfile/webdataset errors on a damaged archive
+        problems.append(f"{name}: unreadable tar after {count} samples ({type(exc).__name__}: {exc})")
+    if count != entry["samples"]:
+        problems.append(f"{name}: {count} samples, manifest says {entry['samples']}")
+    extra = len(sample_lines) - MAX_LINES_PER_SHARD
+    problems += [f"{name}: {line}" for line in sample_lines[:MAX_LINES_PER_SHARD]]
+    if extra > 0:
+        problems.append(f"{name}: ... and {extra} more sample problems")
+    return problems, count, keys
+
+
+def validate(out: str, workers: int = 2) -> list[str]:
+    """All problems found in OUT/shards (empty list = valid)."""
+    storage = Storage(out)
+    try:
+        manifest = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+    except FileNotFoundError:
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"]
+    except ValueError as exc:
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"]
+    problems: list[str] = []
+    sets = [("", manifest)]
+    if "rejected" in manifest:
+        sets.append(("rejected ", manifest["rejected"]))
+    listed: set[str] = set()
+    all_keys: dict[str, str] = {}
+    for label, part in sets:
+        entries = part.get("shards", [])
+        listed.update(e["name"] for e in entries)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            results = list(pool.map(lambda e: check_shard(storage, e), entries))
+        for entry, (shard_problems, _count, keys) in zip(entries, results, strict=True):
+            problems += shard_problems
+            for key in sorted(keys):
+                other = all_keys.setdefault(f"{label}{key}", entry["name"])
+                if other != entry["name"]:
+                    problems.append(f"{entry['name']}: sample {key} also in {other}")
+        for field in ("samples", "bytes"):
+            total = sum(e[field] for e in entries)
+            if total != part.get(field):
+                problems.append(f"manifest: {label}{field} total {part.get(field)} != shard sum {total}")
+    for name in storage.listdir(SHARDS_DIR):
+        if name.endswith(".tar") and name not in listed:
+            problems.append(f"{name}: shard not listed in the manifest")
+    return problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="editgen output directory (checks OUT/shards)")
+    parser.add_argument("--workers", type=int, default=2, help="shards checked in parallel")
+
+
+def main(args: argparse.Namespace) -> int:
+    problems = validate(args.out, args.workers)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"invalid: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    m = json.loads(Storage(args.out).read_text(SHARDS_DIR, MANIFEST))
+    print(f"valid: {len(m['shards'])} shards, {m['samples']} samples, {m['bytes']} bytes")
+    return 0

@@ -1,0 +1,174 @@
+"""Filter stage: CLIP-score every rendered candidate, then keep the top k passing ones per pair.
+
+Scores are cached per render partition in OUT/filter/_scores/part-NNNNN.parquet, keyed by the render
+partition's checksum and the CLIP config: when only thresholds or top_k change, the runner recomputes
+filter partitions but this stage re-runs selection alone and never loads CLIP. Output keeps every
+candidate with its scores and a status, so rejected candidates stay available (shard.export_rejected).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from filters.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec
+from filters.select import Thresholds, select
+from pipeline.errors import ConfigError
+from pipeline.stage import PartitionSpec, Stage, part_name, with_status
+
+if TYPE_CHECKING:
+    from pipeline.storage import Storage
+
+log = logging.getLogger("editgen")
+
+SCORES_DIR = "_scores"
+META_INPUT = b"editgen.render_sha256"
+META_CLIP = b"editgen.clip_key"
+
+
+def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: Any, clip_model_id: str) -> pa.Table:
+    """Render rows + scores -> filter output rows (scores, rank, clip model id, status)."""
+    reasons, ranks = select(
+        table["id"].to_pylist(),
+        table["candidate"].to_pylist(),
+        scores,
+        Thresholds.from_config(cfg),
+        cfg.top_k,
+    )
+    drop = [c for c in (*SCORE_COLUMNS, "filter_rank", "clip_model") if c in table.column_names]
+    out = table.drop_columns(drop) if drop else table
+    for name in SCORE_COLUMNS:
+        out = out.append_column(name, pa.array(np.asarray(scores[name], dtype=np.float32), pa.float32()))
+    out = out.append_column("filter_rank", pa.array(ranks, pa.int32()))
+    out = out.append_column("clip_model", pa.array([clip_model_id] * table.num_rows, pa.string()))
+    return with_status(out, reasons)
+
+
+def check_clip_config(cfg: Any) -> None:
+    """Fail before any work on an unknown model name or pretrained tag (one clear line)."""
+    from models.tiny_clip import TINY_CLIP_NAME
+
+    model, pretrained = cfg.clip_model, cfg.clip_pretrained
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return
+    if model == TINY_CLIP_NAME:
+        ok = (pretrained.startswith("seed:") and pretrained[5:].isdigit()) or os.path.isfile(pretrained)
+        if not ok:
+            raise ConfigError(f"filter.clip_pretrained: {pretrained!r}: tiny-clip needs 'seed:N' or a file")
+        return
+    import open_clip  # only now: importing it costs seconds on the driver
+
+    if model not in open_clip.list_models():
+        raise ConfigError(f"filter.clip_model: {model!r} is not an open_clip model (open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained and pretrained not in tags and not os.path.isfile(pretrained):
+        raise ConfigError(
+            f"filter.clip_pretrained: {pretrained!r}: not a file nor a tag of {model} ({', '.join(tags)})"
+        )
+
+
+class FilterStage(Stage):
+    name = "filter"
+    version = "1"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._scorer: ClipScorer | None = None
+        self._current: tuple[int, str, Storage] | None = None
+
+    def preflight(self) -> None:
+        check_clip_config(self.settings)
+
+    @property
+    def spec(self) -> ClipSpec:
+        return ClipSpec.from_config(self.settings)
+
+    def scorer(self) -> ClipScorer:
+        """Loaded on the first cache miss only: a selection-only rerun never touches the GPU."""
+        if self._scorer is None:
+            self._scorer = ClipScorer.from_config(self.settings)
+        return self._scorer
+
+    def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
+        table = super().load_input(spec, storage, upstream_dir)
+        self._current = (spec.pid, spec.input_key, storage)  # for the score cache key
+        return table
+
+    def process_partition(self, table: pa.Table) -> pa.Table:
+        """All candidates of a pair are in one partition, so top-k runs over the whole partition."""
+        scores = self.partition_scores(table)
+        return apply_selection(table, scores, self.settings, self.spec.model_id())
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        return self.process_partition(batch)
+
+    # ---- score cache ---------------------------------------------------------------------
+    def partition_scores(self, table: pa.Table) -> dict[str, np.ndarray]:
+        current, self._current = self._current, None
+        use_cache = current is not None and self.settings.cache_scores
+        clip_key = self.spec.cache_key()
+        if use_cache:
+            pid, input_key, storage = current
+            cached = read_cached_scores(storage, self.name, pid, input_key, clip_key, table)
+            if cached is not None:
+                self.metrics["score_cache_hits"] = 1.0
+                return cached
+        t0 = time.perf_counter()
+        scores = self.scorer().score_table(table) if table.num_rows else _empty_scores()
+        self.metrics["clip_seconds"] = time.perf_counter() - t0
+        self.metrics["clip_scored"] = float(table.num_rows)
+        if use_cache:
+            pid, input_key, storage = current
+            write_cached_scores(storage, self.name, pid, input_key, clip_key, table, scores)
+        return scores
+
+    def teardown(self) -> None:
+        self._scorer = None
+
+
+def _empty_scores() -> dict[str, np.ndarray]:
+    return {c: np.zeros(0, dtype=np.float32) for c in SCORE_COLUMNS}
+
+
+def read_cached_scores(
+    storage: Storage, stage_dir: str, pid: int, input_key: str, clip_key: str, table: pa.Table
+) -> dict[str, np.ndarray] | None:
+    """Scores cached for exactly this render partition and CLIP config, or None."""
+    if not storage.exists(stage_dir, SCORES_DIR, part_name(pid)):
+        return None
+    try:
+        cached = storage.read_table(stage_dir, SCORES_DIR, part_name(pid))
+    except Exception:  # noqa: BLE001 - a corrupt cache is just a miss
+        return None
+    meta = cached.schema.metadata or {}
+    if meta.get(META_INPUT) != input_key.encode() or meta.get(META_CLIP) != clip_key.encode():
+        return None
+    same_rows = (
+        cached.num_rows == table.num_rows
+        and cached["id"].equals(table["id"])
+        and cached["candidate"].cast(pa.int64()).equals(table["candidate"].cast(pa.int64()))
+    )
+    if not same_rows:
+        return None
+    return {c: cached[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in SCORE_COLUMNS}
+
+
+def write_cached_scores(
+    storage: Storage,
+    stage_dir: str,
+    pid: int,
+    input_key: str,
+    clip_key: str,
+    table: pa.Table,
+    scores: dict[str, np.ndarray],
+) -> None:
+    cols = {"id": table["id"], "candidate": table["candidate"]}
+    cols.update({c: pa.array(np.asarray(scores[c], dtype=np.float32), pa.float32()) for c in SCORE_COLUMNS})
+    meta = {META_INPUT: input_key.encode(), META_CLIP: clip_key.encode()}
+    out = pa.table(cols).replace_schema_metadata(meta)
+    storage.write_table(out, stage_dir, SCORES_DIR, part_name(pid))

@@ -1,0 +1,72 @@
+"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest.
+
+Global because shard numbering must see every partition in order to be deterministic. Runs on the
+driver; shards are encoded and uploaded by a small thread pool (`shard.resources.concurrency`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, write_dataset
+from pipeline.config import section_hash
+from pipeline.records import combined_key
+from pipeline.stage import PlanContext, Stage, part_name
+
+
+class ShardStage(Stage):
+    name = "shard"
+    version = "1"
+    is_global = True
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError("shard is a global stage: the runner calls run_global")
+
+    def run_global(self, ctx: PlanContext) -> dict[str, Any]:
+        if ctx.upstream_dir is None:
+            raise ValueError("shard: no upstream (filter) to read from")
+        records = sorted(ctx.upstream_records, key=lambda r: r["partition"])
+        upstream_key = combined_key([r["sha256"] for r in records])
+        cfg = self.settings
+        parts = [(ctx.upstream_dir, r.get("file") or part_name(r["partition"])) for r in records]
+        t0 = time.perf_counter()
+        summary = write_dataset(
+            ctx.storage,
+            iter_rows(ctx.storage, parts),
+            prefix=cfg.prefix,
+            samples_per_shard=cfg.samples_per_shard,
+            max_shard_bytes=cfg.max_shard_bytes,
+            export_rejected=cfg.export_rejected,
+            workers=cfg.resources.concurrency,
+            config_hash=section_hash(self.config, self.name, upstream_key, self.version),
+            upstream_key=upstream_key,
+        )
+        seconds = time.perf_counter() - t0
+        summary["metrics"]["shard_seconds"] = seconds
+        summary["metrics"]["shard_mb_per_s"] = summary["bytes"] / 1e6 / seconds if seconds > 0 else 0.0
+        return summary
+
+    def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
+        """Skip only if the manifest and every shard it lists are exactly what was written."""
+        storage = ctx.storage
+        try:
+            text = storage.read_bytes(SHARDS_DIR, MANIFEST)
+            if hashlib.sha256(text).hexdigest() != record.get("sha256"):
+                return False
+            manifest = json.loads(text)
+            entries = list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+            for e in entries:
+                if storage.size(SHARDS_DIR, e["name"]) != e["bytes"]:
+                    return False
+                if self.config.run.verify_checksums and (
+                    hashlib.sha256(storage.read_bytes(SHARDS_DIR, e["name"])).hexdigest() != e["sha256"]
+                ):
+                    return False
+        except (FileNotFoundError, ValueError, KeyError):
+            return False
+        return True

@@ -1,0 +1,164 @@
+"""Selection (thresholds, top-k, named reasons), early stop, and the filter stage's score cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from filters.early_stop import EarlyStop, pair_done
+from filters.select import BAD_IMAGE, NOT_TOP_K, Thresholds, select, threshold_reason
+from pipeline.config import build_config
+
+GOOD = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
+
+
+def test_defaults_are_instructpix2pix():
+    cfg = build_config().filter
+    assert (cfg.clip_model, cfg.clip_pretrained, cfg.top_k) == ("ViT-L-14", "openai", 4)
+    assert Thresholds.from_config(cfg) == Thresholds(0.75, 0.2, 0.2, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({}, None),
+        ({"sim_image": 0.74}, "below_sim_image"),
+        ({"sim_direction": 0.19}, "below_sim_direction"),
+        ({"sim_0": 0.1}, "below_sim_0"),
+        ({"sim_1": -0.5}, "below_sim_1"),
+        ({"sim_image": 0.1, "sim_1": 0.1}, "below_sim_image"),  # first failing check names it
+        ({"sim_0": math.nan}, BAD_IMAGE),
+        ({"sim_image": 0.75, "sim_direction": 0.2}, None),  # thresholds are inclusive
+    ],
+)
+def test_threshold_reasons(change, reason):
+    assert threshold_reason({**GOOD, **change}, Thresholds()) == reason
+
+
+def _scores(direction, image=None):
+    n = len(direction)
+    return {
+        "sim_direction": np.array(direction, np.float32),
+        "sim_image": np.array(image if image is not None else [0.9] * n, np.float32),
+        "sim_0": np.full(n, 0.3, np.float32),
+        "sim_1": np.full(n, 0.3, np.float32),
+    }
+
+
+def test_top_k_per_pair_by_direction():
+    ids = ["a"] * 5 + ["b"] * 3
+    cands = [0, 1, 2, 3, 4, 0, 1, 2]
+    direction = [0.30, 0.50, 0.25, 0.50, 0.10, 0.40, 0.21, 0.9]
+    image = [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5]
+    reasons, ranks = select(ids, cands, _scores(direction, image), Thresholds(), top_k=2)
+    # pair a: passing = c0 .3, c1 .5, c2 .25, c3 .5 (c4 below direction); tie c1/c3 -> lower candidate first
+    assert reasons[:5] == [NOT_TOP_K, None, NOT_TOP_K, None, "below_sim_direction"]
+    assert ranks[:5] == [2, 0, 3, 1, None]
+    # pair b: c2 has the best direction but fails sim_image, so it cannot take a top-k slot
+    assert reasons[5:] == [None, None, "below_sim_image"]
+    assert ranks[5:] == [0, 1, None]
+    reasons_all, _ = select(ids, cands, _scores(direction, image), Thresholds(), top_k=None)
+    assert NOT_TOP_K not in reasons_all
+
+
+def test_pair_done_and_early_stop():
+    assert not pair_done(passed=3, drawn=10, k=4, max_candidates=100)
+    assert pair_done(passed=4, drawn=10, k=4, max_candidates=100)
+    assert pair_done(passed=0, drawn=100, k=4, max_candidates=100)
+    assert not pair_done(passed=4, drawn=5, k=4, max_candidates=100, min_candidates=8)
+    es = EarlyStop.from_config(build_config().filter, max_candidates=6)
+    bad = {**GOOD, "sim_direction": 0.0}
+    assert es.remaining("p") == 4
+    for s in (GOOD, bad, GOOD, GOOD):
+        assert es.add("p", s) is False
+    assert es.remaining("p") == 1
+    assert es.add("p", GOOD) is True and es.drawn("p") == 5 and es.passed("p") == 4
+    assert es.remaining("p") == 0
+    for _ in range(6):  # a pair that never passes stops at max_candidates
+        done = es.add("q", bad)
+    assert done and es.drawn("q") == 6 and es.passed("q") == 0
+
+
+# ---- the filter stage's score cache (function level: no Ray) -------------------------------
+def _filter_cfg(tmp_path, **over):
+    filt = {"clip_model": "tiny-clip", "clip_pretrained": "seed:0", "device": "cpu",
+            "clip_cache_dir": str(tmp_path / "clip"), "min_sim_0": -1.0, "min_sim_1": -1.0,
+            "min_sim_direction": -1.0, "min_sim_image": -1.0, "top_k": 2,
+            "resources": {"num_gpus": 0}, **over}
+    return build_config(extra={"filter": filt})
+
+
+def _run_partition(stage, storage, pid, sha):
+    from pipeline.stage import PartitionSpec
+
+    table = stage.load_input(PartitionSpec(pid=pid, input_key=sha), storage, "render")
+    return stage.process_partition(table)
+
+
+def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monkeypatch):
+    pytest.importorskip("open_clip")
+    from output.synthetic import render_table
+    from pipeline.stage import count_reasons
+    from pipeline.storage import Storage
+    from stages.filter import FilterStage
+
+    storage = Storage(str(tmp_path / "out"))
+    render = render_table(n_pairs=3, candidates=4, size=32)
+    sha, _ = storage.write_table(render, "render", "part-00000.parquet")
+    render_file = tmp_path / "out" / "render" / "part-00000.parquet"
+    before = (render_file.read_bytes(), render_file.stat().st_mtime_ns)
+
+    first = FilterStage(_filter_cfg(tmp_path))
+    out1 = _run_partition(first, storage, 0, sha)
+    assert first.metrics["clip_scored"] == 12
+    assert (tmp_path / "out" / "filter" / "_scores" / "part-00000.parquet").exists()
+    assert count_reasons(out1) == (6, {NOT_TOP_K: 6})
+    for col in ("sim_0", "sim_1", "sim_direction", "sim_image", "filter_rank", "clip_model"):
+        assert col in out1.column_names
+
+    # New thresholds/top_k: scores must come from the cache; loading CLIP would fail here.
+    def no_clip(*a, **k):
+        raise AssertionError("CLIP must not be loaded when only thresholds change")
+
+    monkeypatch.setattr("stages.filter.ClipScorer.from_config", no_clip)
+    median = float(np.median(out1["sim_direction"].to_numpy()))
+    second = FilterStage(_filter_cfg(tmp_path, top_k=3, min_sim_direction=median))
+    out2 = _run_partition(second, storage, 0, sha)
+    assert second.metrics == {"score_cache_hits": 1.0}
+    for col in ("sim_0", "sim_1", "sim_direction", "sim_image"):
+        assert out2[col].equals(out1[col])
+    kept, dropped = count_reasons(out2)
+    assert kept + sum(dropped.values()) == 12 and dropped.get("below_sim_direction", 0) > 0
+    assert (render_file.read_bytes(), render_file.stat().st_mtime_ns) == before
+
+    # A different render partition checksum, or another CLIP, is a cache miss.
+    monkeypatch.undo()
+    third = FilterStage(_filter_cfg(tmp_path))
+    _run_partition(third, storage, 0, "0" * 64)
+    assert third.metrics["clip_scored"] == 12
+
+
+def test_empty_partition(tmp_path):
+    pytest.importorskip("open_clip")
+    from output.synthetic import RENDER_SCHEMA
+    from stages.filter import FilterStage
+
+    out = FilterStage(_filter_cfg(tmp_path)).process_partition(RENDER_SCHEMA.empty_table().drop_columns(
+        ["status", "drop_reason"]))
+    assert out.num_rows == 0 and "status" in out.column_names
+    assert isinstance(out, pa.Table)
+
+
+def test_preflight_names_the_bad_key(tmp_path):
+    pytest.importorskip("open_clip")
+    from pipeline.errors import ConfigError
+    from stages.filter import FilterStage
+
+    with pytest.raises(ConfigError, match="filter.clip_model"):
+        FilterStage(_filter_cfg(tmp_path, clip_model="ViT-Nope")).preflight()
+    with pytest.raises(ConfigError, match="filter.clip_pretrained"):
+        FilterStage(_filter_cfg(tmp_path, clip_model="ViT-B-32", clip_pretrained="nope")).preflight()
+    FilterStage(_filter_cfg(tmp_path)).preflight()

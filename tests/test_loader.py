@@ -1,0 +1,119 @@
+"""Training loader: paired crops (same resize/crop/flip on both images), DataLoader workers, HF export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from output.export_hf import export_hf
+from output.loader import instruct_pix2pix_dataset, make_dataloader, paired_transform, shard_urls
+from output.synthetic import encode, filter_table, render_table
+from pipeline.config import build_config
+from pipeline.stage import PlanContext, part_name
+from pipeline.storage import Storage
+from stages.shard import ShardStage
+
+W, H = 48, 40  # non-square, so the resize and the crop both matter
+
+
+def coord_image(w: int = W, h: int = H) -> np.ndarray:
+    """R encodes x, G encodes y: any crop/flip is readable from the pixels."""
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[..., 0] = (np.arange(w) * 5)[None, :]
+    img[..., 1] = (np.arange(h) * 6)[:, None]
+    img[..., 2] = 128
+    return img
+
+
+def assert_paired(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    """edited = 255 - input pixelwise, so after an identical transform x1 == -x0 in [-1, 1]."""
+    assert x0.shape == x1.shape and x0.dtype == torch.float32
+    assert x0.min() >= -1 and x0.max() <= 1
+    torch.testing.assert_close(x1, -x0, atol=1e-4, rtol=0)
+
+
+def test_paired_transform_same_crop_and_flip():
+    a = coord_image()
+    pa_, pb = Image.fromarray(a), Image.fromarray(255 - a)
+    g = torch.Generator().manual_seed(0)
+    lefts, flips = set(), set()
+    for _ in range(40):
+        x0, x1 = paired_transform(pa_, pb, resolution=32, max_upscale=1.3, generator=g)
+        assert x0.shape == (3, 32, 32)
+        assert_paired(x0, x1)
+        red = x0[0]
+        flips.add(bool(red[0, 0] > red[0, -1]))
+        lefts.add(round(float(red[:, 0].mean()), 2))
+    assert flips == {True, False} and len(lefts) > 5  # flips happen, crops move
+
+
+def test_center_crop_without_resize_is_exact():
+    a = coord_image(40, 32)  # shorter side == resolution: no resize, crop columns 4..35
+    x0, _ = paired_transform(Image.fromarray(a), Image.fromarray(a), resolution=32, center_crop=True,
+                             random_flip=False)
+    want = torch.from_numpy(a[:, 4:36]).permute(2, 0, 1).float() / 127.5 - 1
+    torch.testing.assert_close(x0, want)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    storage = Storage(str(root))
+    a = coord_image()
+    records = []
+    for pid in range(3):
+        t = filter_table(render_table(4, 2, 16, seed=pid, start=4 * pid), seed=pid, keep_fraction=1.0)
+        n = t.num_rows
+        t = t.set_column(t.column_names.index("input_image"), "input_image", pa.array([encode(a)] * n))
+        t = t.set_column(t.column_names.index("edited_image"), "edited_image", pa.array([encode(255 - a)] * n))
+        sha, _ = storage.write_table(t, "filter", part_name(pid))
+        records.append({"partition": pid, "sha256": sha, "rows_out": n})
+    cfg = build_config(extra={"shard": {"samples_per_shard": 5}})
+    ShardStage(cfg).run_global(PlanContext(cfg, storage, records, "filter"))
+    return root
+
+
+def test_dataloader_with_workers_yields_paired_batches(shards):
+    urls = shard_urls(str(shards))
+    assert len(urls) == 5  # 24 samples / 5 per shard
+    dl = make_dataloader(str(shards), batch_size=4, num_workers=2, resolution=32, max_upscale=1.2,
+                         shuffle_buffer=8)
+    seen = 0
+    prompts = []
+    for batch in dl:
+        assert set(batch) >= {"input_image", "edit_prompt", "edited_image"}
+        assert batch["input_image"].shape[1:] == (3, 32, 32)
+        for x0, x1 in zip(batch["input_image"], batch["edited_image"], strict=True):
+            assert_paired(x0, x1)
+        prompts += batch["edit_prompt"]
+        seen += len(batch["edit_prompt"])
+    assert seen == 24  # each sample exactly once per epoch across workers
+    assert all(p.startswith("add a red box") for p in prompts)
+
+
+def test_dataset_from_shard_list(shards):
+    ds = instruct_pix2pix_dataset(shard_urls(str(shards))[:1], resolution=16, shuffle_shards=False,
+                                  shuffle_buffer=0)
+    items = list(ds)
+    assert len(items) == 5 and isinstance(items[0]["edit_prompt"], str)
+
+
+def test_export_hf_parquet(shards, tmp_path):
+    n = export_hf(str(shards), str(tmp_path / "hf"), rows_per_file=10)
+    assert n == 24
+    files = sorted((tmp_path / "hf" / "data").glob("train-*.parquet"))
+    assert [f.name for f in files] == [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(files[0])
+    assert t.column_names == ["input_image", "edit_prompt", "edited_image"]
+    assert t.schema.field("input_image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    assert isinstance(ds.features["input_image"], datasets.Image) and len(ds) == 24
+    row = ds[0]
+    assert row["input_image"].size == (W, H) and np.array_equal(np.asarray(row["input_image"]), coord_image())
+    assert row["edit_prompt"].startswith("add a red box")

@@ -1,0 +1,83 @@
+"""`editgen preview OUT`: page, thumbnails and plots; rendered in headless Chromium; text escaped."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from output import preview
+from output.synthetic import filter_table, render_table
+from pipeline.records import write_record
+from pipeline.stage import part_name
+from pipeline.storage import Storage
+
+#: Would mark <body> if it ever ran (no alert(): a modal dialog hangs headless Chromium).
+EVIL = ("<script>document.body.setAttribute('data-pwned','1')</script>"
+        "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    storage = Storage(str(tmp_path))
+    for pid in range(2):
+        t = filter_table(render_table(3, 3, 32, seed=pid, start=3 * pid), seed=pid)
+        caps = t["caption"].to_pylist()
+        caps[0] = EVIL
+        t = t.set_column(t.column_names.index("caption"), "caption", pa.array(caps))
+        storage.write_table(t, "filter", part_name(pid))
+        kept = t["status"].to_pylist().count("kept")
+        write_record(storage, "filter", {"partition": pid, "rows_in": t.num_rows, "rows_out": kept,
+                                         "dropped": {"below_sim_direction": t.num_rows - kept}})
+        write_record(storage, "ingest", {"partition": pid, "rows_in": 20, "rows_out": 15,
+                                         "dropped": {"too_short": 3, "not_english": 2}})
+    storage.write_text("filter:\n  min_sim_direction: 0.25\n", "config.yaml")
+    return tmp_path
+
+
+def build(out: Path) -> None:
+    parser = argparse.ArgumentParser()
+    preview.add_arguments(parser)
+    assert preview.main(parser.parse_args([str(out), "--limit", "6", "--rejected", "3"])) == 0
+
+
+def test_page_files_and_escaping(out):
+    build(out)
+    page = (out / "preview.html").read_text()
+    assert "<script>document.body" not in page and "&lt;script&gt;document.body" in page
+    assert "onerror=\"document" not in page
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 2 + 2 * (6 + 3)  # two plots + before/after per shown card
+    for src in srcs:
+        assert (out / src).is_file() and (out / src).read_bytes()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0")
+    assert "ingest: 40 in, 30 kept" in page and "not_english" in page
+    assert preview.load_thresholds(Storage(str(out))).sim_direction == 0.25
+    assert preview.stage_drops(Storage(str(out)))["filter"]["rows_in"] == 18
+
+
+def test_page_without_filter_output(tmp_path):
+    write_record(Storage(str(tmp_path)), "ingest", {"partition": 0, "rows_in": 5, "rows_out": 5, "dropped": {}})
+    build(tmp_path)
+    assert "Kept pairs (0 shown)" in (tmp_path / "preview.html").read_text()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian `chromium` (apt-get install chromium)")
+def test_renders_in_headless_chromium(out, tmp_path):
+    build(out)
+    cmd = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+           "--dump-dom", (out / "preview.html").as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
+    ok = int(re.search(r'data-images-ok="(\d+)"', body).group(1))
+    assert total == 20 and ok == total, body  # every thumbnail and plot decoded (naturalWidth > 0)
+    assert "data-pwned" not in body and "&lt;script&gt;document.body" in dom  # text, never run

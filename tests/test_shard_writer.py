@@ -1,0 +1,155 @@
+"""WebDataset shards: keys, layout, limits, determinism, readers (webdataset and tarfile), manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from output.shard_writer import TAR_MTIME, iter_rows, read_manifest, sample_key
+from output.synthetic import filter_table, render_table
+from pipeline.config import build_config
+from pipeline.stage import PlanContext, part_name
+from pipeline.storage import Storage
+from stages.shard import ShardStage
+
+wds = pytest.importorskip("webdataset")
+
+
+def make_filter_out(root: Path, parts: int = 3, pairs: int = 4, fmt: str = "png", **kw) -> list[dict]:
+    """Synthetic filter partitions + their completion records (what the runner hands the shard stage)."""
+    storage = Storage(str(root))
+    records = []
+    for pid in range(parts):
+        t = filter_table(render_table(pairs, 3, 32, seed=pid, start=pairs * pid, fmt=fmt, **kw), seed=pid)
+        sha, nbytes = storage.write_table(t, "filter", part_name(pid))
+        kept = t["status"].to_pylist().count("kept")
+        records.append({"partition": pid, "file": part_name(pid), "sha256": sha, "bytes": nbytes,
+                        "rows_out": kept})
+    return records
+
+
+def run_shard(root: Path, records: list[dict], **shard) -> dict:
+    cfg = build_config(extra={"shard": shard})
+    return ShardStage(cfg).run_global(PlanContext(cfg, Storage(str(root)), records, "filter"))
+
+
+@pytest.mark.parametrize(
+    "record_id",
+    ["abc123", "a.b.c", "../../etc/passwd", "/abs/path", "..", "", "__key__", "ünïcode id", "x" * 300, "a b\tc\n"],
+)
+def test_sample_keys_are_safe(record_id):
+    key = sample_key(record_id, 7)
+    assert key.endswith("-c0007")
+    assert "." not in key and "/" not in key and not key.startswith(("_", "-"))
+    assert len(key) < 90 and all(ch.isalnum() or ch in "_-" for ch in key)
+
+
+def test_sample_keys_stay_unique_after_sanitizing():
+    ids = ["a/b", "a_b", "a.b", "a b", "a__b", "A/b"]
+    assert len({sample_key(i, 0) for i in ids}) == len(ids)
+    assert sample_key("a_b", 0) == "a_b-c0000"  # clean ids are kept readable
+
+
+def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
+    records = make_filter_out(tmp_path, fmt="png")
+    summary = run_shard(tmp_path, records, samples_per_shard=5)
+    manifest = read_manifest(Storage(str(tmp_path)))
+    kept = sum(r["rows_out"] for r in records)
+    assert summary["rows_in"] == kept == summary["rows_out"] == manifest["samples"]
+    assert summary["shards"] == len(manifest["shards"]) == -(-kept // 5)
+    assert manifest["config_hash"] and manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
+    shards = sorted((tmp_path / "shards").glob("edits-*.tar"))
+    assert [p.name for p in shards] == [s["name"] for s in manifest["shards"]]
+    for p, entry in zip(shards, manifest["shards"], strict=True):
+        data = p.read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+        with tarfile.open(p) as tar:
+            members = tar.getmembers()
+            assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+                (TAR_MTIME, 0, 0, "", "", 0o444)}
+            assert all(m.isreg() and not m.name.startswith("/") and ".." not in m.name for m in members)
+
+    ds = wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode("pil")
+    samples = list(ds)
+    assert len(samples) == kept
+    s = samples[0]
+    assert {"input.png", "edited.png", "mask.png", "txt", "json"} <= set(s)
+    assert s["input.png"].size == (32, 32)
+    meta = s["json"]
+    assert meta["instruction"] == s["txt"] and meta["status"] == "kept"
+    for field in ("caption", "edited_caption", "seed", "url", "source", "source_row", "id", "candidate",
+                  "sim_0", "sim_1", "sim_direction", "sim_image", "render_model", "clip_model"):
+        assert field in meta, field
+    assert meta["params"]["guidance_scale"] == 7.5 and meta["params"]["scheduler"] == "ddim"
+    assert s["__key__"] == sample_key(meta["id"], meta["candidate"])
+    assert "input_image" not in meta and "mask" not in meta
+
+
+def test_jpeg_members_and_optional_mask(tmp_path):
+    records = make_filter_out(tmp_path, parts=1, fmt="jpeg", with_mask=False)
+    run_shard(tmp_path, records)
+    with tarfile.open(tmp_path / "shards" / "edits-000000.tar") as tar:
+        names = tar.getnames()
+    assert any(n.endswith(".input.jpg") for n in names) and not any("mask" in n for n in names)
+
+
+def test_byte_identical_across_runs_and_concurrency(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    recs_a, recs_b = make_filter_out(a), make_filter_out(b)
+    assert [r["sha256"] for r in recs_a] == [r["sha256"] for r in recs_b]
+    run_shard(a, recs_a, samples_per_shard=4, resources={"concurrency": 1})
+    run_shard(b, recs_b, samples_per_shard=4, resources={"concurrency": 3})
+    files_a = {p.name: p.read_bytes() for p in (a / "shards").iterdir()}
+    files_b = {p.name: p.read_bytes() for p in (b / "shards").iterdir()}
+    assert files_a == files_b and "manifest.json" in files_a and len(files_a) > 3
+    run_shard(a, recs_a, samples_per_shard=4)  # rerun in place: same bytes again
+    assert {p.name: p.read_bytes() for p in (a / "shards").iterdir()} == files_a
+
+
+def test_size_limit_and_stale_shards(tmp_path):
+    records = make_filter_out(tmp_path)
+    run_shard(tmp_path, records, samples_per_shard=1)
+    n_small = len(list((tmp_path / "shards").glob("*.tar")))
+    limit = 40_960
+    run_shard(tmp_path, records, samples_per_shard=1000, max_shard_bytes=limit)
+    manifest = read_manifest(Storage(str(tmp_path)))
+    assert all(s["bytes"] <= limit for s in manifest["shards"]) and len(manifest["shards"]) > 1
+    on_disk = sorted(p.name for p in (tmp_path / "shards").glob("*.tar"))
+    assert on_disk == [s["name"] for s in manifest["shards"]] and len(on_disk) < n_small
+    assert not list((tmp_path / "shards").glob(".tmp-*"))
+
+
+def test_export_rejected_and_missing_images(tmp_path):
+    records = make_filter_out(tmp_path, parts=2)
+    storage = Storage(str(tmp_path))
+    t = storage.read_table("filter", part_name(0))
+    kept_idx = t["status"].to_pylist().index("kept")
+    images = t["edited_image"].to_pylist()
+    images[kept_idx] = None
+    t = t.set_column(t.column_names.index("edited_image"), "edited_image", pa.array(images, pa.binary()))
+    storage.write_table(t, "filter", part_name(0))
+    summary = run_shard(tmp_path, records, export_rejected=True)
+    manifest = read_manifest(storage)
+    total = sum(storage.read_table("filter", part_name(p)).num_rows for p in range(2))
+    assert summary["dropped"] == {"missing_image": 1}
+    assert summary["rows_out"] == summary["rows_in"] - 1
+    assert manifest["samples"] + manifest["rejected"]["samples"] == total - 1
+    rej = list(wds.WebDataset(str(tmp_path / "shards" / "rejected-000000.tar"), shardshuffle=False))
+    meta = json.loads(rej[0]["json"])
+    assert meta["status"] == "dropped" and meta["drop_reason"] == "below_sim_direction"
+
+
+def test_iter_rows_streams_in_file_order(tmp_path):
+    storage = Storage(str(tmp_path))
+    t = render_table(5, 2, 16)
+    storage.write_table(t, "x", "part-00000.parquet")
+    rows = list(iter_rows(storage, [("x", "part-00000.parquet")], batch_rows=3))
+    assert [(r["id"], r["candidate"]) for r in rows] == list(zip(t["id"].to_pylist(), t["candidate"].to_pylist(),
+                                                                    strict=True))
+    assert isinstance(rows[0]["input_image"], bytes) and io.BytesIO(rows[0]["input_image"]).read(4) == b"\x89PNG"

@@ -1,0 +1,119 @@
+"""`editgen validate OUT`: exit 0 on intact shards, 1 with one line per problem otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from output import validate as validate_mod
+from output.shard_writer import build_tar
+from output.synthetic import filter_table, render_table
+from pipeline.config import build_config
+from pipeline.stage import PlanContext, part_name
+from pipeline.storage import Storage
+from stages.shard import ShardStage
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    storage = Storage(str(tmp_path))
+    records = []
+    for pid in range(2):
+        t = filter_table(render_table(4, 3, 32, seed=pid, start=4 * pid), seed=pid, keep_fraction=0.7)
+        sha, _ = storage.write_table(t, "filter", part_name(pid))
+        records.append({"partition": pid, "sha256": sha, "rows_out": t["status"].to_pylist().count("kept")})
+    cfg = build_config(extra={"shard": {"samples_per_shard": 4}})
+    ShardStage(cfg).run_global(PlanContext(cfg, storage, records, "filter"))
+    return tmp_path
+
+
+def run(out: Path, capsys) -> tuple[int, list[str]]:
+    parser = argparse.ArgumentParser()
+    validate_mod.add_arguments(parser)
+    code = validate_mod.main(parser.parse_args([str(out)]))
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+def test_valid_output(out, capsys):
+    code, lines = run(out, capsys)
+    assert code == 0 and lines[-1].startswith("valid: ")
+
+
+def test_truncated_shard(out, capsys):
+    shard = out / "shards" / "edits-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    code, lines = run(out, capsys)
+    assert code == 1
+    assert all(line.startswith("edits-000001.tar: ") for line in lines)
+    text = "\n".join(lines)
+    assert "truncated or altered" in text and "sha256" in text and "samples, manifest says 4" in text
+
+
+def test_altered_shard_same_size(out, capsys):
+    shard = out / "shards" / "edits-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[-20_000] ^= 0xFF  # flip a byte inside the payload, size unchanged
+    shard.write_bytes(bytes(data))
+    code, lines = run(out, capsys)
+    assert code == 1 and any("edits-000000.tar: sha256" in line for line in lines)
+
+
+def test_missing_and_unlisted_shards(out, capsys):
+    (out / "shards" / "edits-000000.tar").rename(out / "shards" / "edits-000099.tar")
+    code, lines = run(out, capsys)
+    assert code == 1
+    assert "edits-000000.tar: listed in manifest but missing" in lines
+    assert "edits-000099.tar: shard not listed in the manifest" in lines
+
+
+def test_bad_image_and_missing_field_with_consistent_manifest(out, capsys):
+    """A shard that matches its manifest entry but holds a corrupt image and incomplete JSON."""
+    shard = out / "shards" / "edits-000000.tar"
+    members = []
+    with tarfile.open(shard) as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read()
+            members.append((m.name, data))
+    key = members[0][0].split(".")[0]
+    fixed = []
+    for name, data in members:
+        if name == f"{key}.edited.png":
+            data = b"\x89PNG garbage"
+        if name == f"{key}.json":
+            meta = json.loads(data)
+            del meta["seed"]
+            data = json.dumps(meta).encode()
+        fixed.append((name, data))
+    blob = build_tar(fixed)
+    shard.write_bytes(blob)
+    manifest_path = out / "shards" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["shards"][0]
+    manifest["bytes"] += len(blob) - entry["bytes"]
+    entry.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+    code, lines = run(out, capsys)
+    assert code == 1
+    assert lines == [
+        f"edits-000000.tar: sample {key}: edited.png does not decode",
+        f"edits-000000.tar: sample {key}: json lacks seed",
+    ]
+
+
+def test_missing_manifest(tmp_path, capsys):
+    code, lines = run(tmp_path, capsys)
+    assert code == 1 and "manifest.json: missing" in lines[0]
+
+
+def test_valid_images_decode_check():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    assert validate_mod._decodes(buf.getvalue()) and not validate_mod._decodes(b"nope")
