@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -18,7 +19,7 @@ class Progress:
 
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 150)
         self._rows: dict[Any, list[int]] = {}
         self._bar: RichProgress | None = None
         if enabled:
@@ -59,14 +60,15 @@ class Progress:
 
 def summary_table(result: RunResult) -> Table:
     table = Table(title=f"editgen run: {result.out}")
-    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "top drop reasons", "s", "rows/s"):
-        table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left")
+    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "rows/s", "top drop reasons"):
+        table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left",
+                         no_wrap=col != "top drop reasons")
     for s in result.stages:
         dropped = sum(s.dropped.values())
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:4])
         rate = f"{s.rows_in / s.seconds:.0f}" if s.computed and s.seconds > 0 else "-"
         table.add_row(
             s.name, str(s.partitions), str(s.computed), str(s.rows_in), str(s.rows_out), str(dropped),
-            top, f"{s.seconds:.1f}", rate,
+            f"{s.seconds:.1f}", rate, top,
         )
     return table

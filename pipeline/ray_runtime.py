@@ -45,7 +45,7 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> dict[str, Any]:
     return ray.cluster_resources()
 
 
-def fit_concurrency(stage: str, want: int, num_cpus: float, num_gpus: float) -> int:
+def fit_concurrency(stage: str, want: int, num_cpus: float, num_gpus: float, quiet: bool = False) -> int:
     """How many actors of this shape the cluster can hold; errors when not even one fits, since a
     request Ray can never satisfy would hang forever instead of failing."""
     import ray
@@ -65,6 +65,6 @@ def fit_concurrency(stage: str, want: int, num_cpus: float, num_gpus: float) -> 
     if num_gpus > 0:
         limits.append(int(gpus // num_gpus))
     n = max(1, min(limits))
-    if n < want:
+    if n < want and not quiet:
         log.warning("%s: cluster fits %d of %d requested workers", stage, n, want)
     return n

@@ -285,7 +285,8 @@ class Runner:
 
         ensure_ray(self.cfg.ray)
         res = stage.resources()
-        n = fit_concurrency(stage.name, min(res.concurrency, len(todo)), res.num_cpus, res.num_gpus)
+        want = min(res.concurrency, len(todo)) if res.concurrency > 0 else len(todo)
+        n = fit_concurrency(stage.name, want, res.num_cpus, res.num_gpus, quiet=res.concurrency == 0)
         options: dict[str, Any] = {
             "num_cpus": res.num_cpus,
             "num_gpus": res.num_gpus,
@@ -302,8 +303,8 @@ class Runner:
         actor_cls = ray.remote(StageWorker).options(**options)
         cfg_json = self.cfg.model_dump_json()
         actors = [
-            actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options)
-            for _ in range(n)
+            actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options, i)
+            for i in range(n)
         ]
         pending = deque(todo)
         inflight: dict[Any, tuple[int, PartitionSpec]] = {}

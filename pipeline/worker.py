@@ -34,7 +34,9 @@ class StageWorker:
         upstream_dir: str | None,
         stage_hash: str,
         storage_options: dict[str, Any] | None = None,
+        actor_index: int = 0,
     ) -> None:
+        self.actor_index = actor_index
         from pipeline.config import EditgenConfig
         from stages import load_stage_class
 
@@ -85,6 +87,7 @@ class StageWorker:
             "metrics": {k: float(v) for k, v in self.stage.metrics.items()},
             "seconds": round(time.perf_counter() - t0, 4),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "actor": self.actor_index,
             "attempt": spec.attempt,
         }
         write_record(self.storage, self.stage_dir, record)

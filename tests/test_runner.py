@@ -194,3 +194,16 @@ def test_cli_bad_input_leaves_nothing(tmp_path):
          str(out)], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "missing.parquet" in proc.stderr and not out.exists()
+
+
+def test_fsspec_urls_for_input_and_out(ray_session, laion_parquet, tmp_path):
+    """Inputs and OUT given as URLs go through fsspec end to end (same code path as s3://)."""
+    out_url = f"file://{tmp_path / 'url-out'}"
+    cfg = build_config(extra={"ingest": {"input": [f"file://{laion_parquet}"], "rows_per_partition": 500,
+                                         "limit": 200}, "run": {"progress": False}})
+    result = run_pipeline(cfg, out_url, only="ingest")
+    assert result.stages[0].rows_in == 200
+    assert len(list((tmp_path / "url-out" / "ingest").glob("part-*.parquet"))) == 1
+    status = collect(out_url)
+    ing = next(s for s in status["stages"] if s["stage"] == "ingest")
+    assert ing["rows_in"] == 200 == ing["rows_out"] + ing["rows_dropped"]

@@ -16,6 +16,6 @@ class Resources(Strict):
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    concurrency: int = Field(1, ge=1, description="number of actors (workers) for the stage")
+    concurrency: int = Field(1, ge=0, description="number of actors (workers); 0 = as many as the cluster fits")
     batch_size: int = Field(256, ge=1, description="rows handed to the batch function at once")
     max_retries: int = Field(3, ge=0, description="re-runs of a partition after a worker crash")

@@ -1,12 +1,62 @@
-"""Config of the render stage (Prompt-to-Prompt pairs). Owned by the render stage."""
+"""Config of the render stage (Prompt-to-Prompt before/after candidates on Stable Diffusion)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from pipeline.settings.base import Resources, Strict
 
 
 class RenderConfig(Strict):
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1, batch_size=8))
+    model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="hub id or local diffusers folder (safetensors); 'tiny' / 'tiny-sdxl' build random test models",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto = float16 on GPU, float32 on CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the UNet once per actor")
+    scheduler: Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"] = "ddim"
+    steps: int = Field(50, ge=1)
+    height: int = Field(512, ge=8, multiple_of=8)
+    width: int = Field(512, ge=8, multiple_of=8)
+    candidates: int = Field(4, ge=1, description="candidates drawn per pair (InstructPix2Pix drew up to 100)")
+    p_range: tuple[float, float] = Field((0.1, 0.9), description="P2P window fraction p ~ U(a, b)")
+    guidance_range: tuple[float, float] = Field((7.5, 15.0), description="CFG scale ~ U(a, b)")
+    tie_windows: bool = Field(True, description="one p for the cross- and self-attention windows")
+    mode: Literal["auto", "replace", "refine", "reweight", "ip2p"] = Field(
+        "auto", description="auto = the instruct stage's edit kind (replace when word counts match, else refine)"
+    )
+    self_max_res: int | None = Field(32, ge=1, description="self-attention injected only at <= N x N layers")
+    local_blend: bool = Field(False, description="LocalBlend on the changed words; the mask is stored")
+    blend_threshold: float = Field(0.3, ge=0, le=1)
+    blend_start: float = Field(0.2, ge=0, le=1)
+    negative_prompt: str | None = None
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    max_rows_per_batch: int = Field(
+        0, ge=0, description="pack several pairs into one UNet batch (faster on GPU; 0 = one pair per batch, "
+        "which keeps bit-exact regeneration from a record)"
+    )
+    early_stop: bool = Field(False, description="score candidates as they finish and stop a pair once "
+                             "filter.top_k pass filter thresholds")
+    early_stop_min_candidates: int = Field(0, ge=0)
+    seed: int = Field(0, description="changes every candidate's sampled seed and parameters")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(num_gpus=1, concurrency=0, batch_size=8),
+        description="concurrency 0 = one actor per GPU (or per CPU slot) in the cluster",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RenderConfig:
+        for name in ("p_range", "guidance_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
+        if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
+            raise ValueError("p_range must lie within [0, 1]")
+        return self
