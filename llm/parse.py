@@ -1,0 +1,106 @@
+"""Tolerant parsing of an LLM answer into (instruction, edited_caption).
+
+Even with constrained decoding, answers arrive with raw control characters inside strings, code
+fences, a sentence before the object, trailing commas, Python-style quotes or invalid escapes. Each is
+repaired here; only an answer with no recoverable object is "unparseable" (and retried with a new seed).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_BAD_ESCAPE = re.compile(r'\\(?!["\\/bfnrtu])')
+_WS = re.compile(r"\s+")
+_DECODER = json.JSONDecoder(strict=False)  # strict=False: raw control characters allowed in strings
+
+#: Key spellings accepted for each field (after lowercasing and mapping spaces/hyphens to "_").
+ALIASES = {
+    "instruction": ("instruction", "edit_instruction", "edit", "instructions"),
+    "edited_caption": ("edited_caption", "output_caption", "new_caption", "edited", "output", "caption_edited"),
+}
+
+
+@dataclass(frozen=True)
+class ParsedEdit:
+    instruction: str
+    edited_caption: str
+
+
+def clean_text(value: object) -> str:
+    """A field value as one clean line: control/format characters removed, whitespace collapsed,
+    wrapping quotes stripped."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    text = "".join(
+        " " if ch in "\t\n\r\v\f" else ch
+        for ch in text
+        if ch in "\t\n\r\v\f" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+    text = _WS.sub(" ", text).strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def _candidates(text: str) -> list[str]:
+    """Texts to try, most specific first: fenced blocks, then the whole answer."""
+    out = [m.group(1) for m in _FENCE.finditer(text)]
+    out.append(text)
+    return out
+
+
+def _objects(text: str) -> list[object]:
+    """Every JSON value decodable at a '{' in `text` (first success per start position)."""
+    found: list[object] = []
+    for variant in (text, _TRAILING_COMMA.sub(r"\1", text), _BAD_ESCAPE.sub(r"\\\\", text.replace("\\'", "'"))):
+        for m in re.finditer(r"\{", variant):
+            try:
+                obj, _end = _DECODER.raw_decode(variant, m.start())
+            except ValueError:
+                continue
+            found.append(obj)
+        if found:
+            return found
+    # Python-literal style ({'instruction': '...'}): literal_eval evaluates literals only (safe).
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        try:
+            found.append(ast.literal_eval(_TRAILING_COMMA.sub(r"\1", text[start : end + 1])))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
+    return found
+
+
+def _field(obj: dict[str, object], name: str) -> object | None:
+    norm = {re.sub(r"[\s\-]+", "_", str(k).strip().lower()): v for k, v in obj.items()}
+    for alias in ALIASES[name]:
+        if alias in norm:
+            return norm[alias]
+    return None
+
+
+def parse_edit(text: str | None) -> ParsedEdit | None:
+    """The first object in `text` carrying either field, cleaned; None when there is none.
+
+    A missing or non-text field comes back as "" so validation names it (`llm_empty_field`).
+    """
+    if not text or not text.strip():
+        return None
+    for candidate in _candidates(text):
+        for obj in _objects(candidate):
+            if isinstance(obj, dict):
+                ins, cap = _field(obj, "instruction"), _field(obj, "edited_caption")
+                if ins is None and cap is None:
+                    continue
+                return ParsedEdit(
+                    instruction=clean_text(ins) if isinstance(ins, str | int | float) else "",
+                    edited_caption=clean_text(cap) if isinstance(cap, str | int | float) else "",
+                )
+    return None

@@ -1,0 +1,76 @@
+"""Per-row validation of a parsed answer; every failure is a named drop reason.
+
+The checks are ordered from "the model said nothing usable" to "the edit is usable but bad", so a row
+gets the most basic reason that applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from llm.base import REQUEST_FAILED
+from llm.blocklist import Blocklist, load_blocklist
+from llm.edit_diff import normalized, similarity, words
+from llm.parse import ParsedEdit
+
+if TYPE_CHECKING:
+    from pipeline.settings.instruct import InstructConfig
+
+MISSING_CAPTION = "llm_missing_caption"
+UNPARSEABLE = "llm_unparseable"
+EMPTY_FIELD = "llm_empty_field"
+BLOCKLISTED = "llm_blocklisted"
+INSTRUCTION_TOO_LONG = "llm_instruction_too_long"
+NO_CHANGE = "llm_no_change"
+REWRITES_TOO_MUCH = "llm_rewrites_too_much"
+
+#: Every drop reason the instruct stage can emit.
+REASONS = (
+    MISSING_CAPTION,
+    REQUEST_FAILED,
+    UNPARSEABLE,
+    EMPTY_FIELD,
+    BLOCKLISTED,
+    INSTRUCTION_TOO_LONG,
+    NO_CHANGE,
+    REWRITES_TOO_MUCH,
+)
+
+
+class Validator:
+    """Judges one (caption, parsed answer) pair."""
+
+    def __init__(
+        self,
+        blocked_terms: Iterable[str] = (),
+        max_instruction_words: int = 16,
+        min_similarity: float = 0.3,
+    ) -> None:
+        self.blocklist = Blocklist(blocked_terms)
+        self.max_instruction_words = max_instruction_words
+        self.min_similarity = min_similarity
+
+    @classmethod
+    def from_config(cls, cfg: InstructConfig, blocked_terms: Iterable[str] | None = None) -> Validator:
+        """From the config; `blocked_terms` overrides the blocklist file (tests pass a list)."""
+        terms = (
+            list(blocked_terms)
+            if blocked_terms is not None
+            else load_blocklist(cfg.blocklist, cfg.extra_blocked_terms)
+        )
+        return cls(terms, cfg.max_instruction_words, cfg.min_similarity)
+
+    def check(self, caption: str, edit: ParsedEdit) -> str | None:
+        """None when the edit is kept, else the drop reason."""
+        if not edit.instruction or not edit.edited_caption or not words(edit.edited_caption):
+            return EMPTY_FIELD
+        if self.blocklist.find(edit.instruction) or self.blocklist.find(edit.edited_caption):
+            return BLOCKLISTED
+        if len(edit.instruction.split()) > self.max_instruction_words:
+            return INSTRUCTION_TOO_LONG
+        if normalized(edit.edited_caption) == normalized(caption):
+            return NO_CHANGE
+        if similarity(caption, edit.edited_caption) < self.min_similarity:
+            return REWRITES_TOO_MUCH
+        return None

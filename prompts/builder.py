@@ -1,0 +1,140 @@
+"""Chat prompts for the instruct stage: system prompt + a seeded few-shot sample + the caption.
+
+Each row gets its own few-shot sample, drawn with a seed derived from (config seed, row id, attempt):
+different rows see different examples (diversity of edits across the data set), while re-running the
+same input with the same config reproduces every prompt byte for byte (determinism, resumability).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+from llm.base import LLMRequest
+
+REQUIRED_KEYS = ("caption", "instruction", "edited_caption", "family")
+
+
+@dataclass(frozen=True)
+class FewShot:
+    """One hand-written triplet and its edit family (style_medium, object_swap, ...)."""
+
+    caption: str
+    instruction: str
+    edited_caption: str
+    family: str
+
+
+def _bundled(name: str) -> str:
+    return (importlib_resources.files("prompts") / name).read_text(encoding="utf-8")
+
+
+def load_system_prompt(path: str | None = None) -> str:
+    """The system prompt: `path`, or the bundled prompts/system.txt."""
+    text = Path(path).read_text(encoding="utf-8") if path else _bundled("system.txt")
+    return text.strip()
+
+
+@lru_cache(maxsize=8)
+def load_fewshot(path: str | None = None) -> tuple[FewShot, ...]:
+    """The few-shot triplets (JSON lines); a malformed line raises naming its line number."""
+    text = Path(path).read_text(encoding="utf-8") if path else _bundled("fewshot.jsonl")
+    origin = path or "prompts/fewshot.jsonl"
+    out: list[FewShot] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{origin}:{lineno}: not valid JSON ({exc.msg})") from None
+        missing = [k for k in REQUIRED_KEYS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+        if missing:
+            raise ValueError(f"{origin}:{lineno}: missing or empty {', '.join(missing)}")
+        out.append(FewShot(**{k: obj[k] for k in REQUIRED_KEYS}))
+    return tuple(out)
+
+
+def row_seed(row_id: str, seed: int, attempt: int = 0) -> int:
+    """A 31-bit seed from (config seed, row id, attempt): stable across runs, machines and batching."""
+    digest = hashlib.sha256(f"{seed}\x1f{row_id}\x1f{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFF
+
+
+def group_by_family(examples: tuple[FewShot, ...]) -> dict[str, list[FewShot]]:
+    groups: dict[str, list[FewShot]] = {}
+    for ex in examples:
+        groups.setdefault(ex.family, []).append(ex)
+    return dict(sorted(groups.items()))
+
+
+def sample_fewshot(
+    examples: tuple[FewShot, ...], k: int, rng: random.Random, groups: dict[str, list[FewShot]] | None = None
+) -> list[FewShot]:
+    """k examples spread over families (round-robin over shuffled families), in a shuffled order."""
+    if k <= 0 or not examples:
+        return []
+    groups = groups if groups is not None else group_by_family(examples)
+    families = list(groups)
+    rng.shuffle(families)
+    need = dict.fromkeys(families, 0)
+    left, total = min(k, len(examples)), 0
+    while total < left:
+        for fam in families:
+            if need[fam] < len(groups[fam]) and total < left:
+                need[fam] += 1
+                total += 1
+    picked = [ex for fam in families if need[fam] for ex in rng.sample(groups[fam], need[fam])]
+    rng.shuffle(picked)
+    return picked
+
+
+def user_message(caption: str) -> str:
+    return f"Caption: {caption}"
+
+
+def assistant_message(instruction: str, edited_caption: str) -> str:
+    return json.dumps({"instruction": instruction, "edited_caption": edited_caption}, ensure_ascii=False)
+
+
+def build_messages(system: str, shots: list[FewShot], caption: str) -> list[dict[str, Any]]:
+    """System turn, one user/assistant pair per few-shot triplet, then the caption to edit."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for ex in shots:
+        messages.append({"role": "user", "content": user_message(ex.caption)})
+        messages.append({"role": "assistant", "content": assistant_message(ex.instruction, ex.edited_caption)})
+    messages.append({"role": "user", "content": user_message(caption)})
+    return messages
+
+
+class PromptBuilder:
+    """Builds the per-row request; holds the loaded prompt files so a worker reads them once."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        k: int = 8,
+        system_prompt_file: str | None = None,
+        fewshot_file: str | None = None,
+    ) -> None:
+        self.seed = seed
+        self.k = k
+        self.system = load_system_prompt(system_prompt_file)
+        self.examples = load_fewshot(fewshot_file)
+        self.groups = group_by_family(self.examples)
+
+    def request(self, row_id: str, caption: str, attempt: int = 0, with_messages: bool = True) -> LLMRequest:
+        """The row's request; `with_messages=False` skips prompt text for backends that ignore it."""
+        s = row_seed(row_id, self.seed, attempt)
+        if not with_messages:
+            return LLMRequest(row_id=row_id, caption=caption, messages=[], seed=s)
+        shots = sample_fewshot(self.examples, self.k, random.Random(s), self.groups)
+        return LLMRequest(
+            row_id=row_id, caption=caption, messages=build_messages(self.system, shots, caption), seed=s
+        )

@@ -1,0 +1,33 @@
+"""The JSON schema every backend's answer must match, and its OpenAI `response_format` wrapper.
+
+Bounded string lengths matter: with constrained decoding they force a (weak or random) model to close
+the object, so a request ends well before `max_tokens` instead of being cut mid-string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIELDS = ("instruction", "edited_caption")
+
+
+def edit_schema(max_instruction_chars: int = 160, max_caption_chars: int = 400) -> dict[str, Any]:
+    """JSON schema of one answer: {"instruction": str, "edited_caption": str}, nothing else."""
+    return {
+        "type": "object",
+        "properties": {
+            "instruction": {"type": "string", "minLength": 1, "maxLength": max_instruction_chars},
+            "edited_caption": {"type": "string", "minLength": 1, "maxLength": max_caption_chars},
+        },
+        "required": list(FIELDS),
+        "additionalProperties": False,
+    }
+
+
+def response_format(schema: dict[str, Any], kind: str = "json_schema") -> dict[str, Any] | None:
+    """OpenAI chat-completions `response_format` for `schema` (None when kind is "none")."""
+    if kind == "none":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "caption_edit", "schema": schema, "strict": True}}

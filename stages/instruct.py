@@ -1,0 +1,198 @@
+"""Instruct stage: per caption, an LLM writes an edit instruction and the edited caption.
+
+Per batch: build every row's seeded prompt, make ONE backend call for all of them, parse tolerantly,
+re-ask only the unparseable rows with a new seed (up to `max_attempts` calls per batch), validate,
+then derive what Prompt-to-Prompt needs (edit kind, changed words). Exactly one output row per input
+row; a dropped row carries a named reason and nulls in the edit columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from llm.base import LLMBackend, LLMRequest
+from llm.edit_diff import EditDiff, diff_captions
+from llm.parse import ParsedEdit, parse_edit
+from llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
+from pipeline.settings.base import Resources
+from pipeline.stage import Stage, with_status
+from prompts.builder import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+#: Env var naming the LLM venv's interpreter, used when `instruct.vllm.python` is not set.
+LLM_PYTHON_ENV = "EDITGEN_LLM_PYTHON"
+_LIST = pa.list_(pa.string())
+#: The columns this stage adds, in order, with fixed types (stable schema even for all-null batches).
+OUTPUT_FIELDS = [
+    pa.field("instruction", pa.string()),
+    pa.field("edited_caption", pa.string()),
+    pa.field("edit_kind", pa.string()),
+    pa.field("changed_words", _LIST),
+    pa.field("source_words", _LIST),
+    pa.field("target_words", _LIST),
+    pa.field("llm_backend", pa.string()),
+    pa.field("llm_model", pa.string()),
+    pa.field("llm_seed", pa.int64()),
+    pa.field("attempts", pa.int64()),
+]
+METRIC_KEYS = ("requests", "generated_tokens", "prompt_tokens", "llm_seconds", "retries", "request_retries")
+
+
+@dataclass
+class RowState:
+    """What is known about one row while its batch is processed."""
+
+    caption: str | None
+    seed: int | None = None
+    attempts: int = 0
+    edit: ParsedEdit | None = None
+    reason: str | None = None
+    diff: EditDiff | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class InstructStage(Stage):
+    name = "instruct"
+    version = "1"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.backend: LLMBackend | None = None
+        self.builder: PromptBuilder | None = None
+        self.validator: Validator | None = None
+
+    # ---- scheduling ------------------------------------------------------------------------
+    def resources(self) -> Resources:
+        """The template and openai backends never need a GPU; a vLLM engine needs its TP degree."""
+        res = self.settings.resources
+        if self.settings.backend != "vllm":
+            return res.model_copy(update={"num_gpus": 0.0})
+        tp = self.settings.vllm.tensor_parallel_size
+        if 0 < res.num_gpus < tp:
+            return res.model_copy(update={"num_gpus": float(tp)})
+        return res
+
+    def llm_python(self) -> str | None:
+        """Interpreter of the LLM venv for the vLLM actors, if one is configured."""
+        if self.settings.backend != "vllm":
+            return None
+        return self.settings.vllm.python or os.environ.get(LLM_PYTHON_ENV) or None
+
+    def ray_options(self) -> dict[str, Any]:
+        """vLLM pins its own torch, so it lives in its own venv: run this stage's actors under that
+        interpreter (Ray's runtime_env py_executable) with the project importable."""
+        python = self.llm_python()
+        if not python:
+            return {}
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        return {"runtime_env": {"py_executable": python, "env_vars": {"PYTHONPATH": path}}}
+
+    # ---- worker side -----------------------------------------------------------------------
+    def setup(self, backend: LLMBackend | None = None, blocked_terms: list[str] | None = None) -> None:
+        """Load prompts, blocklist and the backend once per worker (tests may inject both)."""
+        from llm import make_backend
+
+        s = self.settings
+        self.builder = PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file)
+        self.validator = Validator.from_config(s, blocked_terms)
+        t0 = time.perf_counter()
+        self.backend = backend or make_backend(s)
+        log.info("instruct: %s backend ready (%s) in %.1fs", self.backend.name, s.model, time.perf_counter() - t0)
+
+    def teardown(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _add(self, key: str, value: float) -> None:
+        self.metrics[key] = self.metrics.get(key, 0.0) + float(value)
+
+    def _generate(self, rows: list[RowState], ids: list[str]) -> None:
+        """Ask the backend for all rows; re-ask only unparseable ones, one call per round."""
+        assert self.backend is not None and self.builder is not None
+        pending = [i for i, r in enumerate(rows) if r.reason is None]
+        for attempt in range(self.settings.max_attempts):
+            if not pending:
+                return
+            requests: list[LLMRequest] = [
+                self.builder.request(ids[i], rows[i].caption or "", attempt, self.backend.needs_messages)
+                for i in pending
+            ]
+            t0 = time.perf_counter()
+            results = self.backend.generate(requests)
+            self._add("llm_seconds", time.perf_counter() - t0)
+            self._add("requests", len(requests))
+            if attempt:
+                self._add("retries", len(requests))
+            if len(results) != len(requests):
+                raise RuntimeError(f"{self.backend.name}: {len(results)} answers for {len(requests)} requests")
+            retry = []
+            for i, req, res in zip(pending, requests, results, strict=True):
+                row = rows[i]
+                row.seed, row.attempts = req.seed, attempt + 1
+                self._add("generated_tokens", res.generated_tokens)
+                self._add("prompt_tokens", res.prompt_tokens)
+                self._add("request_retries", res.retries)
+                if res.error:
+                    row.reason = res.error
+                    continue
+                row.edit = parse_edit(res.text)
+                if row.edit is None:
+                    retry.append(i)
+            pending = retry
+        for i in pending:
+            rows[i].reason = UNPARSEABLE
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        if self.backend is None:
+            self.setup()
+        assert self.validator is not None and self.backend is not None
+        for key in METRIC_KEYS:
+            self.metrics.setdefault(key, 0.0)
+        ids = [str(x) for x in batch.column("id").to_pylist()]
+        rows = [RowState(caption=c) for c in batch.column("caption").to_pylist()]
+        for row in rows:
+            if not isinstance(row.caption, str) or not row.caption.strip():
+                row.reason = MISSING_CAPTION
+        self._generate(rows, ids)
+        for row in rows:
+            if row.reason is None and row.edit is not None and row.caption is not None:
+                row.reason = self.validator.check(row.caption, row.edit)
+                if row.reason is None:
+                    row.diff = diff_captions(row.caption, row.edit.edited_caption)
+        return self._output(batch, rows)
+
+    def _output(self, batch: pa.Table, rows: list[RowState]) -> pa.Table:
+        kept = [r.reason is None and r.edit is not None and r.diff is not None for r in rows]
+
+        def col(values: list[Any]) -> list[Any]:
+            return [v if k else None for v, k in zip(values, kept, strict=True)]
+
+        cols: dict[str, list[Any]] = {
+            "instruction": col([r.edit.instruction if r.edit else None for r in rows]),
+            "edited_caption": col([r.edit.edited_caption if r.edit else None for r in rows]),
+            "edit_kind": col([r.diff.kind if r.diff else None for r in rows]),
+            "changed_words": col([r.diff.changed_words if r.diff else None for r in rows]),
+            "source_words": col([r.diff.source_words if r.diff else None for r in rows]),
+            "target_words": col([r.diff.target_words if r.diff else None for r in rows]),
+            # Provenance stays on dropped rows that reached the LLM: it tells how a drop came about.
+            "llm_backend": [self.backend.name if r.attempts else None for r in rows],  # type: ignore[union-attr]
+            "llm_model": [self.backend.model if r.attempts else None for r in rows],  # type: ignore[union-attr]
+            "llm_seed": [r.seed for r in rows],
+            "attempts": [r.attempts for r in rows],
+        }
+        table = batch
+        for f in OUTPUT_FIELDS:
+            if f.name in table.column_names:
+                table = table.drop_columns([f.name])
+            table = table.append_column(f, pa.array(cols[f.name], type=f.type))
+        return with_status(table, [None if k else (r.reason or UNPARSEABLE) for r, k in zip(rows, kept, strict=True)])
