@@ -1,0 +1,99 @@
+"""`make bench`: run every benchmark side by side and print one table.
+
+Each bench script prints a machine-readable JSON line last; this collects them. The vLLM backends are
+measured in the LLM venv (`--llm-python`, default .venv-llm/bin/python) since vLLM pins its own torch.
+Usage: python bench/run_all.py [--quick] [--llm-python PATH] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], timeout: int = 1800) -> dict[str, Any] | None:
+    print(f"$ {' '.join(cmd)}", flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        print(f"  failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if "{" in line and line.rstrip().endswith("}"):
+            return json.loads(line[line.index("{"):])
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--llm-python", default=str(ROOT / ".venv-llm" / "bin" / "python"))
+    ap.add_argument("--json", help="also write all results to this file")
+    args = ap.parse_args()
+    py = sys.executable
+    q = args.quick
+    results: dict[str, Any] = {}
+    results["ingest"] = run([py, "bench/bench_ingest.py", "--repeat", "5" if q else "20"])
+    results["instruct_template"] = run([py, "bench/bench_instruct.py", "--backends", "template"])
+    if Path(args.llm_python).exists():
+        results["instruct_llm"] = run([args.llm_python, "bench/bench_instruct.py", "--backends", "vllm",
+                                       "--rows", "64" if q else "256"])
+    results["p2p"] = run([py, "bench/bench_p2p.py"] + (["--quick"] if q else []))
+    results["filter"] = run([py, "bench/bench_filter.py"])
+    results["pipeline"] = run([py, "bench/bench_pipeline.py"] + (["--limit", "24"] if q else []))
+
+    rows: list[tuple[str, str]] = []
+
+    def add(name: str, value: Any, fmt: str = "{:.2f}") -> None:
+        rows.append((name, "n/a" if value is None else fmt.format(value)))
+
+    r = results.get("ingest") or {}
+    add("ingest captions/s (batch function, 1 process)", r.get("batch_captions_per_s"), "{:.0f}")
+    add("ingest captions/s (stage via runner, incl. Ray start)", r.get("stage_captions_per_s"), "{:.0f}")
+    for key in ("instruct_template", "instruct_llm"):
+        for backend, b in ((results.get(key) or {}).get("results") or {}).items():
+            if "skipped" in b:
+                continue
+            add(f"instruct rows/s ({backend}{', tiny model' if backend != 'template' else ''})",
+                b.get("rows_per_s"), "{:.1f}")
+            if b.get("gen_tokens_per_s"):
+                add(f"instruct generated tokens/s ({backend})", b.get("gen_tokens_per_s"), "{:.0f}")
+    r = results.get("p2p") or {}
+    for name, v in sorted((r.get("ratios") or {}).items()):
+        add(f"render {name} vs plain SDPA: time", v.get("time"), "{:.3f}x")
+        add(f"render {name} vs plain SDPA: peak memory", v.get("mem"), "{:.3f}x")
+    r = results.get("filter") or {}
+    add("candidates drawn per kept sample, no early stop", r.get("drawn_per_kept_full"))
+    add("candidates drawn per kept sample, early stop", r.get("drawn_per_kept_early_stop"))
+    add("filter CLIP scoring images/s (tiny CLIP, CPU)", r.get("clip_images_per_s"), "{:.0f}")
+    add("shard writing MB/s (editgen)", r.get("shard_mb_per_s"), "{:.0f}")
+    add("shard writing MB/s (raw webdataset.ShardWriter)", r.get("wds_shardwriter_mb_per_s"), "{:.0f}")
+    if r.get("shard_mb_per_s") and r.get("wds_shardwriter_mb_per_s"):
+        add("shard writing editgen / raw ShardWriter", r["shard_mb_per_s"] / r["wds_shardwriter_mb_per_s"],
+            "{:.2f}x")
+    r = results.get("pipeline") or {}
+    add("end-to-end input captions/s (tiny profile, CPU)", r.get("e2e_rows_per_s"), "{:.3f}")
+    add("render scaling 1 -> 2 actors (speed-up)", r.get("render_scaling_1_to_2"), "{:.2f}x")
+
+    width = max(len(n) for n, _ in rows) + 2
+    print("\n" + "=" * (width + 14))
+    print(f"{'editgen benchmark':<{width}}{'value':>14}")
+    print("-" * (width + 14))
+    for name, value in rows:
+        print(f"{name:<{width}}{value:>14}")
+    print("=" * (width + 14))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
