@@ -92,8 +92,15 @@ def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None] | 
     return getattr(mod, "add_arguments", None), getattr(mod, "main", None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit code 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="editgen", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="editgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline (resumes where it stopped)")

@@ -1,0 +1,195 @@
+"""Tiny random-weight Stable Diffusion (1.x-style) and SDXL pipelines for offline tests and benches.
+
+There is no model hub here, so tests build miniature pipelines in code with the *real* CLIP tokenizer
+(see ``models.clip_tokenizer``) and save them as ordinary diffusers pipeline folders. Loading them back
+goes through ``from_pretrained(..., use_safetensors=True)``, the same path production uses with hub ids.
+The architecture keeps SD's shape where it matters for Prompt-to-Prompt: 77-token CLIP conditioning,
+cross-attention at several resolutions (latent/1 .. latent/4 for SD, latent/2 .. latent/4 for SDXL),
+a VAE with an 8x downsampling factor, and SDXL's two text encoders with ``text_time`` conditioning.
+Weights are a deterministic function of ``seed`` (and the library versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from models.clip_tokenizer import EOS, write_clip_tokenizer
+
+TINY_VERSION = 1  # bump when the architecture changes, so cached folders get rebuilt
+VARIANTS = ("sd", "sdxl")
+
+
+def default_cache_dir() -> Path:
+    """``$EDITGEN_CACHE`` or ``~/.cache/editgen``: where tiny models and the tokenizer are cached."""
+    base = os.environ.get("EDITGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "editgen")
+    return Path(base)
+
+
+def _text_config(projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=projection_dim or 32,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+    )
+
+
+def _vae(scaling_factor: float, force_upcast: bool):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    )
+
+
+def _build_sd(tokenizer_dir: Path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=2,  # SD 1.x config semantics: number of heads
+        norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=_vae(0.18215, force_upcast=True),
+        text_encoder=CLIPTextModel(_text_config()),
+        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sdxl(tokenizer_dir: Path, tokenizer2_dir: Path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    time_dim, proj_dim = 8, 32
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        cross_attention_dim=64,  # concat of both encoders' hidden states (32 + 32)
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=proj_dim + 6 * time_dim,
+        norm_num_groups=16,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(proj_dim)),
+        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(tokenizer2_dir)),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _matches(marker: Path, meta: dict[str, object]) -> bool:
+    try:
+        return json.loads(marker.read_text()) == meta
+    except (OSError, ValueError):
+        return False
+
+
+def build_tiny_sd(path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 0) -> Path:
+    """Build (once) a tiny pipeline folder loadable with ``DiffusionPipeline.from_pretrained``.
+
+    Cached per directory: a marker records (version, variant, seed); a matching folder is reused, so
+    repeated calls from tests, the CLI and the bench cost nothing. The folder is written to a temporary
+    sibling and renamed into place, so concurrent builders never expose a half-written model.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    out = Path(path) if path is not None else default_cache_dir() / ("tiny-sd" if variant == "sd" else "tiny-sdxl")
+    meta = {"version": TINY_VERSION, "variant": variant, "seed": seed}
+    marker = out / "editgen_tiny.json"
+    if _matches(marker, meta):
+        return out
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        tok_dir = write_clip_tokenizer(tmp / "_tok")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if variant == "sd":
+                pipe = _build_sd(tok_dir)
+            else:
+                pipe = _build_sdxl(tok_dir, write_clip_tokenizer(tmp / "_tok2", pad_token="!"))
+        pipe.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
+        if _matches(marker, meta):
+            return out  # another process finished first; its folder is equivalent
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)  # stale: other version/variant/seed
+        try:
+            os.replace(tmp / "model", out)
+        except OSError:
+            if not _matches(marker, meta):  # lost a race to an equivalent build: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+__all__ = ["EOS", "VARIANTS", "build_tiny_sd", "default_cache_dir"]

@@ -1,0 +1,221 @@
+"""Edit-control configuration (plain, JSON-able dataclasses) and their compilation to per-step tensors.
+
+An :class:`EditControl` describes one edited prompt relative to the source prompt: which mode, the
+cross/self-attention replace windows, per-word reweighting and LocalBlend. :func:`compile_edit` turns
+it into what the attention processors consume: ``alpha[step, token]`` (how much of edit token's
+attention comes from the source), the token mapper, the reweight vector and the self-attention window
+in steps. Keeping configuration separate from tensors is what lets a candidate be stored as a dict and
+regenerated later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from p2p.seq_align import (
+    PromptTokens,
+    decide_mode,
+    find_word,
+    refine_alignment,
+    replace_alignment,
+    reweight_vector,
+)
+
+MODES = ("auto", "replace", "refine", "reweight", "ip2p")
+Window = float | tuple[float, float]
+DEFAULT_KEY = "default_"
+
+
+def parse_window(value: Any) -> tuple[float, float]:
+    """``p`` -> ``(0, p)``; ``"a,b"`` / ``(a, b)`` -> ``(a, b)``. Fractions of the denoising steps."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(":", ",").split(",") if p.strip()]
+        nums = [float(p) for p in parts]
+        value = nums[0] if len(nums) == 1 else tuple(nums)
+    if isinstance(value, (int, float)):
+        start, end = 0.0, float(value)
+    elif isinstance(value, Sequence) and len(value) == 2:
+        start, end = float(value[0]), float(value[1])
+    else:
+        raise ValueError(f"window must be a fraction or a (start, end) pair, got {value!r}")
+    if not (0.0 <= start <= end <= 1.0):
+        raise ValueError(f"window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+    return start, end
+
+
+def window_steps(window: Any, num_steps: int) -> tuple[int, int]:
+    """Step range ``[start, end)`` of a fractional window (floor, as the reference implementation)."""
+    start, end = parse_window(window)
+    return math.floor(start * num_steps + 1e-9), math.floor(end * num_steps + 1e-9)
+
+
+def _plain_window(value: Any) -> float | list[float]:
+    start, end = parse_window(value)
+    return end if start == 0.0 else [start, end]
+
+
+@dataclass
+class BlendConfig:
+    """LocalBlend: keep the source's latents outside the region the blend words attend to.
+
+    ``downscale`` picks the cross-attention layers whose query grid is ``latent / downscale`` (the
+    reference reads SD's 16x16 layers at 512 px, i.e. 4); models without such layers fall back to all
+    cross-attention layers.
+    """
+
+    words: list[str]
+    threshold: float = 0.3
+    start: float = 0.2
+    downscale: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.words, str):
+            self.words = [w.strip() for w in self.words.split(",") if w.strip()]
+        self.words = list(self.words)
+        if not self.words:
+            raise ValueError("LocalBlend needs at least one word")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"blend threshold must be in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.start <= 1.0:
+            raise ValueError(f"blend start must be in [0, 1], got {self.start}")
+        if int(self.downscale) < 1:
+            raise ValueError(f"blend downscale must be >= 1, got {self.downscale}")
+        self.downscale = int(self.downscale)
+
+
+@dataclass
+class EditControl:
+    """One edited prompt and how its attention is tied to the source prompt.
+
+    ``cross_replace`` is a window (``p`` or ``(start, end)``) or a per-word dict with an optional
+    ``"default_"`` entry. ``self_max_res`` limits self-attention injection to layers with at most
+    ``self_max_res**2`` query tokens (reference default 32, i.e. not SD's 64x64 layers at 512 px);
+    ``None`` means all layers. ``ip2p`` mode ignores the cross window and injects self-attention at
+    every resolution, as InstructPix2Pix did. ``edit_kind`` is the instruct stage's hint for ``auto``.
+    """
+
+    prompt: str
+    mode: str = "auto"
+    cross_replace: Any = 0.8
+    self_replace: Any = 0.4
+    self_max_res: int | None = 32
+    reweight: dict[str, float] = field(default_factory=dict)
+    blend: BlendConfig | None = None
+    edit_kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.blend, Mapping):
+            self.blend = BlendConfig(**self.blend)
+        self.reweight = {str(k): float(v) for k, v in dict(self.reweight or {}).items()}
+        if isinstance(self.cross_replace, Mapping):
+            self.cross_replace = {str(k): _plain_window(v) for k, v in self.cross_replace.items()}
+        else:
+            self.cross_replace = _plain_window(self.cross_replace)
+        self.self_replace = _plain_window(self.self_replace)
+        if self.self_max_res is not None and self.self_max_res <= 0:
+            raise ValueError("self_max_res must be positive or None")
+
+    def resolved_mode(self, source: str) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return decide_mode(source, self.prompt, self.edit_kind)
+
+    def resolve(self, source: str) -> EditControl:
+        """Same control with ``auto`` replaced by the concrete mode (what gets stored in records)."""
+        return replace(self, mode=self.resolved_mode(source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EditControl:
+        return cls(**dict(data))
+
+
+@dataclass
+class CompiledBlend:
+    src_cols: torch.Tensor | None  # (L,) 1.0 on the blend words' tokens in the source prompt
+    edit_cols: torch.Tensor | None  # (L,) same for the edit prompt
+    threshold: float
+    start_step: int
+    downscale: int
+
+
+@dataclass
+class CompiledEdit:
+    """Per-step tensors for one edit row (see module docstring)."""
+
+    mode: str
+    alpha: torch.Tensor  # (T, L) take-from-source weight, 0 on unmapped tokens / outside the window
+    mapper: torch.Tensor | None  # (L, L) or None for identity
+    weights: torch.Tensor | None  # (L,) reweight, None if all ones
+    self_steps: tuple[int, int]
+    self_max_tokens: int | None
+    blend: CompiledBlend | None
+
+
+def _cols(tokens: PromptTokens, words: list[str]) -> torch.Tensor | None:
+    pos = sorted({p for w in words for p in find_word(tokens, w)})
+    if not pos:
+        return None
+    cols = torch.zeros(tokens.length)
+    cols[pos] = 1.0
+    return cols
+
+
+def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num_steps: int) -> CompiledEdit:
+    """Build the processors' tensors for one edit row over ``num_steps`` denoising steps."""
+    mode = control.resolved_mode(src.prompt)
+    length = src.length
+    alpha = torch.zeros(num_steps, length)
+    mapper = None
+    if mode != "ip2p":
+        if mode == "replace" or (mode == "reweight" and len(src.words) == len(tgt.words)):
+            align = replace_alignment(src, tgt)
+        else:
+            align = refine_alignment(src, tgt)
+        mapper = None if align.identity else align.mapper
+        windows = control.cross_replace
+        if not isinstance(windows, Mapping):
+            windows = {DEFAULT_KEY: windows}
+        s, e = window_steps(windows.get(DEFAULT_KEY, 0.0), num_steps)
+        alpha[s:e] = 1.0
+        for word, win in windows.items():
+            if word == DEFAULT_KEY:
+                continue
+            pos = find_word(tgt, word)
+            if not pos:
+                raise ValueError(f"cross_replace word {word!r} not found in {tgt.prompt!r}")
+            s, e = window_steps(win, num_steps)
+            alpha[:, pos] = 0.0
+            alpha[s:e, pos] = 1.0
+        alpha = alpha * align.mapped.to(alpha.dtype)
+    weights = reweight_vector(tgt, control.reweight)
+    if mode == "reweight" and not control.reweight:
+        raise ValueError("reweight mode needs at least one word=factor")
+
+    self_steps = window_steps(control.self_replace, num_steps)
+    max_res = None if mode == "ip2p" else control.self_max_res
+    blend = None
+    if control.blend is not None:
+        b = control.blend
+        src_cols, edit_cols = _cols(src, b.words), _cols(tgt, b.words)
+        if src_cols is None and edit_cols is None:
+            raise ValueError(f"blend words {b.words} found in neither {src.prompt!r} nor {tgt.prompt!r}")
+        blend = CompiledBlend(src_cols, edit_cols, b.threshold, window_steps(b.start, num_steps)[1], b.downscale)
+    return CompiledEdit(
+        mode=mode,
+        alpha=alpha,
+        mapper=mapper,
+        weights=weights,
+        self_steps=self_steps,
+        self_max_tokens=None if max_res is None else max_res * max_res,
+        blend=blend,
+    )

@@ -1,0 +1,403 @@
+"""Loading diffusers pipelines and running the Prompt-to-Prompt denoising loop (SD 1.x/2.x and SDXL).
+
+The loop reproduces the diffusers pipelines' own loop step for step (prompt encoding, latent scaling,
+``scale_model_input``, UNet call, CFG, ``scheduler.step``, VAE decode), so a source row is a plain
+generation; the P2P edits live entirely in the attention processors installed for the call.
+
+Batching: a :class:`RenderRequest` is one *group* -- a source prompt plus its edited prompts, all
+starting from the same noise (drawn on CPU from the request's seed, so it is device independent).
+Several requests can share one UNet batch when they agree on size, steps, scheduler, CFG on/off and
+negative prompt; each keeps its own seed, guidance and controls. Stochastic samplers draw one noise
+per group per step, shared by the group's rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2p.controls import EditControl, compile_edit
+from p2p.processors import (
+    EditRow,
+    ExplicitP2PProcessor,
+    FusedP2PProcessor,
+    P2PController,
+    attention_downscales,
+)
+from p2p.seq_align import tokenize
+
+# name -> (diffusers class, config overrides); built from the loaded model's scheduler config.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+}
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _dtype_kwarg() -> str:
+    """``dtype`` on diffusers versions that deprecated ``torch_dtype``, else ``torch_dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
+_DTYPE_KWARG = _dtype_kwarg()
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/"auto": fp16 on CUDA, fp32 on CPU (CPU half precision is slow and not bit-stable)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]):
+    """Scheduler ``name`` (see :data:`SCHEDULERS`) configured from the model's own scheduler config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
+    cls_name, overrides = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **overrides)
+
+
+class P2PPipeline:
+    """A loaded diffusers pipeline plus what P2P rendering needs (held once per render actor)."""
+
+    def __init__(self, pipe: Any, model: str, device: torch.device, dtype: torch.dtype, scheduler: str) -> None:
+        self.pipe = pipe
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.scheduler = scheduler
+        self.base_scheduler_config = dict(pipe.scheduler.config)
+        self.is_sdxl = getattr(pipe, "text_encoder_2", None) is not None or hasattr(pipe, "tokenizer_2")
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        downs = attention_downscales(unet)
+        self.cross_downscales = {f for name, f in downs.items() if ".attn2." in name}
+        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.compiled = False  # compiled kernels round differently: regenerate with the same setting
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+
+def load_pipeline(
+    model: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    scheduler: str = "ddim",
+    compile: bool = False,
+) -> P2PPipeline:
+    """Load a SD 1.x/2.x or SDXL pipeline (hub id or local folder) for P2P rendering.
+
+    Called once per render actor. Uses safetensors only, drops the safety checker (not used here),
+    keeps SDXL's VAE in fp32 when its config asks for upcasting, and optionally ``torch.compile``s the
+    UNet (the P2P processors are excluded from compilation and run eagerly between compiled blocks;
+    compiled kernels round differently from eager ones, so regenerate with the same ``compile``).
+    """
+    from diffusers import DiffusionPipeline
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dt = resolve_dtype(dtype, dev)
+    model = str(model)
+    cfg = DiffusionPipeline.load_config(model)
+    kwargs: dict[str, Any] = {_DTYPE_KWARG: dt, "use_safetensors": True}
+    if "safety_checker" in cfg:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mod = getattr(pipe, part, None)
+        if mod is not None:
+            mod.eval().requires_grad_(False)
+    loaded = P2PPipeline(pipe, model, dev, dt, scheduler)
+    if loaded.is_sdxl and dt == torch.float16 and pipe.vae.config.get("force_upcast", False):
+        pipe.vae.to(torch.float32)
+    make_scheduler(scheduler, loaded.base_scheduler_config)  # fail early on a bad name
+    if compile:
+        # The P2P processors are excluded from compilation, so every attention layer is a graph break
+        # and each block between them is its own compiled frame: allow that many frames.
+        import torch._dynamo as dynamo
+
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, knob):
+                setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
+        pipe.unet = torch.compile(pipe.unet, dynamic=False)
+        loaded.compiled = True
+    return loaded
+
+
+@dataclass
+class RenderRequest:
+    """One P2P group: a source prompt and its edited prompts, rendered from one seed."""
+
+    source: str
+    edits: list[EditControl] = field(default_factory=list)
+    seed: int = 0
+    steps: int = 50
+    guidance: float = 7.5
+    height: int = 512
+    width: int = 512
+    scheduler: str = "ddim"
+    negative_prompt: str | None = None
+
+    def batch_key(self) -> tuple[Any, ...]:
+        return (self.steps, self.height, self.width, self.scheduler, self.guidance > 1.0, self.negative_prompt)
+
+
+@dataclass
+class RenderResult:
+    """Row 0 is the source image, rows 1.. the edits (same order as ``request.edits``)."""
+
+    request: RenderRequest
+    images: np.ndarray  # (1 + E, H, W, 3) float32 in [0, 1]
+    latents: torch.Tensor  # final latents (1 + E, C, h, w)
+    masks: list[torch.Tensor | None]  # per edit: LocalBlend mask on the latent grid (bool) or None
+    modes: list[str]
+
+
+@contextmanager
+def p2p_attention(unet: Any, controller: P2PController, explicit: bool = False) -> Iterator[None]:
+    """Install one P2P processor per attention layer for the duration of a render, then restore."""
+    original = unet.attn_processors
+    cls = ExplicitP2PProcessor if explicit else FusedP2PProcessor
+    unet.set_attn_processor({name: cls(controller, name) for name in original})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)
+
+
+def _encode(p2p: P2PPipeline, prompts: list[str], negative: str | None, cfg: bool, height: int, width: int):
+    pipe, dev = p2p.pipe, p2p.device
+    neg = None if negative is None else [negative] * len(prompts)
+    if not p2p.is_sdxl:
+        pos, negs = pipe.encode_prompt(prompts, dev, 1, cfg, neg)
+        return (torch.cat([negs, pos]) if cfg else pos), None
+    pos, negs, pooled, neg_pooled = pipe.encode_prompt(
+        prompt=prompts, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg, negative_prompt=neg
+    )
+    proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else int(pooled.shape[-1])
+    time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), pos.dtype, proj)
+    if cfg:
+        pos, pooled = torch.cat([negs, pos]), torch.cat([neg_pooled, pooled])
+    time_ids = time_ids.to(dev).repeat(pos.shape[0], 1)
+    return pos, {"text_embeds": pooled.to(dev), "time_ids": time_ids}
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
+    """Seeded CPU noise (device independent) and the generator that continues for sampler noise."""
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32), gen
+
+
+def _decode(p2p: P2PPipeline, latents: torch.Tensor) -> np.ndarray:
+    vae = p2p.pipe.vae
+    cfg = vae.config
+    lat = latents.to(next(vae.post_quant_conv.parameters()).dtype)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(lat.device, lat.dtype)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(lat.device, lat.dtype)
+        lat = lat * std_t / cfg.scaling_factor + mean_t
+    else:
+        lat = lat / cfg.scaling_factor
+    image = vae.decode(lat, return_dict=False)[0]
+    return p2p.pipe.image_processor.postprocess(image, output_type="np")
+
+
+def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False) -> list[RenderResult]:
+    """Render compatible requests in one UNet batch (see module docstring); returns one result each.
+
+    ``explicit=True`` swaps in the materialised-probability reference processors (tests only).
+    """
+    if not requests:
+        return []
+    first = requests[0]
+    if any(r.batch_key() != first.batch_key() for r in requests):
+        raise ValueError("requests in one batch must share steps, size, scheduler, CFG on/off and negative prompt")
+    pipe, dev, dt = p2p.pipe, p2p.device, p2p.dtype
+    height, width, cfg = first.height, first.width, first.guidance > 1.0
+    if height % p2p.vae_scale or width % p2p.vae_scale:
+        raise ValueError(f"height and width must be multiples of {p2p.vae_scale}, got {height}x{width}")
+    unet = pipe.unet
+
+    scheduler = make_scheduler(first.scheduler, p2p.base_scheduler_config)
+    scheduler.set_timesteps(first.steps, device=dev)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    timesteps = scheduler.timesteps
+    num_steps = len(timesteps)
+
+    prompts: list[str] = []
+    rows: list[EditRow] = []
+    groups: list[tuple[int, int]] = []
+    modes: list[list[str]] = []
+    for req in requests:
+        start = len(prompts)
+        prompts.append(req.source)
+        src_tok = tokenize(p2p.tokenizer, req.source)
+        group_modes = []
+        for edit in req.edits:
+            compiled = compile_edit(edit, src_tok, tokenize(p2p.tokenizer, edit.prompt), num_steps)
+            rows.append(EditRow(len(prompts), start, compiled))
+            group_modes.append(compiled.mode)
+            prompts.append(edit.prompt)
+        groups.append((start, len(prompts)))
+        modes.append(group_modes)
+    n_rows = len(prompts)
+
+    latent_hw = (height // p2p.vae_scale, width // p2p.vae_scale)
+    channels = unet.config.in_channels
+    gens: list[torch.Generator] = []
+    noise = []
+    for (a, b), req in zip(groups, requests, strict=True):
+        z, gen = initial_noise(req.seed, (1, channels, *latent_hw))
+        noise.append(z.expand(b - a, -1, -1, -1))
+        gens.append(gen)
+    latents = torch.cat(noise).to(dev, dt) * scheduler.init_noise_sigma
+
+    ctrl = P2PController(
+        n_rows=n_rows,
+        cfg=cfg,
+        edits=rows,
+        num_steps=num_steps,
+        latent_hw=latent_hw,
+        device=dev,
+        dtype=dt,
+        blend_downscales=p2p.cross_downscales,
+    )
+    params = inspect.signature(scheduler.step).parameters
+    step_kwargs: dict[str, Any] = {"eta": 0.0} if "eta" in params else {}
+    wants_gen = "generator" in params
+    same_guidance = len({r.guidance for r in requests}) == 1
+
+    with torch.inference_mode(), p2p_attention(unet, ctrl, explicit=explicit):
+        embeds, added = _encode(p2p, prompts, first.negative_prompt, cfg, height, width)
+        for i, t in enumerate(timesteps):
+            ctrl.begin_step(i)
+            model_in = torch.cat([latents] * 2) if cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            pred = unet(
+                model_in,
+                t,
+                encoder_hidden_states=embeds,
+                timestep_cond=None,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+            if cfg:
+                uncond, cond = pred.chunk(2)
+                if same_guidance:
+                    pred = uncond + first.guidance * (cond - uncond)
+                else:
+                    pred = torch.cat(
+                        [
+                            uncond[a:b] + req.guidance * (cond[a:b] - uncond[a:b])
+                            for (a, b), req in zip(groups, requests, strict=True)
+                        ]
+                    )
+            if wants_gen:
+                # One generator per row, rows of a group cloned from the group's generator: same noise.
+                row_gens = []
+                for (a, b), gen in zip(groups, gens, strict=True):
+                    state = gen.get_state()
+                    for _ in range(a, b):
+                        g = torch.Generator("cpu")
+                        g.set_state(state)
+                        row_gens.append(g)
+                step_kwargs["generator"] = row_gens
+            latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if wants_gen:
+                for (a, _), gen in zip(groups, gens, strict=True):
+                    gen.set_state(step_kwargs["generator"][a].get_state())
+            latents = ctrl.end_step(latents)
+        images = _decode(p2p, latents)
+
+    masks_by_row = ctrl.blend.masks if ctrl.blend is not None else {}
+    results = []
+    for (a, b), req, group_modes in zip(groups, requests, modes, strict=True):
+        results.append(
+            RenderResult(
+                request=req,
+                images=images[a:b],
+                latents=latents[a:b].float().cpu(),
+                masks=[masks_by_row.get(r).cpu() if r in masks_by_row else None for r in range(a + 1, b)],
+                modes=group_modes,
+            )
+        )
+    return results
+
+
+def check_request(p2p: P2PPipeline, request: RenderRequest) -> list[str]:
+    """Validate a request against the model's tokenizer (words exist, windows parse, sizes fit)
+    without rendering; returns the resolved mode of each edit. Raises ``ValueError``."""
+    if request.height % p2p.vae_scale or request.width % p2p.vae_scale:
+        raise ValueError(f"height and width must be multiples of {p2p.vae_scale}")
+    if request.steps < 1:
+        raise ValueError("steps must be >= 1")
+    make_scheduler(request.scheduler, p2p.base_scheduler_config)
+    src = tokenize(p2p.tokenizer, request.source)
+    return [compile_edit(e, src, tokenize(p2p.tokenizer, e.prompt), request.steps).mode for e in request.edits]
+
+
+def render_one(p2p: P2PPipeline, request: RenderRequest, explicit: bool = False) -> RenderResult:
+    return render(p2p, [request], explicit=explicit)[0]
+
+
+def plan_batches(requests: Sequence[RenderRequest], max_rows: int = 0) -> list[list[int]]:
+    """Indices of requests to render together: compatible requests packed up to ``max_rows`` rows per
+    CFG half (``0``: one request per batch, the layout ``regenerate`` uses)."""
+    batches: list[list[int]] = []
+    open_: dict[tuple[Any, ...], tuple[list[int], int]] = {}
+    for i, req in enumerate(requests):
+        n = 1 + len(req.edits)
+        key = req.batch_key()
+        if max_rows > 0 and key in open_ and open_[key][1] + n <= max_rows:
+            idx, used = open_[key]
+            idx.append(i)
+            open_[key] = (idx, used + n)
+            continue
+        idx = [i]
+        batches.append(idx)
+        open_[key] = (idx, n)
+    return batches

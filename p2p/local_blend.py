@@ -1,0 +1,105 @@
+"""LocalBlend: confine an edit to where the blend words attend, keep the source everywhere else.
+
+Maps are the blend words' cross-attention probabilities (summed over the words' tokens, averaged over
+heads and the selected layers, accumulated over steps as in the reference). After each step from
+``start_step`` the mask is max-pooled (3x3), upsampled to the latent grid, normalised by its maximum
+and thresholded; the source row's mask (its words) is OR-ed with the edit row's, and latents outside
+the mask are *set* to the source latents (``torch.where``, so they are bit-identical, not blended).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from p2p.controls import CompiledBlend
+
+
+@dataclass
+class _Target:
+    row: int  # edit row (cond-half index)
+    src: int  # its source row
+    src_pair: int | None  # index into the recorded maps, or None
+    edit_pair: int | None
+    threshold: float
+    start_step: int
+
+
+class LocalBlend:
+    """Collects blend-word attention maps during the UNet pass and masks latents after each step."""
+
+    def __init__(
+        self,
+        targets: list[tuple[int, int, CompiledBlend]],
+        cond_offset: int,
+        latent_hw: tuple[int, int],
+        downscales: set[int],
+        device: torch.device,
+    ) -> None:
+        pairs: list[tuple[int, tuple[float, ...]]] = []
+
+        def pair(row: int, cols: torch.Tensor | None) -> int | None:
+            if cols is None:
+                return None
+            key = (row, tuple(cols.tolist()))
+            if key not in pairs:
+                pairs.append(key)
+            return pairs.index(key)
+
+        self.targets = [
+            _Target(row, src, pair(src, b.src_cols), pair(row, b.edit_cols), b.threshold, b.start_step)
+            for row, src, b in targets
+        ]
+        cols = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
+        used = torch.nonzero(cols.sum(0)).flatten()
+        self.rows = torch.tensor([cond_offset + p[0] for p in pairs], dtype=torch.long, device=device)
+        self.cols = cols.to(device)  # (P, L) for the explicit path
+        self.col_index = used.to(device)  # (C,) only these columns are ever exponentiated
+        self.col_weight = cols[:, used].to(device)  # (P, C)
+        self.latent_hw = latent_hw
+        self.downscales = downscales
+        f = min(downscales)
+        self.work_hw = (max(latent_hw[0] // f, 1), max(latent_hw[1] // f, 1))
+        self.acc: torch.Tensor | None = None
+        self.masks: dict[int, torch.Tensor] = {}
+
+    def downscale_of(self, n_tokens: int) -> int:
+        h, w = self.latent_hw
+        return max(1, round((h * w / n_tokens) ** 0.5))
+
+    def wants(self, n_tokens: int) -> bool:
+        return self.downscale_of(n_tokens) in self.downscales
+
+    def record(self, maps: torch.Tensor) -> None:
+        """Add per-pair maps ``(P, N)`` of one layer (already head-averaged)."""
+        f = self.downscale_of(maps.shape[1])
+        h, w = max(self.latent_hw[0] // f, 1), max(self.latent_hw[1] // f, 1)
+        grid = maps.float().reshape(maps.shape[0], 1, h, w)
+        if (h, w) != self.work_hw:
+            grid = F.interpolate(grid, size=self.work_hw, mode="bilinear", align_corners=False)
+        self.acc = grid if self.acc is None else self.acc + grid
+
+    def _word_mask(self, pair: int, threshold: float) -> torch.Tensor:
+        assert self.acc is not None
+        m = F.max_pool2d(self.acc[pair : pair + 1], kernel_size=3, stride=1, padding=1)
+        m = F.interpolate(m, size=self.latent_hw, mode="nearest")
+        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
+        return m[0, 0] > threshold
+
+    def apply(self, step: int, latents: torch.Tensor) -> torch.Tensor:
+        """Masks edit rows' latents (``(n_rows, C, h, w)``, cond-half indexing) after step ``step``."""
+        if self.acc is None:
+            return latents
+        out = latents
+        for t in self.targets:
+            if step < t.start_step:
+                continue
+            parts = [self._word_mask(p, t.threshold) for p in (t.src_pair, t.edit_pair) if p is not None]
+            mask = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+            self.masks[t.row] = mask
+            if out is latents:
+                out = latents.clone()
+            out[t.row] = torch.where(mask, latents[t.row], latents[t.src])
+        return out

@@ -1,0 +1,269 @@
+"""``editgen pair``: render one Prompt-to-Prompt before/after pair to a folder.
+
+Writes ``input.png``, ``edited.png``, ``mask.png`` (only with LocalBlend) and ``params.json`` (the
+full render record; ``p2p.candidates.regenerate`` reproduces the images from it). Also runnable as
+``python -m p2p.pair_cli``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2p.controls import MODES, BlendConfig, EditControl, parse_window
+
+if TYPE_CHECKING:
+    from p2p.generate import RenderRequest
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {"model": None, "variant": "sd", "size": 64, "steps": 10},
+    "tiny-sdxl": {"model": None, "variant": "sdxl", "size": 64, "steps": 10},
+    "sd15": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "size": 512, "steps": 50},
+    "sdxl": {"model": "stabilityai/stable-diffusion-xl-base-1.0", "size": 1024, "steps": 50},
+}
+PROG = "editgen pair"
+
+
+class UsageError(ValueError):
+    """A bad command-line value: reported as one line, exit code 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pair`` options on ``parser`` (the lead wires this into the ``editgen`` CLI)."""
+    parser.add_argument("--prompt", required=True, help="source caption")
+    parser.add_argument("--edit-prompt", help="edited caption (defaults to --prompt for reweight)")
+    parser.add_argument("--mode", default="auto", choices=MODES, help="auto: replace if word counts match")
+    parser.add_argument("--edit-kind", help="instruct-stage edit kind hint used by --mode auto")
+    parser.add_argument("--cross-replace", default="0.8", help="cross-attn window: fraction p or start,end")
+    parser.add_argument(
+        "--cross-replace-word",
+        action="append",
+        default=[],
+        metavar="WORD=WINDOW",
+        help="per-word cross window (repeatable), e.g. dog=0.4 or dog=0.1,0.5",
+    )
+    parser.add_argument("--self-replace", default="0.4", help="self-attn window: fraction p or start,end")
+    parser.add_argument(
+        "--self-max-res", default="32", help="inject self-attn only where query grid <= RES^2 tokens ('all')"
+    )
+    parser.add_argument("--blend-words", help="LocalBlend words (source and/or edit prompt), e.g. cat,dog")
+    parser.add_argument("--blend-threshold", type=float, default=0.3)
+    parser.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending")
+    parser.add_argument("--blend-downscale", type=int, default=4, help="read cross-attn at latent/N")
+    parser.add_argument("--reweight", action="append", default=[], metavar="WORD=FACTOR", help="repeatable")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="denoising steps (profile default)")
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--size", help="N or WIDTHxHEIGHT (profile default)")
+    parser.add_argument("--scheduler", default="ddim", help="ddim, euler, euler_a, dpmpp_2m, ...")
+    parser.add_argument("--negative-prompt")
+    parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
+    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILES))
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument("--format", default="png", choices=("png", "jpeg"))
+    parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        word, sep, value = item.rpartition("=")
+        if not sep or not word.strip() or not value.strip():
+            raise UsageError(f"{what} expects WORD=VALUE, got {item!r}")
+        out.append((word.strip(), value.strip()))
+    return out
+
+
+def _window(text: str, what: str) -> Any:
+    try:
+        start, end = parse_window(text)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+    return end if start == 0.0 else [start, end]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        if "x" in text.lower():
+            w, h = (int(v) for v in text.lower().split("x"))
+        else:
+            w = h = int(text)
+    except ValueError:
+        raise UsageError(f"--size expects N or WIDTHxHEIGHT, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise UsageError(f"--size must be positive, got {text!r}")
+    return h, w
+
+
+def build_request(args: argparse.Namespace) -> RenderRequest:
+    """Turn parsed arguments into a ``RenderRequest`` (no model needed); raises ``UsageError``."""
+    from p2p.generate import RenderRequest
+
+    prof = PROFILES[args.profile]
+    edit_prompt = args.edit_prompt
+    if edit_prompt is None:
+        if args.mode != "reweight":
+            raise UsageError("--edit-prompt is required unless --mode reweight")
+        edit_prompt = args.prompt
+    if not args.prompt.strip() or not edit_prompt.strip():
+        raise UsageError("prompts must not be empty")
+    cross: Any = _window(args.cross_replace, "--cross-replace")
+    if args.cross_replace_word:
+        cross = {"default_": cross}
+        for word, value in _pairs(args.cross_replace_word, "--cross-replace-word"):
+            cross[word] = _window(value, "--cross-replace-word")
+    reweight = {}
+    for word, value in _pairs(args.reweight, "--reweight"):
+        try:
+            reweight[word] = float(value)
+        except ValueError:
+            raise UsageError(f"--reweight factor must be a number, got {value!r}") from None
+    if args.self_max_res.lower() in ("all", "none"):
+        self_max_res = None
+    else:
+        try:
+            self_max_res = int(args.self_max_res)
+        except ValueError:
+            raise UsageError(f"--self-max-res expects an integer or 'all', got {args.self_max_res!r}") from None
+    steps = args.steps if args.steps is not None else prof["steps"]
+    if steps < 1:
+        raise UsageError("--steps must be >= 1")
+    height, width = _size(args.size) if args.size else (prof["size"], prof["size"])
+    try:
+        blend = None
+        if args.blend_words:
+            blend = BlendConfig(
+                words=args.blend_words,
+                threshold=args.blend_threshold,
+                start=args.blend_start,
+                downscale=args.blend_downscale,
+            )
+        control = EditControl(
+            prompt=edit_prompt,
+            mode=args.mode,
+            cross_replace=cross,
+            self_replace=_window(args.self_replace, "--self-replace"),
+            self_max_res=self_max_res,
+            reweight=reweight,
+            blend=blend,
+            edit_kind=args.edit_kind,
+        ).resolve(args.prompt)
+    except UsageError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return RenderRequest(
+        source=args.prompt,
+        edits=[control],
+        seed=args.seed,
+        steps=steps,
+        guidance=args.guidance,
+        height=height,
+        width=width,
+        scheduler=args.scheduler,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[str, str | None]:
+    """Model id/path and, for tiny profiles, the variant (built under ``$EDITGEN_CACHE`` if needed)."""
+    prof = PROFILES[args.profile]
+    if args.model:
+        return args.model, None
+    if prof["model"] is not None:
+        return prof["model"], None
+    from models.tiny_sd import build_tiny_sd
+
+    return str(build_tiny_sd(variant=prof["variant"])), prof["variant"]
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr for our own one-line errors: no hub progress bars or library chatter."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def _fail(msg: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``editgen pair``; returns the process exit code."""
+    try:
+        request = build_request(args)
+        if args.format not in ("png", "jpeg"):
+            raise UsageError("--format must be png or jpeg")
+        if args.dtype not in ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"):
+            raise UsageError(f"unknown --dtype {args.dtype!r}")
+    except UsageError as exc:
+        return _fail(str(exc))
+
+    from p2p.candidates import render_records, request_to_record
+    from p2p.generate import check_request, dtype_name, load_pipeline
+
+    _quiet_libraries()
+    model, variant = resolve_model(args)
+    if args.model and not os.path.isdir(args.model) and "/" not in args.model:
+        return _fail(f"--model {args.model!r} is neither a local folder nor a hub id (owner/name)")
+    try:
+        p2p = load_pipeline(model, args.device, args.dtype, args.scheduler, compile=args.compile)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail(f"cannot load model {model!r}: {exc}")
+    try:
+        modes = check_request(p2p, request)
+    except ValueError as exc:
+        return _fail(str(exc))
+    extra: dict[str, Any] = {"profile": "tiny" if variant else args.profile}
+    if variant:
+        extra["tiny_variant"] = variant
+    record = request_to_record(request, model=model, dtype=dtype_name(p2p.dtype), **extra)
+    if args.explicit:
+        from p2p.candidates import candidate_output
+        from p2p.generate import render_one
+
+        out = candidate_output(record, render_one(p2p, request, explicit=True), args.format, 95)
+    else:
+        out = render_records(p2p, [record], image_format=args.format)[0]
+
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = "png" if out.image_format == "png" else "jpg"
+    (folder / f"input.{ext}").write_bytes(out.input_image)
+    (folder / f"edited.{ext}").write_bytes(out.edited_image)
+    files = [f"input.{ext}", f"edited.{ext}"]
+    if out.mask is not None:
+        (folder / "mask.png").write_bytes(out.mask)
+        files.append("mask.png")
+    params = dict(record, modes=modes, files=files, explicit=bool(args.explicit))
+    (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {', '.join(files)} and params.json to {folder} (mode: {modes[0]})")
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; the spec wants one clear line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

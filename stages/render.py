@@ -1,0 +1,277 @@
+"""Render: Prompt-to-Prompt before/after candidates for every (caption, edited caption) pair.
+
+One Ray actor per GPU (or CPU slot) loads the diffusers pipeline once; each partition's pairs become
+N candidates, each with its own seed and P2P parameters drawn as InstructPix2Pix did, from a
+per-(pair, candidate) RNG, so a redone partition reproduces the same candidates. Every parameter is
+stored in `params` (JSON), from which `p2p.candidates.regenerate` re-renders the images bit for bit.
+With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import ConfigError
+from pipeline.stage import Stage, with_status
+
+log = logging.getLogger("editgen")
+
+TINY_MODELS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+OUTPUT_FIELDS = [
+    ("candidate", pa.int32()),
+    ("input_image", pa.binary()),
+    ("edited_image", pa.binary()),
+    ("mask", pa.binary()),
+    ("image_format", pa.string()),
+    ("seed", pa.int64()),
+    ("params", pa.string()),
+    ("render_model", pa.string()),
+    ("render_mode", pa.string()),
+    ("candidates_drawn", pa.int32()),
+]
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(loadable path or hub id, tiny variant or None). Tiny models are built once into the cache."""
+    variant = TINY_MODELS.get(model)
+    if variant is None:
+        return model, None
+    from models.tiny_sd import build_tiny_sd
+
+    return str(build_tiny_sd(variant=variant)), variant
+
+
+def blend_words(row: dict[str, Any]) -> list[str]:
+    """Words whose cross-attention marks the edited region: the swapped words, else the added ones."""
+    words = list(row.get("source_words") or []) + list(row.get("target_words") or [])
+    if not words:
+        words = list(row.get("changed_words") or [])
+    seen: list[str] = []
+    for w in words:
+        if w and w not in seen:
+            seen.append(w)
+    return seen
+
+
+class RenderStage(Stage):
+    name = "render"
+    version = "1"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.p2p: Any = None
+        self.model_path = ""
+        self.variant: str | None = None
+        self.scorer: Any = None
+        self.threads = 1
+
+    def preflight(self) -> None:
+        s = self.settings
+        if s.early_stop and self.config.filter.top_k is None:
+            raise ConfigError("render.early_stop needs filter.top_k (how many passing candidates end a pair)")
+        if s.model in TINY_MODELS:
+            resolve_model(s.model)  # build once on the driver so actors only load it
+
+    def setup(self) -> None:
+        import torch
+
+        from p2p.generate import load_pipeline
+
+        _quiet_libraries()
+        s = self.settings
+        threads = s.torch_threads or max(1, int(self.resources().num_cpus or 1))
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.model_path, self.variant = resolve_model(s.model)
+        if s.device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            device = s.device
+        dtype = s.dtype if s.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+        self.p2p = load_pipeline(self.model_path, device, dtype, s.scheduler, s.compile)
+        self.dtype = dtype
+        if s.early_stop:
+            from filters.clip_score import ClipScorer
+
+            self.scorer = ClipScorer.from_config(self.config.filter)
+
+    # ---------------------------------------------------------------------------------------
+    def _records(self, row: dict[str, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
+        from p2p.candidates import CandidateSpace, sample_candidates
+
+        s = self.settings
+        space = CandidateSpace(
+            p_range=tuple(s.p_range), guidance_range=tuple(s.guidance_range), steps=s.steps,
+            scheduler=s.scheduler, mode=s.mode, tie_windows=s.tie_windows, self_max_res=s.self_max_res,
+            height=s.height, width=s.width, negative_prompt=s.negative_prompt,
+        )
+        blend = None
+        if s.local_blend:
+            words = blend_words(row)
+            if words:
+                blend = {"words": words, "threshold": s.blend_threshold, "start": s.blend_start}
+        pair_id = row["id"] if s.seed == 0 else f"{row['id']}/{s.seed}"
+        kind = row.get("edit_kind")
+        recs = sample_candidates(
+            pair_id, row["caption"], row["edited_caption"], start + n, model=self.model_path,
+            dtype=self.dtype, space=space, edit_kind=kind if kind in ("replace", "refine") else None, blend=blend,
+            profile="tiny" if self.variant else None,
+        )[start:]
+        for r in recs:
+            # CPU float reductions depend on the thread count: part of what makes a re-render exact.
+            r["torch_threads"] = self.threads
+            if self.variant:
+                r["tiny_variant"] = self.variant
+        return recs
+
+    def _render(self, records: list[dict[str, Any]]) -> list[Any]:
+        from p2p.candidates import render_records
+
+        s = self.settings
+        return render_records(self.p2p, records, image_format=s.image_format, max_rows=s.max_rows_per_batch,
+                              jpeg_quality=s.jpeg_quality)
+
+    def _check(self, records: list[dict[str, Any]]) -> None:
+        from p2p.candidates import record_to_request
+        from p2p.generate import check_request
+
+        check_request(self.p2p, record_to_request(records[0]))
+
+    def process_partition(self, table: pa.Table) -> pa.Table:
+        s = self.settings
+        rows = table.to_pylist()
+        t0 = time.perf_counter()
+        take: list[int] = []
+        cols: dict[str, list[Any]] = {name: [] for name, _ in OUTPUT_FIELDS}
+        reasons: list[str | None] = []
+        pairs: list[tuple[int, list[dict[str, Any]]]] = []
+        for i, row in enumerate(rows):
+            try:
+                recs = self._records(row, s.candidates if not s.early_stop else 0)
+                self._check(recs or self._records(row, 1))
+                pairs.append((i, recs))
+            except (ValueError, KeyError) as exc:
+                log.warning("render: pair %s dropped: %s", row.get("id"), exc)
+                self._drop(i, "render_invalid_pair", take, cols, reasons)
+        if s.early_stop:
+            outputs = self._render_early_stop(rows, [i for i, _ in pairs])
+        else:
+            outputs = self._render_all(pairs)
+        for i, outs, drawn in outputs:
+            if isinstance(outs, Exception):
+                self._drop(i, "render_failed", take, cols, reasons)
+                continue
+            for o in outs:
+                rec = o.record
+                take.append(i)
+                cols["candidate"].append(int(rec["candidate"]))
+                cols["input_image"].append(o.input_image)
+                cols["edited_image"].append(o.edited_image)
+                cols["mask"].append(o.mask)
+                cols["image_format"].append(o.image_format)
+                cols["seed"].append(int(rec["seed"]))
+                cols["params"].append(json.dumps(rec, sort_keys=True))
+                cols["render_model"].append(s.model if self.variant is None else f"{s.model}:{self.variant}")
+                cols["render_mode"].append(rec["edits"][0]["mode"])
+                cols["candidates_drawn"].append(drawn)
+                reasons.append(None)
+        order = sorted(range(len(take)), key=lambda j: (take[j], cols["candidate"][j]))
+        out = table.take(pa.array([take[j] for j in order], pa.int64()))
+        for name, typ in OUTPUT_FIELDS:
+            out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
+        self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + time.perf_counter() - t0
+        self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + sum(1 for r in reasons if r is None)
+        return with_status(out, [reasons[j] for j in order])
+
+    @staticmethod
+    def _drop(i: int, reason: str, take: list[int], cols: dict[str, list[Any]], reasons: list[str | None]) -> None:
+        take.append(i)
+        for name, _ in OUTPUT_FIELDS:
+            cols[name].append(-1 if name in ("candidate", "candidates_drawn") else None)
+        reasons.append(reason)
+
+    def _render_all(self, pairs: list[tuple[int, list[dict[str, Any]]]]) -> list[tuple[int, Any, int]]:
+        """All candidates of all pairs, in chunks of `resources.batch_size` records."""
+        size = max(1, self.resources().batch_size)
+        flat = [(i, r) for i, recs in pairs for r in recs]
+        by_pair: dict[int, list[Any]] = {i: [] for i, _ in pairs}
+        failed: dict[int, Exception] = {}
+        for start in range(0, len(flat), size):
+            chunk = [(i, r) for i, r in flat[start:start + size] if i not in failed]
+            try:
+                outs = self._render([r for _, r in chunk])
+            except Exception as exc:  # noqa: BLE001 - a bad pair must not kill the partition
+                outs = self._render_one_by_one(chunk, failed, exc)
+            for (i, _), o in zip(chunk, outs, strict=True):
+                if o is not None:
+                    by_pair[i].append(o)
+        return [(i, failed.get(i) or by_pair[i], len(recs)) for i, recs in pairs]
+
+    def _render_one_by_one(self, chunk: list[tuple[int, dict[str, Any]]], failed: dict[int, Exception],
+                           first: Exception) -> list[Any]:
+        log.warning("render: batch failed (%s); retrying its pairs one by one", first)
+        outs: list[Any] = []
+        for i, r in chunk:
+            if i in failed:
+                outs.append(None)
+                continue
+            try:
+                outs.append(self._render([r])[0])
+            except Exception as exc:  # noqa: BLE001
+                log.warning("render: candidate %s/%s failed: %s", r.get("pair_id"), r.get("candidate"), exc)
+                failed[i] = exc
+                outs.append(None)
+        return outs
+
+    def _render_early_stop(self, rows: list[dict[str, Any]], idx: list[int]) -> list[tuple[int, Any, int]]:
+        """Draw candidates in rounds; score each round with CLIP; stop a pair once k pass."""
+        from filters.early_stop import EarlyStop
+
+        s = self.settings
+        es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,
+                                   min_candidates=s.early_stop_min_candidates)
+        size = max(1, self.resources().batch_size)
+        done: dict[int, list[Any]] = {i: [] for i in idx}
+        failed: dict[int, Exception] = {}
+        drawn = {i: 0 for i in idx}
+        active = list(idx)
+        while active:
+            plan: list[tuple[int, dict[str, Any]]] = []
+            for i in active:
+                n = es.remaining(rows[i]["id"])
+                plan += [(i, r) for r in self._records(rows[i], n, start=drawn[i])]
+            for start in range(0, len(plan), size):
+                chunk = plan[start:start + size]
+                try:
+                    outs = self._render([r for _, r in chunk])
+                except Exception as exc:  # noqa: BLE001
+                    outs = self._render_one_by_one(chunk, failed, exc)
+                ok = [(i, o) for (i, _), o in zip(chunk, outs, strict=True) if o is not None]
+                if ok:
+                    scores = self.scorer.score([o.input_image for _, o in ok], [o.edited_image for _, o in ok],
+                                               [rows[i]["caption"] for i, _ in ok],
+                                               [rows[i]["edited_caption"] for i, _ in ok])
+                    for j, (i, o) in enumerate(ok):
+                        done[i].append(o)
+                        es.add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})
+                for i, _ in chunk:
+                    drawn[i] += 1
+            active = [i for i in active if i not in failed and not es.done(rows[i]["id"])]
+        return [(i, failed.get(i) or done[i], drawn[i]) for i in idx]
+
+
+def _quiet_libraries() -> None:
+    """Per-component loading bars from diffusers/transformers would flood worker logs."""
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass

@@ -1,0 +1,109 @@
+"""``editgen pair`` / ``python -m p2p.pair_cli`` end to end with the tiny profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from p2p import pair_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--profile", "tiny", "--prompt", "a photo of a cat on a bench", "--edit-prompt", "a photo of a dog on a bench"]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, EDITGEN_CACHE=str(cache), OMP_NUM_THREADS="1", PYTHONPATH=path)
+
+
+def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "p2p.pair_cli", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("editgen-cache")
+
+
+def test_cli_writes_pair(cache, tmp_path):
+    out = tmp_path / "pair"
+    args = [
+        *BASE,
+        "--blend-words",
+        "cat,dog",
+        "--blend-threshold",
+        "0.9",
+        "--blend-downscale",
+        "1",
+        "--reweight",
+        "dog=1.5",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    proc = _cli(args, cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("input.png", "edited.png", "mask.png"):
+        with Image.open(out / name) as im:
+            assert im.size == (64, 64)
+    params = json.loads((out / "params.json").read_text())
+    assert params["seed"] == 11 and params["steps"] == 4 and params["modes"] == ["replace"]
+    assert params["edits"][0]["blend"]["words"] == ["cat", "dog"] and params["edits"][0]["reweight"] == {"dog": 1.5}
+    assert params["profile"] == "tiny" and (cache / "tiny-sd" / "model_index.json").exists()
+
+
+@pytest.mark.parametrize("bad", [["--mode", "teleport"], ["--cross-replace", "1.5"]])
+def test_cli_bad_argument_exits_2_with_one_line(cache, tmp_path, bad):
+    proc = _cli([*BASE, *bad, "--out", str(tmp_path / "x")], cache)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    pair_cli.add_arguments(parser)
+    return pair_cli.main(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--reweight", "dog"],
+        ["--reweight", "dog=lots"],
+        ["--size", "abc"],
+        ["--self-replace", "0.9,0.1"],
+        ["--self-max-res", "big"],
+        ["--steps", "0"],
+        ["--blend-words", "cat", "--blend-threshold", "2"],
+        ["--cross-replace-word", "dog"],
+        ["--blend-words", "cat", "--blend-downscale", "0"],
+    ],
+)
+def test_main_rejects_bad_values(tmp_path, capsys, bad):
+    assert _main([*BASE, *bad, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("editgen pair: error:")
+
+
+def test_main_words_checked_against_tokenizer(cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDITGEN_CACHE", str(cache))
+    argv = [*BASE, "--blend-words", "horse", "--device", "cpu", "--out", str(tmp_path / "x")]
+    assert _main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "horse" in err[0]
+    assert _main(["--profile", "tiny", "--prompt", "a cat", "--out", str(tmp_path / "y")]) == 2  # no edit prompt

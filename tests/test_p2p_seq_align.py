@@ -1,0 +1,211 @@
+"""Token alignment, word lookup and control compilation, on the real CLIP tokenizer (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.clip_tokenizer import load_clip_tokenizer
+from p2p import seq_align
+from p2p.controls import BlendConfig, EditControl, compile_edit, parse_window, window_steps
+from p2p.seq_align import (
+    decide_mode,
+    find_word,
+    global_align,
+    refine_alignment,
+    replace_alignment,
+    reweight_vector,
+    tokenize,
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
+
+
+def test_tokenizer_matches_open_clip(tok):
+    import open_clip
+
+    reference = open_clip.get_tokenizer("ViT-L-14")
+    for text in ["A photo of a Dog, sitting on a hippopotamus!", "a cat's 3 toys, naïve café", "teddy-bear rides"]:
+        ours = tok(text, padding="max_length", max_length=77, truncation=True).input_ids
+        theirs = reference([text])[0].tolist()
+        n = ours.index(49407) + 1  # open_clip pads with 0, SD's tokenizer with EOS
+        assert ours[:n] == theirs[:n]
+        assert len(ours) == 77 and ours[0] == 49406
+
+
+def test_word_lookup_case_punctuation_multitoken(tok):
+    t = tokenize(tok, "A Dog, a teddy-bear and a hippopotamus near a hotdog stand.")
+    dog = find_word(t, "dog")
+    assert dog == [2]  # BOS at 0, "a" at 1; the comma token (3) is not part of the word
+    assert find_word(t, "Dog,") == dog == find_word(t, "DOG")
+    assert find_word(t, "teddy-bear") == [5, 7]  # "teddy", "bear" without the hyphen
+    assert find_word(t, "bear") == [7]
+    assert find_word(t, "teddy bear") == [5, 7]
+    hippo = find_word(t, "hippopotamus")
+    assert len(hippo) == 3 and hippo == list(range(hippo[0], hippo[0] + 3))
+    assert find_word(t, "dog") != find_word(t, "hotdog")
+    assert find_word(t, "stand") and not find_word(t, "horse")
+    assert find_word(t, 1) == dog  # word index ("A" is word 0)
+
+
+def test_tokenize_positions_cover_sequence(tok):
+    t = tokenize(tok, "a photo of a hippopotamus, on the grass")
+    positions = [p for w in t.words for p in w.positions]
+    assert positions == list(range(1, t.eos))
+    assert t.ids[t.eos] == 49407
+
+
+def _cols(m: torch.Tensor, k: int) -> list[int]:
+    return torch.nonzero(m[k]).flatten().tolist()
+
+
+def test_replace_equal_token_counts(tok):
+    s, e = tokenize(tok, "a photo of a cat on the grass"), tokenize(tok, "a photo of a dog on the grass")
+    al = replace_alignment(s, e)
+    assert torch.equal(al.mapper, torch.eye(77))  # 1:1 everywhere: cat->dog at the same position
+    assert al.identity and bool(al.mapped.all())  # so the processors can skip the matmul
+    same = replace_alignment(s, s)
+    assert same.identity and bool(same.mapped.all())
+
+
+@pytest.mark.parametrize("grow", [True, False])
+def test_replace_unequal_token_counts_keeps_later_tokens_aligned(tok, grow):
+    short = "a photo of a cat on the grass"
+    long = "a photo of a hippopotamus on the grass"
+    s, e = (tokenize(tok, short), tokenize(tok, long)) if grow else (tokenize(tok, long), tokenize(tok, short))
+    al = replace_alignment(s, e)
+    m = al.mapper
+    ws, we = find_word(s, "cat" if grow else "hippopotamus"), find_word(e, "hippopotamus" if grow else "cat")
+    assert (len(ws), len(we)) == ((1, 3) if grow else (3, 1))
+    # swapped word: attention spread evenly, mass preserved per source token
+    for k in ws:
+        assert torch.allclose(m[k, we], torch.full((len(we),), 1.0 / len(we)))
+        assert m[k].sum().item() == pytest.approx(1.0)
+    # every later word, EOS and padding: source position p maps to p + shift
+    shift = len(we) - len(ws)
+    for word in ("on", "the", "grass"):
+        (ps,), (pe,) = find_word(s, word), find_word(e, word)
+        assert pe == ps + shift and _cols(m, ps) == [pe] and m[ps, pe] == 1.0
+    assert m[s.eos, e.eos] == 1.0
+    for k in range(s.eos, 77):
+        if 0 <= k + shift < 77:
+            assert _cols(m, k) == [k + shift]
+    # the official mapper's bug would map padding j -> j; make sure nothing maps off-diagonal by shift
+    assert m[0, 0] == 1.0
+    if grow:
+        assert bool(al.mapped.all())
+    else:  # the last |shift| edit positions have no source counterpart and keep their own attention
+        assert al.mapped.sum().item() == 77 - 2
+
+
+def test_replace_needs_equal_word_counts(tok):
+    with pytest.raises(ValueError, match="same number of words"):
+        replace_alignment(tokenize(tok, "a cat"), tokenize(tok, "a fluffy cat"))
+
+
+def test_refinement_alignment(tok):
+    s = tokenize(tok, "a cat on a bench")
+    e = tokenize(tok, "a fluffy cat on a wooden bench")
+    al = refine_alignment(s, e)
+    m = al.mapper
+    for word in ("cat", "on", "bench"):
+        (ps,), (pe,) = find_word(s, word), find_word(e, word)
+        assert _cols(m, ps) == [pe]
+    for new in ("fluffy", "wooden"):
+        (pe,) = find_word(e, new)
+        assert not al.mapped[pe] and m[:, pe].sum() == 0
+    assert m[s.eos, e.eos] == 1.0 and m[s.eos + 1, e.eos + 1] == 1.0
+    assert al.mapped.sum().item() == 77 - 2
+    assert refine_alignment(s, s).identity
+
+
+def test_global_align():
+    assert global_align([1, 2, 3], [1, 9, 2, 3]) == [0, None, 1, 2]
+    assert global_align([1, 2, 3], [3]) == [2]
+    assert global_align([], [4, 5]) == [None, None]
+    assert global_align([5, 6], [7, 8]) == [None, None]  # substitutions never pair
+
+
+def test_decide_mode():
+    assert decide_mode("a cat on a mat", "a dog on a mat") == "replace"
+    assert decide_mode("a cat", "a black cat") == "refine"
+    assert decide_mode("a cat", "a black cat", edit_kind="ip2p") == "ip2p"
+    assert decide_mode("a cat", "a dog", edit_kind="Refinement") == "refine"
+    with pytest.raises(ValueError):
+        decide_mode("a", "b", edit_kind="teleport")
+
+
+def test_reweight_vector(tok):
+    t = tokenize(tok, "a Fluffy, hippopotamus")
+    w = reweight_vector(t, {"fluffy": 2.0, "hippopotamus": 0.5})
+    assert w is not None
+    assert w[find_word(t, "fluffy")].tolist() == [2.0]
+    assert w[find_word(t, "hippopotamus")].tolist() == [0.5] * 3
+    assert (w == 1).sum().item() == 77 - 4
+    assert reweight_vector(t, {"fluffy": 1.0}) is None
+    with pytest.raises(ValueError, match="not found"):
+        reweight_vector(t, {"zebra": 2.0})
+
+
+def test_windows():
+    assert parse_window(0.8) == (0.0, 0.8)
+    assert parse_window("0.2,0.6") == (0.2, 0.6)
+    assert window_steps(0.3, 10) == (0, 3)  # no float floor surprise (0.3 * 10 = 2.999...)
+    assert window_steps((0.1, 0.5), 50) == (5, 25)
+    for bad in (1.5, (0.6, 0.2), "x"):
+        with pytest.raises(ValueError):
+            parse_window(bad)
+
+
+def test_compile_edit_windows_and_modes(tok):
+    src = tokenize(tok, "a cat on a bench")
+    edit = tokenize(tok, "a fluffy cat on a bench")
+    ctl = EditControl(edit.prompt, cross_replace={"default_": 0.5, "cat": (0.0, 1.0)}, self_replace=0.25)
+    c = compile_edit(ctl, src, edit, 8)
+    assert c.mode == "refine"
+    (fluffy,), (cat,), (bench,) = find_word(edit, "fluffy"), find_word(edit, "cat"), find_word(edit, "bench")
+    assert c.alpha[:, fluffy].sum() == 0  # new word: never from source
+    assert c.alpha[:, cat].tolist() == [1.0] * 8  # per-word window
+    assert c.alpha[:, bench].tolist() == [1.0] * 4 + [0.0] * 4
+    assert c.self_steps == (0, 2) and c.self_max_tokens == 32 * 32
+
+    ip = compile_edit(EditControl(edit.prompt, mode="ip2p", self_replace=0.5), src, edit, 8)
+    assert ip.alpha.sum() == 0 and ip.self_steps == (0, 4) and ip.self_max_tokens is None
+
+    rw = compile_edit(EditControl(src.prompt, mode="reweight", reweight={"cat": 3.0}), src, src, 8)
+    assert rw.mapper is None and rw.weights is not None and rw.weights[find_word(src, "cat")].item() == 3.0
+    with pytest.raises(ValueError):
+        compile_edit(EditControl(src.prompt, mode="reweight"), src, src, 8)
+
+    bl = compile_edit(
+        EditControl("a dog on a bench", blend=BlendConfig("cat,dog", start=0.5)),
+        src,
+        tokenize(tok, "a dog on a bench"),
+        8,
+    )
+    assert bl.blend is not None and bl.blend.start_step == 4
+    assert bl.blend.src_cols[find_word(src, "cat")].item() == 1.0 and bl.blend.src_cols.sum() == 1
+    with pytest.raises(ValueError, match="neither"):
+        compile_edit(EditControl("a dog", blend=BlendConfig(["horse"])), src, tokenize(tok, "a dog"), 8)
+
+
+def test_edit_control_roundtrip():
+    ctl = EditControl(
+        "a dog", cross_replace=(0.1, 0.7), blend={"words": ["dog"], "threshold": 0.4}, reweight={"dog": 2}
+    )
+    again = EditControl.from_dict(ctl.to_dict())
+    assert again == ctl and again.cross_replace == [0.1, 0.7] and again.blend.threshold == 0.4
+    assert EditControl("a b c", edit_kind="add").resolve("a b").mode == "refine"
+
+
+def test_odd_unicode_and_fallback_index(tok):
+    t = tokenize(tok, "a cafe\u0301 with a Dog 🐶 &amp; cat")  # decomposed accent: NFC like the tokenizer
+    assert find_word(t, "café") and find_word(t, "dog") and find_word(t, "cat")
+    full = list(t.ids)
+    words = seq_align._token_words(tok, full, len(full) - 1)  # id-only index used when text disagrees
+    assert [p for w in words for p in w.positions] == list(range(1, len(full) - 1))
+    fallback = seq_align.PromptTokens(t.prompt, t.ids, words)
+    assert find_word(fallback, "dog") == find_word(t, "dog")
