@@ -160,14 +160,14 @@ def test_sigkill_mid_stage_then_rerun_is_byte_identical(baseline, laion_parquet,
     deadline = time.time() + 120
     done_dir = killed / "ingest" / "_pre" / "_done"
     while time.time() < deadline:
-        if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 3:
+        if done_dir.exists() and len(list(done_dir.glob("part-*.json"))) >= 3:
             break
         if proc.poll() is not None:
             pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    n_done = len(list(done_dir.glob("*.json")))
+    n_done = len(list(done_dir.glob("part-*.json")))
     assert 3 <= n_done < 10, "the kill must land in the middle of the stage"
     assert not (killed / "ingest" / "_stage.json").exists() or not json.loads(
         (killed / "ingest" / "_stage.json").read_text())["complete"]
