@@ -56,8 +56,8 @@ test: venv venv-llm chromium lint
 	EDITGEN_LLM_PYTHON=$(abspath $(VENV_LLM))/bin/python $(VENV)/bin/python -m pytest -m "not llm" -p no:cacheprovider
 	$(VENV_LLM)/bin/python -m pytest -m llm -p no:cacheprovider tests/test_llm_*.py tests/test_instruct_*.py
 
-bench: venv
-	@for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b; done
+bench: venv venv-llm
+	$(VENV)/bin/python bench/run_all.py --llm-python $(VENV_LLM)/bin/python --json bench-results.json
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

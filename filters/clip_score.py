@@ -83,10 +83,27 @@ class ClipSpec:
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_weights_file(path: str) -> None:
+    """Local weights load only from safetensors: open_clip would torch.load (unpickle) anything else."""
+    if os.path.isfile(path) and not path.endswith(".safetensors"):
+        raise ValueError(f"{path}: only .safetensors weights are loaded (a pickled .bin/.pt/.pth checkpoint "
+                         "can run code when loaded); convert it with safetensors.torch.save_file")
+
+
+def check_weights_dir(path: str) -> None:
+    """`local-dir:PATH`: open_clip falls back to *.bin/*.pth when the folder holds no safetensors."""
+    if os.path.isdir(path) and not any(n.endswith(".safetensors") for n in os.listdir(path)):
+        raise ValueError(f"{path}: no .safetensors weights in this folder (pickled .bin/.pth are not loaded)")
+
+
 def _resolve_pretrained(spec: ClipSpec) -> str | None:
     """Tiny CLIP: build its checkpoint on demand; others: pass the tag/file through to open_clip."""
     from models.tiny_clip import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
 
+    if spec.model.startswith("local-dir:"):
+        check_weights_dir(spec.model.split(":", 1)[1])
+    if spec.pretrained:
+        check_weights_file(spec.pretrained)
     if spec.model == TINY_CLIP_NAME:
         register_tiny_clip()
         seed = 0

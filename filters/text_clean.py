@@ -13,6 +13,9 @@ from functools import lru_cache
 from importlib import resources as importlib_resources
 
 _TAG = re.compile(r"<\s*/?\s*[a-zA-Z][^<>]{0,200}>")
+#: Script and style elements go with their content (code is not caption text); an unclosed one runs to
+#: the end, as a browser would read it.
+_SCRIPT = re.compile(r"<\s*(script|style)\b[^<>]{0,200}>.*?(?:<\s*/\s*\1\s*>|$)", re.IGNORECASE | re.DOTALL)
 _INVISIBLE = re.compile("[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _SPACE = re.compile(r"\s+")
 _EDGE_PUNCT = re.compile(r"^[\s\-|:;,.•·–—_/\\]+|[\s\-|:;,•·–—_/\\]+$")
@@ -51,6 +54,7 @@ def clean_caption(text: str | None) -> str:
         if unescaped == text:
             break
         text = unescaped
+    text = _SCRIPT.sub(" ", text)
     text = _TAG.sub(" ", text)
     text = unicodedata.normalize("NFC", text)
     text = _INVISIBLE.sub("", text)

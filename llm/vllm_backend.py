@@ -60,6 +60,8 @@ def engine_kwargs(model: str, settings: VllmSettings, on_cpu: bool = False) -> d
         "dtype": settings.dtype,
         "enforce_eager": settings.enforce_eager,
         "seed": 0,
+        # Weights from safetensors only: vLLM's default ("auto") falls back to pickled *.bin/*.pt files.
+        "load_format": "safetensors",
     }
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len

@@ -208,7 +208,9 @@ def _card(r: dict[str, Any]) -> str:
     status = "kept" if r.get("status") == KEPT else f"dropped: {r.get('drop_reason')}"
     thumbs = zip(r.get("thumbs", []), ("before", "after"), strict=False)
     imgs = "".join(f'<img src="{e(src)}" alt="{e(alt)}">' for src, alt in thumbs)
-    link = f'<a href="{e(r["url"])}" rel="noreferrer">source</a>' if r.get("url") else ""
+    # Only web links: a scraped `javascript:` or `data:` URL would run when clicked, escaped or not.
+    url = str(r.get("url") or "")
+    link = f'<a href="{e(url)}" rel="noreferrer">source</a>' if url.lower().startswith(("http://", "https://")) else ""
     return (
         f'<div class="card {"kept" if r.get("status") == KEPT else "dropped"}">'
         f'<div class="pair">{imgs}</div>'

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import tarfile
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.storage import Storage
+from pipeline.worker import fault_delay_s
 
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
@@ -188,6 +190,9 @@ class ShardSetWriter:
 
     def _write(self, name: str, members: list[tuple[str, bytes]], count: int) -> ShardInfo:
         data = build_tar(members)
+        delay = fault_delay_s("shard")  # test hook (docs/faults.md): lets a test kill the driver mid-stage
+        if delay:
+            time.sleep(delay)
         self.storage.write_bytes(data, self.subdir, name)
         return ShardInfo(name, count, len(data), hashlib.sha256(data).hexdigest())
 

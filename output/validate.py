@@ -63,7 +63,11 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     name = entry["name"]
-    if not storage.exists(SHARDS_DIR, name):
+    try:
+        present = storage.exists(SHARDS_DIR, name)
+    except ValueError:  # pipeline.errors.UnsafePathError: a name that would leave OUT/shards
+        return [f"{name!r}: unsafe shard name in the manifest (not read)"], 0, set()
+    if not present:
         return [f"{name}: listed in manifest but missing"], 0, set()
     problems: list[str] = []
     size = storage.size(SHARDS_DIR, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,14 @@ from pipeline.settings.render import RenderConfig
 from pipeline.settings.run import RayConfig, RunConfig
 from pipeline.settings.shard import ShardConfig
 
-#: Keys whose values are secrets: never written to OUT/config.yaml or logs.
-SECRET_KEY_PARTS = ("api_key", "token", "secret", "password")
+#: Keys whose values are secrets: never written to OUT/config.yaml or logs. Matched as whole words of the
+#: key (HF_TOKEN, api_key, aws_secret_access_key), so `max_tokens` stays visible; a key ending in `_env`
+#: holds the NAME of an environment variable (instruct.openai.api_key_env), not the secret.
+SECRET_KEY_PARTS = (
+    r"api[_-]?key", r"access[_-]?key", r"private[_-]?key", "token", "secret", "passwords?", "passwd",
+    "authorization", "credentials?",
+)
+_SECRET_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + "|".join(SECRET_KEY_PARTS) + r")(?:$|[^a-z0-9])")
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
 
@@ -150,14 +157,25 @@ def build_config(
         raise ConfigError(_format_validation_error(exc)) from None
 
 
+#: `scheme://user:password@host`: credentials inside a URL (a base_url, an input URL) are secrets too.
+_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s]+@")
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return not k.endswith("_env") and _SECRET_KEY.search(k) is not None
+
+
 def _redact(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {
-            k: ("***" if any(s in k.lower() for s in SECRET_KEY_PARTS) and v else _redact(v))
+            k: ("***" if _is_secret_key(str(k)) and v else _redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
         return [_redact(v) for v in obj]
+    if isinstance(obj, str):
+        return _URL_USERINFO.sub("***@", obj)
     return obj
 
 

@@ -21,6 +21,10 @@ class OutputError(UserError):
     """The output location cannot be written (permissions, full disk)."""
 
 
+class UnsafePathError(OutputError, ValueError):
+    """A path under OUT that would escape it (absolute, `..`): from a tampered record or manifest."""
+
+
 class StageFailed(Exception):
     """A stage could not finish (e.g. a partition kept failing); exit code 1."""
 

@@ -60,6 +60,7 @@ def discover(inputs: list[str], forced_format: str = "auto") -> list[InputFile]:
         raise InputError("no input given (use --input PATH or set ingest.input)")
     files: list[InputFile] = []
     seen: set[str] = set()
+    names: set[str] = set()
     for spec in inputs:
         fs, path = fsspec.core.url_to_fs(spec)
         if any(c in path for c in GLOB_CHARS):
@@ -85,6 +86,12 @@ def discover(inputs: list[str], forced_format: str = "auto") -> list[InputFile]:
             url = fs.unstrip_protocol(full) if fs.protocol not in ("file", ("file", "local")) else full
             if url not in seen:
                 seen.add(url)
+                # Row ids hash (name, row): two different files with the same relative name (a/caps.jsonl
+                # and b/caps.jsonl given separately) would share ids, and samples would collide downstream.
+                # The first keeps its short name (ids as in a run over it alone); later ones get their URL.
+                if rel in names:
+                    rel = url
+                names.add(rel)
                 files.append(InputFile(url=url, name=rel, fmt=fmt))
     return files
 
@@ -178,6 +185,7 @@ def read_jsonl(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
     texts: list[tuple[str | None, str | None]] = []
     urls: list[str | None] = []
     has_text = False
+    objects = 0
     for line in _lines(f):
         if not line.strip():
             continue
@@ -195,9 +203,12 @@ def read_jsonl(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
             texts.append((None, "invalid_json"))
             urls.append(None)
             continue
+        objects += 1
         has_text = has_text or text_col in obj
         texts.append(_decode(obj.get(text_col)))
         urls.append(_url_value(obj.get(url_col)) if url_col else None)
+    if texts and not objects:
+        raise InputError(f"{f.url}: not JSON lines (no line holds a JSON object; one object per line expected)")
     if texts and not has_text:
         raise InputError(f"{f.url}: no record has the field {text_col!r}; set ingest.text_column")
     return _table(f.name, texts, urls)

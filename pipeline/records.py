@@ -71,7 +71,7 @@ def file_matches(storage: Storage, stage_dir: str, record: dict[str, Any], verif
             return False
         if verify and sha256_bytes(storage.read_bytes(stage_dir, fname)) != record.get("sha256"):
             return False
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # ValueError: a record naming a path outside OUT
         return False
     return True
 

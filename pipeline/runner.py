@@ -276,8 +276,16 @@ class Runner:
     def _execute(
         self, stage: Stage, todo: list[PartitionSpec], work_dir: str, upstream_dir: str | None, h: str, task: Any
     ) -> None:
-        """Schedule partitions over a pool of actors; a dead actor is restarted by Ray and its
-        partition requeued (atomic writes make the redo harmless)."""
+        """Schedule partitions over a pool of actors; a dead actor's partition is requeued (atomic writes
+        make the redo harmless).
+
+        An actor gets work only once it has answered `ready()`. A worker whose node died is restarted by
+        Ray (max_restarts=-1) wherever resources free up, which may be never while the rest of the pool
+        holds them: until it answers again it is benched (probed with backoff), not fed partitions that
+        would fail at once and burn their retries. An actor Ray will not restart (its constructor failed)
+        is replaced, a bounded number of times. With no worker alive and partitions left, the stage fails
+        after `run.worker_start_timeout_s` instead of waiting forever.
+        """
         import ray
 
         from pipeline.ray_runtime import ensure_ray, fit_concurrency
@@ -302,35 +310,85 @@ class Runner:
         options.update(extra)
         actor_cls = ray.remote(StageWorker).options(**options)
         cfg_json = self.cfg.model_dump_json()
-        actors = [
-            actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options, i)
-            for i in range(n)
-        ]
+
+        def new_actor(i: int) -> Any:
+            return actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options, i)
+
+        actors = [new_actor(i) for i in range(n)]
         pending = deque(todo)
         inflight: dict[Any, tuple[int, PartitionSpec]] = {}
-        idle = list(range(n))
+        starting: dict[Any, int] = {actors[i].ready.remote(): i for i in range(n)}  # ready() probes
+        benched: dict[int, tuple[float, int]] = {}  # actor -> (next probe time, failed probes)
+        idle: list[int] = []
         max_retries = res.max_retries
+        failed_starts = 0
+        timeout = self.cfg.run.worker_start_timeout_s
+        last_alive = time.monotonic()
         try:
             while pending or inflight:
+                now = time.monotonic()
+                for i, (when, probes) in list(benched.items()):
+                    if now >= when:
+                        starting[actors[i].ready.remote()] = i
+                        benched[i] = (float("inf"), probes)
                 while idle and pending:
                     i = idle.pop(0)
                     spec = pending.popleft()
                     inflight[actors[i].run.remote(spec)] = (i, spec)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                if inflight or idle:
+                    last_alive = now
+                elif now - last_alive > timeout:
+                    raise StageFailed(
+                        f"{stage.name}: no worker alive for {timeout:g}s with {len(pending)} partitions left "
+                        f"(the Ray cluster cannot place a {res.num_cpus:g}-CPU/{res.num_gpus:g}-GPU worker; "
+                        "rerun to resume once it can)"
+                    )
+                ready, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=1.0)
                 for ref in ready:
+                    if ref in starting:
+                        i = starting.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except ray.exceptions.ActorUnavailableError as exc:
+                            # restarting (e.g. its node died) and not placed yet: ask again later
+                            probes = benched.get(i, (0.0, 0))[1] + 1
+                            if probes == 1:
+                                log.warning("%s: worker %d unavailable (%s); no work for it until it answers",
+                                            stage.name, i, _first_line(exc))
+                            benched[i] = (time.monotonic() + min(10.0, 0.5 * 2**probes), probes)
+                            continue
+                        except ray.exceptions.RayActorError as exc:
+                            # dead for good (its constructor raised, or Ray gave up on it): replace it; a
+                            # constructor that keeps raising fails the stage, it would never get better
+                            why = _first_line(exc)
+                            if exc.actor_init_failed:
+                                failed_starts += 1
+                                if failed_starts > max_retries:
+                                    raise StageFailed(f"{stage.name}: worker failed to start: {why}") from None
+                            log.warning("%s: worker %d is dead (%s); replacing it", stage.name, i, why)
+                            _kill(ray, actors[i])
+                            actors[i] = new_actor(i)
+                            benched.pop(i, None)
+                            starting[actors[i].ready.remote()] = i
+                            continue
+                        benched.pop(i, None)
+                        idle.append(i)
+                        continue
                     i, spec = inflight.pop(ref)
-                    idle.append(i)
                     try:
                         rec = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                    except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
                         self._retry(stage.name, spec, pending, max_retries, f"worker died ({type(exc).__name__})")
+                        benched[i] = (time.monotonic() + 0.5, 0)  # back to work once it answers ready()
                         continue
                     except ray.exceptions.RayTaskError as exc:
+                        idle.append(i)
                         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                         if isinstance(cause, UserError):
                             raise cause from None
                         self._retry(stage.name, spec, pending, max_retries, f"{type(cause).__name__}: {cause}")
                         continue
+                    idle.append(i)
                     log.info(
                         "%s: partition %d done: %d rows in, %d kept (%.2fs)",
                         stage.name, rec["partition"], rec["rows_in"], rec["rows_out"], rec["seconds"],
@@ -338,10 +396,7 @@ class Runner:
                     self.progress.advance(task, rows=spec.rows_in)
         finally:
             for a in actors:
-                try:
-                    ray.kill(a)
-                except Exception:  # noqa: BLE001 - best effort cleanup
-                    pass
+                _kill(ray, a)
 
     @staticmethod
     def _retry(stage: str, spec: PartitionSpec, pending: deque, max_retries: int, why: str) -> None:
@@ -350,6 +405,21 @@ class Runner:
         log.warning("%s: partition %d attempt %d failed (%s); retrying", stage, spec.pid, spec.attempt + 1, why)
         spec.attempt += 1
         pending.appendleft(spec)
+
+
+def _kill(ray: Any, actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - best effort cleanup
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    """The most telling line of a Ray error: the last line of a creation-task traceback, else the first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if getattr(exc, "actor_init_failed", False) else lines[0])[:300]
 
 
 def run_pipeline(

@@ -20,7 +20,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, UnsafePathError
 
 TMP_MARK = ".tmp-"
 
@@ -54,6 +54,11 @@ class Storage:
         self.local = is_local(self.fs)
 
     def path(self, *parts: str) -> str:
+        """Root joined with relative parts; a part that could leave the root (absolute, `..`, NUL) is
+        refused, whatever wrote it (a completion record, a manifest, a config value)."""
+        for part in parts:
+            if not isinstance(part, str) or "\x00" in part or part.startswith("/") or ".." in part.split("/"):
+                raise UnsafePathError(f"{part!r}: refusing a path outside the output directory {self.root}")
         return posixpath.join(self.root_path, *parts)
 
     def url(self, *parts: str) -> str:
@@ -85,8 +90,11 @@ class Storage:
 
     def remove(self, *parts: str) -> None:
         p = self.path(*parts)
-        if self.fs.exists(p):
-            self.fs.rm(p, recursive=True)
+        try:
+            if self.fs.exists(p):
+                self.fs.rm(p, recursive=True)
+        except OSError as exc:
+            raise OutputError(_describe_os_error(exc, p, "removing")) from None
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Atomic write; disk-full and permission errors become one clear OutputError."""
@@ -135,7 +143,10 @@ class Storage:
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
                 if name.startswith(TMP_MARK):
-                    os.unlink(os.path.join(dirpath, name))
+                    try:
+                        os.unlink(os.path.join(dirpath, name))
+                    except OSError as exc:
+                        raise OutputError(_describe_os_error(exc, os.path.join(dirpath, name), "removing")) from None
                     n += 1
         return n
 
@@ -155,9 +166,10 @@ class Storage:
             raise OutputError(_describe_os_error(exc, self.root_path)) from None
 
 
-def _describe_os_error(exc: OSError, path: str) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"{path}: no space left on device while writing output"
+def _describe_os_error(exc: OSError, path: str, doing: str = "writing") -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{path}: no space left on device while {doing} output"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path}: output location is not writable ({exc.strerror})"
-    return f"{path}: cannot write output ({exc.strerror or exc})"
+    verb = "write" if doing == "writing" else "remove"
+    return f"{path}: cannot {verb} output ({exc.strerror or exc})"

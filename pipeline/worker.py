@@ -20,8 +20,23 @@ from pipeline.storage import Storage
 
 #: Test hooks for fault injection (documented in docs/faults.md): slow partitions down, or make a
 #: worker process die hard in the middle of a given partition.
-FAULT_DELAY = "EDITGEN_FAULT_DELAY_S"
-FAULT_CRASH = "EDITGEN_FAULT_CRASH"  # "stage:pid[:attempt]" -> os._exit(137) mid-partition
+FAULT_DELAY = "EDITGEN_FAULT_DELAY_S"  # "0.5" (every stage) or "render=2,shard=1" (per stage)
+FAULT_CRASH = "EDITGEN_FAULT_CRASH"  # "stage:pid[:attempt]" -> os._exit(137) mid-partition;
+#                                     "stage:setup" -> the worker's constructor raises
+
+
+def fault_delay_s(stage: str) -> float:
+    """Seconds to sleep per partition (per shard for the shard stage) of `stage`, from FAULT_DELAY."""
+    spec = os.environ.get(FAULT_DELAY, "").strip()
+    if not spec:
+        return 0.0
+    if "=" not in spec:
+        return float(spec)
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() == stage:
+            return float(value)
+    return 0.0
 
 
 class StageWorker:
@@ -42,6 +57,8 @@ class StageWorker:
 
         cfg = EditgenConfig.model_validate_json(config_json)
         self.stage = load_stage_class(stage_name)(cfg)
+        if os.environ.get(FAULT_CRASH, "") == f"{stage_name}:setup":
+            raise RuntimeError(f"{FAULT_CRASH}: injected failure while starting the {stage_name} worker")
         self.stage.setup()
         self.storage = Storage(out_root, storage_options or {})
         self.stage_dir = stage_dir
@@ -52,14 +69,14 @@ class StageWorker:
         return True
 
     def _maybe_fault(self, spec: PartitionSpec) -> None:
-        delay = float(os.environ.get(FAULT_DELAY, "0") or 0)
+        delay = fault_delay_s(self.stage.name)
         if delay:
             time.sleep(delay)
         crash = os.environ.get(FAULT_CRASH, "")
         if crash:
             parts = crash.split(":")
             attempt_ok = len(parts) < 3 or int(parts[2]) == spec.attempt
-            if parts[0] == self.stage.name and int(parts[1]) == spec.pid and attempt_ok:
+            if parts[0] == self.stage.name and parts[1].isdigit() and int(parts[1]) == spec.pid and attempt_ok:
                 os._exit(137)
 
     def run(self, spec: PartitionSpec) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from filters.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec
+from filters.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
 from filters.select import Thresholds, select
 from pipeline.errors import ConfigError
 from pipeline.stage import PartitionSpec, Stage, part_name, with_status
@@ -54,6 +54,12 @@ def check_clip_config(cfg: Any) -> None:
     from models.tiny_clip import TINY_CLIP_NAME
 
     model, pretrained = cfg.clip_model, cfg.clip_pretrained
+    for key, check, value in (("clip_pretrained", check_weights_file, pretrained),
+                              ("clip_model", check_weights_dir, model[10:] if model.startswith("local-dir:") else "")):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ConfigError(f"filter.{key}: {exc}") from None
     if model.startswith(("hf-hub:", "local-dir:")):
         return
     if model == TINY_CLIP_NAME:

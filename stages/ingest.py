@@ -65,7 +65,7 @@ def _table_key(table: pa.Table) -> str:
 
 class IngestStage(Stage):
     name = "ingest"
-    version = "1"
+    version = "2"  # 2: <script>/<style> elements are removed with their content
     work_subdir = PRE
 
     def __init__(self, config: Any) -> None:

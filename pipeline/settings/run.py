@@ -22,3 +22,7 @@ class RunConfig(Strict):
     verify_checksums: bool = Field(True, description="re-hash finished partitions before trusting them")
     progress: bool = True
     log_level: str = "INFO"
+    worker_start_timeout_s: float = Field(
+        1800.0, gt=0, description="a stage with partitions left but no worker alive (none placeable, all "
+        "restarting) fails after this long instead of waiting forever; covers model loading at start"
+    )

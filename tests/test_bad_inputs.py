@@ -1,0 +1,201 @@
+"""Bad input through the CLI (`editgen run --only ingest`): the corpus in tests/data/bad_inputs/ (written
+by tests/data/make_bad_inputs.py; its 1 MB-caption files are written to a temp dir at test time).
+
+Whole-input problems end the run with one `editgen:` line naming the file, exit code 2 and nothing
+written to OUT. Row problems become per-row drop reasons, and `editgen status --json` accounts for every
+row: rows_in = kept + dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT, cli_env
+from tests.data import make_bad_inputs
+
+CORPUS = ROOT / "tests" / "data" / "bad_inputs"
+
+#: file -> words the one-line error must contain (besides the file's path)
+WHOLE_INPUT = {
+    "empty.jsonl": "input is empty (0 rows)",
+    "blank_lines.jsonl": "input is empty (0 rows)",
+    "empty.csv": "input is empty (no header row)",
+    "header_only.csv": "input is empty (0 rows)",
+    "empty.txt": "input is empty (0 rows)",
+    "empty_rows.parquet": "input is empty (0 rows)",
+    "zero_bytes.parquet": "not a readable parquet file",
+    "wrong_schema.jsonl": "no record has the field 'TEXT'",
+    "wrong_schema.csv": "column 'TEXT' not found (columns: caption, url)",
+    "wrong_schema.parquet": "column 'TEXT' not found (columns: caption, url)",
+    "text_is_int.parquet": "column 'TEXT' has type int64, expected a string column",
+    "nested_text_struct.parquet": "column 'TEXT' has type struct<",
+    "nested_text_list.parquet": "column 'TEXT' has type list<",
+    "json_array.json": "not JSON lines",
+    "not_captions.xml": "unknown input format",
+}
+
+#: file -> (rows, {drop reason: rows}) with dedup off (the duplicates file has its own test)
+ROW_PROBLEMS = {
+    "wrong_types.jsonl": (9, {"not_text": 4, "empty": 2, "invalid_json": 1}),
+    "not_json.jsonl": (5, {"invalid_json": 3}),
+    "mixed_encoding.jsonl": (3, {"invalid_utf8": 1}),
+    "mixed_encoding.csv": (3, {"invalid_utf8": 1}),
+    "mixed_encoding.txt": (3, {"invalid_utf8": 1}),
+    "mixed_encoding.parquet": (3, {"invalid_utf8": 1}),
+    "html_script.jsonl": (6, {"empty": 1}),
+    "rtl_zero_width.jsonl": (6, {"not_english": 2, "empty": 1}),
+    "nested_columns.parquet": (3, {}),
+    "nested_url.parquet": (3, {}),
+    "null_text.parquet": (3, {"empty": 2}),
+    "ragged.csv": (3, {}),
+    "nul_bytes.csv": (2, {}),
+    "bom_crlf.csv": (2, {}),
+    "huge_caption.jsonl": (3, {"too_long": 1}),
+    "huge_caption.csv": (2, {"too_long": 1}),
+    "huge_caption.txt": (2, {"too_long": 1}),
+    "huge_caption.parquet": (2, {"too_long": 1}),
+}
+INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+
+
+def run(*args: str, out: Path, ray_address: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--out", str(out), "--no-progress",
+           "-q", *args]
+    if ray_address:
+        cmd += ["--ray-address", ray_address]
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+def status(out: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", str(out), "--json"], cwd=ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "ingest")
+
+
+def ingest_rows(out: Path) -> list[dict]:
+    return [r for p in sorted((out / "ingest").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def test_corpus_matches_its_generator(tmp_path):
+    """The committed files are exactly what the script writes (parquet compared as tables)."""
+    make_bad_inputs.write_all(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(p.name for p in CORPUS.iterdir())
+    for name in names:
+        if name.endswith(".parquet") and (tmp_path / name).stat().st_size:
+            assert pq.read_table(tmp_path / name).equals(pq.read_table(CORPUS / name)), name
+        else:
+            assert (tmp_path / name).read_bytes() == (CORPUS / name).read_bytes(), name
+    assert sum(p.stat().st_size for p in CORPUS.iterdir()) < 100_000, "keep the committed corpus small"
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_INPUT))
+def test_whole_input_problem_is_one_line_exit_2(name, tmp_path):
+    out = tmp_path / "out"
+    proc = run("--input", str(CORPUS / name), out=out)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"editgen: {CORPUS / name}: ") and WHOLE_INPUT[name] in lines[0], lines[0]
+    assert not out.exists(), "nothing may be written for a bad input"
+
+
+def test_one_bad_file_among_good_ones_fails_the_whole_input(tmp_path):
+    out = tmp_path / "out"
+    proc = run("--input", str(CORPUS / "bom_crlf.csv"), "--input", str(CORPUS / "nested_text_list.parquet"),
+               out=out)
+    assert proc.returncode == 2 and "nested_text_list.parquet" in proc.stderr and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def row_run(tmp_path_factory, ray_address) -> Path:
+    """Every row-problem file in one ingest run (dedup off: the files share captions on purpose)."""
+    tmp = tmp_path_factory.mktemp("bad_rows")
+    large = tmp / "large"
+    make_bad_inputs.write_all(large, large=True)
+    inputs = []
+    for name in ROW_PROBLEMS:
+        inputs += ["--input", str(large / name if name.startswith("huge_") else CORPUS / name)]
+    out = tmp / "out"
+    proc = run(*inputs, "--set", "ingest.dedup_captions=false", "--set", "ingest.dedup_urls=false", out=out,
+               ray_address=ray_address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_row_problems_are_dropped_with_reasons_and_accounted(row_run):
+    rows = ingest_rows(row_run)
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    assert sorted(by_source) == sorted(ROW_PROBLEMS)
+    for name, (n, drops) in ROW_PROBLEMS.items():
+        got = by_source[name]
+        assert len(got) == n, name
+        reasons = Counter(r["drop_reason"] for r in got if r["status"] == "dropped")
+        assert dict(reasons) == drops, name
+        assert all(r["status"] == "kept" or r["drop_reason"] for r in got), name
+        assert len({r["id"] for r in got}) == n, name
+    st = status(row_run)
+    total = sum(n for n, _ in ROW_PROBLEMS.values())
+    assert st["complete"] and st["rows_in"] == total == st["rows_out"] + st["rows_dropped"] == len(rows)
+    want: Counter = Counter()
+    for _, drops in ROW_PROBLEMS.values():
+        want.update(drops)
+    assert st["dropped"] == dict(want)
+    assert len({r["id"] for r in rows}) == total
+
+
+def test_kept_captions_are_clean(row_run):
+    kept = [r for r in ingest_rows(row_run) if r["status"] == "kept"]
+    assert kept
+    for r in kept:
+        cap = r["caption"]
+        assert "<" not in cap and ">" not in cap, cap
+        assert "script" not in cap.lower() and "alert" not in cap and "cookie" not in cap, cap
+        assert not any(ch in cap for ch in INVISIBLE), repr(cap)
+        assert "\x00" not in cap and len(cap) <= 400
+    html = {r["caption"] for r in kept if r["source"] == "html_script.jsonl"}
+    assert "a small dog running through the park" in html and "a red car parked on a quiet street" in html
+    rtl = {r["caption"] for r in kept if r["source"] == "rtl_zero_width.jsonl"}
+    assert rtl == {"a red car parked on a quiet street", "a small dog running through the park",
+                   "an old stone bridge over a river in autumn"}
+
+
+def test_huge_captions_stay_small_on_disk(row_run):
+    """A 1 MB caption is dropped as too_long and only a prefix of it is kept for tracing."""
+    huge = [r for r in ingest_rows(row_run) if r["drop_reason"] == "too_long"]
+    assert len(huge) == 4 and all(len(r["caption_raw"] or "") <= 2048 for r in huge)
+    assert sum(p.stat().st_size for p in (row_run / "ingest").rglob("*.parquet")) < 1_000_000
+
+
+def test_duplicate_rows_and_same_named_files(ray_address, tmp_path):
+    """Duplicates (same caption up to case/punctuation, same URL, same `id` field) are dropped in input
+    order; two different files with the same name get different row ids."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "caps.jsonl").write_bytes((CORPUS / "duplicates.jsonl").read_bytes())
+    (b / "caps.jsonl").write_bytes((CORPUS / "mixed_encoding.jsonl").read_bytes())
+    out = tmp_path / "out"
+    proc = run("--input", str(a / "caps.jsonl"), "--input", str(b / "caps.jsonl"), out=out, ray_address=ray_address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = ingest_rows(out)
+    assert len(rows) == 8 and len({r["id"] for r in rows}) == 8, "same-named files must not share row ids"
+    first = [r for r in rows if r["source"] == "caps.jsonl"]
+    assert [r["drop_reason"] for r in first] == [None, "duplicate_caption", "duplicate_caption", "duplicate_url",
+                                                 None]
+    second = [r for r in rows if r["source"] != "caps.jsonl"]
+    # b's good captions repeat a's: first occurrence (in a) wins
+    assert [r["drop_reason"] for r in second] == ["duplicate_caption", "invalid_utf8", None]
+    st = status(out)
+    assert st["rows_in"] == 8 == st["rows_out"] + st["rows_dropped"]
+    assert st["dropped"] == {"duplicate_caption": 3, "duplicate_url": 1, "invalid_utf8": 1}
