@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from models.tiny_sd import build_tiny_sd
 from p2p.candidates import (
     CandidateSpace,
     candidate_rng,
@@ -19,7 +18,7 @@ from p2p.candidates import (
     render_records,
     sample_candidates,
 )
-from p2p.generate import load_pipeline
+from tests.p2p_fixtures import one_thread, tiny_pipeline
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -29,16 +28,12 @@ BLEND = {"words": ["cat", "dog"], "threshold": 0.9, "downscale": 1}
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
 def p2p(tmp_path_factory):
-    path = build_tiny_sd(tmp_path_factory.getbasetemp() / "tiny-sd", "sd")
-    return load_pipeline(path, "cpu", "float32", "ddim")
+    return tiny_pipeline(tmp_path_factory, "sd", "ddim")
 
 
 def test_sampling_is_deterministic_and_in_range():

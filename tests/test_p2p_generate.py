@@ -15,10 +15,10 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from models.tiny_sd import build_tiny_sd
 from p2p.controls import BlendConfig, CompiledEdit, EditControl
-from p2p.generate import RenderRequest, initial_noise, load_pipeline, render, render_one
+from p2p.generate import RenderRequest, initial_noise, render, render_one
 from p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
+from tests.p2p_fixtures import one_thread, plain_generation, tiny_pipeline
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -29,16 +29,12 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: OpenMP spinning under contention is far slower
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
 def p2p(tmp_path_factory):
-    path = build_tiny_sd(tmp_path_factory.getbasetemp() / "tiny-sd", "sd")
-    return load_pipeline(path, "cpu", "float32", "ddim")
+    return tiny_pipeline(tmp_path_factory, "sd", "ddim")
 
 
 def request(*edits: EditControl, source: str = SRC, **kw) -> RenderRequest:
@@ -48,16 +44,7 @@ def request(*edits: EditControl, source: str = SRC, **kw) -> RenderRequest:
 
 def plain(p2p, prompts: list[str], output_type: str = "latent", seed: int = SEED):
     """Plain diffusers StableDiffusionPipeline call (default processors) from our seeded noise."""
-    z, _ = initial_noise(seed, (1, 4, SIZE // 8, SIZE // 8))
-    return p2p.pipe(
-        prompts,
-        latents=z.expand(len(prompts), -1, -1, -1),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        height=SIZE,
-        width=SIZE,
-        output_type=output_type,
-    ).images
+    return plain_generation(p2p, prompts, steps=STEPS, size=SIZE, seed=seed, output_type=output_type)
 
 
 def test_source_row_equals_plain_generation(p2p):

@@ -7,7 +7,8 @@ import torch
 
 from models.tiny_sd import build_tiny_sd
 from p2p.controls import BlendConfig, EditControl
-from p2p.generate import RenderRequest, initial_noise, load_pipeline, render_one
+from p2p.generate import RenderRequest, render_one
+from tests.p2p_fixtures import one_thread, plain_generation, tiny_pipeline
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -16,31 +17,18 @@ STEPS, SIZE, SEED = 5, 64, 5
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
 def xl(tmp_path_factory):
-    path = build_tiny_sd(tmp_path_factory.getbasetemp() / "tiny-sdxl", "sdxl")
-    p2p = load_pipeline(path, "cpu", "float32", "euler")
+    p2p = tiny_pipeline(tmp_path_factory, "sdxl", "euler")
     assert p2p.is_sdxl and p2p.cross_downscales == {2, 4}
     return p2p
 
 
 def _plain(xl, prompts):
-    z, _ = initial_noise(SEED, (1, 4, SIZE // 8, SIZE // 8))
-    return xl.pipe(
-        prompts,
-        latents=z.expand(len(prompts), -1, -1, -1),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        height=SIZE,
-        width=SIZE,
-        output_type="latent",
-    ).images
+    return plain_generation(xl, prompts, steps=STEPS, size=SIZE, seed=SEED)
 
 
 def test_sdxl_pair_source_row_equals_plain(xl):
