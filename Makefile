@@ -46,9 +46,11 @@ lint: venv
 
 demo: venv
 	$(VENV)/bin/editgen run --profile tiny --input examples/demo_captions.jsonl --out $(OUT)
-	@if $(VENV)/bin/editgen validate --help >/dev/null 2>&1 && [ -d $(OUT)/shards ]; then \
-		$(VENV)/bin/editgen validate $(OUT) && $(VENV)/bin/editgen preview $(OUT); fi
-	@echo "Output: $(OUT)   (status: $(VENV)/bin/editgen status $(OUT))"
+	$(VENV)/bin/editgen validate $(OUT)
+	$(VENV)/bin/editgen preview $(OUT)
+	@echo "Shards:   $(abspath $(OUT))/shards/  (manifest: $(abspath $(OUT))/shards/manifest.json)"
+	@echo "Preview:  $(abspath $(OUT))/preview.html"
+	@echo "Status:   $(VENV)/bin/editgen status $(OUT)"
 
 # The main venv runs everything except the llm-marked tests, including the cross-venv path where the
 # driver starts vLLM actors under the LLM venv's interpreter; the LLM venv runs the llm-marked tests.
