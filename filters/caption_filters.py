@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -25,32 +26,43 @@ _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 
 
-def load_blocklist(path: str | None = None) -> list[str]:
-    """Terms from the bundled NSFW list (or `path`), comments and blanks skipped."""
+def read_terms(text: str) -> list[str]:
+    """One term or phrase per line, lowercased; blank lines and '#' comments (whole or trailing) ignored."""
+    out = []
+    for line in text.splitlines():
+        term = line.split("#", 1)[0].strip().lower()
+        if term:
+            out.append(term)
+    return out
+
+
+def load_blocklist(path: str | None = None, extra: Iterable[str] = ()) -> list[str]:
+    """Sorted unique terms from the bundled NSFW list (or `path`) plus `extra`; ingest and the LLM
+    output check share this list and its matcher, so a term means the same in both places."""
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
         text = (importlib_resources.files("filters") / "data" / "nsfw_blocklist.txt").read_text("utf-8")
-    return [t.strip().lower() for t in text.splitlines() if t.strip() and not t.strip().startswith("#")]
+    terms = read_terms(text) + [t.strip().lower() for t in extra if t.strip()]
+    return sorted(set(terms))
 
 
 @lru_cache(maxsize=8)
 def _compile_blocklist(terms: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Whole-word match; a trailing '*' matches any word ending, a space any run of whitespace."""
     if not terms:
         return None
     parts = []
     for term in terms:
-        if term.endswith("*"):
-            parts.append(re.escape(term[:-1]) + r"\w*")
-        else:
-            parts.append(re.escape(term))
+        body = re.escape(term[:-1] if term.endswith("*") else term).replace(r"\ ", r"\s+")
+        parts.append(body + (r"\w*" if term.endswith("*") else ""))
     return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)", re.I)
 
 
 def blocklisted(text: str, terms: tuple[str, ...]) -> str | None:
     """The first blocklisted term found on word boundaries, or None."""
     pat = _compile_blocklist(terms)
-    if pat is None:
+    if pat is None or not text:
         return None
     m = pat.search(text)
     return m.group(0) if m else None

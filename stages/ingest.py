@@ -180,7 +180,7 @@ class IngestStage(Stage):
     # ---- worker ---------------------------------------------------------------------------
     def setup(self) -> None:
         s = self.settings
-        self._terms = tuple(sorted(set(load_blocklist(s.blocklist) + [t.lower() for t in s.extra_blocked_terms])))
+        self._terms = tuple(load_blocklist(s.blocklist, s.extra_blocked_terms))
 
     def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
         return spec.payload

@@ -61,7 +61,7 @@ class RowState:
 
 class InstructStage(Stage):
     name = "instruct"
-    version = "1"
+    version = "2"  # 2: blocklist wildcards (porn*) now match in LLM outputs, as in ingest
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -53,7 +53,7 @@ def test_load_blocklist(tmp_path: Path) -> None:
     assert load_blocklist(str(f), ["Extra"]) == ["bar baz", "extra", "foo"]
     with pytest.raises(FileNotFoundError):
         load_blocklist(str(tmp_path / "missing.txt"))
-    assert isinstance(load_blocklist(None), list)  # bundled list, or [] while it does not exist
+    assert "porn*" in load_blocklist(None)  # the bundled list
 
 
 def test_validator_from_config_uses_thresholds_and_explicit_terms() -> None:
@@ -62,3 +62,11 @@ def test_validator_from_config_uses_thresholds_and_explicit_terms() -> None:
     assert v.max_instruction_words == 3 and v.min_similarity == 0.9
     assert v.check("a cat", ParsedEdit("make zebra", "a zebra")) == V.BLOCKLISTED
     assert set(V.REASONS) >= {"llm_unparseable", "llm_request_failed", "llm_rewrites_too_much"}
+
+
+def test_blocklist_wildcards_match_like_ingest() -> None:
+    """Output check and ingest share one matcher: `porn*` in the NSFW list blocks 'pornstar' here too."""
+    bl = Blocklist(load_blocklist())
+    assert bl.find("a Pornstar on a bed") == "pornstar"
+    assert bl.find("nudes at the beach") == "nudes"
+    assert bl.find("a classic brass lamp") is None
