@@ -95,3 +95,26 @@ def is_done(
 def combined_key(parts: list[str]) -> str:
     """One fingerprint for a list of checksums (e.g. all upstream partitions of a global stage)."""
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def remove_partitions_from(storage: Storage, stage_dir: str, n: int) -> None:
+    """Delete partition files and records numbered >= n: a smaller plan than last time (e.g. larger
+    partitions) must not leave stale partitions for readers or `status` to pick up."""
+    for fname in storage.listdir(stage_dir):
+        if fname.startswith("part-") and fname.endswith(".parquet") and int(fname[5:10]) >= n:
+            storage.remove(stage_dir, fname)
+    for fname in storage.listdir(stage_dir, DONE_DIR):
+        if fname.startswith("part-") and int(fname[5:10]) >= n:
+            storage.remove(stage_dir, DONE_DIR, fname)
+
+
+def sum_records(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, float]]:
+    """(dropped rows by reason, summed metrics) over completion records."""
+    dropped: dict[str, int] = {}
+    metrics: dict[str, float] = {}
+    for r in records:
+        for k, v in r.get("dropped", {}).items():
+            dropped[k] = dropped.get(k, 0) + v
+        for k, v in r.get("metrics", {}).items():
+            metrics[k] = metrics.get(k, 0.0) + v
+    return dict(sorted(dropped.items())), metrics

@@ -28,6 +28,8 @@ from pipeline.records import (
     read_record,
     read_records,
     read_stage_meta,
+    remove_partitions_from,
+    sum_records,
     write_record,
     write_stage_meta,
 )
@@ -220,7 +222,7 @@ class Runner:
         write_stage_meta(
             self.storage, name, {"stage": name, "stage_hash": h, "complete": False, "partitions": len(specs)}
         )
-        self._remove_stale(work_dir, len(specs))
+        remove_partitions_from(self.storage, work_dir, len(specs))
         verify = self.cfg.run.verify_checksums
         todo: list[PartitionSpec] = []
         reasons: dict[str, int] = {}
@@ -250,27 +252,12 @@ class Runner:
         write_stage_meta(
             self.storage, name, {"stage": name, "stage_hash": h, "complete": True, "partitions": len(specs)}
         )
-        dropped: dict[str, int] = {}
-        metrics: dict[str, float] = {}
-        for r in records:
-            for k, v in r.get("dropped", {}).items():
-                dropped[k] = dropped.get(k, 0) + v
-            for k, v in r.get("metrics", {}).items():
-                metrics[k] = metrics.get(k, 0.0) + v
+        dropped, metrics = sum_records(records)
         return StageResult(
             name, h, len(specs), len(todo), skipped,
             sum(r.get("rows_in", 0) for r in records), sum(r.get("rows_out", 0) for r in records),
-            dict(sorted(dropped.items())), 0.0, metrics,
+            dropped, 0.0, metrics,
         )
-
-    def _remove_stale(self, work_dir: str, n: int) -> None:
-        """Partitions beyond the new plan (e.g. rows_per_partition grew) must not linger."""
-        for fname in self.storage.listdir(work_dir):
-            if fname.startswith("part-") and fname.endswith(".parquet") and int(fname[5:10]) >= n:
-                self.storage.remove(work_dir, fname)
-        for fname in self.storage.listdir(work_dir, DONE_DIR):
-            if fname.startswith("part-") and int(fname[5:10]) >= n:
-                self.storage.remove(work_dir, DONE_DIR, fname)
 
     # ------------------------------------------------------------------------------------
     def _execute(

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta
+from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
 from pipeline.storage import Storage
 from stages import stage_names
 
@@ -24,13 +24,7 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
         if glob:
             records = [glob]
         records = [r for r in records if r.get("stage_hash") == meta.get("stage_hash")]
-        dropped: dict[str, int] = {}
-        metrics: dict[str, float] = {}
-        for r in records:
-            for k, v in r.get("dropped", {}).items():
-                dropped[k] = dropped.get(k, 0) + v
-            for k, v in r.get("metrics", {}).items():
-                metrics[k] = metrics.get(k, 0.0) + v
+        dropped, metrics = sum_records(records)
         seconds = sum(r.get("seconds", 0.0) for r in records)
         rows_in = sum(r.get("rows_in", 0) for r in records)
         stages.append({
@@ -43,7 +37,7 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
             "rows_in": rows_in,
             "rows_out": sum(r.get("rows_out", 0) for r in records),
             "rows_dropped": sum(dropped.values()),
-            "dropped": dict(sorted(dropped.items())),
+            "dropped": dropped,
             "worker_seconds": round(seconds, 3),
             "metrics": metrics,
         })

@@ -20,11 +20,11 @@ from filters.text_clean import caption_key, clean_caption, url_key
 from pipeline.errors import InputError
 from pipeline.inputs import RAW_SCHEMA, discover, read_input
 from pipeline.records import (
-    DONE_DIR,
     combined_key,
     file_matches,
     read_record,
     record_name,
+    remove_partitions_from,
     write_record,
 )
 from pipeline.stage import (
@@ -140,14 +140,7 @@ class IngestStage(Stage):
                    "dropped": dropped, "file": part_name(r["partition"])}
             write_record(storage, self.name, rec)
             final.append(rec)
-        # A smaller plan than last time leaves stale published partitions behind: remove them.
-        n = len(records)
-        for fname in storage.listdir(self.name):
-            if fname.startswith("part-") and fname.endswith(".parquet") and int(fname[5:10]) >= n:
-                storage.remove(self.name, fname)
-        for fname in storage.listdir(self.name, DONE_DIR):
-            if fname.startswith("part-") and int(fname[5:10]) >= n:
-                storage.remove(self.name, DONE_DIR, fname)
+        remove_partitions_from(storage, self.name, len(records))
         return sorted(final, key=lambda x: x["partition"])
 
     def _dedup_settings(self) -> str:
