@@ -18,7 +18,7 @@ help:
 # Diffusion + CLIP + Ray stack (torch 2.14.1, torchvision 0.29.1).
 $(VENV)/.installed: pyproject.toml constraints/render.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints/render.txt -e '.[render,test]' 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/pip install -q -c constraints/render.txt -e '.[render,test,s3]' 2>&1 | $(QUIET_PIP)
 	$(VENV)/bin/python -c "import torch, torchvision, diffusers, open_clip, ray, webdataset, pipeline.cli"
 	touch $@
 
