@@ -3,6 +3,11 @@
 Writes are atomic: on local disks a temp file is renamed into place (rename is atomic within a
 directory); on object stores a single PUT is already all-or-nothing, so the object is written directly.
 A reader therefore never sees half a partition, whatever kills the writer.
+
+Reads are fresh: fsspec filesystems (s3fs, gcsfs, ...) cache directory listings per process, and a
+listing cached before a Ray worker on another node wrote its partition hides that partition from every
+later `exists`/`ls`/`size` of the driver. Every Storage opens its filesystem with the listings cache
+off and drops whatever is cached before each metadata call, so no caller can decide from stale state.
 """
 
 from __future__ import annotations
@@ -25,9 +30,83 @@ from pipeline.errors import OutputError, UnsafePathError
 TMP_MARK = ".tmp-"
 
 
+#: Protocol -> what to install when fsspec has no implementation for it.
+_EXTRAS = {"s3": "editgen[s3] (s3fs)", "s3a": "editgen[s3] (s3fs)", "gs": "gcsfs", "gcs": "gcsfs",
+           "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+
+
+#: Environment variables that configure object-store clients (credentials, endpoints, regions,
+#: profiles, proxies). They are forwarded to every Ray worker on every node (pipeline.ray_runtime) and
+#: never written anywhere under OUT.
+STORE_ENV_PREFIXES = ("AWS_", "BOTO_", "GOOGLE_", "GCS_", "GCSFS_", "AZURE_", "FSSPEC_", "HF_", "S3_")
+STORE_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                   "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+#: JSON object of fsspec storage options applied to every editgen command (merged under --storage-option).
+OPTIONS_ENV = "EDITGEN_STORAGE_OPTIONS"
+
+
+def store_env() -> dict[str, str]:
+    """The object-store client variables set in this process's environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES) or k in STORE_ENV_NAMES}
+
+
+def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
+    """`--storage-option key=value` items (values YAML-parsed, dotted keys nest: client_kwargs.region_name=x)
+    over the JSON object in $EDITGEN_STORAGE_OPTIONS."""
+    import json
+
+    import yaml
+
+    options: dict[str, Any] = {}
+    raw_env = os.environ.get(OPTIONS_ENV, "").strip()
+    if raw_env:
+        try:
+            options = json.loads(raw_env)
+        except ValueError:
+            raise OutputError(f"${OPTIONS_ENV}: expected a JSON object of fsspec storage options") from None
+        if not isinstance(options, dict):
+            raise OutputError(f"${OPTIONS_ENV}: expected a JSON object of fsspec storage options")
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OutputError(f"--storage-option {item!r}: expected KEY=VALUE (e.g. anon=false)")
+        node = options
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise OutputError(f"--storage-option {item!r}: {part} is already a value, not a mapping")
+        try:
+            node[leaf] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            node[leaf] = value
+    return options
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+def open_filesystem(url: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) for a URL or local path, with directory-listing caches disabled.
+
+    A protocol whose fsspec implementation is not installed is one line naming the package to install.
+    """
+    options = dict(options or {})
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol not in (None, "file", "local"):
+        options.setdefault("use_listings_cache", False)
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError:
+        extra = _EXTRAS.get(protocol or "", f"the fsspec implementation for {protocol}://")
+        raise OutputError(f"{url}: {protocol}:// needs {extra}; install it "
+                          f"(pip install 'editgen[s3]' for s3://)") from None
+    except ValueError as exc:
+        if "Protocol not known" in str(exc):
+            raise OutputError(f"{url}: unknown storage protocol {protocol!r}") from None
+        raise
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -49,7 +128,7 @@ class Storage:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.fs, root = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        self.fs, root = open_filesystem(self.root, self.storage_options)
         self.root_path = root.rstrip("/") or "/"
         self.local = is_local(self.fs)
 
@@ -65,7 +144,13 @@ class Storage:
         """A full URL (with protocol) usable by another process/node."""
         return self.fs.unstrip_protocol(self.path(*parts)) if not self.local else self.path(*parts)
 
+    def _fresh(self) -> None:
+        """Forget cached listings (another process may have written since): see the module doc."""
+        if not self.local:
+            self.fs.invalidate_cache()
+
     def exists(self, *parts: str) -> bool:
+        self._fresh()
         return self.fs.exists(self.path(*parts))
 
     def makedirs(self, *parts: str) -> None:
@@ -80,21 +165,38 @@ class Storage:
         return self.read_bytes(*parts).decode("utf-8")
 
     def size(self, *parts: str) -> int:
+        self._fresh()
         return int(self.fs.size(self.path(*parts)))
+
+    def info(self, *parts: str) -> FileInfo:
+        """Size and the store's version marker (ETag / mtime) of one file, read fresh."""
+        self._fresh()
+        raw = self.fs.info(self.path(*parts))
+        tag = raw.get("ETag") or raw.get("etag") or raw.get("md5Hash") or raw.get("VersionId")
+        mtime = raw.get("mtime") or raw.get("LastModified") or raw.get("last_modified") or raw.get("updated")
+        if hasattr(mtime, "timestamp"):
+            mtime = mtime.timestamp()
+        return FileInfo(int(raw.get("size") or 0), str(tag).strip('"') if tag else None,
+                        float(mtime) if isinstance(mtime, int | float) else None)
 
     def listdir(self, *parts: str) -> list[str]:
         p = self.path(*parts)
+        self._fresh()
         if not self.fs.exists(p):
             return []
-        return sorted(posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
+        names = (posixpath.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False, refresh=True))
+        return sorted(n for n in names if n)
 
     def remove(self, *parts: str) -> None:
         p = self.path(*parts)
+        self._fresh()
         try:
             if self.fs.exists(p):
                 self.fs.rm(p, recursive=True)
         except OSError as exc:
             raise OutputError(_describe_os_error(exc, p, "removing")) from None
+        finally:
+            self._fresh()
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Atomic write; disk-full and permission errors become one clear OutputError."""
@@ -114,10 +216,39 @@ class Storage:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
             else:
-                with self.fs.open(final, "wb") as f:
-                    f.write(data)
+                self.fs.pipe_file(final, data)
         except OSError as exc:
             raise OutputError(_describe_os_error(exc, final)) from None
+        finally:
+            self._fresh()
+
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Write a new file only if none exists (True), else leave it alone (False), atomically.
+
+        Local disks: a complete temp file hard-linked to the final name (link fails if it exists).
+        Object stores: a conditional PUT (If-None-Match: *) where the store supports it (S3 does);
+        elsewhere a best effort (check, write, read back) that the lease's heartbeat expiry backs up.
+        """
+        final = self.path(*parts)
+        try:
+            if self.local:
+                return _link_exclusive(data, final)
+            try:
+                self.fs.pipe_file(final, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+            except TypeError:  # this fsspec implementation has no exclusive create
+                if self.exists(*parts):
+                    return False
+                self.fs.pipe_file(final, data)
+                return self.read_bytes(*parts) == data
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise OutputError(_describe_os_error(exc, final)) from None
+        finally:
+            self._fresh()
 
     def write_text(self, text: str, *parts: str) -> None:
         self.write_bytes(text.encode("utf-8"), *parts)
@@ -127,6 +258,10 @@ class Storage:
         data = table_to_parquet_bytes(table)
         self.write_bytes(data, *parts)
         return sha256_bytes(data), len(data)
+
+    def open(self, *parts: str, mode: str = "rb") -> Any:
+        """A file object for streaming reads (large shards, parquet batches)."""
+        return self.fs.open(self.path(*parts), mode)
 
     def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(*parts), "rb") as f:
@@ -164,6 +299,33 @@ class Storage:
                 self.fs.rm(probe)
         except OSError as exc:
             raise OutputError(_describe_os_error(exc, self.root_path)) from None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the store says about one file: enough to tell that it changed without reading it."""
+
+    size: int
+    etag: str | None = None
+    mtime: float | None = None
+
+
+def _link_exclusive(data: bytes, final: str) -> bool:
+    parent = posixpath.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(final)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _describe_os_error(exc: OSError, path: str, doing: str = "writing") -> str:
