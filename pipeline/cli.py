@@ -23,6 +23,19 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set ingest.limit=100 (repeatable)")
 
 
+def add_storage_option(p: argparse.ArgumentParser) -> None:
+    """--storage-option for every command that reads or writes OUT (kept out of config.yaml: secrets)."""
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec storage option for OUT/inputs, e.g. anon=false or client_kwargs.region_name=x "
+                   "(repeatable; also $EDITGEN_STORAGE_OPTIONS as JSON); never written to OUT")
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.storage import parse_storage_options
+
+    return parse_storage_options(getattr(args, "storage_option", None))
+
+
 def _build_config(args: argparse.Namespace) -> Any:
     from pipeline.config import build_config
 
@@ -44,12 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _build_config(args)
     runlog = RunLog(cfg.run.log_level, console=not args.quiet)
     progress = Progress(enabled=cfg.run.progress and not args.no_progress and not args.quiet)
-    runner = Runner(cfg, args.out, progress=progress, runlog=runlog)
+    runner = Runner(cfg, args.out, storage_options=storage_options(args), progress=progress, runlog=runlog)
     try:
         result = runner.run(only=args.only, from_stage=getattr(args, "from"), to_stage=args.to)
     finally:
         progress.stop()
     progress.console.print(summary_table(result))
+    if result.lease_note:
+        progress.console.print(f"lease: {result.lease_note}")
     for s in result.stages:
         if s.note:
             progress.console.print(f"{s.name}: {s.note}")
@@ -62,10 +77,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.status import collect, render_table
     from pipeline.storage import Storage
 
-    storage = Storage(args.out)
+    options = storage_options(args)
+    storage = Storage(args.out, options)
     if not storage.exists():
         raise UserError(f"{args.out}: no such output directory")
-    status = collect(args.out)
+    status = collect(args.out, options)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
@@ -115,11 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="join an existing Ray cluster (else RAY_ADDRESS, else local)")
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument("-q", "--quiet", action="store_true")
+    add_storage_option(run)
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser("status", help="per-stage progress and row accounting of an output directory")
     st.add_argument("out")
     st.add_argument("--json", action="store_true")
+    add_storage_option(st)
     st.set_defaults(func=cmd_status)
 
     cf = sub.add_parser("config", help="print the effective config")
@@ -135,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)
+        if name != "pair":
+            add_storage_option(p)
         if add and main:
             add(p)
             p.set_defaults(func=main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from rich.logging import RichHandler
@@ -23,7 +24,10 @@ class RunLog:
         self.logger.propagate = False
         for h in list(self.logger.handlers):
             self.logger.removeHandler(h)
-        self.name = time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())
+        # Unique per run: two runs in the same second (or a refused second driver) never share a file.
+        now = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+        self.name = f"run-{stamp}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:6]}.log"
         self._tmp = Path(tempfile.mkdtemp(prefix="editgen-log-")) / self.name
         self.file_handler = logging.FileHandler(self._tmp, encoding="utf-8")
         self.file_handler.setFormatter(logging.Formatter(FMT))

@@ -9,7 +9,6 @@ stage and everything downstream, and nothing else. `--from` forces recomputation
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from pipeline.config import EditgenConfig, config_to_yaml, section_hash
 from pipeline.errors import StageFailed, UserError
+from pipeline.lease import Lease
 from pipeline.logs import RunLog
 from pipeline.progress import Progress
 from pipeline.records import (
@@ -59,6 +59,7 @@ class StageResult:
 class RunResult:
     out: str
     stages: list[StageResult]
+    lease_note: str = ""
 
 
 def stage_hashes(cfg: EditgenConfig) -> dict[str, str]:
@@ -115,8 +116,11 @@ class Runner:
         finally:
             if self._ready:
                 self.runlog.publish(self.storage)
+            if self.lease is not None:
+                self.lease.release()
 
     _ready = False
+    lease: Lease | None = None
 
     def _run(self, only: str | None, from_stage: str | None, to_stage: str | None) -> RunResult:
         names = stage_names()
@@ -136,6 +140,9 @@ class Runner:
         for name in selected:
             self._stages[name].preflight()
         self.storage.check_writable()
+        # One driver per OUT: nothing (config, logs, temp cleanup, partitions) is written before this.
+        self.lease = Lease(self.storage, self.cfg.run.lease_ttl_s, self.cfg.run.lease_heartbeat_s)
+        self.lease.acquire()
         self.storage.write_text(config_to_yaml(self.cfg), "config.yaml")
         self._ready = True
         self.runlog.attach(self.storage)
@@ -151,8 +158,14 @@ class Runner:
                     f"{name}: upstream stage {up!r} is missing or out of date in {self.out} "
                     f"(run `editgen run` without --only, or `--only {up}` first)"
                 )
+            self.check_lease()
             results.append(self.run_stage(name))
-        return RunResult(out=self.out, stages=results)
+        self.check_lease()
+        return RunResult(out=self.out, stages=results, lease_note=self.lease.taken_over or "")
+
+    def check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def invalidate(self, name: str, reason: str) -> None:
         """Forget a stage's completion so it is recomputed; data files are overwritten in place."""
@@ -275,7 +288,7 @@ class Runner:
         """
         import ray
 
-        from pipeline.ray_runtime import ensure_ray, fit_concurrency
+        from pipeline.ray_runtime import ensure_ray, fit_concurrency, with_worker_env
         from pipeline.worker import StageWorker
 
         ensure_ray(self.cfg.ray)
@@ -288,13 +301,7 @@ class Runner:
             "max_restarts": -1,
             "max_task_retries": 0,
         }
-        extra = dict(stage.ray_options())
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith("EDITGEN_")}
-        if env_vars:
-            runtime_env = dict(extra.pop("runtime_env", {}) or {})
-            runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
-            extra["runtime_env"] = runtime_env
-        options.update(extra)
+        options.update(with_worker_env(dict(stage.ray_options())))
         actor_cls = ray.remote(StageWorker).options(**options)
         cfg_json = self.cfg.model_dump_json()
 
@@ -313,6 +320,7 @@ class Runner:
         last_alive = time.monotonic()
         try:
             while pending or inflight:
+                self.check_lease()
                 now = time.monotonic()
                 for i, (when, probes) in list(benched.items()):
                     if now >= when:

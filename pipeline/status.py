@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from pipeline.lease import read_lease, stale_reason
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
 from pipeline.storage import Storage
 from stages import stage_names
@@ -41,11 +42,24 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
             "worker_seconds": round(seconds, 3),
             "metrics": metrics,
         })
-    return {"out": out, "stages": stages}
+    return {"out": out, "stages": stages, "lease": _lease_state(storage)}
+
+
+def _lease_state(storage: Storage) -> dict[str, Any] | None:
+    """Who is running on OUT right now (None: nobody holds the lease)."""
+    info = read_lease(storage)
+    if info is None:
+        return None
+    return {"holder": info.describe(), "host": info.host, "pid": info.pid, "started": info.started,
+            "heartbeat": info.heartbeat, "stale": stale_reason(info, ttl_s=120.0)}
 
 
 def render_table(status: dict[str, Any]) -> Table:
-    table = Table(title=f"editgen status: {status['out']}")
+    lease = status.get("lease")
+    caption = None
+    if lease:
+        caption = f"running: {lease['holder']}" + (f" (stale: {lease['stale']})" if lease["stale"] else "")
+    table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)
     for s in status["stages"]:

@@ -26,3 +26,8 @@ class RunConfig(Strict):
         1800.0, gt=0, description="a stage with partitions left but no worker alive (none placeable, all "
         "restarting) fails after this long instead of waiting forever; covers model loading at start"
     )
+    lease_ttl_s: float = Field(
+        120.0, gt=0, description="a run's lease on OUT whose heartbeat is older than this is stale and is "
+        "taken over by the next run (a dead driver on the same host is detected at once)"
+    )
+    lease_heartbeat_s: float = Field(10.0, gt=0, description="how often a run renews its lease on OUT")
