@@ -9,14 +9,20 @@ storage layout, a struct {bytes, path}, and the schema carries the `huggingface`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import re
+import shutil
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from output.shard_writer import SHARDS_DIR, read_manifest
-from pipeline.storage import Storage
+from output.shard_writer import MANIFEST, SHARDS_DIR
+from pipeline.errors import InputError
+from pipeline.storage import TMP_MARK, Storage, parse_storage_options
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -43,7 +49,7 @@ def iter_shard_samples(storage: Storage, names: list[str]) -> Iterator[dict[str,
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     for name in names:
-        with storage.fs.open(storage.path(SHARDS_DIR, name), "rb") as f:
+        with storage.open(SHARDS_DIR, name) as f:
             yield from group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f))
 
 
@@ -60,34 +66,88 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
             "edited_image": image("edited")}
 
 
+def _source(src: Storage, rejected: bool) -> tuple[dict[str, Any], str]:
+    """(shard set to export, fingerprint of the published manifest); a set with nothing in it is an error
+    rather than an empty export."""
+    try:
+        text = src.read_text(SHARDS_DIR, MANIFEST)
+    except FileNotFoundError:
+        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)") from None
+    manifest = json.loads(text)
+    if rejected and "rejected" not in manifest:
+        raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
+    shards = manifest.get("rejected", {}) if rejected else manifest
+    if not int(shards.get("samples", 0)):
+        what = "rejected samples" if rejected else "samples"
+        raise InputError(f"{src.root}: the published dataset has no {what}; nothing to export")
+    return shards, hashlib.sha256(text.encode()).hexdigest()
+
+
 def export_hf(
-    out: str, dest: str, rows_per_file: int = 1000, split: str = "train", rejected: bool = False
+    out: str, dest: str, rows_per_file: int = 1000, split: str = "train", rejected: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> int:
-    """Write DEST/data/<split>-NNNNN-of-NNNNN.parquet from OUT's shards; returns rows written."""
-    src, dst = Storage(out), Storage(dest)
-    manifest = read_manifest(src)
-    shards = (manifest.get("rejected", {}) if rejected else manifest)
+    """Write DEST/data/<split>-<tag>-NNNNN-of-NNNNN.parquet from OUT's published shards, then
+    DEST/export-<split>.json (the marker naming exactly those files), then remove the split's other files.
+
+    Nothing half-done is ever the export: on local disks the new `data` folder is assembled beside DEST
+    and swapped in by rename; on object stores the new files have names of their own (the tag), the
+    marker is written last, and only then do the previous files go. Returns rows written.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split) or rows_per_file < 1:
+        raise InputError(f"--split {split!r} / --rows-per-file {rows_per_file}: expected a split name of "
+                         "letters, digits and _ and at least 1 row per file")
+    src, dst = Storage(out, storage_options or {}), Storage(dest, storage_options or {})
+    shards, source_sha = _source(src, rejected)
     names = [s["name"] for s in shards.get("shards", [])]
-    total = int(shards.get("samples", 0))
-    n_files = max(1, -(-total // rows_per_file))
-    buf: list[dict[str, Any]] = []
-    written = files = 0
-
-    def flush() -> None:
-        nonlocal written, files, buf
-        table = pa.Table.from_pylist(buf, schema=SCHEMA)
-        dst.write_table(table, "data", f"{split}-{files:05d}-of-{n_files:05d}.parquet")
-        written += len(buf)
-        files += 1
-        buf = []
-
+    n_files = max(1, -(-int(shards["samples"]) // rows_per_file))
+    tag = hashlib.sha256(f"{source_sha}\n{rows_per_file}\n{rejected}".encode()).hexdigest()[:8]
+    stage = Storage(dst.path(f"{TMP_MARK}export-{uuid.uuid4().hex[:8]}")) if dst.local else dst
+    files, written, buf = [], 0, []
     for sample in iter_shard_samples(src, names):
         buf.append(_row(sample))
         if len(buf) >= rows_per_file:
-            flush()
-    if buf or files == 0:
-        flush()
+            files.append(_write_part(stage, buf, split, tag, len(files), n_files))
+            written, buf = written + len(buf), []
+    if buf:
+        files.append(_write_part(stage, buf, split, tag, len(files), n_files))
+        written += len(buf)
+    if dst.local:
+        _swap_local(dst, stage, split)
+    marker = {"split": split, "files": [f"data/{f}" for f in files], "rows": written, "rejected": rejected,
+              "source": src.url(SHARDS_DIR, MANIFEST), "source_manifest_sha256": source_sha}
+    dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{split}.json")
+    for name in dst.listdir("data"):
+        if name.startswith(f"{split}-") and name not in files:
+            dst.remove("data", name)
     return written
+
+
+def _write_part(storage: Storage, rows: list[dict[str, Any]], split: str, tag: str, i: int, n: int) -> str:
+    name = f"{split}-{tag}-{i:05d}-of-{n:05d}.parquet"
+    storage.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), "data", name)
+    return name
+
+
+def _swap_local(dst: Storage, stage: Storage, split: str) -> None:
+    """Local disks: the other splits' files join the staged folder (hard links), then two renames
+    replace DEST/data; a reader sees the old set or the new one (or, for an instant, none), never both."""
+    live, staged = dst.path("data"), stage.path("data")
+    os.makedirs(staged, exist_ok=True)
+    if os.path.isdir(live):
+        for name in os.listdir(live):
+            if not name.startswith(f"{split}-") and not os.path.exists(os.path.join(staged, name)):
+                os.link(os.path.join(live, name), os.path.join(staged, name))
+        old = dst.path(f"{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.rename(live, old)
+        os.rename(staged, live)
+        shutil.rmtree(old)
+    else:
+        os.rename(staged, live)
+    shutil.rmtree(stage.root_path, ignore_errors=True)
+    for name in os.listdir(dst.root_path):  # staging folders of killed exports
+        if name.startswith(f"{TMP_MARK}export-") or name.startswith(f"{TMP_MARK}old-"):
+            shutil.rmtree(os.path.join(dst.root_path, name), ignore_errors=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    n = export_hf(args.out, args.dest, args.rows_per_file, args.split, args.rejected)
-    print(f"wrote {n} rows to {args.dest}/data")
+    options = parse_storage_options(getattr(args, "storage_option", None))
+    n = export_hf(args.out, args.dest, args.rows_per_file, args.split, args.rejected, options)
+    print(f"wrote {n} rows to {args.dest}/data (file list: {args.dest}/export-{args.split}.json)")
     return 0

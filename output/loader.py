@@ -4,14 +4,19 @@ Yields dicts with `input_image` and `edited_image` (float tensors, 3xRxR, in [-1
 `edit_prompt` (str). One random resize/crop/flip is drawn per sample and applied to both images
 (they are stacked into one 6-channel tensor first), so the pair stays pixel-aligned.
 Shards are shuffled, split by node (torch.distributed rank) and by DataLoader worker.
+
+OUT may be a local path or any fsspec URL (s3://...): the shard list is exactly what the manifest
+names (never a directory glob, which could see a generation being written or removed), and object-store
+shards stream through fsspec (credentials and endpoints from the standard variables, e.g. AWS_*, or
+$EDITGEN_STORAGE_OPTIONS).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +25,43 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from output.shard_writer import MANIFEST, SHARDS_DIR
+from pipeline.storage import Storage, open_filesystem, parse_storage_options
 
 COLUMNS = ("input_image", "edit_prompt", "edited_image")
+#: Object-store protocols whose shards webdataset should open through fsspec.
+FSSPEC_SCHEMES = ("s3", "s3a", "gcs", "gs", "az", "abfs", "abfss", "memory")
+
+
+def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_kw: Any) -> IO[bytes]:
+    """webdataset URL opener for object stores (registered for FSSPEC_SCHEMES)."""
+    fs, path = open_filesystem(url, parse_storage_options(None))
+    return fs.open(path, mode, block_size=max(bufsize, 8 << 20))
+
+
+def register_fsspec_schemes() -> None:
+    """Make webdataset (in this process and in forked or spawned DataLoader workers, which import this
+    module to unpickle the sample mapper) open object-store URLs through fsspec."""
+    schemes = importlib.import_module("webdataset.gopen").gopen_schemes  # the package re-exports a function
+    for scheme in FSSPEC_SCHEMES:
+        schemes[scheme] = gopen_fsspec
+
+
+register_fsspec_schemes()
 
 
 def shard_urls(source: str | Sequence[str], rejected: bool = False) -> list[str]:
-    """Shard paths from OUT (or OUT/shards) via its manifest; lists/brace patterns pass through."""
+    """Shard URLs from OUT (or OUT/shards) via its manifest, read fresh; lists/brace patterns pass through."""
     if not isinstance(source, str):
         return list(source)
-    for base in (os.path.join(source, SHARDS_DIR), source):
-        manifest = os.path.join(base, MANIFEST)
-        if os.path.isfile(manifest):
-            with open(manifest, encoding="utf-8") as f:
-                m = json.load(f)
-            entries = m.get("rejected", {}).get("shards", []) if rejected else m["shards"]
-            return [os.path.join(base, s["name"]) for s in entries]
+    options = parse_storage_options(None)
+    for base in (f"{source.rstrip('/')}/{SHARDS_DIR}", source):
+        storage = Storage(base, options)
+        try:
+            m = json.loads(storage.read_text(MANIFEST))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        entries = m.get("rejected", {}).get("shards", []) if rejected else m["shards"]
+        return [storage.url(s["name"]) for s in entries]
     return list(wds.shardlists.expand_urls(source))
 
 

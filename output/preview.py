@@ -12,6 +12,7 @@ import argparse
 import html
 import io
 import json
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -22,7 +23,7 @@ from filters.clip_score import SCORE_COLUMNS
 from filters.select import Thresholds
 from output.shard_writer import sample_key
 from pipeline.stage import KEPT
-from pipeline.storage import Storage
+from pipeline.storage import Storage, parse_storage_options
 
 PREVIEW_DIR = "preview"
 PAGE = "preview.html"
@@ -101,7 +102,7 @@ def filter_rows(storage: Storage) -> pa.Table | None:
     tables = []
     for name in storage.listdir("filter"):
         if name.startswith("part-") and name.endswith(".parquet"):
-            with storage.fs.open(storage.path("filter", name), "rb") as f:
+            with storage.open("filter", name) as f:
                 present = pq.read_schema(f).names
             t = storage.read_table("filter", name, columns=[c for c in META_COLUMNS if c in present])
             tables.append(t.append_column("_file", pa.array([name] * t.num_rows, pa.string())))
@@ -127,7 +128,7 @@ def _thumbnail(data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def write_thumbnails(storage: Storage, rows: list[dict[str, Any]]) -> None:
+def write_thumbnails(storage: Storage, rows: list[dict[str, Any]], assets: str = PREVIEW_DIR) -> None:
     """Adds `thumbs` (relative paths) to each row; reads only the picked rows' images."""
     by_file: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -144,10 +145,10 @@ def write_thumbnails(storage: Storage, rows: list[dict[str, Any]]) -> None:
                 rel = f"{key}-{tag}.jpg"
                 data = t[col][n].as_py()
                 try:
-                    storage.write_bytes(_thumbnail(data), PREVIEW_DIR, rel)
+                    storage.write_bytes(_thumbnail(data), assets, rel)
                 except Exception:  # noqa: BLE001 - an undecodable image shows as broken, not a crash
                     pass
-                r["thumbs"].append(f"{PREVIEW_DIR}/{rel}")
+                r["thumbs"].append(f"{assets}/{rel}")
 
 
 def plot_scores(table: pa.Table, th: Thresholds) -> bytes:
@@ -222,21 +223,25 @@ def _card(r: dict[str, Any]) -> str:
     )
 
 
-def build_preview(out: str, limit: int = 48, rejected: int = 12) -> str:
-    """Write OUT/preview.html (+ OUT/preview/*); returns the page path."""
-    storage = Storage(out)
-    storage.remove(PREVIEW_DIR)  # no thumbnails from an earlier preview linger
+def build_preview(out: str, limit: int = 48, rejected: int = 12,
+                  storage_options: dict[str, Any] | None = None) -> str:
+    """Write OUT/preview.html (+ OUT/preview/<generation>/*); returns the page path.
+
+    The images go to a folder of their own, the page that names them is written last (atomically), and
+    only then are earlier previews' folders removed: an open page never loses its images mid-update."""
+    storage = Storage(out, storage_options or {})
+    assets = f"{PREVIEW_DIR}/gen-{uuid.uuid4().hex[:12]}"
     drops = stage_drops(storage)
-    storage.write_bytes(plot_drops(drops), PREVIEW_DIR, "drop_reasons.png")
+    storage.write_bytes(plot_drops(drops), assets, "drop_reasons.png")
     table = filter_rows(storage)
-    plots = ['<img src="preview/drop_reasons.png" alt="drop reasons per stage">']
+    plots = [f'<img src="{assets}/drop_reasons.png" alt="drop reasons per stage">']
     kept_rows: list[dict[str, Any]] = []
     dropped_rows: list[dict[str, Any]] = []
     if table is not None and table.num_rows:
-        storage.write_bytes(plot_scores(table, load_thresholds(storage)), PREVIEW_DIR, "scores.png")
-        plots.insert(0, '<img src="preview/scores.png" alt="CLIP score distributions">')
+        storage.write_bytes(plot_scores(table, load_thresholds(storage)), assets, "scores.png")
+        plots.insert(0, f'<img src="{assets}/scores.png" alt="CLIP score distributions">')
         kept_rows, dropped_rows = _pick(table, True, limit), _pick(table, False, rejected)
-        write_thumbnails(storage, kept_rows + dropped_rows)
+        write_thumbnails(storage, kept_rows + dropped_rows, assets)
     summary = "".join(
         f"<li>{html.escape(s)}: {d['rows_in']} in, {d['rows_out']} kept, "
         f"{html.escape(json.dumps(d['dropped']))}</li>"
@@ -256,6 +261,9 @@ def build_preview(out: str, limit: int = 48, rejected: int = 12) -> str:
         f"<style>{CSS}</style></head><body>{''.join(body)}{LOAD_CHECK}</body></html>\n"
     )
     storage.write_text(page, PAGE)
+    for name in storage.listdir(PREVIEW_DIR):
+        if f"{PREVIEW_DIR}/{name}" != assets:
+            storage.remove(PREVIEW_DIR, name)
     return storage.path(PAGE)
 
 
@@ -266,6 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = build_preview(args.out, args.limit, args.rejected)
+    options = parse_storage_options(getattr(args, "storage_option", None))
+    path = build_preview(args.out, args.limit, args.rejected, options)
     print(f"wrote {path}")
     return 0

@@ -1,9 +1,15 @@
-"""Deterministic WebDataset shards: OUT/shards/edits-NNNNNN.tar plus OUT/shards/manifest.json.
+"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar plus OUT/shards/manifest.json.
 
 Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers
 carry a fixed mtime/uid/gid/uname/mode, JSON is written with sorted keys, and nothing records the time
 or host. Each tar is assembled in memory and published through pipeline.storage.Storage (temp name +
 rename locally, one PUT on object stores), so readers never see half a shard.
+
+Publication is by generation: a dataset's tars go into their own folder `gen-<G>` (G from the shard
+config and upstream fingerprint, so an identical rerun lands in the same place), the manifest, which
+lists exactly those tars, is written last (one atomic write), and only then are other generations
+removed. Until the new manifest exists, readers (the loader, validate, export) see the previous
+complete dataset; a re-shard killed half-way never mixes two datasets.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pipeline.worker import fault_delay_s
 
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "editgen-webdataset/1"
+MANIFEST_FORMAT = "editgen-webdataset/2"
+GEN_PREFIX = "gen-"
 REJECTED_PREFIX = "rejected"
 #: 2000-01-01T00:00:00Z: any fixed value makes tars reproducible; 0 upsets some extractors.
 TAR_MTIME = 946_684_800
@@ -216,11 +223,18 @@ def iter_rows(storage: Storage, parts: Iterable[tuple[str, str]], batch_rows: in
                 yield from pa.Table.from_batches([batch]).to_pylist()
 
 
-def _set_summary(shards: list[ShardInfo]) -> dict[str, Any]:
+def generation_name(config_hash: str, upstream_key: str, prefix: str) -> str:
+    """Folder of one dataset generation: a pure function of what it is built from."""
+    digest = hashlib.sha256(f"{config_hash}\n{upstream_key}\n{prefix}".encode()).hexdigest()
+    return f"{GEN_PREFIX}{digest[:12]}"
+
+
+def _set_summary(shards: list[ShardInfo], gen: str) -> dict[str, Any]:
+    """Manifest entries name each tar relative to OUT/shards (`gen-<G>/edits-NNNNNN.tar`)."""
     return {
         "samples": sum(s.samples for s in shards),
         "bytes": sum(s.bytes for s in shards),
-        "shards": [asdict(s) for s in shards],
+        "shards": [{**asdict(s), "name": f"{gen}/{s.name}"} for s in shards],
     }
 
 
@@ -237,11 +251,15 @@ def write_dataset(
     upstream_key: str = "",
 ) -> dict[str, Any]:
     """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary."""
-    limits = {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers}
-    kept = ShardSetWriter(storage, prefix, **limits)
-    rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
+    limits: dict[str, Any] = {
+        "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers,
+    }
     rows_in = 0
     dropped: dict[str, int] = {}
+    gen = generation_name(config_hash, upstream_key, prefix)
+    limits["subdir"] = f"{SHARDS_DIR}/{gen}"
+    kept = ShardSetWriter(storage, prefix, **limits)
+    rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
     try:
         for row in rows:
             is_kept = row.get("status", "kept") == "kept"
@@ -268,13 +286,14 @@ def write_dataset(
         "config_hash": config_hash,
         "upstream_key": upstream_key,
         "prefix": prefix,
-        **_set_summary(kept_shards),
+        "generation": gen,
+        **_set_summary(kept_shards, gen),
     }
     if rejected is not None:
-        manifest["rejected"] = _set_summary(rejected_shards)
+        manifest["rejected"] = _set_summary(rejected_shards, gen)
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
-    storage.write_text(text, SHARDS_DIR, MANIFEST)
-    remove_stale(storage, {s.name for s in kept_shards + rejected_shards})
+    storage.write_text(text, SHARDS_DIR, MANIFEST)  # the publication point
+    remove_other_generations(storage, gen)
     return {
         "rows_in": rows_in,
         "rows_out": manifest["samples"],
@@ -289,11 +308,12 @@ def write_dataset(
     }
 
 
-def remove_stale(storage: Storage, keep: set[str]) -> None:
-    """Tars left from an earlier, larger run must not be picked up by a `*.tar` glob."""
+def remove_other_generations(storage: Storage, keep: str) -> None:
+    """After the manifest names `keep`: earlier generations (and tars of the pre-generation layout,
+    and temp files of killed writers) go, so a `*.tar` glob cannot pick them up either."""
     storage.clean_temp(SHARDS_DIR)
     for name in storage.listdir(SHARDS_DIR):
-        if name.endswith(".tar") and name not in keep:
+        if name != keep and (name.startswith(GEN_PREFIX) or name.endswith(".tar")):
             storage.remove(SHARDS_DIR, name)
 
 

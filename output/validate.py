@@ -1,8 +1,11 @@
-"""`editgen validate OUT`: re-read every shard with webdataset and check it against the manifest.
+"""`editgen validate OUT`: re-read every shard with webdataset and check it against the manifest, and
+the manifest against the stages that produced it.
 
 Checks per shard: present, size and sha256 as listed, a complete tar, the listed sample count, every
 sample with input/edited images that decode, an instruction, and metadata JSON with the required
-fields whose id/candidate match the sample key. Exit 1 with one line per problem, 0 when valid.
+fields whose id/candidate match the sample key. Then the chain (output.chain_check): every stage
+complete with rows_in = kept + dropped, every partition computed from its upstream's, and the shards
+holding exactly the filter stage's kept candidates. Exit 1 with one line per problem, 0 when valid.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from output.shard_writer import MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
-from pipeline.storage import Storage
+from output.chain_check import check_chain
+from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
+from pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
 MAX_LINES_PER_SHARD = 10
@@ -74,14 +78,14 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
     if size != entry["bytes"]:
         problems.append(f"{name}: {size} bytes, manifest says {entry['bytes']} (truncated or altered)")
     h = hashlib.sha256()
-    with storage.fs.open(storage.path(SHARDS_DIR, name), "rb") as f:
+    with storage.open(SHARDS_DIR, name) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != entry["sha256"]:
         problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest")
     count, keys, sample_lines = 0, set(), []
     try:
-        with storage.fs.open(storage.path(SHARDS_DIR, name), "rb") as f:
+        with storage.open(SHARDS_DIR, name) as f:
             for sample in group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f)):
                 count += 1
                 key = sample["__key__"]
@@ -100,16 +104,33 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
     return problems, count, keys
 
 
-def validate(out: str, workers: int = 2) -> list[str]:
-    """All problems found in OUT/shards (empty list = valid)."""
-    storage = Storage(out)
+def validate(out: str, workers: int = 2, storage_options: dict[str, Any] | None = None,
+             chain: bool = True) -> list[str]:
+    """All problems found in OUT/shards and, with `chain`, in the stage records behind them
+    (empty list = valid)."""
+    return _validate(Storage(out, storage_options or {}), workers, chain)[0]
+
+
+def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], list[str]]:
+    problems, manifest, keys = _validate_shards(storage, workers)
+    if manifest is None or not chain:
+        return problems, []
+    from stages import stage_names
+
+    chain_problems, notes = check_chain(storage, stage_names(), manifest, keys)
+    return problems + chain_problems, notes
+
+
+def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[str, Any] | None, list[str]]:
+    """(problems, manifest, kept sample keys in shard order) for the published generation."""
     try:
         manifest = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
     except FileNotFoundError:
-        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"]
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"], None, []
     except ValueError as exc:
-        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"]
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"], None, []
     problems: list[str] = []
+    kept_keys: list[str] = []
     sets = [("", manifest)]
     if "rejected" in manifest:
         sets.append(("rejected ", manifest["rejected"]))
@@ -122,6 +143,8 @@ def validate(out: str, workers: int = 2) -> list[str]:
             results = list(pool.map(lambda e: check_shard(storage, e), entries))
         for entry, (shard_problems, _count, keys) in zip(entries, results, strict=True):
             problems += shard_problems
+            if not label:
+                kept_keys += sorted(keys)
             for key in sorted(keys):
                 other = all_keys.setdefault(f"{label}{key}", entry["name"])
                 if other != entry["name"]:
@@ -130,24 +153,40 @@ def validate(out: str, workers: int = 2) -> list[str]:
             total = sum(e[field] for e in entries)
             if total != part.get(field):
                 problems.append(f"manifest: {label}{field} total {part.get(field)} != shard sum {total}")
-    for name in storage.listdir(SHARDS_DIR):
-        if name.endswith(".tar") and name not in listed:
-            problems.append(f"{name}: shard not listed in the manifest")
-    return problems
+    return problems + _unlisted(storage, manifest, listed), manifest, kept_keys
+
+
+def _unlisted(storage: Storage, manifest: dict[str, Any], listed: set[str]) -> list[str]:
+    """Tars in the published generation (or loose in OUT/shards) that the manifest does not name.
+    Other generations are an interrupted re-shard's or not yet removed: readers never see them."""
+    gen = manifest.get("generation")
+    names = [n for n in storage.listdir(SHARDS_DIR) if n.endswith(".tar")]
+    if gen:
+        names += [f"{gen}/{n}" for n in storage.listdir(SHARDS_DIR, gen) if n.endswith(".tar")]
+    return [f"{n}: shard not listed in the manifest" for n in names if n not in listed]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="editgen output directory (checks OUT/shards)")
     parser.add_argument("--workers", type=int, default=2, help="shards checked in parallel")
+    parser.add_argument("--shards-only", action="store_true",
+                        help="check the shards against the manifest only, not the stage records behind them")
 
 
 def main(args: argparse.Namespace) -> int:
-    problems = validate(args.out, args.workers)
+    storage = Storage(args.out, parse_storage_options(getattr(args, "storage_option", None)))
+    problems, notes = _validate(storage, args.workers, chain=not args.shards_only)
     for line in problems:
         print(line)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
     if problems:
         print(f"invalid: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    m = json.loads(Storage(args.out).read_text(SHARDS_DIR, MANIFEST))
+    m = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+    others = [n for n in storage.listdir(SHARDS_DIR) if n.startswith(GEN_PREFIX) and n != m.get("generation")]
+    if others:
+        print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
+              "re-shard; the next run removes them)", file=sys.stderr)
     print(f"valid: {len(m['shards'])} shards, {m['samples']} samples, {m['bytes']} bytes")
     return 0

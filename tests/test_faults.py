@@ -30,6 +30,7 @@ from pipeline.runner import run_pipeline
 from pipeline.status import collect
 from tests.conftest import ROOT, cli_env
 from tests.llm_fixtures import BadServer, free_port
+from tests.shards import manifest, shard_path
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
 #: 12 captions in 4 partitions of 3; 2 candidates of 2 steps per pair; shards of 2 samples written one
@@ -70,8 +71,9 @@ def outputs(out: Path) -> dict[str, bytes]:
     for stage in STAGES[:-1]:
         for p in sorted((out / stage).rglob("part-*.parquet")):
             files[str(p.relative_to(out))] = p.read_bytes()
-    for p in sorted((out / "shards").iterdir()):
-        files[str(p.relative_to(out))] = p.read_bytes()
+    for p in sorted((out / "shards").rglob("*")):
+        if p.is_file():
+            files[str(p.relative_to(out))] = p.read_bytes()
     return files
 
 
@@ -84,7 +86,7 @@ def assert_same_outputs(out: Path, baseline: Path) -> None:
 
 def shard_keys(out: Path) -> list[str]:
     keys = []
-    for tar in sorted((out / "shards").glob("edits-*.tar")):
+    for tar in [out / "shards" / e["name"] for e in manifest(out)["shards"]]:
         with tarfile.open(tar) as t:
             keys += [m.name[:-5] for m in t.getmembers() if m.name.endswith(".json")]
     return keys
@@ -172,7 +174,7 @@ KILL_WHEN: dict[str, Callable[[Path], bool]] = {
     "instruct": lambda out: _count(out / "instruct" / "_done", "part-*.json") >= 1,
     "render": lambda out: _count(out / "render" / "_done", "part-*.json") >= 1,
     "filter": lambda out: _count(out / "filter" / "_done", "part-*.json") >= 1,
-    "shard": lambda out: _count(out / "shards", "edits-*.tar") >= 1,
+    "shard": lambda out: _count(out / "shards", "gen-*/edits-*.tar") >= 1,
 }
 
 
@@ -195,7 +197,7 @@ def test_driver_sigkill_in_every_stage_then_resume_is_byte_identical(baseline, r
         assert not stage_complete(out, stage), f"the kill must land inside {stage}"
         if stage == "shard":
             assert not (out / "shard" / "_done" / "global.json").exists()
-            assert len(list((out / "shards").glob("edits-*.tar"))) < len(json.loads(
+            assert len(list((out / "shards").glob("gen-*/edits-*.tar"))) < len(json.loads(
                 (baseline / "shards" / "manifest.json").read_text())["shards"])
         else:
             survivors[stage] = done_records(out, stage)
@@ -344,14 +346,14 @@ def test_damaged_files_are_detected_and_recomputed(baseline, ray_session, tmp_pa
     shutil.copytree(baseline, out)
     _truncate(out / "render" / "part-00001.parquet")
     _alter(out / "filter" / "part-00002.parquet")
-    _truncate(out / "shards" / "edits-000000.tar")
+    _truncate(shard_path(out, 0))
     result = {s.name: s for s in run_pipeline(config(), str(out)).stages}
     assert [result[s].computed for s in STAGES] == [0, 0, 1, 1, 1]
     # the recomputed render partition is identical, so filter partition 1 (its consumer) stays valid
     assert_same_outputs(out, baseline)
     # a shard altered in place (same size) and, separately, the manifest: the checksums tell
-    for victim in ("edits-000001.tar", "manifest.json"):
-        _alter(out / "shards" / victim)
+    for victim in (shard_path(out, 1), out / "shards" / "manifest.json"):
+        _alter(victim)
         shard = run_pipeline(config(), str(out), only="shard").stages[0]
         assert shard.computed == 1, victim
         assert_same_outputs(out, baseline)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -102,10 +104,20 @@ def test_dataset_from_shard_list(shards):
 
 
 def test_export_hf_parquet(shards, tmp_path):
-    n = export_hf(str(shards), str(tmp_path / "hf"), rows_per_file=10)
+    dest = tmp_path / "hf"
+    (dest / "data").mkdir(parents=True)
+    (dest / "data" / "train-00000-of-00009.parquet").write_bytes(b"stale")  # an older export's file
+    (dest / "data" / "test-00000-of-00001.parquet").write_bytes(b"other split")
+    n = export_hf(str(shards), str(dest), rows_per_file=10)
     assert n == 24
-    files = sorted((tmp_path / "hf" / "data").glob("train-*.parquet"))
-    assert [f.name for f in files] == [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+    marker = json.loads((dest / "export-train.json").read_text())
+    files = sorted((dest / "data").glob("train-*.parquet"))
+    assert [f"data/{f.name}" for f in files] == marker["files"] and marker["rows"] == 24
+    assert [f.name[-23:] for f in files] == [f"-{i:05d}-of-00003.parquet" for i in range(3)]
+    assert (dest / "data" / "test-00000-of-00001.parquet").read_bytes() == b"other split"
+    assert not list(dest.glob(".tmp-*"))
+    assert export_hf(str(shards), str(dest), rows_per_file=10) == 24  # again: same files, nothing added
+    assert sorted((dest / "data").glob("train-*.parquet")) == files
     import pyarrow.parquet as pq
 
     t = pq.read_table(files[0])

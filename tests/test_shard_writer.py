@@ -17,6 +17,7 @@ from pipeline.config import build_config
 from pipeline.stage import PlanContext, part_name
 from pipeline.storage import Storage
 from stages.shard import ShardStage
+from tests.shards import shard_path, tar_files
 
 wds = pytest.importorskip("webdataset")
 
@@ -64,8 +65,9 @@ def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
     assert summary["rows_in"] == kept == summary["rows_out"] == manifest["samples"]
     assert summary["shards"] == len(manifest["shards"]) == -(-kept // 5)
     assert manifest["config_hash"] and manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
-    shards = sorted((tmp_path / "shards").glob("edits-*.tar"))
-    assert [p.name for p in shards] == [s["name"] for s in manifest["shards"]]
+    shards = tar_files(tmp_path)
+    assert [str(p.relative_to(tmp_path / "shards")) for p in shards] == [s["name"] for s in manifest["shards"]]
+    assert all(s["name"].startswith(manifest["generation"] + "/edits-") for s in manifest["shards"])
     for p, entry in zip(shards, manifest["shards"], strict=True):
         data = p.read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
@@ -94,7 +96,7 @@ def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
 def test_jpeg_members_and_optional_mask(tmp_path):
     records = make_filter_out(tmp_path, parts=1, fmt="jpeg", with_mask=False)
     run_shard(tmp_path, records)
-    with tarfile.open(tmp_path / "shards" / "edits-000000.tar") as tar:
+    with tarfile.open(shard_path(tmp_path, 0)) as tar:
         names = tar.getnames()
     assert any(n.endswith(".input.jpg") for n in names) and not any("mask" in n for n in names)
 
@@ -105,24 +107,29 @@ def test_byte_identical_across_runs_and_concurrency(tmp_path):
     assert [r["sha256"] for r in recs_a] == [r["sha256"] for r in recs_b]
     run_shard(a, recs_a, samples_per_shard=4, resources={"concurrency": 1})
     run_shard(b, recs_b, samples_per_shard=4, resources={"concurrency": 3})
-    files_a = {p.name: p.read_bytes() for p in (a / "shards").iterdir()}
-    files_b = {p.name: p.read_bytes() for p in (b / "shards").iterdir()}
-    assert files_a == files_b and "manifest.json" in files_a and len(files_a) > 3
+    files_a = _shard_files(a)
+    assert files_a == _shard_files(b) and "shards/manifest.json" in files_a and len(files_a) > 3
     run_shard(a, recs_a, samples_per_shard=4)  # rerun in place: same bytes again
-    assert {p.name: p.read_bytes() for p in (a / "shards").iterdir()} == files_a
+    assert _shard_files(a) == files_a
+
+
+def _shard_files(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()}
 
 
 def test_size_limit_and_stale_shards(tmp_path):
     records = make_filter_out(tmp_path)
     run_shard(tmp_path, records, samples_per_shard=1)
-    n_small = len(list((tmp_path / "shards").glob("*.tar")))
+    n_small = len(tar_files(tmp_path))
+    first_gen = read_manifest(Storage(str(tmp_path)))["generation"]
     limit = 40_960
     run_shard(tmp_path, records, samples_per_shard=1000, max_shard_bytes=limit)
     manifest = read_manifest(Storage(str(tmp_path)))
     assert all(s["bytes"] <= limit for s in manifest["shards"]) and len(manifest["shards"]) > 1
-    on_disk = sorted(p.name for p in (tmp_path / "shards").glob("*.tar"))
+    on_disk = [str(p.relative_to(tmp_path / "shards")) for p in tar_files(tmp_path)]
     assert on_disk == [s["name"] for s in manifest["shards"]] and len(on_disk) < n_small
-    assert not list((tmp_path / "shards").glob(".tmp-*"))
+    assert manifest["generation"] != first_gen and not (tmp_path / "shards" / first_gen).exists()
+    assert not list((tmp_path / "shards").rglob(".tmp-*"))
 
 
 def test_export_rejected_and_missing_images(tmp_path):
@@ -140,7 +147,7 @@ def test_export_rejected_and_missing_images(tmp_path):
     assert summary["dropped"] == {"missing_image": 1}
     assert summary["rows_out"] == summary["rows_in"] - 1
     assert manifest["samples"] + manifest["rejected"]["samples"] == total - 1
-    rej = list(wds.WebDataset(str(tmp_path / "shards" / "rejected-000000.tar"), shardshuffle=False))
+    rej = list(wds.WebDataset(str(shard_path(tmp_path, 0, rejected=True)), shardshuffle=False))
     meta = json.loads(rej[0]["json"])
     assert meta["status"] == "dropped" and meta["drop_reason"] == "below_sim_direction"
 

@@ -18,6 +18,7 @@ from pipeline.config import build_config
 from pipeline.stage import PlanContext, part_name
 from pipeline.storage import Storage
 from stages.shard import ShardStage
+from tests.shards import manifest, shard_path
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def out(tmp_path) -> Path:
 def run(out: Path, capsys) -> tuple[int, list[str]]:
     parser = argparse.ArgumentParser()
     validate_mod.add_arguments(parser)
-    code = validate_mod.main(parser.parse_args([str(out)]))
+    code = validate_mod.main(parser.parse_args([str(out), "--shards-only"]))
     return code, capsys.readouterr().out.strip().splitlines()
 
 
@@ -46,35 +47,55 @@ def test_valid_output(out, capsys):
 
 
 def test_truncated_shard(out, capsys):
-    shard = out / "shards" / "edits-000001.tar"
+    shard = shard_path(out, 1)
     shard.write_bytes(shard.read_bytes()[:3000])
     code, lines = run(out, capsys)
     assert code == 1
-    assert all(line.startswith("edits-000001.tar: ") for line in lines)
+    assert all(line.startswith(f"{_name(out, 1)}: ") for line in lines)
     text = "\n".join(lines)
     assert "truncated or altered" in text and "sha256" in text and "samples, manifest says 4" in text
 
 
 def test_altered_shard_same_size(out, capsys):
-    shard = out / "shards" / "edits-000000.tar"
+    shard = shard_path(out, 0)
     data = bytearray(shard.read_bytes())
     data[-20_000] ^= 0xFF  # flip a byte inside the payload, size unchanged
     shard.write_bytes(bytes(data))
     code, lines = run(out, capsys)
-    assert code == 1 and any("edits-000000.tar: sha256" in line for line in lines)
+    assert code == 1 and any(f"{_name(out, 0)}: sha256" in line for line in lines)
+
+
+def _name(out: Path, index: int) -> str:
+    return manifest(out)["shards"][index]["name"]
 
 
 def test_missing_and_unlisted_shards(out, capsys):
-    (out / "shards" / "edits-000000.tar").rename(out / "shards" / "edits-000099.tar")
+    gen = manifest(out)["generation"]
+    shard_path(out, 0).rename(out / "shards" / gen / "edits-000099.tar")
+    (out / "shards" / "loose.tar").write_bytes(b"")
     code, lines = run(out, capsys)
     assert code == 1
-    assert "edits-000000.tar: listed in manifest but missing" in lines
-    assert "edits-000099.tar: shard not listed in the manifest" in lines
+    assert f"{gen}/edits-000000.tar: listed in manifest but missing" in lines
+    assert f"{gen}/edits-000099.tar: shard not listed in the manifest" in lines
+    assert "loose.tar: shard not listed in the manifest" in lines
+
+
+def test_other_generations_are_not_the_dataset(out, capsys):
+    """An interrupted re-shard's generation beside the published one: readers ignore it."""
+    other = out / "shards" / "gen-000000000000"
+    other.mkdir()
+    (other / "edits-000000.tar").write_bytes(shard_path(out, 0).read_bytes()[:100])
+    parser = argparse.ArgumentParser()
+    validate_mod.add_arguments(parser)
+    code = validate_mod.main(parser.parse_args([str(out), "--shards-only"]))
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip().splitlines()[-1].startswith("valid: ")
+    assert "1 unpublished generation(s)" in captured.err
 
 
 def test_bad_image_and_missing_field_with_consistent_manifest(out, capsys):
     """A shard that matches its manifest entry but holds a corrupt image and incomplete JSON."""
-    shard = out / "shards" / "edits-000000.tar"
+    shard = shard_path(out, 0)
     members = []
     with tarfile.open(shard) as tar:
         for m in tar.getmembers():
@@ -101,8 +122,8 @@ def test_bad_image_and_missing_field_with_consistent_manifest(out, capsys):
     code, lines = run(out, capsys)
     assert code == 1
     assert lines == [
-        f"edits-000000.tar: sample {key}: edited.png does not decode",
-        f"edits-000000.tar: sample {key}: json lacks seed",
+        f"{_name(out, 0)}: sample {key}: edited.png does not decode",
+        f"{_name(out, 0)}: sample {key}: json lacks seed",
     ]
 
 
