@@ -7,7 +7,15 @@ import torch
 
 from models.clip_tokenizer import load_clip_tokenizer
 from p2p import seq_align
-from p2p.controls import BlendConfig, EditControl, compile_edit, parse_window, window_steps
+from p2p.controls import (
+    BlendConfig,
+    EditControl,
+    compile_edit,
+    cross_window_steps,
+    ip2p_steps,
+    parse_window,
+    window_steps,
+)
 from p2p.seq_align import (
     decide_mode,
     find_word,
@@ -90,15 +98,15 @@ def test_replace_unequal_token_counts_keeps_later_tokens_aligned(tok, grow):
         (ps,), (pe,) = find_word(s, word), find_word(e, word)
         assert pe == ps + shift and _cols(m, ps) == [pe] and m[ps, pe] == 1.0
     assert m[s.eos, e.eos] == 1.0
-    for k in range(s.eos, 77):
-        if 0 <= k + shift < 77:
-            assert _cols(m, k) == [k + shift]
+    for k in range(s.eos, 76 - abs(shift)):
+        assert _cols(m, k) == [k + shift]
     # the official mapper's bug would map padding j -> j; make sure nothing maps off-diagonal by shift
     assert m[0, 0] == 1.0
-    if grow:
-        assert bool(al.mapped.all())
-    else:  # the last |shift| edit positions have no source counterpart and keep their own attention
-        assert al.mapped.sum().item() == 77 - 2
+    if grow:  # the last source positions would fall past column 76: they fold into it
+        assert all(_cols(m, k) == [76] for k in range(76 - shift, 77))
+    else:  # the last source position spreads over the columns nothing else reaches
+        assert _cols(m, 76) == [76 + shift, 75, 76] and m[76, 76].item() == pytest.approx(1 / 3)
+    assert torch.allclose(m.sum(1), torch.ones(77)) and bool(al.mapped.all())
 
 
 def test_replace_needs_equal_word_counts(tok):
@@ -153,8 +161,13 @@ def test_reweight_vector(tok):
 def test_windows():
     assert parse_window(0.8) == (0.0, 0.8)
     assert parse_window("0.2,0.6") == (0.2, 0.6)
-    assert window_steps(0.3, 10) == (0, 3)  # no float floor surprise (0.3 * 10 = 2.999...)
+    assert window_steps(0.3, 10) == (0, 3)
+    assert window_steps(0.58, 50) == (0, 28)  # int(0.58 * 50) = int(28.999999999999996), as the reference
     assert window_steps((0.1, 0.5), 50) == (5, 25)
+    assert cross_window_steps(0.8, 10) == (0, 8) and cross_window_steps(0.5, 10) == (0, 5)
+    assert cross_window_steps(0.4, 10) == (0, 4) and window_steps(0.4, 10) == (0, 4)
+    assert cross_window_steps(0.5, 9) == (0, 5) != window_steps(0.5, 9)  # (N + 1)-row alpha table
+    assert ip2p_steps(0.35, 10) == (0, 4) and ip2p_steps(0.5, 10) == (0, 5)  # p > i / (N - 1)
     for bad in (1.5, (0.6, 0.2), "x"):
         with pytest.raises(ValueError):
             parse_window(bad)
