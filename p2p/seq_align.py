@@ -351,13 +351,24 @@ def global_align(a: list[int], b: list[int], match: int = 1, mismatch: int = -1,
 
 def refine_alignment(src: PromptTokens, tgt: PromptTokens) -> Alignment:
     """Refinement mapper: global alignment of the content tokens; unmatched edit tokens stay unmapped
-    (they keep their own attention), unmatched source tokens give theirs to nobody, as the reference."""
-    a, b = list(src.ids[1 : src.eos]), list(tgt.ids[1 : tgt.eos])
+    (they keep their own attention), unmatched source tokens give theirs to nobody, as the reference.
+
+    The alignment runs on the untruncated prompts: a token whose partner lies past the other prompt's
+    truncation joins the tail (folds into the last column, or takes the last source position's share).
+    """
+    a = [*src.ids[1 : src.eos], *src.overflow]
+    b = [*tgt.ids[1 : tgt.eos], *tgt.overflow]
     m = torch.zeros(src.length, src.length)
+    cut: list[tuple[Span, Span]] = []  # pairs with one side past its prompt's truncation
     for j, i in enumerate(global_align(a, b)):
-        if i is not None:
-            m[i + 1, j + 1] = 1.0
-    return _finish(m, [], src, tgt)
+        if i is None:
+            continue
+        k, jj = (i + 1,) if i + 1 < src.eos else (), (j + 1,) if j + 1 < tgt.eos else ()
+        if k and jj:
+            m[k[0], jj[0]] = 1.0
+        elif k or jj:
+            cut.append((k, jj))
+    return _finish(m, cut, src, tgt)
 
 
 def reweight_vector(tgt: PromptTokens, weights: dict[str, float]) -> torch.Tensor | None:

@@ -222,3 +222,84 @@ def test_odd_unicode_and_fallback_index(tok):
     assert [p for w in words for p in w.positions] == list(range(1, len(full) - 1))
     fallback = seq_align.PromptTokens(t.prompt, t.ids, words)
     assert find_word(fallback, "dog") == find_word(t, "dog")
+
+
+def _long(n: int, word: str) -> str:
+    """A caption of about ``n`` CLIP tokens with ``word`` third and a closing word after it."""
+    return f"a {word} " + " ".join(["on the grass"] * (n // 3)) + " tonight"
+
+
+@pytest.mark.parametrize("n", [60, 70, 72, 73, 74, 75, 80])
+@pytest.mark.parametrize("grow", [True, False])
+def test_replace_mapper_near_the_token_limit(tok, n, grow):
+    """Rows sum to 1 (attention mass kept) and every edit column is reached, with 1 <-> 3 token swaps
+    whose prompts end just before, at and past the 77-token truncation."""
+    short, long = tokenize(tok, _long(n, "cat")), tokenize(tok, _long(n, "hippopotamus"))
+    s, e = (short, long) if grow else (long, short)
+    al = replace_alignment(s, e)
+    assert torch.allclose(al.mapper.sum(1), torch.ones(77)), al.mapper.sum(1)
+    assert bool((al.mapper.sum(0) > 0).all()) and bool(al.mapped.all())
+    if not s.truncated and not e.truncated:
+        (ps,), (pe,) = find_word(s, "tonight"), find_word(e, "tonight")
+        assert al.mapper[ps, pe] == 1.0  # later words stay aligned
+
+
+@pytest.mark.parametrize("n", [70, 73, 74, 80])
+@pytest.mark.parametrize("add", [True, False])
+def test_refine_mapper_near_the_token_limit(tok, n, add):
+    """Word added or removed near the limit: tail rows sum to 1, every tail column is reached, only
+    new tokens go unmapped and only removed tokens give their attention to nobody."""
+    plain, more = tokenize(tok, _long(n, "cat")), tokenize(tok, _long(n, "fluffy cat"))
+    s, e = (plain, more) if add else (more, plain)
+    al = refine_alignment(s, e)
+    rows, cols = al.mapper.sum(1), al.mapper.sum(0)
+    assert torch.allclose(rows[s.eos :], torch.ones(77 - s.eos)) and bool((cols[e.eos :] > 0).all())
+    assert set(rows[: s.eos].tolist()) <= {0.0, 1.0} and rows[0] == 1.0
+    unmapped = [j for j in range(77) if not al.mapped[j]]
+    assert unmapped == (find_word(e, "fluffy") if add else [])
+    lost = [k for k in range(s.eos) if rows[k] == 0]
+    assert lost == ([] if add else find_word(s, "fluffy"))
+
+
+def test_refinement_tie_break_with_repeated_tokens(tok):
+    """Official traceback order (insert, delete, diagonal) on "a cat and a dog" -> "a dog and a cat and
+    a dog": the first "a" stays paired, "dog and a" is new, "cat and a dog" aligned at the end."""
+    from tests.p2p_reference import needleman_wunsch
+
+    s, e = tokenize(tok, "a cat and a dog"), tokenize(tok, "a dog and a cat and a dog")
+    a, b = list(s.ids[1 : s.eos]), list(e.ids[1 : e.eos])
+    got = global_align(a, b)
+    assert got == [0, None, None, None, 1, 2, 3, 4]
+    assert [-1 if i is None else i for i in got] == needleman_wunsch(a, b)
+    for x, y in [([1, 2, 1, 2], [2, 1, 2, 1, 2]), ([3, 3, 4], [3, 4, 3, 4, 3]), ([5, 6, 5], [6, 5, 6])]:
+        assert [-1 if i is None else i for i in global_align(x, y)] == needleman_wunsch(x, y)
+
+
+def test_words_past_truncation_are_reported_as_truncated(tok):
+    src = tokenize(tok, _long(80, "cat") + " with a red ball")
+    edit = tokenize(tok, _long(80, "cat") + " with a blue ball")
+    assert src.truncated and seq_align.edit_truncated(src, edit)
+    assert not seq_align.edit_truncated(src, tokenize(tok, _long(80, "dog") + " with a blue ball"))
+    with pytest.raises(seq_align.TruncatedWord, match="truncation"):
+        compile_edit(EditControl(edit.prompt, mode="replace"), src, edit, 4)
+    dog = tokenize(tok, _long(80, "dog") + " with a blue ball")
+    with pytest.raises(seq_align.TruncatedWord, match=r"blend words \['ball'\] lie past"):
+        compile_edit(EditControl(dog.prompt, blend=BlendConfig(["ball"])), src, dog, 4)
+    assert compile_edit(EditControl(dog.prompt, blend=BlendConfig(["ball", "dog"])), src, dog, 4).blend
+    with pytest.raises(seq_align.TruncatedWord, match="cross_replace word 'ball'"):
+        compile_edit(EditControl(src.prompt, mode="reweight", reweight={"cat": 2.0},
+                                 cross_replace={"ball": 0.5}), src, src, 4)
+    with pytest.raises(seq_align.TruncatedWord, match="reweight word 'ball'"):
+        reweight_vector(src, {"ball": 2.0})
+    with pytest.raises(ValueError, match="not found"):
+        reweight_vector(src, {"zebra": 2.0})
+
+
+def test_emoji_and_cjk_words_found_by_token(tok):
+    t = tokenize(tok, "a dog 🐶! next to 一只猫 and a 🐱")
+    dog_emoji, cat_cjk, cat_emoji = (seq_align.locate_word(t, w, "blend") for w in ("🐶", "猫", "🐱"))
+    assert len(dog_emoji) == 1 and len(cat_cjk) == 3 and len(cat_emoji) == 1
+    assert b"".join(t.token_bytes[p - 1] for p in cat_cjk) == "猫".encode()
+    assert t.ids[cat_emoji[0]] != t.ids[dog_emoji[0]]
+    with pytest.raises(ValueError, match="not found"):
+        seq_align.locate_word(t, "🐭", "blend")
