@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, with_status
+
+if TYPE_CHECKING:
+    from pipeline.config import EditgenConfig
 
 log = logging.getLogger("editgen")
 
@@ -74,7 +77,7 @@ class RenderStage(Stage):
     version = "2"  # 2: P2P rules as the reference implementations (issue 11), render_edit_truncated
 
     @classmethod
-    def config_reads(cls, config: Any) -> tuple[str, ...]:
+    def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
         return (*super().config_reads(config), *(EARLY_STOP_READS if config.render.early_stop else ()))
 
     def __init__(self, config: Any) -> None:
