@@ -10,7 +10,6 @@ regenerated later.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -18,9 +17,12 @@ from typing import Any
 import torch
 
 from p2p.seq_align import (
+    Alignment,
     PromptTokens,
+    TruncatedWord,
     decide_mode,
-    find_word,
+    edit_truncated,
+    locate_word,
     refine_alignment,
     replace_alignment,
     reweight_vector,
@@ -49,9 +51,32 @@ def parse_window(value: Any) -> tuple[float, float]:
 
 
 def window_steps(window: Any, num_steps: int) -> tuple[int, int]:
-    """Step range ``[start, end)`` of a fractional window (floor, as the reference implementation)."""
+    """Step range ``[start, end)`` of a fractional window: ``int(f * N)``, the reference's rule for the
+    self-attention window and LocalBlend's start (``int`` of the same float product, no rounding nudge:
+    ``int(0.3 * 10)`` is 2 there, so it is 2 here)."""
     start, end = parse_window(window)
-    return math.floor(start * num_steps + 1e-9), math.floor(end * num_steps + 1e-9)
+    return int(start * num_steps), int(end * num_steps)
+
+
+def cross_window_steps(window: Any, num_steps: int) -> tuple[int, int]:
+    """Step range of a cross-attention window: the reference builds an ``(N + 1)``-row alpha table
+    (``get_time_words_attention_alpha``), so the edit is active for ``int(s * (N + 1)) <= t <
+    int(f * (N + 1))``, one step longer than the self window for most ``f``."""
+    start, end = parse_window(window)
+    return int(start * (num_steps + 1)), int(end * (num_steps + 1))
+
+
+def ip2p_steps(window: Any, num_steps: int) -> tuple[int, int]:
+    """Steps where InstructPix2Pix's generation script copies self-attention: step ``i`` of ``N`` when
+    ``p > i / (N - 1)`` (``prompt2prompt_threshold``); a ``(start, end)`` window also needs
+    ``i / (N - 1) >= start``. A single-step render counts as ratio 0."""
+    start, end = parse_window(window)
+    active = [i for i in range(num_steps) if start <= _ratio(i, num_steps) < end]
+    return (active[0], active[-1] + 1) if active else (0, 0)
+
+
+def _ratio(i: int, num_steps: int) -> float:
+    return i / (num_steps - 1) if num_steps > 1 else 0.0
 
 
 def _plain_window(value: Any) -> float | list[float]:
@@ -96,7 +121,9 @@ class EditControl:
     ``"default_"`` entry. ``self_max_res`` limits self-attention injection to layers with at most
     ``self_max_res**2`` query tokens (reference default 32, i.e. not SD's 64x64 layers at 512 px);
     ``None`` means all layers. ``ip2p`` mode ignores the cross window and injects self-attention at
-    every resolution, as InstructPix2Pix did. ``edit_kind`` is the instruct stage's hint for ``auto``.
+    every resolution and in both CFG halves, as InstructPix2Pix did. ``reweight`` scales the edit
+    row's attention only inside the cross window (the reference ``AttentionReweight``);
+    ``reweight_all_steps`` also scales it outside. ``edit_kind`` is the instruct stage's hint for ``auto``.
     """
 
     prompt: str
@@ -107,6 +134,7 @@ class EditControl:
     reweight: dict[str, float] = field(default_factory=dict)
     blend: BlendConfig | None = None
     edit_kind: str | None = None
+    reweight_all_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -150,7 +178,10 @@ class CompiledBlend:
 
 @dataclass
 class CompiledEdit:
-    """Per-step tensors for one edit row (see module docstring)."""
+    """Per-step tensors for one edit row (see module docstring).
+
+    Edited cross-attention at step ``t``: ``alpha[t] * w * (P_src M) + own[t] * P_edit``.
+    """
 
     mode: str
     alpha: torch.Tensor  # (T, L) take-from-source weight, 0 on unmapped tokens / outside the window
@@ -159,57 +190,102 @@ class CompiledEdit:
     self_steps: tuple[int, int]
     self_max_tokens: int | None
     blend: CompiledBlend | None
+    own: torch.Tensor | None = None  # (T, L) weight of the edit row's own attention; None: 1 - alpha
+    self_both_halves: bool = False  # inject self-attention in the unconditional half too (ip2p)
 
 
-def _cols(tokens: PromptTokens, words: list[str]) -> torch.Tensor | None:
-    pos = sorted({p for w in words for p in find_word(tokens, w)})
+def _cols(tokens: PromptTokens, words: list[str]) -> tuple[torch.Tensor | None, list[str]]:
+    """Blend columns of ``words`` in one prompt, and the words that lie past its truncation."""
+    pos: set[int] = set()
+    cut: list[str] = []
+    for w in words:
+        try:
+            pos.update(locate_word(tokens, w, "blend"))
+        except TruncatedWord:
+            cut.append(w)
+        except ValueError:
+            continue
     if not pos:
-        return None
+        return None, cut
     cols = torch.zeros(tokens.length)
-    cols[pos] = 1.0
-    return cols
+    cols[sorted(pos)] = 1.0
+    return cols, cut
+
+
+def _alignment(mode: str, src: PromptTokens, tgt: PromptTokens) -> Alignment:
+    if mode == "replace" or (mode == "reweight" and len(src.words) == len(tgt.words)):
+        return replace_alignment(src, tgt)
+    return refine_alignment(src, tgt)
+
+
+def _cross_window(windows: Any, tgt: PromptTokens, num_steps: int) -> torch.Tensor:
+    """(T, L) 1 where the cross edit is active; a per-word dict without ``default_`` defaults to the
+    whole run, as the reference's ``get_time_words_attention_alpha``."""
+    if not isinstance(windows, Mapping):
+        windows = {DEFAULT_KEY: windows}
+    win = torch.zeros(num_steps, tgt.length)
+    s, e = cross_window_steps(windows.get(DEFAULT_KEY, 1.0), num_steps)
+    win[s:e] = 1.0
+    for word, window in windows.items():
+        if word == DEFAULT_KEY:
+            continue
+        pos = locate_word(tgt, word, "cross_replace")
+        s, e = cross_window_steps(window, num_steps)
+        win[:, pos] = 0.0
+        win[s:e, pos] = 1.0
+    return win
+
+
+def _own_weight(win: torch.Tensor, mapped: torch.Tensor, w: torch.Tensor | None, all_steps: bool) -> torch.Tensor:
+    """Weight of the edit row's own attention: 1 outside the window, the unmapped (new) tokens inside
+    it; the reweight scales what the window replaces (new tokens included), or everything."""
+    alpha = win * mapped
+    if w is None:
+        return 1.0 - alpha
+    if all_steps:
+        return (1.0 - alpha) * w
+    return (1.0 - win) + (win - alpha) * w
+
+
+def _compile_blend(b: BlendConfig, src: PromptTokens, tgt: PromptTokens, num_steps: int) -> CompiledBlend:
+    (src_cols, src_cut), (edit_cols, edit_cut) = _cols(src, b.words), _cols(tgt, b.words)
+    if src_cols is None and edit_cols is None:
+        cut = sorted(set(src_cut + edit_cut))
+        if cut:
+            raise TruncatedWord(f"blend words {cut} lie past the {src.length}-token truncation of both prompts")
+        raise ValueError(f"blend words {b.words} found in neither {src.prompt!r} nor {tgt.prompt!r}")
+    return CompiledBlend(src_cols, edit_cols, b.threshold, window_steps(b.start, num_steps)[1], b.downscale)
 
 
 def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num_steps: int) -> CompiledEdit:
-    """Build the processors' tensors for one edit row over ``num_steps`` denoising steps."""
+    """Build the processors' tensors for one edit row over ``num_steps`` denoising steps.
+
+    Raises :class:`p2p.seq_align.TruncatedWord` when the prompts differ only past the encoder's
+    token limit (the pair would be a no-op) or a word the edit names lies past it.
+    """
     mode = control.resolved_mode(src.prompt)
-    length = src.length
-    alpha = torch.zeros(num_steps, length)
-    mapper = None
-    if mode != "ip2p":
-        if mode == "replace" or (mode == "reweight" and len(src.words) == len(tgt.words)):
-            align = replace_alignment(src, tgt)
-        else:
-            align = refine_alignment(src, tgt)
-        mapper = None if align.identity else align.mapper
-        windows = control.cross_replace
-        if not isinstance(windows, Mapping):
-            windows = {DEFAULT_KEY: windows}
-        s, e = window_steps(windows.get(DEFAULT_KEY, 0.0), num_steps)
-        alpha[s:e] = 1.0
-        for word, win in windows.items():
-            if word == DEFAULT_KEY:
-                continue
-            pos = find_word(tgt, word)
-            if not pos:
-                raise ValueError(f"cross_replace word {word!r} not found in {tgt.prompt!r}")
-            s, e = window_steps(win, num_steps)
-            alpha[:, pos] = 0.0
-            alpha[s:e, pos] = 1.0
-        alpha = alpha * align.mapped.to(alpha.dtype)
     weights = reweight_vector(tgt, control.reweight)
     if mode == "reweight" and not control.reweight:
         raise ValueError("reweight mode needs at least one word=factor")
-
-    self_steps = window_steps(control.self_replace, num_steps)
-    max_res = None if mode == "ip2p" else control.self_max_res
-    blend = None
-    if control.blend is not None:
-        b = control.blend
-        src_cols, edit_cols = _cols(src, b.words), _cols(tgt, b.words)
-        if src_cols is None and edit_cols is None:
-            raise ValueError(f"blend words {b.words} found in neither {src.prompt!r} nor {tgt.prompt!r}")
-        blend = CompiledBlend(src_cols, edit_cols, b.threshold, window_steps(b.start, num_steps)[1], b.downscale)
+    if weights is None and edit_truncated(src, tgt):
+        raise TruncatedWord(
+            f"the edit changes only words past the {src.length}-token truncation: {src.prompt!r} -> {tgt.prompt!r}"
+        )
+    alpha = torch.zeros(num_steps, src.length)
+    own, mapper = None, None
+    if mode != "ip2p":
+        align = _alignment(mode, src, tgt)
+        mapper = None if align.identity else align.mapper
+        win = _cross_window(control.cross_replace, tgt, num_steps)
+        alpha = win * align.mapped.to(win.dtype)
+        own = _own_weight(win, align.mapped.to(win.dtype), weights, control.reweight_all_steps)
+    elif weights is not None and control.reweight_all_steps:
+        own = weights.expand(num_steps, -1).clone()
+    if mode == "ip2p":
+        self_steps, max_res = ip2p_steps(control.self_replace, num_steps), None
+    else:
+        self_steps, max_res = window_steps(control.self_replace, num_steps), control.self_max_res
+    blend = None if control.blend is None else _compile_blend(control.blend, src, tgt, num_steps)
     return CompiledEdit(
         mode=mode,
         alpha=alpha,
@@ -218,4 +294,6 @@ def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num
         self_steps=self_steps,
         self_max_tokens=None if max_res is None else max_res * max_res,
         blend=blend,
+        own=own,
+        self_both_halves=mode == "ip2p",
     )

@@ -1,7 +1,8 @@
 """LocalBlend: confine an edit to where the blend words attend, keep the source everywhere else.
 
-Maps are the blend words' cross-attention probabilities (summed over the words' tokens, averaged over
-heads and the selected layers, accumulated over steps as in the reference). After each step from
+Maps are the blend words' conditional cross-attention probabilities *after* the P2P edit (the
+reference stores the maps its edit then overwrites in place), summed over the words' tokens,
+averaged over heads and the selected layers, accumulated over steps as in the reference. After each step from
 ``start_step`` the mask is max-pooled (3x3), upsampled to the latent grid, normalised by its maximum
 and thresholded; the source row's mask (its words) is OR-ed with the edit row's, and latents outside
 the mask are *set* to the source latents (``torch.where``, so they are bit-identical, not blended).
@@ -53,11 +54,9 @@ class LocalBlend:
             for row, src, b in targets
         ]
         cols = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
-        used = torch.nonzero(cols.sum(0)).flatten()
-        self.rows = torch.tensor([cond_offset + p[0] for p in pairs], dtype=torch.long, device=device)
-        self.cols = cols.to(device)  # (P, L) for the explicit path
-        self.col_index = used.to(device)  # (C,) only these columns are ever exponentiated
-        self.col_weight = cols[:, used].to(device)  # (P, C)
+        self.row_list = [cond_offset + p[0] for p in pairs]  # batch rows whose maps are recorded
+        self.rows = torch.tensor(self.row_list, dtype=torch.long, device=device)
+        self.cols = cols.to(device)  # (P, L): the blend words' tokens in each recorded row's prompt
         self.latent_hw = latent_hw
         self.downscales = downscales
         f = min(downscales)

@@ -1,23 +1,25 @@
 """Prompt-to-Prompt as diffusers attention processors (one object per attention layer).
 
 Batch layout (as in diffusers pipelines): ``[uncond rows..., cond rows...]`` with CFG, else only cond
-rows. Only *cond* rows of edit prompts are ever modified; source rows and the whole unconditional half
-compute plain attention.
+rows. Only *cond* rows of edit prompts are modified (as the reference controller, which edits the
+second half of the batch), except in ``ip2p`` mode, whose self-attention copy covers both halves as
+InstructPix2Pix's script did; source rows always compute plain attention.
 
 Why the fused path is cheap: every edit is linear along the key axis. With ``P = softmax(QK^T)``,
 ``alpha`` the per-token take-from-source weight (window included), ``M`` the token mapper and ``w``
 the reweight vector, the edited attention output is
 
-    ((alpha * (P_src M) + (1 - alpha) * P_edit) * w) V_edit
-      = SDPA(Q_src, K_src, M (alpha w V_edit)) + SDPA(Q_edit, K_edit, ((1 - alpha) w) V_edit)
+    (alpha w (P_src M) + own P_edit) V_edit
+      = SDPA(Q_src, K_src, M (alpha w V_edit)) + SDPA(Q_edit, K_edit, own V_edit)
 
 and self-attention injection is ``SDPA(Q_src, K_src, V_edit)``. So the fused processor overwrites the
 edit rows of the layer's fresh q/k/v projections in place (source query/key; value rescaled by
 ``alpha * w`` and mapped by ``M``) and makes the one ``scaled_dot_product_attention`` call plain
 attention would make. The second term -- only when both are non-zero (refinement's new tokens,
-per-word windows) -- is a small extra SDPA call over just those rows. Attention probabilities are
-never materialised except for LocalBlend, and then only the blend words' columns (normaliser from a
-logsumexp over all 77 keys). The batch is never copied, so memory matches plain attention.
+per-word windows, reweighting) -- is a small extra SDPA call over just those rows. Attention
+probabilities are never materialised except for LocalBlend, and then only for the blend rows and
+their sources at the blend layers, edited as the explicit path does (the reference stores the maps
+its edit overwrote in place). The batch is never copied, so memory matches plain attention.
 
 :class:`ExplicitP2PProcessor` is the textbook reference: full probabilities, edited in place. It is
 slow and memory hungry and exists to check the fused algebra.
@@ -44,6 +46,21 @@ class EditRow:
 
 
 @dataclass
+class RawEdit:
+    """One edit row's cross-attention edit at this step: ``take * (P_src M) + own * P_row``."""
+
+    row: int
+    src: int
+    take: torch.Tensor  # (L,)
+    own: torch.Tensor  # (L,)
+    mapper: torch.Tensor | None
+
+    def apply(self, p_src: torch.Tensor, p_row: torch.Tensor) -> torch.Tensor:
+        from_src = p_src if self.mapper is None else p_src @ self.mapper
+        return self.take * from_src + self.own * p_row
+
+
+@dataclass
 class CrossPlan:
     """What the fused cross-attention does at one step (built once per step, shared by all layers).
 
@@ -55,7 +72,7 @@ class CrossPlan:
     v_ops: list[tuple[int, str, torch.Tensor]]  # (edit row, "mat"|"diag", tensor): value rewrite
     extra_rows: torch.Tensor | None  # (X,) edit rows that also get an own-attention term
     extra: list[tuple[int, torch.Tensor]]  # (edit row, (L,) own-term value scale), same order
-    raw: list[tuple[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]  # explicit path
+    raw: list[RawEdit]  # the same edits for the explicit path and LocalBlend's maps
 
 
 @dataclass
@@ -106,17 +123,17 @@ class P2PController:
         extra: list[int] = []
         scales: list[torch.Tensor] = []
         raw = []
+        t = min(step, self.num_steps - 1)
         for e in self.edits:
             c = e.edit
             row, src = self.offset + e.row, self.offset + e.src
-            alpha = c.alpha[min(step, self.num_steps - 1)]
-            w = c.weights
-            take = alpha if w is None else alpha * w  # source term scale per edit token
-            own = 1.0 - alpha if w is None else (1.0 - alpha) * w
+            alpha = c.alpha[t]
+            take = alpha if c.weights is None else alpha * c.weights  # source term scale per edit token
+            own = 1.0 - alpha if c.own is None else c.own[t]
             has_src, has_own = bool(take.any()), bool(own.any())
-            if not has_src and w is None:
+            if not has_src and bool((own == 1).all()):
                 continue  # plain attention for this row
-            raw.append((row, src, self._dev(alpha), self._dev(c.mapper), self._dev(w)))
+            raw.append(RawEdit(row, src, self._dev(take), self._dev(own), self._dev(c.mapper)))
             if not has_src:
                 v_ops.append((row, "diag", self._dev(own, self.dtype)))
                 continue
@@ -159,6 +176,9 @@ class P2PController:
             if s <= self.step < t and (cap is None or n_tokens <= cap):
                 dst.append(self.offset + e.row)
                 srcs.append(self.offset + e.src)
+                if self.cfg and e.edit.self_both_halves:  # ip2p: the unconditional half copies too
+                    dst.append(e.row)
+                    srcs.append(e.src)
         plan = (self._rows(dst), self._rows(srcs)) if dst else None
         self._self[n_tokens] = plan
         return plan
@@ -262,6 +282,30 @@ class _P2PProcessorBase:
         raise NotImplementedError
 
 
+def _probs(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Float32 attention probabilities ``(B, H, N, L)`` of ``(B, N, C)`` projections."""
+    q, k = _heads(query, attn.heads), _heads(key, attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores + mask
+    return scores.float().softmax(dim=-1)
+
+
+def _record_blend(blend: LocalBlend, probs: dict[int, torch.Tensor], plan: CrossPlan | None) -> None:
+    """Store the blend rows' *edited* conditional cross-attention (what the reference's store holds)."""
+    edits = {r.row: r for r in plan.raw} if plan is not None else {}
+    maps = []
+    for row in blend.row_list:
+        e = edits.get(row)
+        maps.append(probs[row] if e is None else e.apply(probs[e.src], probs[row]))
+    stacked = torch.stack(maps)  # (P, H, N, L)
+    blend.record((stacked * blend.cols[:, None, None, :]).sum(-1).mean(1))
+
+
 class FusedP2PProcessor(_P2PProcessorBase):
     """P2P on fused SDPA: edits become query/key row swaps and value rescaling/mixing."""
 
@@ -270,7 +314,7 @@ class FusedP2PProcessor(_P2PProcessorBase):
         batch, n_query, _ = query.shape
         blend = ctrl.blend
         if is_cross and blend is not None and blend.wants(n_query):
-            blend.record(self._blend_maps(attn, query, key, blend))  # own q/k, before any swap
+            self._blend_maps(attn, query, key, mask, blend, ctrl.cross_plan())  # before the in-place swaps
 
         own = None
         if is_cross:
@@ -294,19 +338,16 @@ class FusedP2PProcessor(_P2PProcessorBase):
         return out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1])
 
     @staticmethod
-    def _blend_maps(attn, query: torch.Tensor, key: torch.Tensor, blend: LocalBlend) -> torch.Tensor:
-        """Blend-word attention ``(P, N)`` for the recorded rows, exponentiating only those columns."""
-        heads = attn.heads
-        q = _heads(query.index_select(0, blend.rows), heads).float()
-        k = _heads(key.index_select(0, blend.rows), heads).float()
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        logits = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (P, H, N, L)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        probs = torch.exp(logits.index_select(-1, blend.col_index) - lse)  # (P, H, N, C)
-        return (probs * blend.col_weight[:, None, None, :]).sum(-1).mean(1)
+    def _blend_maps(attn, query, key, mask, blend: LocalBlend, plan: CrossPlan | None) -> None:
+        """Probabilities of just the blend rows and their sources, edited, then recorded."""
+        rows = set(blend.row_list)
+        if plan is not None:
+            rows |= {r.src for r in plan.raw if r.row in rows}
+        need = sorted(rows)
+        idx = torch.tensor(need, dtype=torch.long, device=query.device)
+        sub_mask = None if mask is None else mask.index_select(0, idx)
+        p = _probs(attn, query.index_select(0, idx), key.index_select(0, idx), sub_mask)
+        _record_blend(blend, {r: p[i] for i, r in enumerate(need)}, plan)
 
 
 class ExplicitP2PProcessor(_P2PProcessorBase):
@@ -315,28 +356,18 @@ class ExplicitP2PProcessor(_P2PProcessorBase):
     def attend(self, attn, query, key, value, mask, is_cross) -> torch.Tensor:
         ctrl = self.ctrl
         batch, n_query, _ = query.shape
-        q, k, v = _heads(query, attn.heads), _heads(key, attn.heads), _heads(value, attn.heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-        if mask is not None:
-            scores = scores + mask
-        probs = scores.float().softmax(dim=-1)
-        blend = ctrl.blend
-        if is_cross and blend is not None and blend.wants(n_query):
-            maps = (probs.index_select(0, blend.rows) * blend.cols[:, None, None, :]).sum(-1).mean(1)
-            blend.record(maps)
+        v = _heads(value, attn.heads)
+        probs = _probs(attn, query, key, mask)
         if is_cross:
             plan = ctrl.cross_plan()
             if plan is not None:
                 edited = probs.clone()
-                for row, src, alpha, mapper, w in plan.raw:
-                    from_src = probs[src] if mapper is None else probs[src] @ mapper
-                    new = alpha * from_src + (1.0 - alpha) * probs[row]
-                    edited[row] = new if w is None else new * w
+                for e in plan.raw:
+                    edited[e.row] = e.apply(probs[e.src], probs[e.row])
                 probs = edited
+            blend = ctrl.blend
+            if blend is not None and blend.wants(n_query):
+                _record_blend(blend, {r: probs[r] for r in blend.row_list}, None)  # already edited
         else:
             plan = ctrl.self_plan(n_query)
             if plan is not None:

@@ -190,9 +190,25 @@ def _strip_non_semantic(obj: Any) -> Any:
     return obj
 
 
-def section_hash(cfg: EditgenConfig, section: str, upstream_hash: str = "", version: str = "1") -> str:
-    """Hash of what determines a stage's output: its section (minus scheduling), its code version and
-    its upstream's hash, so a change anywhere upstream invalidates everything downstream."""
+def _config_value(cfg: EditgenConfig, entry: str) -> Any:
+    """Value of a "section" or "section.key" entry, scheduling keys stripped."""
+    node: Any = cfg
+    for part in entry.split("."):
+        node = getattr(node, part)
+    if hasattr(node, "model_dump"):
+        node = node.model_dump(mode="json")
+    return _strip_non_semantic(node)
+
+
+def section_hash(
+    cfg: EditgenConfig, section: str, upstream_hash: str = "", version: str = "1", reads: tuple[str, ...] = ()
+) -> str:
+    """Hash of what determines a stage's output: its section (minus scheduling), the other config it
+    reads (`reads`: "section" or "section.key" entries), its code version and its upstream's hash,
+    so a change anywhere upstream invalidates everything downstream."""
     body = _strip_non_semantic(getattr(cfg, section).model_dump(mode="json"))
-    blob = json.dumps({"s": section, "v": version, "c": body, "u": upstream_hash}, sort_keys=True)
+    doc: dict[str, Any] = {"s": section, "v": version, "c": body, "u": upstream_hash}
+    if reads:  # only then, so stages that read nothing else keep their hashes
+        doc["r"] = {entry: _config_value(cfg, entry) for entry in sorted(set(reads))}
+    blob = json.dumps(doc, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

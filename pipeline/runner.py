@@ -67,8 +67,9 @@ def stage_hashes(cfg: EditgenConfig) -> dict[str, str]:
     for name in stage_names():
         cls = load_stage_class_safe(name)
         version = getattr(cls, "version", "1") if cls else "1"
+        reads = cls.config_reads(cfg) if cls else ()
         up = upstream_of(name)
-        hashes[name] = section_hash(cfg, name, hashes.get(up, "") if up else "", version)
+        hashes[name] = section_hash(cfg, name, hashes.get(up, "") if up else "", version, reads)
     return hashes
 
 

@@ -61,12 +61,21 @@ class Stage:
     #: A global stage (e.g. shard) needs all upstream partitions at once: the runner calls
     #: `run_global` on the driver instead of mapping partitions over workers.
     is_global: ClassVar[bool] = False
+    #: Config the stage reads besides its own section, as "section" or "section.key" entries: the
+    #: runner hashes them into the stage hash, so changing one recomputes the stage.
+    config_sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: EditgenConfig) -> None:
         self.config = config
         self.metrics: dict[str, float] = {}
 
     # ---- configuration -------------------------------------------------------------------
+    @classmethod
+    def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
+        """Config outside its own section this stage reads under `config` (override when it depends
+        on the config, e.g. only with an option on); a resumed run then always equals a fresh one."""
+        return cls.config_sections
+
     @property
     def settings(self) -> Any:
         return getattr(self.config, self.name)

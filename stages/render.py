@@ -4,7 +4,10 @@ One Ray actor per GPU (or CPU slot) loads the diffusers pipeline once; each part
 N candidates, each with its own seed and P2P parameters drawn as InstructPix2Pix did, from a
 per-(pair, candidate) RNG, so a redone partition reproduces the same candidates. Every parameter is
 stored in `params` (JSON), from which `p2p.candidates.regenerate` re-renders the images bit for bit.
-With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass.
+With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass
+(so the filter keys early stop reads are part of render's stage hash). Edits whose prompts differ
+only past the text encoder's 77-token truncation are dropped as `render_edit_truncated` before
+rendering: they would publish byte-identical before/after images.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
 from pipeline.stage import Stage, with_status
+
+if TYPE_CHECKING:
+    from pipeline.config import EditgenConfig
 
 log = logging.getLogger("editgen")
 
@@ -58,9 +64,21 @@ def blend_words(row: dict[str, Any]) -> list[str]:
     return seen
 
 
+#: What early stop reads from the filter section (its CLIP scorer and EarlyStop): part of render's hash
+#: when early stop is on, so a changed threshold or model never reuses counts decided under the old one.
+EARLY_STOP_READS = (
+    "filter.top_k", "filter.min_sim_image", "filter.min_sim_direction", "filter.min_sim_0", "filter.min_sim_1",
+    "filter.clip_model", "filter.clip_pretrained", "filter.precision", "filter.device", "filter.clip_batch_size",
+)
+
+
 class RenderStage(Stage):
     name = "render"
-    version = "1"
+    version = "2"  # 2: P2P rules as the reference implementations (issue 11), render_edit_truncated
+
+    @classmethod
+    def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
+        return (*super().config_reads(config), *(EARLY_STOP_READS if config.render.early_stop else ()))
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -143,6 +161,8 @@ class RenderStage(Stage):
         check_request(self.p2p, record_to_request(records[0]))
 
     def process_partition(self, table: pa.Table) -> pa.Table:
+        from p2p.seq_align import TruncatedWord
+
         s = self.settings
         rows = table.to_pylist()
         t0 = time.perf_counter()
@@ -155,6 +175,9 @@ class RenderStage(Stage):
                 recs = self._records(row, s.candidates if not s.early_stop else 0)
                 self._check(recs or self._records(row, 1))
                 pairs.append((i, recs))
+            except TruncatedWord as exc:  # a no-op edit: dropped before any GPU time is spent
+                log.warning("render: pair %s dropped: %s", row.get("id"), exc)
+                self._drop(i, "render_edit_truncated", take, cols, reasons)
             except (ValueError, KeyError) as exc:
                 log.warning("render: pair %s dropped: %s", row.get("id"), exc)
                 self._drop(i, "render_invalid_pair", take, cols, reasons)

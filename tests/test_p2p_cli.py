@@ -107,3 +107,20 @@ def test_main_words_checked_against_tokenizer(cache, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "horse" in err[0]
     assert _main(["--profile", "tiny", "--prompt", "a cat", "--out", str(tmp_path / "y")]) == 2  # no edit prompt
+
+
+def test_main_truncated_edit_exits_2(cache, tmp_path, capsys, monkeypatch):
+    """An edit past the 77-token truncation would write two identical images: one error line instead."""
+    monkeypatch.setenv("EDITGEN_CACHE", str(cache))
+    long = "a cat " + "on the grass " * 26
+    argv = ["--profile", "tiny", "--prompt", long + "with a red ball", "--edit-prompt", long + "with a blue ball",
+            "--device", "cpu", "--out", str(tmp_path / "x")]
+    assert _main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "77-token truncation" in err[0], err
+    assert not (tmp_path / "x").exists()
+    blend = [*BASE[:2], "--prompt", long + "with a ball", "--edit-prompt", long.replace("cat", "dog") + "with a ball",
+             "--blend-words", "ball", "--device", "cpu", "--out", str(tmp_path / "y")]
+    assert _main(blend) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "['ball'] lie past the 77-token truncation" in err[0], err

@@ -7,7 +7,15 @@ import torch
 
 from models.clip_tokenizer import load_clip_tokenizer
 from p2p import seq_align
-from p2p.controls import BlendConfig, EditControl, compile_edit, parse_window, window_steps
+from p2p.controls import (
+    BlendConfig,
+    EditControl,
+    compile_edit,
+    cross_window_steps,
+    ip2p_steps,
+    parse_window,
+    window_steps,
+)
 from p2p.seq_align import (
     decide_mode,
     find_word,
@@ -90,15 +98,15 @@ def test_replace_unequal_token_counts_keeps_later_tokens_aligned(tok, grow):
         (ps,), (pe,) = find_word(s, word), find_word(e, word)
         assert pe == ps + shift and _cols(m, ps) == [pe] and m[ps, pe] == 1.0
     assert m[s.eos, e.eos] == 1.0
-    for k in range(s.eos, 77):
-        if 0 <= k + shift < 77:
-            assert _cols(m, k) == [k + shift]
+    for k in range(s.eos, 76 - abs(shift)):
+        assert _cols(m, k) == [k + shift]
     # the official mapper's bug would map padding j -> j; make sure nothing maps off-diagonal by shift
     assert m[0, 0] == 1.0
-    if grow:
-        assert bool(al.mapped.all())
-    else:  # the last |shift| edit positions have no source counterpart and keep their own attention
-        assert al.mapped.sum().item() == 77 - 2
+    if grow:  # the last source positions would fall past column 76: they fold into it
+        assert all(_cols(m, k) == [76] for k in range(76 - shift, 77))
+    else:  # the last source position spreads over the columns nothing else reaches
+        assert _cols(m, 76) == [76 + shift, 75, 76] and m[76, 76].item() == pytest.approx(1 / 3)
+    assert torch.allclose(m.sum(1), torch.ones(77)) and bool(al.mapped.all())
 
 
 def test_replace_needs_equal_word_counts(tok):
@@ -153,8 +161,13 @@ def test_reweight_vector(tok):
 def test_windows():
     assert parse_window(0.8) == (0.0, 0.8)
     assert parse_window("0.2,0.6") == (0.2, 0.6)
-    assert window_steps(0.3, 10) == (0, 3)  # no float floor surprise (0.3 * 10 = 2.999...)
+    assert window_steps(0.3, 10) == (0, 3)
+    assert window_steps(0.58, 50) == (0, 28)  # int(0.58 * 50) = int(28.999999999999996), as the reference
     assert window_steps((0.1, 0.5), 50) == (5, 25)
+    assert cross_window_steps(0.8, 10) == (0, 8) and cross_window_steps(0.5, 10) == (0, 5)
+    assert cross_window_steps(0.4, 10) == (0, 4) and window_steps(0.4, 10) == (0, 4)
+    assert cross_window_steps(0.5, 9) == (0, 5) != window_steps(0.5, 9)  # (N + 1)-row alpha table
+    assert ip2p_steps(0.35, 10) == (0, 4) and ip2p_steps(0.5, 10) == (0, 5)  # p > i / (N - 1)
     for bad in (1.5, (0.6, 0.2), "x"):
         with pytest.raises(ValueError):
             parse_window(bad)
@@ -209,3 +222,84 @@ def test_odd_unicode_and_fallback_index(tok):
     assert [p for w in words for p in w.positions] == list(range(1, len(full) - 1))
     fallback = seq_align.PromptTokens(t.prompt, t.ids, words)
     assert find_word(fallback, "dog") == find_word(t, "dog")
+
+
+def _long(n: int, word: str) -> str:
+    """A caption of about ``n`` CLIP tokens with ``word`` third and a closing word after it."""
+    return f"a {word} " + " ".join(["on the grass"] * (n // 3)) + " tonight"
+
+
+@pytest.mark.parametrize("n", [60, 70, 72, 73, 74, 75, 80])
+@pytest.mark.parametrize("grow", [True, False])
+def test_replace_mapper_near_the_token_limit(tok, n, grow):
+    """Rows sum to 1 (attention mass kept) and every edit column is reached, with 1 <-> 3 token swaps
+    whose prompts end just before, at and past the 77-token truncation."""
+    short, long = tokenize(tok, _long(n, "cat")), tokenize(tok, _long(n, "hippopotamus"))
+    s, e = (short, long) if grow else (long, short)
+    al = replace_alignment(s, e)
+    assert torch.allclose(al.mapper.sum(1), torch.ones(77)), al.mapper.sum(1)
+    assert bool((al.mapper.sum(0) > 0).all()) and bool(al.mapped.all())
+    if not s.truncated and not e.truncated:
+        (ps,), (pe,) = find_word(s, "tonight"), find_word(e, "tonight")
+        assert al.mapper[ps, pe] == 1.0  # later words stay aligned
+
+
+@pytest.mark.parametrize("n", [70, 73, 74, 80])
+@pytest.mark.parametrize("add", [True, False])
+def test_refine_mapper_near_the_token_limit(tok, n, add):
+    """Word added or removed near the limit: tail rows sum to 1, every tail column is reached, only
+    new tokens go unmapped and only removed tokens give their attention to nobody."""
+    plain, more = tokenize(tok, _long(n, "cat")), tokenize(tok, _long(n, "fluffy cat"))
+    s, e = (plain, more) if add else (more, plain)
+    al = refine_alignment(s, e)
+    rows, cols = al.mapper.sum(1), al.mapper.sum(0)
+    assert torch.allclose(rows[s.eos :], torch.ones(77 - s.eos)) and bool((cols[e.eos :] > 0).all())
+    assert set(rows[: s.eos].tolist()) <= {0.0, 1.0} and rows[0] == 1.0
+    unmapped = [j for j in range(77) if not al.mapped[j]]
+    assert unmapped == (find_word(e, "fluffy") if add else [])
+    lost = [k for k in range(s.eos) if rows[k] == 0]
+    assert lost == ([] if add else find_word(s, "fluffy"))
+
+
+def test_refinement_tie_break_with_repeated_tokens(tok):
+    """Official traceback order (insert, delete, diagonal) on "a cat and a dog" -> "a dog and a cat and
+    a dog": the first "a" stays paired, "dog and a" is new, "cat and a dog" aligned at the end."""
+    from tests.p2p_reference import needleman_wunsch
+
+    s, e = tokenize(tok, "a cat and a dog"), tokenize(tok, "a dog and a cat and a dog")
+    a, b = list(s.ids[1 : s.eos]), list(e.ids[1 : e.eos])
+    got = global_align(a, b)
+    assert got == [0, None, None, None, 1, 2, 3, 4]
+    assert [-1 if i is None else i for i in got] == needleman_wunsch(a, b)
+    for x, y in [([1, 2, 1, 2], [2, 1, 2, 1, 2]), ([3, 3, 4], [3, 4, 3, 4, 3]), ([5, 6, 5], [6, 5, 6])]:
+        assert [-1 if i is None else i for i in global_align(x, y)] == needleman_wunsch(x, y)
+
+
+def test_words_past_truncation_are_reported_as_truncated(tok):
+    src = tokenize(tok, _long(80, "cat") + " with a red ball")
+    edit = tokenize(tok, _long(80, "cat") + " with a blue ball")
+    assert src.truncated and seq_align.edit_truncated(src, edit)
+    assert not seq_align.edit_truncated(src, tokenize(tok, _long(80, "dog") + " with a blue ball"))
+    with pytest.raises(seq_align.TruncatedWord, match="truncation"):
+        compile_edit(EditControl(edit.prompt, mode="replace"), src, edit, 4)
+    dog = tokenize(tok, _long(80, "dog") + " with a blue ball")
+    with pytest.raises(seq_align.TruncatedWord, match=r"blend words \['ball'\] lie past"):
+        compile_edit(EditControl(dog.prompt, blend=BlendConfig(["ball"])), src, dog, 4)
+    assert compile_edit(EditControl(dog.prompt, blend=BlendConfig(["ball", "dog"])), src, dog, 4).blend
+    with pytest.raises(seq_align.TruncatedWord, match="cross_replace word 'ball'"):
+        compile_edit(EditControl(src.prompt, mode="reweight", reweight={"cat": 2.0},
+                                 cross_replace={"ball": 0.5}), src, src, 4)
+    with pytest.raises(seq_align.TruncatedWord, match="reweight word 'ball'"):
+        reweight_vector(src, {"ball": 2.0})
+    with pytest.raises(ValueError, match="not found"):
+        reweight_vector(src, {"zebra": 2.0})
+
+
+def test_emoji_and_cjk_words_found_by_token(tok):
+    t = tokenize(tok, "a dog 🐶! next to 一只猫 and a 🐱")
+    dog_emoji, cat_cjk, cat_emoji = (seq_align.locate_word(t, w, "blend") for w in ("🐶", "猫", "🐱"))
+    assert len(dog_emoji) == 1 and len(cat_cjk) == 3 and len(cat_emoji) == 1
+    assert b"".join(t.token_bytes[p - 1] for p in cat_cjk) == "猫".encode()
+    assert t.ids[cat_emoji[0]] != t.ids[dog_emoji[0]]
+    with pytest.raises(ValueError, match="not found"):
+        seq_align.locate_word(t, "🐭", "blend")
