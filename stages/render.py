@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,10 @@ class RenderStage(Stage):
     def _render(self, records: list[dict[str, Any]]) -> list[Any]:
         from p2p.candidates import render_records
 
+        injected = os.environ.get(FAULT_RENDER_ERROR, "")
+        if injected:  # test hook (docs/faults.md): the errors a real GPU job meets
+            raise (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)") if injected == "oom"
+                   else ValueError("injected per-pair render failure"))
         s = self.settings
         return render_records(self.p2p, records, image_format=s.image_format, max_rows=s.max_rows_per_batch,
                               jpeg_quality=s.jpeg_quality)
@@ -185,6 +190,7 @@ class RenderStage(Stage):
             outputs = self._render_early_stop(rows, [i for i, _ in pairs])
         else:
             outputs = self._render_all(pairs)
+        check_failures(s.max_failed_fraction, len(rows), [o for _, o, _ in outputs if isinstance(o, Exception)])
         for i, outs, drawn in outputs:
             if isinstance(outs, Exception):
                 self._drop(i, "render_failed", take, cols, reasons)
@@ -229,6 +235,7 @@ class RenderStage(Stage):
             try:
                 outs = self._render([r for _, r in chunk])
             except Exception as exc:  # noqa: BLE001 - a bad pair must not kill the partition
+                raise_if_systemic(exc)
                 outs = self._render_one_by_one(chunk, failed, exc)
             for (i, _), o in zip(chunk, outs, strict=True):
                 if o is not None:
@@ -246,6 +253,7 @@ class RenderStage(Stage):
             try:
                 outs.append(self._render([r])[0])
             except Exception as exc:  # noqa: BLE001
+                raise_if_systemic(exc)
                 log.warning("render: candidate %s/%s failed: %s", r.get("pair_id"), r.get("candidate"), exc)
                 failed[i] = exc
                 outs.append(None)
@@ -273,6 +281,7 @@ class RenderStage(Stage):
                 try:
                     outs = self._render([r for _, r in chunk])
                 except Exception as exc:  # noqa: BLE001
+                    raise_if_systemic(exc)
                     outs = self._render_one_by_one(chunk, failed, exc)
                 ok = [(i, o) for (i, _), o in zip(chunk, outs, strict=True) if o is not None]
                 if ok:
@@ -286,6 +295,45 @@ class RenderStage(Stage):
                     drawn[i] += 1
             active = [i for i in active if i not in failed and not es.done(rows[i]["id"])]
         return [(i, failed.get(i) or done[i], drawn[i]) for i in idx]
+
+
+#: Test hook: "oom" makes every UNet batch raise CUDA's out-of-memory error, "pair" a per-pair ValueError.
+FAULT_RENDER_ERROR = "EDITGEN_FAULT_RENDER_ERROR"
+
+
+class SystemicRenderError(RuntimeError):
+    """A failure that is not the pair's fault and would hit every pair (out of memory, a CUDA error, a
+    size the model cannot take): the partition fails (retried, then the stage fails, exit 1, resumable)
+    instead of every pair being dropped as render_failed and the stage marked complete."""
+
+
+#: Exception types and message fragments that mean the machine or the model, not the pair, failed.
+_SYSTEMIC_TYPES = ("OutOfMemoryError", "MemoryError", "AcceleratorError", "CudaError")
+_SYSTEMIC_TEXT = ("out of memory", "cuda error", "cublas", "cudnn", "cuda kernel", "no kernel image",
+                  "can't allocate memory", "not enough memory", "illegal memory access", "device-side assert",
+                  "nccl", "hip error", "mps backend out of memory")
+
+
+def is_systemic(exc: BaseException) -> bool:
+    names = {t.__name__ for t in type(exc).__mro__}
+    text = str(exc).lower()
+    return bool(names & set(_SYSTEMIC_TYPES)) or any(frag in text for frag in _SYSTEMIC_TEXT)
+
+
+def raise_if_systemic(exc: BaseException) -> None:
+    if is_systemic(exc):
+        raise SystemicRenderError(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                                  ) from exc
+
+
+def check_failures(max_fraction: float, pairs: int, failures: list[Exception]) -> None:
+    """More failed pairs than `render.max_failed_fraction` of the partition is a systemic problem too."""
+    if failures and len(failures) > max_fraction * pairs:
+        first = failures[0]
+        raise SystemicRenderError(
+            f"{len(failures)} of {pairs} pairs failed to render (render.max_failed_fraction={max_fraction:g}); "
+            f"first: {type(first).__name__}: {str(first).splitlines()[0][:300] if str(first) else ''}"
+        )
 
 
 def _quiet_libraries() -> None:

@@ -326,6 +326,27 @@ def test_worker_that_cannot_start_fails_the_stage_with_its_error(baseline, ray_s
     assert not stage_complete(out, "instruct") and done_records(out, "instruct") == {}
 
 
+@pytest.mark.parametrize("fault", ["oom", "pair"])
+def test_systemic_render_failure_fails_the_stage_then_resumes(fault, baseline, ray_session, tmp_path, monkeypatch):
+    """Every UNet batch out of memory (or every pair failing): the partition fails, is retried, and the
+    stage fails (exit 1, resumable), never 'complete' with every pair dropped as render_failed; once the
+    cause is gone the rerun matches the uninterrupted run."""
+    from pipeline.errors import StageFailed
+
+    out = tmp_path / "out"
+    copy_upstream(baseline, out)
+    monkeypatch.setenv("EDITGEN_FAULT_RENDER_ERROR", fault)
+    why = "out of memory" if fault == "oom" else r"pairs failed to render \(render.max_failed_fraction=0.5\)"
+    with pytest.raises(StageFailed, match=rf"render: partition \d+ failed after 2 attempts: .*{why}"):
+        run_pipeline(config("render.resources.max_retries=1"), str(out), only="render")
+    assert not stage_complete(out, "render") and done_records(out, "render") == {}
+    monkeypatch.delenv("EDITGEN_FAULT_RENDER_ERROR")
+    assert run_pipeline(config(), str(out), only="render").stages[0].computed == PARTITIONS
+    for pid in range(PARTITIONS):
+        name = f"render/part-{pid:05d}.parquet"
+        assert out.joinpath(name).read_bytes() == baseline.joinpath(name).read_bytes(), name
+
+
 # ---- files truncated or altered on disk ---------------------------------------------------------------
 def _truncate(path: Path) -> None:
     data = path.read_bytes()

@@ -44,6 +44,10 @@ class RenderConfig(Strict):
     early_stop: bool = Field(False, description="score candidates as they finish and stop a pair once "
                              "filter.top_k pass filter thresholds")
     early_stop_min_candidates: int = Field(0, ge=0)
+    max_failed_fraction: float = Field(
+        0.5, ge=0, le=1, description="a partition where more pairs than this fraction fail to render fails "
+        "(retried, then the stage fails, resumable) instead of dropping them all as render_failed"
+    )
     seed: int = Field(0, description="changes every candidate's sampled seed and parameters")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
     resources: Resources = Field(
