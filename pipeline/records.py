@@ -1,8 +1,13 @@
 """Completion records: the commit point of every partition.
 
 A partition counts as done only when its record exists, names the current stage hash and the exact
-input it was computed from, and the file on disk still matches the recorded size and checksum. The
-record is written after the data file, so a crash between the two just recomputes the partition.
+input it was computed from, and the file on disk still matches the record. The record is written after
+the data file, so a crash between the two just recomputes the partition.
+
+Resume costs metadata, not bytes: records are fetched in bulk (concurrently on object stores), file sizes
+and version markers (ETag / mtime) come from one listing per stage, and a file is re-hashed only when
+its marker differs from the recorded one (a copied OUT, a store without markers). `run.verify_checksums
+=full` re-hashes every file, on the Ray workers in parallel (pipeline.runner).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from typing import Any
 
 from pipeline.stage import PartitionSpec, part_name
-from pipeline.storage import Storage, sha256_bytes
+from pipeline.storage import FileInfo, Storage, sha256_bytes
 
 log = logging.getLogger("editgen")
 
@@ -43,12 +48,18 @@ def read_record(storage: Storage, stage_dir: str, name: str) -> dict[str, Any] |
 
 
 def read_records(storage: Storage, stage_dir: str) -> list[dict[str, Any]]:
+    """Every partition record of a stage directory, sorted by partition; fetched in one bulk read."""
+    names = [n for n in storage.listdir(stage_dir, DONE_DIR) if n.startswith("part-") and n.endswith(".json")]
     out = []
-    for name in storage.listdir(stage_dir, DONE_DIR):
-        if name.startswith("part-") and name.endswith(".json"):
-            rec = read_record(storage, stage_dir, name)
-            if rec is not None:
-                out.append(rec)
+    for name, data in storage.read_many([(stage_dir, DONE_DIR, n) for n in names]):
+        try:
+            rec = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("%s/%s/%s: unreadable completion record, partition will be recomputed",
+                        stage_dir, DONE_DIR, name[-1])
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("partition"), int):
+            out.append(rec)
     return sorted(out, key=lambda r: r["partition"])
 
 
@@ -63,21 +74,74 @@ def write_stage_meta(storage: Storage, stage_dir: str, meta: dict[str, Any]) -> 
     storage.write_text(json.dumps(meta, sort_keys=True, indent=1), stage_dir, STAGE_FILE)
 
 
-def file_matches(storage: Storage, stage_dir: str, record: dict[str, Any], verify: bool) -> bool:
-    """Does the partition file on disk still hold exactly what the record says?"""
+def file_matches(storage: Storage, stage_dir: str, record: dict[str, Any], verify: bool | str) -> bool:
+    """Does the partition file on disk still hold exactly what the record says? (one file; the runner
+    checks whole stages with `check_partitions`)."""
     fname = record.get("file") or part_name(record["partition"])
     try:
-        if storage.size(stage_dir, fname) != record.get("bytes"):
-            return False
-        if verify and sha256_bytes(storage.read_bytes(stage_dir, fname)) != record.get("sha256"):
-            return False
+        info = storage.info(stage_dir, fname)
     except (FileNotFoundError, ValueError):  # ValueError: a record naming a path outside OUT
         return False
-    return True
+    return _matches(storage, stage_dir, fname, record, info, full=verify in (True, "full"))
+
+
+def _matches(storage: Storage, stage_dir: str, fname: str, record: dict[str, Any], info: FileInfo | None,
+             full: bool) -> bool:
+    return _check(storage, stage_dir, fname, record, info, full) != "bad"
+
+
+def _check(storage: Storage, stage_dir: str, fname: str, record: dict[str, Any], info: FileInfo | None,
+           full: bool) -> str:
+    """"ok" (size and marker match), "hashed" (marker moved, content still matches) or "bad"."""
+    if info is None or info.size != record.get("bytes"):
+        return "bad"
+    same_marker = (record.get("etag") is not None and record.get("etag") == info.etag) or (
+        record.get("etag") is None and record.get("mtime") is not None and record.get("mtime") == info.mtime)
+    if same_marker and not full:
+        return "ok"
+    try:
+        same = sha256_bytes(storage.read_bytes(stage_dir, fname)) == record.get("sha256")
+    except (FileNotFoundError, ValueError):
+        return "bad"
+    return "hashed" if same else "bad"
+
+
+def stamp(storage: Storage, stage_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record plus the store's version marker of its file (read back right after writing it)."""
+    info = storage.info(stage_dir, record.get("file") or part_name(record["partition"]))
+    return {**record, "etag": info.etag, "mtime": info.mtime}
+
+
+def check_partitions(
+    storage: Storage, stage_dir: str, specs: list[PartitionSpec], stage_hash: str, full: bool = False
+) -> dict[int, str]:
+    """{pid: why not done} for the planned partitions that must be computed (absent: done).
+
+    One listing for sizes and markers, one bulk read of records; a file is hashed only where its marker
+    is unknown or moved (with `full`, the caller hashes the rest elsewhere: see `needs_hash`)."""
+    records = {r["partition"]: r for r in read_records(storage, stage_dir)}
+    listing = storage.list_info(stage_dir)
+    todo: dict[int, str] = {}
+    for spec in specs:
+        rec = records.get(spec.pid)
+        if rec is None:
+            todo[spec.pid] = "missing"
+        elif rec.get("stage_hash") != stage_hash:
+            todo[spec.pid] = "config changed"
+        elif rec.get("input_key") != spec.input_key:
+            todo[spec.pid] = "input changed"
+        else:
+            fname = rec.get("file") or part_name(spec.pid)
+            state = "bad" if "/" in fname else _check(storage, stage_dir, fname, rec, listing.get(fname), False)
+            if state == "bad":
+                todo[spec.pid] = "file altered or truncated"
+            elif state == "hashed":  # e.g. a copied OUT: same bytes, new marker; hash once, not every resume
+                write_record(storage, stage_dir, stamp(storage, stage_dir, rec))
+    return todo
 
 
 def is_done(
-    storage: Storage, stage_dir: str, spec: PartitionSpec, stage_hash: str, verify: bool
+    storage: Storage, stage_dir: str, spec: PartitionSpec, stage_hash: str, verify: bool | str
 ) -> tuple[bool, str]:
     """(done?, why not) for one planned partition."""
     rec = read_record(storage, stage_dir, record_name(spec.pid))

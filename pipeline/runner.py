@@ -23,8 +23,8 @@ from pipeline.records import (
     DONE_DIR,
     GLOBAL_RECORD,
     STAGE_FILE,
+    check_partitions,
     combined_key,
-    is_done,
     read_record,
     read_records,
     read_stage_meta,
@@ -237,14 +237,14 @@ class Runner:
             self.storage, name, {"stage": name, "stage_hash": h, "complete": False, "partitions": len(specs)}
         )
         remove_partitions_from(self.storage, work_dir, len(specs))
-        verify = self.cfg.run.verify_checksums
-        todo: list[PartitionSpec] = []
+        why_not = check_partitions(self.storage, work_dir, specs, h)
+        if self.cfg.run.verify_checksums == "full":
+            done = [s.pid for s in specs if s.pid not in why_not]
+            why_not.update({pid: "checksum mismatch" for pid in self._verify_on_workers(work_dir, done)})
+        todo = [s for s in specs if s.pid in why_not]
         reasons: dict[str, int] = {}
-        for spec in specs:
-            ok, why = is_done(self.storage, work_dir, spec, h, verify)
-            if not ok:
-                todo.append(spec)
-                reasons[why] = reasons.get(why, 0) + 1
+        for why in why_not.values():
+            reasons[why] = reasons.get(why, 0) + 1
         skipped = len(specs) - len(todo)
         if todo:
             detail = ", ".join(f"{n} {w}" for w, n in sorted(reasons.items()))
@@ -272,6 +272,26 @@ class Runner:
             sum(r.get("rows_in", 0) for r in records), sum(r.get("rows_out", 0) for r in records),
             dropped, 0.0, metrics,
         )
+
+    def _verify_on_workers(self, work_dir: str, pids: list[int]) -> list[int]:
+        """run.verify_checksums=full: re-hash finished partitions in parallel Ray tasks (never sequentially
+        on the driver); returns the partitions whose file no longer matches its record."""
+        if not pids:
+            return []
+        import ray
+
+        from pipeline.ray_runtime import ensure_ray, with_worker_env
+        from pipeline.worker import verify_partitions
+
+        ensure_ray(self.cfg.ray)
+        task = ray.remote(verify_partitions).options(num_cpus=1, **with_worker_env({}))
+        chunk = max(1, -(-len(pids) // max(1, int(ray.cluster_resources().get("CPU", 1)) * 4)))
+        refs = [task.remote(self.out, self.storage_options, work_dir, pids[i:i + chunk])
+                for i in range(0, len(pids), chunk)]
+        bad = sorted(pid for ref in refs for pid in ray.get(ref))
+        if bad:
+            log.warning("%s: %d finished partitions fail their checksum: recomputing them", work_dir, len(bad))
+        return bad
 
     # ------------------------------------------------------------------------------------
     def _execute(

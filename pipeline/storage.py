@@ -171,13 +171,36 @@ class Storage:
     def info(self, *parts: str) -> FileInfo:
         """Size and the store's version marker (ETag / mtime) of one file, read fresh."""
         self._fresh()
-        raw = self.fs.info(self.path(*parts))
-        tag = raw.get("ETag") or raw.get("etag") or raw.get("md5Hash") or raw.get("VersionId")
-        mtime = raw.get("mtime") or raw.get("LastModified") or raw.get("last_modified") or raw.get("updated")
-        if hasattr(mtime, "timestamp"):
-            mtime = mtime.timestamp()
-        return FileInfo(int(raw.get("size") or 0), str(tag).strip('"') if tag else None,
-                        float(mtime) if isinstance(mtime, int | float) else None)
+        return _file_info(self.fs.info(self.path(*parts)))
+
+    def list_info(self, *parts: str) -> dict[str, FileInfo]:
+        """{name: FileInfo} of the files directly in a folder, from one (fresh) listing."""
+        p = self.path(*parts)
+        self._fresh()
+        if not self.fs.exists(p):
+            return {}
+        out = {}
+        for raw in self.fs.ls(p, detail=True, refresh=True):
+            if raw.get("type") == "file":
+                out[posixpath.basename(raw["name"].rstrip("/"))] = _file_info(raw)
+        return out
+
+    def read_many(self, paths: list[tuple[str, ...]]) -> list[tuple[tuple[str, ...], bytes]]:
+        """[(parts, bytes)] for files that exist, read concurrently on object stores (one request each,
+        in flight together) and in order locally; a file that vanished is left out."""
+        if not paths:
+            return []
+        if self.local:
+            out = []
+            for parts in paths:
+                try:
+                    out.append((parts, self.read_bytes(*parts)))
+                except FileNotFoundError:
+                    continue
+            return out
+        full = {self.path(*parts): parts for parts in paths}
+        got = self.fs.cat(list(full), on_error="omit")
+        return [(parts, got[p]) for p, parts in full.items() if p in got]
 
     def listdir(self, *parts: str) -> list[str]:
         p = self.path(*parts)
@@ -308,6 +331,16 @@ class FileInfo:
     size: int
     etag: str | None = None
     mtime: float | None = None
+
+
+def _file_info(raw: dict[str, Any]) -> FileInfo:
+    """FileInfo from an fsspec info/ls entry, whatever the store calls its fields."""
+    tag = raw.get("ETag") or raw.get("etag") or raw.get("md5Hash") or raw.get("VersionId")
+    mtime = raw.get("mtime") or raw.get("LastModified") or raw.get("last_modified") or raw.get("updated")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return FileInfo(int(raw.get("size") or 0), str(tag).strip('"') if tag else None,
+                    float(mtime) if isinstance(mtime, int | float) else None)
 
 
 def _link_exclusive(data: bytes, final: str) -> bool:

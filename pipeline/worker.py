@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.records import write_record
+from pipeline.records import stamp, write_record
 from pipeline.stage import PartitionSpec, count_reasons, part_name
 from pipeline.storage import Storage
 
@@ -107,6 +107,7 @@ class StageWorker:
             "actor": self.actor_index,
             "attempt": spec.attempt,
         }
+        record = stamp(self.storage, self.stage_dir, record)  # ETag / mtime: cheap resume checks later
         write_record(self.storage, self.stage_dir, record)
         return record
 
@@ -118,3 +119,17 @@ def _check_output(stage: str, out: pa.Table) -> None:
     missing = [c for c in ("id", "status", "drop_reason") if c not in out.column_names]
     if missing:
         raise RuntimeError(f"stage {stage} produced output without columns {missing}")
+
+
+def verify_partitions(out_root: str, storage_options: dict[str, Any], stage_dir: str, pids: list[int]) -> list[int]:
+    """Ray task body for `run.verify_checksums=full`: the partitions whose file's sha256 differs from its
+    record (or whose record or file is gone)."""
+    from pipeline.records import file_matches, read_record, record_name
+
+    storage = Storage(out_root, storage_options)
+    bad = []
+    for pid in pids:
+        rec = read_record(storage, stage_dir, record_name(pid))
+        if rec is None or not file_matches(storage, stage_dir, rec, "full"):
+            bad.append(pid)
+    return bad

@@ -13,10 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, write_dataset
+from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, read_manifest, write_dataset
 from pipeline.config import section_hash
 from pipeline.records import combined_key
 from pipeline.stage import PlanContext, Stage, part_name
+from pipeline.storage import Storage
 
 
 class ShardStage(Stage):
@@ -46,10 +47,22 @@ class ShardStage(Stage):
             config_hash=section_hash(self.config, self.name, upstream_key, self.version),
             upstream_key=upstream_key,
         )
+        summary["markers"] = self._markers(ctx.storage)
         seconds = time.perf_counter() - t0
         summary["metrics"]["shard_seconds"] = seconds
         summary["metrics"]["shard_mb_per_s"] = summary["bytes"] / 1e6 / seconds if seconds > 0 else 0.0
         return summary
+
+    @staticmethod
+    def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
+        """ETag / mtime of every published tar, so a resume trusts them without reading them."""
+        manifest = read_manifest(storage)
+        entries = list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+        listing = {}
+        for e in entries:
+            info = storage.info(SHARDS_DIR, e["name"])
+            listing[e["name"]] = [info.etag, info.mtime]
+        return listing
 
     def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
         """Skip only if the manifest and every shard it lists are exactly what was written."""
@@ -60,10 +73,14 @@ class ShardStage(Stage):
                 return False
             manifest = json.loads(text)
             entries = list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+            full = self.config.run.verify_checksums == "full"
+            markers = record.get("markers", {})
             for e in entries:
-                if storage.size(SHARDS_DIR, e["name"]) != e["bytes"]:
+                info = storage.info(SHARDS_DIR, e["name"])
+                if info.size != e["bytes"]:
                     return False
-                if self.config.run.verify_checksums and (
+                known = markers.get(e["name"])
+                if (full or known is None or known != [info.etag, info.mtime]) and (
                     hashlib.sha256(storage.read_bytes(SHARDS_DIR, e["name"])).hexdigest() != e["sha256"]
                 ):
                     return False

@@ -381,6 +381,26 @@ def test_damaged_files_are_detected_and_recomputed(baseline, ray_session, tmp_pa
     assert_nothing_corrupt(out)
 
 
+@pytest.mark.slow
+def test_resume_reads_metadata_and_full_verification_runs_on_workers(baseline, ray_session, tmp_path):
+    """A copied OUT (new mtimes, same bytes) recomputes nothing and is hashed once, not on every resume;
+    a same-size edit that keeps the mtime passes the metadata check and is caught by
+    run.verify_checksums=full, which hashes on Ray workers."""
+    out = tmp_path / "copy"
+    shutil.copytree(baseline, out, copy_function=shutil.copy)  # no mtimes kept
+    assert [s.computed for s in run_pipeline(config(), str(out)).stages] == [0, 0, 0, 0, 0]
+    rec = json.loads((out / "render" / "_done" / "part-00000.json").read_text())
+    assert rec["mtime"] == (out / "render" / "part-00000.parquet").stat().st_mtime  # re-stamped
+    victim = out / "instruct" / "part-00001.parquet"
+    st = victim.stat()
+    _alter(victim)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run_pipeline(config(), str(out), only="instruct").stages[0].computed == 0
+    full = run_pipeline(config("run.verify_checksums=full"), str(out), only="instruct").stages[0]
+    assert full.computed == 1
+    assert victim.read_bytes() == (baseline / "instruct" / "part-00001.parquet").read_bytes()
+
+
 # ---- output not writable, disk full ---------------------------------------------------------------------
 def _mount(*args: str) -> None:
     if os.geteuid() != 0:

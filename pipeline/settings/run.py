@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.settings.base import Strict
 
@@ -19,7 +19,16 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
-    verify_checksums: bool = Field(True, description="re-hash finished partitions before trusting them")
+    verify_checksums: Literal["metadata", "full"] = Field(
+        "metadata", description="metadata = trust a finished partition whose size and ETag/mtime match its "
+        "record (re-hash only where the marker moved); full = re-hash every file, on the workers in parallel"
+    )
+
+    @field_validator("verify_checksums", mode="before")
+    @classmethod
+    def _bool_verify(cls, value: object) -> object:
+        """Earlier configs said true/false."""
+        return {True: "full", False: "metadata"}.get(value, value) if isinstance(value, bool) else value
     progress: bool = True
     log_level: str = "INFO"
     worker_start_timeout_s: float = Field(
