@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -29,6 +30,7 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("partitions"),
                 TextColumn("{task.fields[rows]}"),
+                TextColumn("{task.fields[speed]}"),
                 TimeElapsedColumn(),
                 console=self.console,
                 transient=False,
@@ -36,26 +38,65 @@ class Progress:
             self._bar.start()
 
     def add_stage(self, name: str, partitions: int, rows: int) -> Any:
+        self._rows[name] = {"done": 0, "skipped": 0, "total": rows, "partial": 0.0, "t0": None,
+                            "parts": 0, "partitions": partitions}
         if not self._bar:
             return name
-        task = self._bar.add_task(name, total=max(partitions, 1), rows=f"0/{rows} rows")
-        self._rows[task] = [0, rows]
+        task = self._bar.add_task(name, total=max(partitions, 1), rows=f"0/{rows} rows", speed="")
+        self._rows[task] = self._rows.pop(name)
         if partitions == 0:
             self._bar.update(task, completed=1)
         return task
 
     def advance(self, task: Any, rows: int, skipped: bool = False) -> None:
+        state = self._rows[task]
+        state["skipped" if skipped else "done"] += rows
+        state["parts"] += 1
+        if not skipped and state["t0"] is None:
+            state["t0"] = time.monotonic()
+        self._refresh(task, advance=1, resumed=skipped)
+
+    def start(self, task: Any) -> None:
+        """Work on this stage begins now (rows/s and ETA count from here, not from resumed rows)."""
+        self._rows[task]["t0"] = time.monotonic()
+
+    def partial(self, task: Any, rows: float) -> None:
+        """Rows done inside the partitions still running (reported by their workers)."""
+        state = self._rows[task]
+        state["partial"] = rows
+        self._refresh(task)
+
+    def rate(self, task: Any) -> float:
+        """Computed rows per second since the first computed row (resumed rows do not count)."""
+        state = self._rows[task]
+        if state["t0"] is None:
+            return 0.0
+        return (state["done"] + state["partial"]) / max(1e-6, time.monotonic() - state["t0"])
+
+    def rows_done(self, task: Any) -> float:
+        state = self._rows[task]
+        return state["done"] + state["skipped"] + state["partial"]
+
+    def _refresh(self, task: Any, advance: int = 0, resumed: bool = False) -> None:
         if not self._bar:
             return
-        done = self._rows[task]
-        done[0] += rows
-        label = f"{done[0]}/{done[1]} rows" + (" (resumed)" if skipped else "")
-        self._bar.update(task, advance=1, rows=label)
+        state = self._rows[task]
+        done = self.rows_done(task)
+        rate = self.rate(task)
+        eta = (state["total"] - done) / rate if rate > 0 else None
+        label = f"{done:.0f}/{state['total']} rows" + (" (resumed)" if resumed else "")
+        speed = f"{rate:.2f} rows/s" + (f" ETA {_clock(eta)}" if eta is not None else "") if rate else ""
+        self._bar.update(task, advance=advance, rows=label, speed=speed)
 
     def stop(self) -> None:
         if self._bar:
             self._bar.stop()
             self._bar = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def summary_table(result: RunResult) -> Table:

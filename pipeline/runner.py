@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.config import EditgenConfig, config_to_yaml, section_hash
 from pipeline.errors import StageFailed, UserError
 from pipeline.lease import Lease
+from pipeline.live_progress import PROGRESS_FILE, ProgressBoard, progress_record
 from pipeline.logs import RunLog
 from pipeline.progress import Progress
 from pipeline.records import (
@@ -325,9 +326,12 @@ class Runner:
         options.update(with_worker_env(dict(stage.ray_options())))
         actor_cls = ray.remote(StageWorker).options(**options)
         cfg_json = self.cfg.model_dump_json()
+        board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+        live = _LiveProgress(self, stage.name, task, len(todo), sum(s.rows_in for s in todo), board)
 
         def new_actor(i: int) -> Any:
-            return actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options, i)
+            return actor_cls.remote(stage.name, cfg_json, self.out, work_dir, upstream_dir, h, self.storage_options,
+                                    i, board)
 
         actors = [new_actor(i) for i in range(n)]
         pending = deque(todo)
@@ -342,6 +346,7 @@ class Runner:
         try:
             while pending or inflight:
                 self.check_lease()
+                live.poll([spec.pid for _, spec in inflight.values()], len(todo) - len(pending) - len(inflight))
                 now = time.monotonic()
                 for i, (when, probes) in list(benched.items()):
                     if now >= when:
@@ -411,8 +416,9 @@ class Runner:
                     )
                     self.progress.advance(task, rows=spec.rows_in)
         finally:
-            for a in actors:
+            for a in [*actors, board]:
                 _kill(ray, a)
+            live.finish()
 
     @staticmethod
     def _retry(stage: str, spec: PartitionSpec, pending: deque, max_retries: int, why: str) -> None:
@@ -421,6 +427,49 @@ class Runner:
         log.warning("%s: partition %d attempt %d failed (%s); retrying", stage, spec.pid, spec.attempt + 1, why)
         spec.attempt += 1
         pending.appendleft(spec)
+
+
+class _LiveProgress:
+    """Polls the workers' in-partition progress (once a second) into the display, and publishes it to
+    OUT/_progress.json (every PUBLISH_EVERY_S) for `editgen status` on a live run."""
+
+    PUBLISH_EVERY_S = 10.0
+
+    def __init__(self, runner: Runner, stage: str, task: Any, partitions: int, rows: int, board: Any) -> None:
+        self.runner, self.stage, self.task, self.board = runner, stage, task, board
+        self.partitions, self.rows = partitions, rows
+        self.last_poll = self.last_publish = 0.0
+        runner.progress.start(task)
+
+    def poll(self, inflight: list[int], done: int) -> None:
+        import ray
+
+        now = time.monotonic()
+        if now - self.last_poll < 1.0:
+            return
+        self.last_poll = now
+        try:
+            snap = ray.get(self.board.snapshot.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - progress is best effort, never a reason to fail
+            return
+        partial = {pid: snap.get(pid, 0.0) for pid in inflight}
+        progress = self.runner.progress
+        progress.partial(self.task, sum(partial.values()))
+        if now - self.last_publish >= self.PUBLISH_EVERY_S:
+            self.last_publish = now
+            text = progress_record(self.stage, self.partitions, done, self.rows, progress.rows_done(self.task),
+                                   progress.rate(self.task), partial)
+            try:
+                self.runner.storage.write_text(text, PROGRESS_FILE)
+            except UserError:
+                log.warning("could not publish %s", PROGRESS_FILE)
+
+    def finish(self) -> None:
+        self.runner.progress.partial(self.task, 0.0)
+        try:
+            self.runner.storage.remove(PROGRESS_FILE)
+        except UserError:
+            pass
 
 
 def _kill(ray: Any, actor: Any) -> None:

@@ -7,6 +7,7 @@ of output rows. Every output row carries `id` (stable, from the source caption r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -68,6 +69,8 @@ class Stage:
     def __init__(self, config: EditgenConfig) -> None:
         self.config = config
         self.metrics: dict[str, float] = {}
+        #: Set by the worker per partition: call with the input rows done so far (live progress).
+        self.progress: Callable[[float], None] = lambda _rows: None
 
     # ---- configuration -------------------------------------------------------------------
     @classmethod
@@ -119,7 +122,10 @@ class Stage:
         size = self.resources().batch_size
         if table.num_rows == 0:
             return self.process_batch(table)
-        parts = [self.process_batch(table.slice(i, size)) for i in range(0, table.num_rows, size)]
+        parts = []
+        for i in range(0, table.num_rows, size):
+            parts.append(self.process_batch(table.slice(i, size)))
+            self.progress(min(table.num_rows, i + size))
         return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
     def process_batch(self, batch: pa.Table) -> pa.Table:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.table import Table
 
 from pipeline.lease import read_lease, stale_reason
+from pipeline.live_progress import PROGRESS_FILE
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
 from pipeline.storage import Storage
 from stages import stage_names
@@ -42,7 +44,16 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
             "worker_seconds": round(seconds, 3),
             "metrics": metrics,
         })
-    return {"out": out, "stages": stages, "lease": _lease_state(storage)}
+    lease = _lease_state(storage)
+    return {"out": out, "stages": stages, "lease": lease, "live": _live(storage) if lease else None}
+
+
+def _live(storage: Storage) -> dict[str, Any] | None:
+    """What the running driver last published: stage, partitions in flight, rows/s, ETA."""
+    try:
+        return json.loads(storage.read_text(PROGRESS_FILE))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _lease_state(storage: Storage) -> dict[str, Any] | None:
@@ -59,6 +70,12 @@ def render_table(status: dict[str, Any]) -> Table:
     caption = None
     if lease:
         caption = f"running: {lease['holder']}" + (f" (stale: {lease['stale']})" if lease["stale"] else "")
+        live = status.get("live")
+        if live:
+            eta = f", ETA {live['eta_s']:.0f}s" if live.get("eta_s") is not None else ""
+            caption += (f"\n{live['stage']}: {live['partitions_done']}/{live['partitions_total']} partitions done, "
+                        f"in flight {live['partitions_in_flight']}, {live['rows_done']:.0f}/{live['rows_total']} rows, "
+                        f"{live['rows_per_s']:.2f} rows/s{eta}")
     table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.live_progress import reporter
 from pipeline.records import stamp, write_record
 from pipeline.stage import PartitionSpec, count_reasons, part_name
 from pipeline.storage import Storage
@@ -50,8 +51,10 @@ class StageWorker:
         stage_hash: str,
         storage_options: dict[str, Any] | None = None,
         actor_index: int = 0,
+        board: Any = None,
     ) -> None:
         self.actor_index = actor_index
+        self.board = board  # pipeline.live_progress.ProgressBoard actor (None: no live progress)
         from pipeline.config import EditgenConfig
         from stages import load_stage_class
 
@@ -82,6 +85,7 @@ class StageWorker:
     def run(self, spec: PartitionSpec) -> dict[str, Any]:
         t0 = time.perf_counter()
         self.stage.metrics = {}
+        self.stage.progress = reporter(self.board, spec.pid)
         table = self.stage.load_input(spec, self.storage, self.upstream_dir)
         rows_in = table.num_rows
         out = self.stage.process_partition(table)
@@ -109,6 +113,8 @@ class StageWorker:
         }
         record = stamp(self.storage, self.stage_dir, record)  # ETag / mtime: cheap resume checks later
         write_record(self.storage, self.stage_dir, record)
+        if self.board is not None:
+            self.board.clear.remote(spec.pid)
         return record
 
     def shutdown(self) -> None:

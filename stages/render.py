@@ -240,6 +240,7 @@ class RenderStage(Stage):
             for (i, _), o in zip(chunk, outs, strict=True):
                 if o is not None:
                     by_pair[i].append(o)
+            self.progress(len(pairs) * min(len(flat), start + size) / max(1, len(flat)))  # per candidate
         return [(i, failed.get(i) or by_pair[i], len(recs)) for i, recs in pairs]
 
     def _render_one_by_one(self, chunk: list[tuple[int, dict[str, Any]]], failed: dict[int, Exception],
@@ -293,6 +294,7 @@ class RenderStage(Stage):
                         es.add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})
                 for i, _ in chunk:
                     drawn[i] += 1
+                self.progress(sum(min(1.0, drawn[i] / max(1, s.candidates)) for i in idx))
             active = [i for i in active if i not in failed and not es.done(rows[i]["id"])]
         return [(i, failed.get(i) or done[i], drawn[i]) for i in idx]
 

@@ -212,6 +212,33 @@ def test_driver_sigkill_in_every_stage_then_resume_is_byte_identical(baseline, r
     assert_nothing_corrupt(out)
 
 
+def test_live_status_shows_lease_partitions_in_flight_and_rows_within_a_partition(baseline, ray_address, tmp_path):
+    """While render runs, `editgen status` names the lease holder and what the driver last published:
+    partitions in flight, rows done inside them (reported per candidate by the workers), rows/s."""
+    out = tmp_path / "live"
+    copy_upstream(baseline, out)
+    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=4"}
+    proc = subprocess.Popen(cli(out, ray_address=ray_address, args=("--to", "render")), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def live() -> dict | None:
+        st = run_cli([sys.executable, "-m", "pipeline.cli", "status", str(out), "--json"])
+        got = json.loads(st.stdout) if st.returncode == 0 else {}
+        rows = (got.get("live") or {}).get("in_flight_rows_done", {})
+        if got.get("lease") and any(v > 0 for v in rows.values()):
+            seen.append(got)
+        return got
+
+    seen: list[dict] = []
+    wait_until(lambda: live() is not None and bool(seen), proc, timeout=240)
+    status = seen[0]
+    assert f"pid {proc.pid}" in status["lease"]["holder"] and status["live"]["stage"] == "render"
+    assert status["live"]["partitions_in_flight"] and status["live"]["rows_total"] > 0
+    assert 0 < status["live"]["rows_per_s"] < 100  # a tiny render on 2 cores: a few rows a second
+    assert proc.wait(timeout=300) == 0
+    assert not (out / "_progress.json").exists() and not (out / "_lease.json").exists()
+
+
 # ---- a worker node killed in the middle of render -----------------------------------------------------
 class RayCluster:
     """tests/fault_cluster.py in a subprocess: head (no CPUs) + N one-CPU worker nodes."""
