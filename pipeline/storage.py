@@ -18,6 +18,7 @@ import io
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,18 +227,7 @@ class Storage:
         final = self.path(*parts)
         try:
             if self.local:
-                parent = posixpath.dirname(final)
-                os.makedirs(parent, exist_ok=True)
-                tmp = posixpath.join(parent, f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(final)}")
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, final)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                _publish_local(data, final, os.replace)
             else:
                 self.fs.pipe_file(final, data)
         except OSError as exc:
@@ -343,7 +333,9 @@ def _file_info(raw: dict[str, Any]) -> FileInfo:
                     float(mtime) if isinstance(mtime, int | float) else None)
 
 
-def _link_exclusive(data: bytes, final: str) -> bool:
+def _publish_local(data: bytes, final: str, place: Callable[[str, str], None]) -> None:
+    """Write a complete, fsynced temp file beside `final`, then `place` it there (os.replace: atomic
+    overwrite; os.link: atomic create that fails if `final` exists); the temp file never outlives us."""
     parent = posixpath.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f"{TMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(final)}")
@@ -352,13 +344,18 @@ def _link_exclusive(data: bytes, final: str) -> bool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, final)
-        return True
-    except FileExistsError:
-        return False
+        place(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _link_exclusive(data: bytes, final: str) -> bool:
+    try:
+        _publish_local(data, final, os.link)
+        return True
+    except FileExistsError:
+        return False
 
 
 def _describe_os_error(exc: OSError, path: str, doing: str = "writing") -> str:
