@@ -18,7 +18,6 @@ from p2p.candidates import (
     render_records,
     sample_candidates,
 )
-from tests.p2p_fixtures import one_thread, tiny_pipeline
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -26,14 +25,7 @@ SPACE = CandidateSpace(steps=5, height=64, width=64)
 BLEND = {"words": ["cat", "dog"], "threshold": 0.9, "downscale": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_thread()
-
-
-@pytest.fixture(scope="module")
-def p2p(tmp_path_factory):
-    return tiny_pipeline(tmp_path_factory, "sd", "ddim")
+pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # fixtures in tests/conftest.py
 
 
 def test_sampling_is_deterministic_and_in_range():

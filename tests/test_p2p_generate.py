@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from p2p.controls import BlendConfig, CompiledEdit, EditControl
 from p2p.generate import RenderRequest, initial_noise, render, render_one
 from p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
-from tests.p2p_fixtures import one_thread, plain_generation, tiny_pipeline
+from tests.p2p_fixtures import plain_generation
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -27,14 +27,7 @@ STEPS, SIZE, SEED = 6, 64, 3
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_thread()
-
-
-@pytest.fixture(scope="module")
-def p2p(tmp_path_factory):
-    return tiny_pipeline(tmp_path_factory, "sd", "ddim")
+pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # fixtures in tests/conftest.py
 
 
 def request(*edits: EditControl, source: str = SRC, **kw) -> RenderRequest:

@@ -14,7 +14,6 @@ import torch
 from p2p.controls import BlendConfig, EditControl
 from p2p.generate import RenderRequest, render_one
 from tests import p2p_reference as ref
-from tests.p2p_fixtures import one_thread, tiny_pipeline
 
 SEED, TOL = 5, 2e-4
 SRC = "a photo of a cat sitting on a bench"
@@ -40,14 +39,7 @@ CASES = {
 SECOND_STEPS = ("replace-grow-punct", "refine-remove", "reweight-x2", "ip2p")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_thread()
-
-
-@pytest.fixture(scope="module")
-def p2p(tmp_path_factory):
-    return tiny_pipeline(tmp_path_factory, "sd", "ddim")
+pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # fixtures in tests/conftest.py
 
 
 def editgen(p2p, source: str, e: ref.RefEdit, steps: int, size: int):

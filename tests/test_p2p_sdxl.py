@@ -8,16 +8,14 @@ import torch
 from models.tiny_sd import build_tiny_sd
 from p2p.controls import BlendConfig, EditControl
 from p2p.generate import RenderRequest, render_one
-from tests.p2p_fixtures import one_thread, plain_generation, tiny_pipeline
+from tests.p2p_fixtures import plain_generation, tiny_pipeline
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
 STEPS, SIZE, SEED = 5, 64, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # fixtures in tests/conftest.py
 
 
 @pytest.fixture(scope="module")
