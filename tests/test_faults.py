@@ -30,6 +30,7 @@ from pipeline.runner import run_pipeline
 from pipeline.status import collect
 from tests.conftest import ROOT, cli_env
 from tests.llm_fixtures import BadServer, free_port
+from tests.procs import error_line, wait_until
 from tests.shards import manifest, shard_path
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
@@ -122,26 +123,6 @@ def assert_nothing_corrupt(out: Path) -> None:
             assert len(data) == rec["bytes"] and hashlib.sha256(data).hexdigest() == rec["sha256"], rec_path
     for p in out.rglob("part-*.parquet"):
         pq.read_metadata(p)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    """A failed run says what and where in exactly one `editgen:` line, never with a traceback."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("editgen:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
-    return lines[0]
-
-
-def wait_until(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended (rc {proc.returncode}) before the fault: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("the awaited progress never came")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import ROOT, cli_env
+from tests.procs import error_line, wait_until
 from tests.ray_start_cluster import ray_start_cluster
 from tests.s3_server import S3Server, moto_server
 
@@ -90,24 +89,6 @@ def assert_same(s3: S3Server, out: str, baseline: str) -> None:
     assert [k for k in want if got[k] != want[k]] == [], "differs from the clean run"
 
 
-def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended (rc {proc.returncode}) too early: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the awaited progress never came")
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("editgen:")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return lines[0]
-
-
 def manifest_of(s3: S3Server, out: str) -> dict:
     return json.loads(s3fs_of(s3).cat_file(f"{out.removeprefix('s3://')}/shards/manifest.json"))
 
@@ -120,7 +101,7 @@ def baseline(s3: S3Server, bucket: str, tmp_path_factory) -> str:
         wrong = editgen(driver_env(s3, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token"),
                         *cli(bucket, out, ray_address=cluster.address)[3:])
         assert wrong.returncode == 2, wrong.stderr[-3000:]
-        line = one_line(wrong)
+        line = error_line(wrong)
         assert "token authentication" in line and "RAY_AUTH_TOKEN" in line and "gcs_client" not in wrong.stderr
         env = driver_env(s3, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)
         proc = editgen(env, *cli(bucket, out, ray_address=cluster.address)[3:])
@@ -157,7 +138,7 @@ def test_full_pipeline_on_s3_with_status_validate_preview_export(s3, bucket, bas
     marker = json.loads(s3fs_of(s3).cat_file(f"{bucket}/hf/export-train.json"))
     assert [f"data/{f}" for f in files] == marker["files"] and len(files) == -(-manifest["samples"] // 3)
     none = editgen(env, "export-hf", baseline, f"s3://{bucket}/hf-rej", "--rejected")
-    assert none.returncode == 2 and "no rejected shards" in one_line(none)
+    assert none.returncode == 2 and "no rejected shards" in error_line(none)
 
 
 def test_loader_streams_exactly_the_manifest_from_s3(s3, baseline, monkeypatch):
@@ -197,13 +178,13 @@ def test_second_driver_refused_then_sigkill_mid_render_resumes(s3, bucket, basel
     env = driver_env(s3, EDITGEN_FAULT_DELAY_S="render=2")
     first = subprocess.Popen(cli(bucket, out, ray_address=ray_address), cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: fs.exists(f"{root}/_lease.json"), first)
+    wait_until(lambda: fs.exists(f"{root}/_lease.json"), first)
     second = editgen(driver_env(s3), *cli(bucket, out, "shard.samples_per_shard=3", "ingest.limit=16",
                                           ray_address=ray_address)[3:])
     assert second.returncode == 2
-    line = one_line(second)
+    line = error_line(second)
     assert "another editgen run holds this output" in line and f"pid {first.pid}" in line
-    wait_for(lambda: bool(fs.glob(f"{root}/render/_done/part-*.json")), first)
+    wait_until(lambda: bool(fs.glob(f"{root}/render/_done/part-*.json")), first)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     rerun = editgen(driver_env(s3), *cli(bucket, out, ray_address=ray_address)[3:])
@@ -237,7 +218,7 @@ def test_kill_during_reshard_readers_see_old_then_new(s3, bucket, baseline, ray_
     proc = subprocess.Popen(cli(bucket, out, stricter, ray_address=ray_address), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     new_tars = lambda: [p for p in fs.glob(f"{root}/shards/gen-*/*.tar") if old["generation"] not in p]  # noqa: E731
-    wait_for(lambda: bool(new_tars()), proc)
+    wait_until(lambda: bool(new_tars()), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert keys() == old_keys and manifest_of(s3, out) == old
@@ -293,11 +274,11 @@ def test_validate_fails_a_dataset_missing_a_filtered_partition(s3, bucket, basel
     assert editgen(driver_env(s3), "validate", out, "--shards-only").returncode == 0
 
 
-def test_s3_without_s3fs_is_one_line(tmp_path):
+def test_s3_without_s3fs_is_error_line(tmp_path):
     """An environment without the s3 extra: `s3://` names editgen[s3] (no traceback)."""
     blocker = tmp_path / "s3fs.py"
     blocker.write_text("raise ImportError('No module named s3fs')\n")
     env = {**cli_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "s3://nowhere/out"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "editgen[s3]" in one_line(proc)
+    assert proc.returncode == 2 and "editgen[s3]" in error_line(proc)
