@@ -82,12 +82,7 @@ def file_matches(storage: Storage, stage_dir: str, record: dict[str, Any], verif
         info = storage.info(stage_dir, fname)
     except (FileNotFoundError, ValueError):  # ValueError: a record naming a path outside OUT
         return False
-    return _matches(storage, stage_dir, fname, record, info, full=verify in (True, "full"))
-
-
-def _matches(storage: Storage, stage_dir: str, fname: str, record: dict[str, Any], info: FileInfo | None,
-             full: bool) -> bool:
-    return _check(storage, stage_dir, fname, record, info, full) != "bad"
+    return _check(storage, stage_dir, fname, record, info, full=verify in (True, "full")) != "bad"
 
 
 def _check(storage: Storage, stage_dir: str, fname: str, record: dict[str, Any], info: FileInfo | None,

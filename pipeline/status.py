@@ -10,6 +10,7 @@ from rich.table import Table
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
+from pipeline.settings.run import RunConfig
 from pipeline.storage import Storage
 from stages import stage_names
 
@@ -62,7 +63,7 @@ def _lease_state(storage: Storage) -> dict[str, Any] | None:
     if info is None:
         return None
     return {"holder": info.describe(), "host": info.host, "pid": info.pid, "started": info.started,
-            "heartbeat": info.heartbeat, "stale": stale_reason(info, ttl_s=120.0)}
+            "heartbeat": info.heartbeat, "stale": stale_reason(info, ttl_s=RunConfig().lease_ttl_s)}
 
 
 def render_table(status: dict[str, Any]) -> Table:

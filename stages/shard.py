@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, read_manifest, 
 from pipeline.config import section_hash
 from pipeline.records import combined_key
 from pipeline.stage import PlanContext, Stage, part_name
-from pipeline.storage import Storage
+from pipeline.storage import FileInfo, Storage
 
 
 class ShardStage(Stage):
@@ -56,13 +57,8 @@ class ShardStage(Stage):
     @staticmethod
     def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
         """ETag / mtime of every published tar, so a resume trusts them without reading them."""
-        manifest = read_manifest(storage)
-        entries = list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
-        listing = {}
-        for e in entries:
-            info = storage.info(SHARDS_DIR, e["name"])
-            listing[e["name"]] = [info.etag, info.mtime]
-        return listing
+        infos = _tar_infos(storage, read_manifest(storage))
+        return {name: [info.etag, info.mtime] for name, info in infos.items()}
 
     def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
         """Skip only if the manifest and every shard it lists are exactly what was written."""
@@ -72,12 +68,12 @@ class ShardStage(Stage):
             if hashlib.sha256(text).hexdigest() != record.get("sha256"):
                 return False
             manifest = json.loads(text)
-            entries = list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+            infos = _tar_infos(storage, manifest)
             full = self.config.run.verify_checksums == "full"
             markers = record.get("markers", {})
-            for e in entries:
-                info = storage.info(SHARDS_DIR, e["name"])
-                if info.size != e["bytes"]:
+            for e in _entries(manifest):
+                info = infos.get(e["name"])
+                if info is None or info.size != e["bytes"]:
                     return False
                 known = markers.get(e["name"])
                 if (full or known is None or known != [info.etag, info.mtime]) and (
@@ -87,3 +83,18 @@ class ShardStage(Stage):
         except (FileNotFoundError, ValueError, KeyError):
             return False
         return True
+
+
+def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every tar a manifest lists, kept and rejected."""
+    return list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+
+
+def _tar_infos(storage: Storage, manifest: dict[str, Any]) -> dict[str, FileInfo]:
+    """{manifest name: FileInfo} from one listing per generation folder (not one request per tar)."""
+    infos: dict[str, FileInfo] = {}
+    for folder in sorted({posixpath.dirname(e["name"]) for e in _entries(manifest)}):
+        parts = (SHARDS_DIR, folder) if folder else (SHARDS_DIR,)
+        for name, info in storage.list_info(*parts).items():
+            infos[f"{folder}/{name}" if folder else name] = info
+    return infos
