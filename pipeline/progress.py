@@ -71,7 +71,12 @@ class Progress:
         state = self._rows[task]
         if state["t0"] is None:
             return 0.0
-        return (state["done"] + state["partial"]) / max(1e-6, time.monotonic() - state["t0"])
+        return self.rows_computed(task) / max(1e-6, time.monotonic() - state["t0"])
+
+    def rows_computed(self, task: Any) -> float:
+        """Rows computed by this run (finished partitions plus the running ones' reports), resumed excluded."""
+        state = self._rows[task]
+        return state["done"] + state["partial"]
 
     def rows_done(self, task: Any) -> float:
         state = self._rows[task]

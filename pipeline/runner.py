@@ -433,7 +433,7 @@ class _LiveProgress:
     """Polls the workers' in-partition progress (once a second) into the display, and publishes it to
     OUT/_progress.json (every PUBLISH_EVERY_S) for `editgen status` on a live run."""
 
-    PUBLISH_EVERY_S = 10.0
+    PUBLISH_EVERY_S = 2.0
 
     def __init__(self, runner: Runner, stage: str, task: Any, partitions: int, rows: int, board: Any) -> None:
         self.runner, self.stage, self.task, self.board = runner, stage, task, board
@@ -457,7 +457,8 @@ class _LiveProgress:
         progress.partial(self.task, sum(partial.values()))
         if now - self.last_publish >= self.PUBLISH_EVERY_S:
             self.last_publish = now
-            text = progress_record(self.stage, self.partitions, done, self.rows, progress.rows_done(self.task),
+            # figures of this run's work (partitions to compute, their rows), so done <= total and ETA holds
+            text = progress_record(self.stage, self.partitions, done, self.rows, progress.rows_computed(self.task),
                                    progress.rate(self.task), partial)
             try:
                 self.runner.storage.write_text(text, PROGRESS_FILE)

@@ -198,7 +198,7 @@ def test_live_status_shows_lease_partitions_in_flight_and_rows_within_a_partitio
     partitions in flight, rows done inside them (reported per candidate by the workers), rows/s."""
     out = tmp_path / "live"
     copy_upstream(baseline, out)
-    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=4"}
+    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=6"}  # each partition stays in flight >= 6 s
     proc = subprocess.Popen(cli(out, ray_address=ray_address, args=("--to", "render")), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
