@@ -277,8 +277,11 @@ class Storage:
         return self.fs.open(self.path(*parts), mode)
 
     def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        """A parquet file, read on this thread: with pre-buffering, pyarrow's IO threads call back into an
+        fsspec file object, and a process that exits soon after sometimes aborts ("terminate called
+        without an active exception", seen in `editgen validate` on s3://: 2 in 48 runs, 0 in 96 without)."""
         with self.fs.open(self.path(*parts), "rb") as f:
-            return pq.read_table(f, columns=columns)
+            return pq.read_table(f, columns=columns, pre_buffer=False)
 
     def clean_temp(self, *parts: str) -> int:
         """Remove temp files a killed writer left behind; returns how many."""
