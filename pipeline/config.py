@@ -35,6 +35,9 @@ SECRET_KEY_PARTS = (
 _SECRET_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + "|".join(SECRET_KEY_PARTS) + r")(?:$|[^a-z0-9])")
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
+#: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
+#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys.
+UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 
 
 class EditgenConfig(Strict):
@@ -194,5 +197,7 @@ def section_hash(cfg: EditgenConfig, section: str, upstream_hash: str = "", vers
     """Hash of what determines a stage's output: its section (minus scheduling), its code version and
     its upstream's hash, so a change anywhere upstream invalidates everything downstream."""
     body = _strip_non_semantic(getattr(cfg, section).model_dump(mode="json"))
+    for key in UNHASHED_KEYS.get(section, ()):
+        body.pop(key, None)
     blob = json.dumps({"s": section, "v": version, "c": body, "u": upstream_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -30,4 +30,8 @@ class IngestConfig(Strict):
     drop_junk: bool = True
     dedup_captions: bool = True
     dedup_urls: bool = True
+    dedup_buckets: int = Field(
+        0, ge=0, le=65_536, description="hash buckets for global dedup (one task each); 0 = one per 500k rows. "
+        "Never changes results, so it is not part of the stage hash"
+    )
     resources: Resources = Field(default_factory=lambda: Resources(concurrency=2, batch_size=2048))
