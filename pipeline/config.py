@@ -83,7 +83,14 @@ def load_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
-    return _read_yaml(p.read_text(encoding="utf-8"), path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the config file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    return _read_yaml(text, path)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -133,7 +140,12 @@ def _format_validation_error(exc: ValidationError) -> str:
             got_s = repr(got) if not isinstance(got, dict) else "a mapping"
             if len(got_s) > 60:
                 got_s = got_s[:57] + "..."
-            lines.append(f"config: {key}: {err['msg'].lower()} (got {got_s})")
+            msg = err["msg"].removeprefix("Value error, ")
+            field = re.match(r"^([a-z_]+): (.*)$", msg)
+            if isinstance(got, dict) and field:  # a section-level check that names its own key
+                lines.append(f"config: {key}.{field[1]}: {field[2]}")
+                continue
+            lines.append(f"config: {key}: {msg[:1].lower() + msg[1:]} (got {got_s})")
     return "; ".join(lines)
 
 
