@@ -120,6 +120,17 @@ class IngestStage(Stage):
                 "input (use --from ingest to replace it, or another --out)"
             )
 
+    def _record_input(self, storage: Storage, files: list[FileMeta]) -> None:
+        """OUT/ingest/_input.json: which files this OUT is built from (rewritten only when that changes)."""
+        text = json.dumps({"input": self.settings.input, "files": [f.url for f in files]}, indent=1)
+        try:
+            old = json.loads(storage.read_text(self.name, INPUT_FILE))
+            if old.get("files") == [f.url for f in files]:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        storage.write_text(text, self.name, INPUT_FILE)
+
     def plan(self, ctx: PlanContext) -> list[PartitionSpec]:
         """Partitions of rows_per_partition rows (segments of files), keyed by file identity + rows."""
         if self._files is None:
@@ -128,8 +139,7 @@ class IngestStage(Stage):
         assert files is not None
         s = self.settings
         save_scans(ctx.storage, files, s.text_column, s.url_column)
-        ctx.storage.write_text(json.dumps({"input": s.input, "files": [f.url for f in files]}, indent=1),
-                               self.name, INPUT_FILE)
+        self._record_input(ctx.storage, files)
         total = sum(f.rows for f in files)
         if s.limit is not None and s.limit < total:
             parts = pack_sample(files, s.rows_per_partition, s.limit, s.seed)
