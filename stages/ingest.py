@@ -18,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from filters.caption_filters import check_caption, load_blocklist
+from filters.caption_filters import check_captions, load_blocklist
+from filters.lang import LanguageGuess
 from filters.text_clean import caption_key, clean_caption, url_key
 from pipeline.errors import InputError
 from pipeline.inputs import discover
@@ -257,46 +258,44 @@ class IngestStage(Stage):
         return out
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
+        """Clean every caption, then filter the batch in one call (language id is batched)."""
         s = self.settings
         if not self._terms:
             self.setup()
-        langs = tuple(s.languages)
-        ids, captions, raws, langs_out, lang_conf, ckeys, ukeys, reasons = [], [], [], [], [], [], [], []
-        for source, row, text, url, err in zip(
-            batch["source"].to_pylist(), batch["source_row"].to_pylist(), batch["text"].to_pylist(),
-            batch["url"].to_pylist(), batch["raw_error"].to_pylist(), strict=True,
-        ):
-            ids.append(row_id(source, row))
-            raws.append(text[:RAW_KEEP_CHARS] if text else text)
-            guess = None
+        texts, errors = batch["text"].to_pylist(), batch["raw_error"].to_pylist()
+        captions, reasons, todo = [], [], []
+        for i, (text, err) in enumerate(zip(texts, errors, strict=True)):
             if err:
-                caption, reason = "", err
+                captions.append("")
+                reasons.append(err)
             elif text is not None and len(text) > 20 * s.max_chars:
-                caption, reason = "", "too_long"
+                captions.append("")
+                reasons.append("too_long")
             else:
-                caption = clean_caption(text)
-                reason, guess = check_caption(
-                    caption, min_words=s.min_words, max_words=s.max_words, min_chars=s.min_chars,
-                    max_chars=s.max_chars, languages=langs, min_language_confidence=s.min_language_confidence,
-                    blocklist=self._terms, drop_junk=s.drop_junk,
-                )
-            captions.append(caption)
-            langs_out.append(guess.lang if guess else None)
-            lang_conf.append(round(guess.confidence, 4) if guess else None)
-            ckeys.append(caption_key(caption))
-            ukeys.append(url_key(url))
-            reasons.append(reason)
+                captions.append(clean_caption(text))
+                reasons.append(None)
+                todo.append(i)
+        checked = check_captions(
+            [captions[i] for i in todo], min_words=s.min_words, max_words=s.max_words, min_chars=s.min_chars,
+            max_chars=s.max_chars, languages=tuple(s.languages), min_language_confidence=s.min_language_confidence,
+            blocklist=self._terms, drop_junk=s.drop_junk,
+        )
+        guesses: list[LanguageGuess | None] = [None] * len(texts)
+        for i, (reason, guess) in zip(todo, checked, strict=True):
+            reasons[i], guesses[i] = reason, guess
         out = pa.table({
-            "id": pa.array(ids, pa.string()),
+            "id": pa.array([row_id(src, row) for src, row in zip(batch["source"].to_pylist(),
+                                                                   batch["source_row"].to_pylist(), strict=True)],
+                           pa.string()),
             "source": batch["source"],
             "source_row": batch["source_row"],
             "url": batch["url"],
             "caption": pa.array(captions, pa.string()),
-            "caption_raw": pa.array(raws, pa.string()),
-            "language": pa.array(langs_out, pa.string()),
-            "language_confidence": pa.array(lang_conf, pa.float32()),
-            "caption_key": pa.array(ckeys, pa.string()),
-            "url_key": pa.array(ukeys, pa.string()),
+            "caption_raw": pa.array([t[:RAW_KEEP_CHARS] if t else t for t in texts], pa.string()),
+            "language": pa.array([g.lang if g else None for g in guesses], pa.string()),
+            "language_confidence": pa.array([round(g.confidence, 4) if g else None for g in guesses], pa.float32()),
+            "caption_key": pa.array([caption_key(c) for c in captions], pa.string()),
+            "url_key": pa.array([url_key(u) for u in batch["url"].to_pylist()], pa.string()),
         })
         return with_status(out, reasons)
 
