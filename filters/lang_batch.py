@@ -23,7 +23,7 @@ class BatchClassifier:
     def __init__(self, ident: Any) -> None:
         self.ident = ident
         nm = ident.tk_nextmove
-        self.nm = np.frombuffer(nm, dtype=np.dtype(nm.typecode)).astype(np.int64, copy=False)
+        self.nm = np.frombuffer(nm, dtype=np.dtype(nm.typecode))  # a view: no copy of the 40 MB table
         self.rowbase = np.asarray(ident._rowbase, np.int64)
         self.out = np.asarray(ident.tk_output, np.int64)
 

@@ -76,7 +76,8 @@ def load_bucket(storage: Storage, pid: int, b: int, buckets: int, captions: bool
     or was written for another bucket count."""
     try:
         with storage.fs.open(storage.path("ingest", KEYS_DIR, keys_name(pid)), "rb") as fh:
-            reader = pa.ipc.open_file(pa.BufferReader(fh.read()))
+            # read through the (seekable) file: only this bucket's bytes, never the other buckets'
+            reader = pa.ipc.open_file(pa.PythonFile(fh, mode="r"))
             if reader.num_record_batches == buckets:
                 return reader.get_batch(b)
     except (FileNotFoundError, pa.ArrowInvalid):
