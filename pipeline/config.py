@@ -67,6 +67,9 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for key, value in data.items():  # a scalar section would be silently replaced by --input/--set merges
+        if key != "profile" and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key}: expected a mapping of settings, got {type(value).__name__}")
     return data
 
 

@@ -137,7 +137,7 @@ def test_cli_bad_value_exit_2_nothing_written(tmp_path, item):
 @pytest.mark.parametrize(("body", "words"), [
     (b"ingest:\n  limit: \xff\xfe\n", "not UTF-8 text (byte 0xff at offset 17)"),
     (b"- ingest\n- render\n", "expected a mapping of sections, got list"),
-    (b"ingest: 5\n", "config: ingest: input should be a valid dictionary"),
+    (b"ingest: 5\n", "ingest: expected a mapping of settings, got int"),
 ])
 def test_cli_bad_config_file_exit_2(tmp_path, body, words):
     cfg_file = tmp_path / "bad.yaml"
