@@ -42,6 +42,8 @@ def main() -> int:
     q = args.quick
     results: dict[str, Any] = {}
     results["ingest"] = run([py, "bench/bench_ingest.py", "--repeat", "5" if q else "20"])
+    results["scale"] = run([py, "bench/bench_scale.py", "--rows", "20000,100000" if q else "200000,1000000"],
+                           timeout=3600)
     results["instruct_template"] = run([py, "bench/bench_instruct.py", "--backends", "template"])
     if Path(args.llm_python).exists():
         results["instruct_llm"] = run([args.llm_python, "bench/bench_instruct.py", "--backends", "vllm",
@@ -58,6 +60,21 @@ def main() -> int:
     r = results.get("ingest") or {}
     add("ingest captions/s (batch function, 1 process)", r.get("batch_captions_per_s"), "{:.0f}")
     add("ingest captions/s (stage via runner, incl. Ray start)", r.get("stage_captions_per_s"), "{:.0f}")
+    r = results.get("scale") or {}
+    sizes = r.get("results") or []
+    for s in sizes:
+        n = f"{s['rows'] // 1000}k rows"
+        add(f"ingest at scale, {n}: planning s (target with resume < 10 at 1M)", s["plan_s"], "{:.2f}")
+        add(f"ingest at scale, {n}: no-op resume s", s["resume_s"], "{:.2f}")
+        add(f"ingest at scale, {n}: map captions/s per worker core (target >= 10000)",
+            s["map_captions_per_s_per_core"], "{:.0f}")
+        add(f"ingest at scale, {n}: driver peak RSS MB (target < 500 at 1M)", s["driver_peak_mb"], "{:.0f}")
+        add(f"ingest at scale, {n}: largest worker peak RSS MB", s["worker_peak_mb"], "{:.0f}")
+        rows.append((f"ingest at scale, {n}: dedup equals the old single-process result",
+                     "yes" if s["dedup_equals_old"] else "NO"))
+    if sizes:
+        add("ingest at scale: driver peak RSS growth between the sizes (target <= 1.2x)", r.get("driver_rss_growth"),
+            "{:.2f}x")
     for key in ("instruct_template", "instruct_llm"):
         for backend, b in ((results.get(key) or {}).get("results") or {}).items():
             if "skipped" in b:

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources as importlib_resources
 from pathlib import Path
+from typing import Any
 
-from filters.lang import LanguageGuess, guess_language
+from filters.lang import LanguageGuess, guess_languages
 
 _URL = re.compile(r"(https?://|www\.)\S+", re.IGNORECASE)
 _FILENAME = re.compile(
@@ -100,21 +101,51 @@ def check_caption(
     drop_junk: bool,
 ) -> tuple[str | None, LanguageGuess | None]:
     """(drop reason or None, language guess). Cheap checks first; language id runs last."""
+    return check_captions(
+        [caption], min_words=min_words, max_words=max_words, min_chars=min_chars, max_chars=max_chars,
+        languages=languages, min_language_confidence=min_language_confidence, blocklist=blocklist,
+        drop_junk=drop_junk,
+    )[0]
+
+
+def _cheap_reason(caption: str, *, min_words: int, max_words: int, min_chars: int, max_chars: int,
+                  blocklist: tuple[str, ...], drop_junk: bool) -> str | None:
     if not caption or not _LETTER.search(caption):
-        return "empty", None
+        return "empty"
     n_chars = len(caption)
     n_words = len(caption.split())
     if n_chars > max_chars or n_words > max_words:
-        return "too_long", None
+        return "too_long"
     if n_chars < min_chars or n_words < min_words:
-        return "too_short", None
+        return "too_short"
     if drop_junk:
         junk = junk_reason(caption)
         if junk:
-            return junk, None
+            return junk
     if blocklisted(caption, blocklist):
-        return "blocklisted", None
-    guess = guess_language(caption)
-    if languages and guess.lang not in languages and guess.confidence >= min_language_confidence:
-        return ("not_english" if tuple(languages) == ("en",) else "language"), guess
-    return None, guess
+        return "blocklisted"
+    return None
+
+
+def check_captions(
+    captions: list[str],
+    *,
+    languages: tuple[str, ...],
+    min_language_confidence: float,
+    **cheap: Any,
+) -> list[tuple[str | None, LanguageGuess | None]]:
+    """check_caption for many captions: the cheap checks per caption, then one batched language id
+    for the captions that passed them (the same results, several times faster)."""
+    out: list[tuple[str | None, LanguageGuess | None]] = []
+    pending = []
+    for i, caption in enumerate(captions):
+        reason = _cheap_reason(caption, **cheap)
+        out.append((reason, None))
+        if reason is None:
+            pending.append(i)
+    for i, guess in zip(pending, guess_languages([captions[i] for i in pending]), strict=True):
+        if languages and guess.lang not in languages and guess.confidence >= min_language_confidence:
+            out[i] = ("not_english" if tuple(languages) == ("en",) else "language"), guess
+        else:
+            out[i] = None, guess
+    return out

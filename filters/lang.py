@@ -75,26 +75,27 @@ def _is_latin(ch: str) -> bool:
     return ch < "\u0250" or "\u1e00" <= ch <= "\u1eff" or _script_of(ch) == "LATIN"
 
 
-def guess_language(text: str) -> LanguageGuess:
+def _by_script(text: str) -> LanguageGuess | None:
+    """The guess when script alone decides (no letters, or mostly non-Latin letters), else None."""
     if text.isascii():
         if not any(ch.isalpha() for ch in text):
             return LanguageGuess("und", 0.0)
-        letters: list[str] = []
-        latin = 1
-    else:
-        letters = [ch for ch in text if ch.isalpha()]
-        if not letters:
-            return LanguageGuess("und", 0.0)
-        latin = sum(1 for ch in letters if _is_latin(ch))
-    if letters and latin < 0.5 * len(letters):
+        return None
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return LanguageGuess("und", 0.0)
+    latin = sum(1 for ch in letters if _is_latin(ch))
+    if latin < 0.5 * len(letters):
         scripts: dict[str, int] = {}
         for ch in letters:
             s = _script_of(ch)
             scripts[s] = scripts.get(s, 0) + 1
         top = max(scripts, key=scripts.__getitem__)
         return LanguageGuess(_SCRIPT_LANG.get(top, top.lower()), 1.0 - latin / len(letters))
-    lang, prob = _identifier().classify(text)
-    lang, prob = str(lang), float(prob)
+    return None
+
+
+def _with_english_evidence(text: str, lang: str, prob: float) -> LanguageGuess:
     if lang != "en":
         tokens = _TOKEN.findall(text.lower())
         if tokens:
@@ -102,3 +103,27 @@ def guess_language(text: str) -> LanguageGuess:
             if share >= 0.34:
                 return LanguageGuess("en", max(share, 1.0 - prob))
     return LanguageGuess(lang, prob)
+
+
+def guess_language(text: str) -> LanguageGuess:
+    return guess_languages([text])[0]
+
+
+@lru_cache(maxsize=1)
+def _batch_classifier():  # noqa: ANN202 - holds a third-party identifier
+    from filters.lang_batch import BatchClassifier
+
+    return BatchClassifier(_identifier())
+
+
+def guess_languages(texts: list[str]) -> list[LanguageGuess]:
+    """guess_language for many texts: langid runs once for the whole batch (filters.lang_batch)."""
+    out: list[LanguageGuess | None] = [_by_script(t) for t in texts]
+    todo = [i for i, g in enumerate(out) if g is None]
+    if len(todo) == 1:
+        lang, prob = _identifier().classify(texts[todo[0]])
+        out[todo[0]] = _with_english_evidence(texts[todo[0]], str(lang), float(prob))
+    elif todo:
+        for i, (lang, prob) in zip(todo, _batch_classifier().classify([texts[i] for i in todo]), strict=True):
+            out[i] = _with_english_evidence(texts[i], str(lang), float(prob))
+    return [g for g in out if g is not None]

@@ -26,6 +26,25 @@ _SLUG = re.compile(r"^[^\s\-_]+(?:[\-_]+[^\s\-_]+){2,}$")
 MAX_SCAN_CHARS = 20_000
 
 
+#: For known boilerplate patterns: substrings one of which any match contains. On ASCII text (where
+#: case-insensitive matching is plain lowercasing) a pattern whose substrings are all absent cannot match
+#: and is skipped. Patterns not listed here (an edited boilerplate.txt) always run.
+BOILERPLATE_NEEDS: dict[str, tuple[str, ...]] = {
+    r"\bimage result for\b": ("image result for",),
+    r"\b(royalty[- ]free\s+)?(stock\s+)(photo|photograph|image|picture|illustration|vector|footage|video)"
+    r"(s|graphy)?\b": ("stock",),
+    r"\broyalty[- ]free\b": ("royalty",),
+    r"[|\-–—]\s*(shutterstock|alamy|getty ?images|istock(photo)?|dreamstime|depositphotos|123rf|adobe stock|"
+    r"pixabay|unsplash|pexels|pinterest|flickr)\b.*$": ("|", "-", "–", "—"),
+    r"\b(free|hd|4k)\s+download\b": ("download",),
+    r"\bclick (here )?to (enlarge|zoom|view)\b": ("click",),
+    r"\bphoto(graph)?\s+(by|credit|courtesy of)\s*:?\s*$": ("photo",),
+    r"\[\s*\.{3}\s*\]|\(\s*\.{3}\s*\)": ("...",),
+    r"(\.{3}|…)\s*$": ("...", "…"),
+    r"^\s*(preview|thumbnail)\s*[:\-]": ("preview", "thumbnail"),
+}
+
+
 @lru_cache(maxsize=1)
 def boilerplate_patterns() -> list[re.Pattern[str]]:
     text = (importlib_resources.files("filters") / "data" / "boilerplate.txt").read_text("utf-8")
@@ -54,14 +73,21 @@ def clean_caption(text: str | None) -> str:
         if unescaped == text:
             break
         text = unescaped
-    text = _SCRIPT.sub(" ", text)
-    text = _TAG.sub(" ", text)
-    text = unicodedata.normalize("NFC", text)
-    text = _INVISIBLE.sub("", text)
+    if "<" in text:  # both patterns start with "<": most captions skip them
+        text = _SCRIPT.sub(" ", text)
+        text = _TAG.sub(" ", text)
+    if not text.isascii():  # NFC and the invisible characters concern non-ASCII text only
+        text = unicodedata.normalize("NFC", text)
+        text = _INVISIBLE.sub("", text)
     text = _control_to_space(text)
     text = _SPACE.sub(" ", text).strip()
+    ascii_lower = text.lower() if text.isascii() else None
     for pat in boilerplate_patterns():
+        needs = BOILERPLATE_NEEDS.get(pat.pattern)
+        if ascii_lower is not None and needs and not any(k in ascii_lower for k in needs):
+            continue  # cannot match: skip the (case-insensitive, slow) substitution
         text = pat.sub(" ", text)
+        ascii_lower = text.lower() if ascii_lower is not None else None
     text = _SPACE.sub(" ", text).strip()
     text = _deslug(text)
     text = _EDGE_PUNCT.sub("", text)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.controls import MODES, BlendConfig, EditControl, parse_window
+from pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
     from p2p.generate import RenderRequest
@@ -102,6 +103,11 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+#: render config key -> the `editgen pair` flag that sets it (for error messages)
+PAIR_FLAGS = {"guidance_range": "--guidance", "height": "--size", "width": "--size", "steps": "--steps",
+              "seed": "--seed"}
+
+
 def build_request(args: argparse.Namespace) -> RenderRequest:
     """Turn parsed arguments into a ``RenderRequest`` (no model needed); raises ``UsageError``."""
     from p2p.generate import RenderRequest
@@ -136,6 +142,11 @@ def build_request(args: argparse.Namespace) -> RenderRequest:
     if steps < 1:
         raise UsageError("--steps must be >= 1")
     height, width = _size(args.size) if args.size else (prof["size"], prof["size"])
+    try:  # the same rules as the render config: finite guidance, sizes and steps within limits
+        check_values(PAIR_FLAGS, guidance_range=(args.guidance, args.guidance), height=height, width=width,
+                     steps=steps, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         blend = None
         if args.blend_words:

@@ -35,6 +35,9 @@ SECRET_KEY_PARTS = (
 _SECRET_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + "|".join(SECRET_KEY_PARTS) + r")(?:$|[^a-z0-9])")
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
+#: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
+#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys.
+UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 
 
 class EditgenConfig(Strict):
@@ -64,6 +67,9 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for key, value in data.items():  # a scalar section would be silently replaced by --input/--set merges
+        if key != "profile" and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{origin}: {key}: expected a mapping of settings, got {type(value).__name__}")
     return data
 
 
@@ -80,7 +86,14 @@ def load_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
-    return _read_yaml(p.read_text(encoding="utf-8"), path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the config file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    return _read_yaml(text, path)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -130,7 +143,12 @@ def _format_validation_error(exc: ValidationError) -> str:
             got_s = repr(got) if not isinstance(got, dict) else "a mapping"
             if len(got_s) > 60:
                 got_s = got_s[:57] + "..."
-            lines.append(f"config: {key}: {err['msg'].lower()} (got {got_s})")
+            msg = err["msg"].removeprefix("Value error, ")
+            field = re.match(r"^([a-z_]+): (.*)$", msg)
+            if isinstance(got, dict) and field:  # a section-level check that names its own key
+                lines.append(f"config: {key}.{field[1]}: {field[2]}")
+                continue
+            lines.append(f"config: {key}: {msg[:1].lower() + msg[1:]} (got {got_s})")
     return "; ".join(lines)
 
 
@@ -207,6 +225,8 @@ def section_hash(
     reads (`reads`: "section" or "section.key" entries), its code version and its upstream's hash,
     so a change anywhere upstream invalidates everything downstream."""
     body = _strip_non_semantic(getattr(cfg, section).model_dump(mode="json"))
+    for key in UNHASHED_KEYS.get(section, ()):
+        body.pop(key, None)
     doc: dict[str, Any] = {"s": section, "v": version, "c": body, "u": upstream_hash}
     if reads:  # only then, so stages that read nothing else keep their hashes
         doc["r"] = {entry: _config_value(cfg, entry) for entry in sorted(set(reads))}

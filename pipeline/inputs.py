@@ -8,17 +8,18 @@ values) never raise: the row is kept with a `raw_error` so ingest drops it with 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import posixpath
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.storage import open_filesystem
 
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -62,7 +63,7 @@ def discover(inputs: list[str], forced_format: str = "auto") -> list[InputFile]:
     seen: set[str] = set()
     names: set[str] = set()
     for spec in inputs:
-        fs, path = fsspec.core.url_to_fs(spec)
+        fs, path = open_filesystem(spec)
         if any(c in path for c in GLOB_CHARS):
             matches = sorted(fs.glob(path))
             if not matches:
@@ -120,12 +121,13 @@ def _url_value(value: object) -> str | None:
     return None
 
 
-def _table(name: str, texts: list[tuple[str | None, str | None]], urls: list[str | None]) -> pa.Table:
+def _table(name: str, texts: list[tuple[str | None, str | None]], urls: list[str | None],
+           row_start: int = 0) -> pa.Table:
     n = len(texts)
     return pa.table(
         {
             "source": pa.array([name] * n, pa.string()),
-            "source_row": pa.array(range(n), pa.int64()),
+            "source_row": pa.array(range(row_start, row_start + n), pa.int64()),
             "text": pa.array([t for t, _ in texts], pa.large_string()),
             "url": pa.array(urls, pa.string()),
             "raw_error": pa.array([e for _, e in texts], pa.string()),
@@ -134,128 +136,176 @@ def _table(name: str, texts: list[tuple[str | None, str | None]], urls: list[str
     )
 
 
-def _check_type(f: InputFile, column: str, typ: pa.DataType) -> None:
+def _check_type(url: str, column: str, typ: pa.DataType) -> None:
     ok = (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_binary(typ)
           or pa.types.is_large_binary(typ) or pa.types.is_null(typ) or pa.types.is_dictionary(typ))
     if not ok:
-        raise InputError(f"{f.url}: column {column!r} has type {typ}, expected a string column")
+        raise InputError(f"{url}: column {column!r} has type {typ}, expected a string column")
+
+
+def open_input(url: str, compression: str | None = None) -> Any:
+    """A binary file object of an input, opened through a filesystem with no listing cache (an input
+    rewritten since the last listing is read as it is now)."""
+    fs, path = open_filesystem(url)
+    return fs.open(path, "rb", compression=compression)
+
+
+def _open_text(url: str) -> Any:
+    return open_input(url, compression="infer")
+
+
+def iter_text_rows(fh: Any, fmt: str, at_start: bool) -> Iterator[tuple[int, Any]]:
+    """(bytes consumed after this row, row) over a text stream: a line (bytes) for txt/jsonl, a record
+    (list of str) for csv/tsv. At the file start a BOM is skipped, and for csv/tsv the header is the first
+    row yielded. Blank jsonl lines and empty csv records are not rows. One definition of "row", shared by
+    the planner's scan (which records offsets) and the worker's read (which seeks to one)."""
+    pos = 0
+    first = at_start
+
+    def lines() -> Iterator[bytes]:
+        nonlocal pos, first
+        for line in fh:
+            pos += len(line)
+            if first:
+                first = False
+                if line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+            yield line
+
+    if fmt in ("csv", "tsv"):
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        decoded = (ln.decode("utf-8", errors="surrogateescape") for ln in lines())
+        for record in csv.reader(decoded, delimiter="," if fmt == "csv" else "\t"):
+            if record:
+                yield pos, record
+        return
+    for line in lines():
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if fmt == "jsonl" and not line.strip():
+            continue
+        yield pos, line
+
+
+def txt_row(line: bytes) -> tuple[tuple[str | None, str | None], str | None]:
+    return _decode(bytes(line)), None
+
+
+def jsonl_row(line: bytes, text_col: str, url_col: str | None) -> tuple[tuple[str | None, str | None], str | None]:
+    """((text, error), url) of one non-blank JSON line."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return (None, "invalid_utf8"), None
+    except ValueError:
+        return (None, "invalid_json"), None
+    if not isinstance(obj, dict):
+        return (None, "invalid_json"), None
+    return _decode(obj.get(text_col)), (_url_value(obj.get(url_col)) if url_col else None)
+
+
+def csv_row(record: list[str], ti: int, ui: int | None) -> tuple[tuple[str | None, str | None], str | None]:
+    value = record[ti] if ti < len(record) else None
+    text: tuple[str | None, str | None] = (None, None)
+    if value is not None:
+        try:
+            value.encode("utf-8")
+            text = (value[:MAX_KEEP_CHARS], None)
+        except UnicodeEncodeError:
+            text = (None, "invalid_utf8")
+    u = record[ui] if ui is not None and ui < len(record) else None
+    return text, (u.encode("utf-8", "replace").decode("utf-8")[:4096] if u else None)
+
+
+def csv_columns(url: str, header: list[str], text_col: str, url_col: str | None) -> tuple[int, int | None]:
+    for col in [text_col] + ([url_col] if url_col else []):
+        if col not in header:
+            raise InputError(
+                f"{url}: column {col!r} not found (columns: {', '.join(header[:12])}); "
+                f"set ingest.{'text' if col == text_col else 'url'}_column"
+            )
+    return header.index(text_col), header.index(url_col) if url_col else None
 
 
 def read_parquet(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
+    meta = parquet_meta(f.url, text_col, url_col)
+    return read_parquet_rows(f.url, f.name, text_col, url_col, tuple(range(meta.num_row_groups)), 0, 0,
+                             meta.num_rows)
+
+
+def parquet_meta(url: str, text_col: str, url_col: str | None) -> pq.FileMetaData:
+    """The footer only (row groups, schema), with the column checks of a whole-input error."""
     try:
-        with fsspec.open(f.url, "rb") as fh:
-            pf = pq.ParquetFile(io.BytesIO(fh.read()))
+        with open_input(url) as fh:
+            pf = pq.ParquetFile(fh)
             schema = pf.schema_arrow
             names = schema.names
             for col in [text_col] + ([url_col] if url_col else []):
                 if col not in names:
                     raise InputError(
-                        f"{f.url}: column {col!r} not found (columns: {', '.join(names[:12])}); "
+                        f"{url}: column {col!r} not found (columns: {', '.join(names[:12])}); "
                         f"set ingest.{'text' if col == text_col else 'url'}_column"
                     )
-            _check_type(f, text_col, schema.field(text_col).type)
-            cols = [text_col] + ([url_col] if url_col else [])
-            table = pf.read(columns=cols)
+            _check_type(url, text_col, schema.field(text_col).type)
+            return pf.metadata
     except InputError:
         raise
+    except FileNotFoundError:
+        raise
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(f"{f.url}: not a readable parquet file ({str(exc).splitlines()[0][:160]})") from None
+        raise InputError(f"{url}: not a readable parquet file ({str(exc).splitlines()[0][:160]})") from None
+
+
+def read_parquet_rows(url: str, name: str, text_col: str, url_col: str | None, groups: tuple[int, ...],
+                      group_start: int, row_start: int, n_rows: int) -> pa.Table:
+    """Rows [row_start, row_start + n_rows) of a parquet file, reading only the covering row groups."""
+    cols = [text_col] + ([url_col] if url_col else [])
+    with open_input(url) as fh:
+        table = pq.ParquetFile(fh).read_row_groups(list(groups), columns=cols)
+    table = table.slice(row_start - group_start, n_rows)
     texts = [_decode(v) for v in table[text_col].to_pylist()]
     urls = [_url_value(v) for v in table[url_col].to_pylist()] if url_col else [None] * len(texts)
-    return _table(f.name, texts, urls)
+    return _table(name, texts, urls, row_start)
 
 
-def _lines(f: InputFile) -> list[bytes]:
-    with fsspec.open(f.url, "rb", compression="infer") as fh:
-        data = fh.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-
-
-def read_txt(f: InputFile) -> pa.Table:
-    texts = [_decode(bytes(line)) for line in _lines(f)]
-    return _table(f.name, texts, [None] * len(texts))
-
-
-def read_jsonl(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
+def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | None, offset: int, skip: int,
+                   row_start: int, n_rows: int) -> pa.Table:
+    """Rows [row_start, row_start + n_rows) of a text file: seek to a row boundary the scan recorded
+    (`offset`, which is `skip` rows before row_start) and parse from there."""
     texts: list[tuple[str | None, str | None]] = []
     urls: list[str | None] = []
-    has_text = False
-    objects = 0
-    for line in _lines(f):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            texts.append((None, "invalid_utf8"))
-            urls.append(None)
-            continue
-        except ValueError:
-            texts.append((None, "invalid_json"))
-            urls.append(None)
-            continue
-        if not isinstance(obj, dict):
-            texts.append((None, "invalid_json"))
-            urls.append(None)
-            continue
-        objects += 1
-        has_text = has_text or text_col in obj
-        texts.append(_decode(obj.get(text_col)))
-        urls.append(_url_value(obj.get(url_col)) if url_col else None)
-    if texts and not objects:
-        raise InputError(f"{f.url}: not JSON lines (no line holds a JSON object; one object per line expected)")
-    if texts and not has_text:
-        raise InputError(f"{f.url}: no record has the field {text_col!r}; set ingest.text_column")
-    return _table(f.name, texts, urls)
-
-
-def read_delimited(f: InputFile, text_col: str, url_col: str | None, delimiter: str) -> pa.Table:
-    with fsspec.open(f.url, "rb", compression="infer") as fh:
-        data = fh.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    text = data.decode("utf-8", errors="surrogateescape")
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError(f"{f.url}: input is empty (no header row)") from None
-    except csv.Error as exc:
-        raise InputError(f"{f.url}: not a readable {delimiter!r}-separated file ({exc})") from None
-    for col in [text_col] + ([url_col] if url_col else []):
-        if col not in header:
-            raise InputError(
-                f"{f.url}: column {col!r} not found (columns: {', '.join(header[:12])}); "
-                f"set ingest.{'text' if col == text_col else 'url'}_column"
-            )
-    ti = header.index(text_col)
-    ui = header.index(url_col) if url_col else None
-    texts: list[tuple[str | None, str | None]] = []
-    urls: list[str | None] = []
-    try:
-        for row in reader:
-            if not row:
+    with _open_text(url) as fh:
+        ti, ui = 0, None
+        if fmt in ("csv", "tsv"):
+            header = next(iter_text_rows(fh, fmt, True))[1]
+            ti, ui = csv_columns(url, header, text_col, url_col)
+        if offset:
+            fh.seek(offset)
+        rows = iter_text_rows(fh, fmt, offset == 0 and fmt not in ("csv", "tsv"))
+        for i, (_pos, row) in enumerate(rows):
+            if i < skip:
                 continue
-            value = row[ti] if ti < len(row) else None
-            if value is not None:
-                try:
-                    value.encode("utf-8")
-                    texts.append((value[:MAX_KEEP_CHARS], None))
-                except UnicodeEncodeError:
-                    texts.append((None, "invalid_utf8"))
+            if len(texts) == n_rows:
+                break
+            if fmt == "txt":
+                text, u = txt_row(row)
+            elif fmt == "jsonl":
+                text, u = jsonl_row(row, text_col, url_col)
             else:
-                texts.append((None, None))
-            u = row[ui] if ui is not None and ui < len(row) else None
-            urls.append(u.encode("utf-8", "replace").decode("utf-8")[:4096] if u else None)
-    except csv.Error as exc:
-        raise InputError(f"{f.url}: row {reader.line_num}: malformed {delimiter!r}-separated data ({exc})") from None
-    return _table(f.name, texts, urls)
+                text, u = csv_row(row, ti, ui)
+            texts.append(text)
+            urls.append(u)
+    return _table(name, texts, urls, row_start)
+
+
+def _whole_text(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
+    from pipeline.scan import scan_text
+
+    info = scan_text(f.url, f.fmt, text_col, url_col)
+    return read_text_rows(f.url, f.name, f.fmt, text_col, url_col, info.checkpoints[0] if info.checkpoints else 0,
+                          0, 0, info.rows)
 
 
 def read_input(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
@@ -263,12 +313,8 @@ def read_input(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
     try:
         if f.fmt == "parquet":
             return read_parquet(f, text_col, url_col)
-        if f.fmt == "txt":
-            return read_txt(f)
-        if f.fmt == "jsonl":
-            return read_jsonl(f, text_col, url_col)
-        if f.fmt in ("csv", "tsv"):
-            return read_delimited(f, text_col, url_col, "," if f.fmt == "csv" else "\t")
+        if f.fmt in ("txt", "jsonl", "csv", "tsv"):
+            return _whole_text(f, text_col, url_col)
     except FileNotFoundError:
         raise InputError(f"{f.url}: no such file") from None
     except PermissionError:

@@ -140,6 +140,8 @@ class Runner:
         # Validate inputs before touching OUT: a bad input must leave nothing half-written.
         self._stages = {name: load_stage_class(name)(self.cfg) for name in selected}
         for name in selected:
+            replace = from_stage is not None and names.index(name) >= names.index(from_stage)
+            self._stages[name].bind(self.storage, replace)
             self._stages[name].preflight()
         self.storage.check_writable()
         # One driver per OUT: nothing (config, logs, temp cleanup, partitions) is written before this.
@@ -172,7 +174,8 @@ class Runner:
     def invalidate(self, name: str, reason: str) -> None:
         """Forget a stage's completion so it is recomputed; data files are overwritten in place."""
         removed = False
-        for sub in ("", "_pre"):
+        cls = load_stage_class_safe(name)
+        for sub in ("", *getattr(cls, "state_dirs", ())):
             base = f"{name}/{sub}".rstrip("/")
             if self.storage.exists(base, DONE_DIR):
                 self.storage.remove(base, DONE_DIR)

@@ -91,6 +91,10 @@ class Stage:
         return {}
 
     # ---- driver side ---------------------------------------------------------------------
+    def bind(self, storage: Storage, replace: bool) -> None:
+        """Called before preflight with OUT (read it, never write it, until preflight passed); `replace`
+        says the user asked to recompute this stage (`--from`), e.g. from a different input."""
+
     def preflight(self) -> None:
         """Validate inputs before anything is written to OUT (raise pipeline.errors.InputError)."""
 

@@ -1,49 +1,55 @@
 """Ingest: read captions, clean them, drop bad rows with a reason, dedup, and partition.
 
-Two steps, both resumable: per-partition cleaning and filtering runs on Ray workers (written to
-OUT/ingest/_pre/), then a driver-side pass drops duplicate captions and URLs in global input order
-(first occurrence wins among rows that passed every other filter) and publishes OUT/ingest/part-*.
-Dedup has to see every partition, and only needs two short keys per row, so the driver does it.
+The driver plans from metadata only (stages.ingest_plan): each worker reads its own rows from the source,
+cleans and filters them (OUT/ingest/_pre/) and writes their dedup keys in buckets (OUT/ingest/_keys/).
+Finalize then resolves duplicates per bucket on the cluster (stages.ingest_dedup: first occurrence in
+global input order wins among rows that passed every other filter) and publishes OUT/ingest/part-*,
+rewriting only partitions whose rows or drops changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from filters.caption_filters import check_caption, load_blocklist
+from filters.caption_filters import check_captions, load_blocklist
+from filters.lang import LanguageGuess
 from filters.text_clean import caption_key, clean_caption, url_key
 from pipeline.errors import InputError
-from pipeline.inputs import RAW_SCHEMA, discover, read_input
+from pipeline.inputs import discover
 from pipeline.records import (
+    DONE_DIR,
+    check_partitions,
     combined_key,
-    file_matches,
-    read_record,
-    record_name,
+    read_records,
     remove_partitions_from,
-    write_record,
 )
+from pipeline.settings.ingest import IngestConfig
 from pipeline.stage import (
-    DROPPED,
-    KEPT,
     PartitionSpec,
     PlanContext,
     Stage,
-    count_reasons,
-    part_name,
     with_status,
 )
 from pipeline.storage import Storage
+from stages import ingest_dedup as dd
+from stages.ingest_plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
 log = logging.getLogger("editgen")
 
 PRE = "_pre"
+INPUT_FILE = "_input.json"
+STATE = "state.json"
 #: Original text is kept for tracing, but a 1 MB caption must not bloat every partition.
 RAW_KEEP_CHARS = 2048
+#: Publish tasks handle this many partitions each (a task per partition costs more than the work).
+PUBLISH_CHUNK = 32
 
 
 def row_id(source: str, row: int) -> str:
@@ -51,124 +57,176 @@ def row_id(source: str, row: int) -> str:
     return hashlib.blake2b(f"{source}\x00{row}".encode(), digest_size=8).hexdigest()
 
 
-def _table_key(table: pa.Table) -> str:
-    h = hashlib.sha256()
-    for col in ("source", "source_row", "text", "url", "raw_error"):
-        for chunk in table[col].chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    h.update(memoryview(buf))
-        h.update(b"|")
-    h.update(str(table.num_rows).encode())
-    return h.hexdigest()
+@dataclass(frozen=True)
+class IngestWork:
+    """A partition's payload: the segments its worker reads, and the dedup bucket count."""
+
+    segments: tuple[Segment, ...]
+    buckets: int
 
 
 class IngestStage(Stage):
     name = "ingest"
     version = "2"  # 2: <script>/<style> elements are removed with their content
     work_subdir = PRE
+    #: Directories whose completion state `--from ingest` forgets.
+    state_dirs = (PRE, dd.DEDUP_DIR)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._raw: pa.Table | None = None
+        self._files: list[FileMeta] | None = None
         self._terms: tuple[str, ...] = ()
+        self._out: Storage | None = None
+        self._replace = False
+        self._keys_to: tuple[Storage, int, int] | None = None
+        self._planned_buckets = 1
+
+    @property
+    def settings(self) -> IngestConfig:
+        return self.config.ingest
+
+    def bind(self, storage: Storage, replace: bool) -> None:
+        """OUT, read-only until preflight passed: for cached scans and the input-identity check."""
+        self._out, self._replace = storage, replace
 
     # ---- driver ---------------------------------------------------------------------------
     def preflight(self) -> None:
-        """Read and validate all inputs up front: bad input must fail before OUT is touched."""
+        """Check every input from metadata (plus one cached scan per text file) before OUT is touched."""
         s = self.settings
-        files = discover(s.input, s.format)
-        tables = [read_input(f, s.text_column, s.url_column if f.fmt != "txt" else None) for f in files]
-        raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
-        if raw.num_rows == 0:
+        found = discover(s.input, s.format)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            files = list(pool.map(lambda f: _describe(f, s, self._out), found))
+        if sum(f.rows for f in files) == 0:
             raise InputError(f"{', '.join(f.url for f in files)}: input is empty (0 rows)")
-        if s.limit is not None and s.limit < raw.num_rows:
-            rng = np.random.default_rng(s.seed)
-            idx = np.sort(rng.choice(raw.num_rows, size=s.limit, replace=False))
-            raw = raw.take(pa.array(idx))
-        self._raw = raw
         if s.blocklist:
             try:
                 load_blocklist(s.blocklist)
             except OSError as exc:
                 raise InputError(f"{s.blocklist}: cannot read blocklist ({exc.strerror})") from None
+        if self._out is not None:
+            self._check_same_input(self._out, files)
+        self._files = files
+
+    def _check_same_input(self, storage: Storage, files: list[FileMeta]) -> None:
+        """A different input on an existing OUT would silently replace the dataset: refuse it."""
+        try:
+            old = json.loads(storage.read_text(self.name, INPUT_FILE))
+        except (FileNotFoundError, ValueError):
+            return
+        if old.get("files") != [f.url for f in files] and not self._replace:
+            raise InputError(
+                f"{storage.root}: was built from --input {' '.join(old.get('input', []))} "
+                f"({len(old.get('files', []))} files); --input {' '.join(self.settings.input)} is a different "
+                "input (use --from ingest to replace it, or another --out)"
+            )
+
+    def _record_input(self, storage: Storage, files: list[FileMeta]) -> None:
+        """OUT/ingest/_input.json: which files this OUT is built from (rewritten only when that changes)."""
+        text = json.dumps({"input": self.settings.input, "files": [f.url for f in files]}, indent=1)
+        try:
+            old = json.loads(storage.read_text(self.name, INPUT_FILE))
+            if old.get("files") == [f.url for f in files]:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        storage.write_text(text, self.name, INPUT_FILE)
 
     def plan(self, ctx: PlanContext) -> list[PartitionSpec]:
-        """Fixed-size slices of the (sampled) input; the slice travels to the worker as the payload
-        (Ray moves large arguments through its object store)."""
-        if self._raw is None:
+        """Partitions of rows_per_partition rows (segments of files), keyed by file identity + rows."""
+        if self._files is None:
             self.preflight()
-        raw = self._raw
-        assert raw is not None
-        size = self.settings.rows_per_partition
-        specs = []
-        slices = [raw.slice(i, size) for i in range(0, raw.num_rows, size)]
-        for pid, part in enumerate(slices):
-            part = part.combine_chunks()
-            specs.append(PartitionSpec(pid=pid, input_key=_table_key(part), rows_in=part.num_rows, payload=part))
-        return specs
+        files = self._files
+        assert files is not None
+        s = self.settings
+        save_scans(ctx.storage, files, s.text_column, s.url_column)
+        self._record_input(ctx.storage, files)
+        total = sum(f.rows for f in files)
+        if s.limit is not None and s.limit < total:
+            parts = pack_sample(files, s.rows_per_partition, s.limit, s.seed)
+        else:
+            parts = pack(files, s.rows_per_partition)
+        buckets = dd.auto_buckets(s.dedup_buckets, min(total, s.limit or total))
+        self._planned_buckets = buckets
+        return [PartitionSpec(pid=i, input_key=p.key(), rows_in=p.rows,
+                              payload=IngestWork(tuple(p.segments), buckets))
+                for i, p in enumerate(parts)]
 
     def finalize(self, ctx: PlanContext, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop duplicates in global order and publish the final partitions."""
-        storage, h = ctx.storage, records[0]["stage_hash"] if records else ""
-        dedup_key = combined_key([r["sha256"] for r in records] + [self._dedup_settings()])
-        final = []
-        todo = []
-        for r in records:
-            rec = read_record(storage, self.name, record_name(r["partition"]))
-            if (rec and rec.get("stage_hash") == h and rec.get("input_key") == dedup_key
-                    and file_matches(storage, self.name, rec, self.config.run.verify_checksums)):
-                final.append(rec)
-            else:
-                todo.append(r)
-        if not todo:
-            return final
-        dup_ids = self._find_duplicates(storage, records)
-        for r in todo:
-            table = storage.read_table(self.name, PRE, r["file"])
-            statuses = table["status"].to_pylist()
-            reasons = table["drop_reason"].to_pylist()
-            for i, rid in enumerate(table["id"].to_pylist()):
-                reason = dup_ids.get(rid)
-                if reason and statuses[i] == KEPT:
-                    statuses[i], reasons[i] = DROPPED, reason
-            out = table.drop_columns(["caption_key", "url_key", "status", "drop_reason"])
-            out = with_status(out, reasons)
-            sha, nbytes = storage.write_table(out, self.name, part_name(r["partition"]))
-            kept, dropped = count_reasons(out)
-            rec = {**r, "input_key": dedup_key, "sha256": sha, "bytes": nbytes, "rows_out": kept,
-                   "dropped": dropped, "file": part_name(r["partition"])}
-            write_record(storage, self.name, rec)
-            final.append(rec)
-        remove_partitions_from(storage, self.name, len(records))
+        """Resolve duplicates on the cluster (skipped when no partition changed) and publish."""
+        storage = ctx.storage
+        h = records[0]["stage_hash"] if records else ""
+        n = len(records)
+        remove_partitions_from(storage, self.name, n)
+        self._remove_keys_from(storage, n)
+        digests = self._dedup(storage, records)
+        specs = [PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digests.get(r["partition"], "")),
+                               rows_in=r.get("rows_in", 0)) for r in records]
+        stale = check_partitions(storage, self.name, specs, h)  # one listing, one bulk record read
+        published = {r["partition"]: r for r in read_records(storage, self.name)}
+        final = [published[r["partition"]] for r in records if r["partition"] not in stale]
+        todo = [r for r in records if r["partition"] in stale]
+        if todo:
+            log.info("ingest: publishing %d/%d partitions after dedup", len(todo), n)
+            final += self._remote_publish(storage, todo, digests)
         return sorted(final, key=lambda x: x["partition"])
 
     def _dedup_settings(self) -> str:
         return f"captions={self.settings.dedup_captions},urls={self.settings.dedup_urls}"
 
-    def _find_duplicates(self, storage: Storage, records: list[dict[str, Any]]) -> dict[str, str]:
+    def _dedup(self, storage: Storage, records: list[dict[str, Any]]) -> dict[int, str]:
+        """Per-partition drop digests; recomputed only when some pre-dedup partition changed."""
         s = self.settings
-        seen_captions: set[str] = set()
-        seen_urls: set[str] = set()
-        dups: dict[str, str] = {}
-        for r in sorted(records, key=lambda x: x["partition"]):
-            t = storage.read_table(self.name, PRE, r["file"], columns=["id", "status", "caption_key", "url_key"])
-            for rid, status, ck, uk in zip(
-                t["id"].to_pylist(), t["status"].to_pylist(), t["caption_key"].to_pylist(),
-                t["url_key"].to_pylist(), strict=True,
-            ):
-                if status != KEPT:
-                    continue
-                if s.dedup_captions and ck in seen_captions:
-                    dups[rid] = "duplicate_caption"
-                    continue
-                if s.dedup_urls and uk and uk in seen_urls:
-                    dups[rid] = "duplicate_url"
-                    continue
-                seen_captions.add(ck)
-                if uk:
-                    seen_urls.add(uk)
-        return dups
+        key = combined_key([r["sha256"] for r in records] + [self._dedup_settings()])
+        try:
+            state = json.loads(storage.read_text(self.name, dd.DEDUP_DIR, DONE_DIR, STATE))
+            if state.get("key") == key:
+                return {int(k): v for k, v in state["digests"].items()}
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        digests: dict[int, str] = {}
+        if records and (s.dedup_captions or s.dedup_urls):
+            digests = self._remote_dedup(storage, [r["partition"] for r in records])
+        elif storage.exists(self.name, dd.DEDUP_DIR, dd.DROPS_FILE):
+            storage.remove(self.name, dd.DEDUP_DIR, dd.DROPS_FILE)
+        storage.write_text(json.dumps({"key": key, "digests": {str(k): v for k, v in digests.items()}}),
+                           self.name, dd.DEDUP_DIR, DONE_DIR, STATE)
+        return digests
+
+    def _remote_dedup(self, storage: Storage, pids: list[int]) -> dict[int, str]:
+        import ray
+
+        from pipeline.ray_runtime import ensure_ray
+
+        ensure_ray(self.config.ray)
+        s = self.settings
+        buckets = self._planned_buckets
+        task = ray.remote(num_cpus=1, max_retries=2)(dd.bucket_conflicts)
+        refs = [task.remote(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions,
+                            s.dedup_urls) for b in range(buckets)]
+        resolve = ray.remote(num_cpus=1, max_retries=2)(dd.resolve)
+        digests = ray.get(resolve.remote(storage.root, storage.storage_options, *refs))
+        log.info("ingest: dedup over %d buckets: %d partitions with duplicates", buckets, len(digests))
+        return digests
+
+    def _remote_publish(self, storage: Storage, todo: list[dict[str, Any]],
+                        digests: dict[int, str]) -> list[dict[str, Any]]:
+        import ray
+
+        from pipeline.ray_runtime import ensure_ray
+
+        ensure_ray(self.config.ray)
+        task = ray.remote(num_cpus=1, max_retries=2)(dd.publish)
+        refs = []
+        for i in range(0, len(todo), PUBLISH_CHUNK):
+            chunk = todo[i:i + PUBLISH_CHUNK]
+            mine = {r["partition"]: digests[r["partition"]] for r in chunk if r["partition"] in digests}
+            refs.append(task.remote(storage.root, storage.storage_options, chunk, mine))
+        return [rec for part in ray.get(refs) for rec in part]
+
+    def _remove_keys_from(self, storage: Storage, n: int) -> None:
+        for fname in storage.listdir(self.name, dd.KEYS_DIR):
+            if fname.startswith("part-") and int(fname[5:10]) >= n:
+                storage.remove(self.name, dd.KEYS_DIR, fname)
 
     # ---- worker ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -176,48 +234,72 @@ class IngestStage(Stage):
         self._terms = tuple(load_blocklist(s.blocklist, s.extra_blocked_terms))
 
     def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
-        return spec.payload
+        """This partition's rows, read from the source by the worker itself."""
+        s = self.settings
+        work: IngestWork = spec.payload
+        tables = [read_segment(seg, s.text_column, s.url_column) for seg in work.segments]
+        self._keys_to = (storage, spec.pid, work.buckets)
+        return pa.concat_tables(tables).combine_chunks()
+
+    def process_partition(self, table: pa.Table) -> pa.Table:
+        """Clean and filter; then write the kept rows' dedup keys, bucketed, beside the partition."""
+        out = super().process_partition(table)
+        if self._keys_to is not None:
+            storage, pid, buckets = self._keys_to
+            self._keys_to = None
+            s = self.settings
+            batches = dd.bucket_keys(out["caption_key"].to_pylist(), out["url_key"].to_pylist(),
+                                     out["drop_reason"].to_pylist(), buckets, s.dedup_captions, s.dedup_urls)
+            storage.write_bytes(dd.keys_file_bytes(batches), self.name, dd.KEYS_DIR, dd.keys_name(pid))
+        return out
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
+        """Clean every caption, then filter the batch in one call (language id is batched)."""
         s = self.settings
         if not self._terms:
             self.setup()
-        langs = tuple(s.languages)
-        ids, captions, raws, langs_out, lang_conf, ckeys, ukeys, reasons = [], [], [], [], [], [], [], []
-        for source, row, text, url, err in zip(
-            batch["source"].to_pylist(), batch["source_row"].to_pylist(), batch["text"].to_pylist(),
-            batch["url"].to_pylist(), batch["raw_error"].to_pylist(), strict=True,
-        ):
-            ids.append(row_id(source, row))
-            raws.append(text[:RAW_KEEP_CHARS] if text else text)
-            guess = None
+        texts, errors = batch["text"].to_pylist(), batch["raw_error"].to_pylist()
+        captions, reasons, todo = [], [], []
+        for i, (text, err) in enumerate(zip(texts, errors, strict=True)):
             if err:
-                caption, reason = "", err
+                captions.append("")
+                reasons.append(err)
             elif text is not None and len(text) > 20 * s.max_chars:
-                caption, reason = "", "too_long"
+                captions.append("")
+                reasons.append("too_long")
             else:
-                caption = clean_caption(text)
-                reason, guess = check_caption(
-                    caption, min_words=s.min_words, max_words=s.max_words, min_chars=s.min_chars,
-                    max_chars=s.max_chars, languages=langs, min_language_confidence=s.min_language_confidence,
-                    blocklist=self._terms, drop_junk=s.drop_junk,
-                )
-            captions.append(caption)
-            langs_out.append(guess.lang if guess else None)
-            lang_conf.append(round(guess.confidence, 4) if guess else None)
-            ckeys.append(caption_key(caption))
-            ukeys.append(url_key(url))
-            reasons.append(reason)
+                captions.append(clean_caption(text))
+                reasons.append(None)
+                todo.append(i)
+        checked = check_captions(
+            [captions[i] for i in todo], min_words=s.min_words, max_words=s.max_words, min_chars=s.min_chars,
+            max_chars=s.max_chars, languages=tuple(s.languages), min_language_confidence=s.min_language_confidence,
+            blocklist=self._terms, drop_junk=s.drop_junk,
+        )
+        guesses: list[LanguageGuess | None] = [None] * len(texts)
+        for i, (reason, guess) in zip(todo, checked, strict=True):
+            reasons[i], guesses[i] = reason, guess
         out = pa.table({
-            "id": pa.array(ids, pa.string()),
+            "id": pa.array([row_id(src, row) for src, row in zip(batch["source"].to_pylist(),
+                                                                   batch["source_row"].to_pylist(), strict=True)],
+                           pa.string()),
             "source": batch["source"],
             "source_row": batch["source_row"],
             "url": batch["url"],
             "caption": pa.array(captions, pa.string()),
-            "caption_raw": pa.array(raws, pa.string()),
-            "language": pa.array(langs_out, pa.string()),
-            "language_confidence": pa.array(lang_conf, pa.float32()),
-            "caption_key": pa.array(ckeys, pa.string()),
-            "url_key": pa.array(ukeys, pa.string()),
+            "caption_raw": pa.array([t[:RAW_KEEP_CHARS] if t else t for t in texts], pa.string()),
+            "language": pa.array([g.lang if g else None for g in guesses], pa.string()),
+            "language_confidence": pa.array([round(g.confidence, 4) if g else None for g in guesses], pa.float32()),
+            "caption_key": pa.array([caption_key(c) for c in captions], pa.string()),
+            "url_key": pa.array([url_key(u) for u in batch["url"].to_pylist()], pa.string()),
         })
         return with_status(out, reasons)
+
+
+def _describe(f: Any, s: IngestConfig, out: Storage | None) -> FileMeta:
+    try:
+        return describe(f, s.text_column, s.url_column, out)
+    except FileNotFoundError:
+        raise InputError(f"{f.url}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{f.url}: permission denied") from None

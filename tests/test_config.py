@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -88,3 +89,74 @@ def test_cli_config_error_exit_2():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "ingest.limt" in lines[0]
+
+
+#: --set value -> words the one-line error must contain (issue 10: each used to be a traceback, a silent
+#: drop of every row, or NaN written to disk)
+BAD_SETTINGS = {
+    "run.log_level=BOGUS": "run.log_level: input should be 'DEBUG'",
+    "ingest.seed=-1": "ingest.seed: input should be greater than or equal to 0",
+    "ray.object_store_memory=100000000000000": "ray.object_store_memory: 100000000000000 bytes is more than",
+    "render.guidance_range=[7.5, .nan]": "render.guidance_range.1: input should be a finite number",
+    "render.guidance_range=[.inf, 15]": "render.guidance_range.0: input should be a finite number",
+    "ingest.languages=[zz]": "ingest.languages: unknown language code 'zz'",
+    "render.height=100000": "render.height: input should be less than or equal to 4096",
+    "ingest.min_words=100": "ingest.min_words: 100 is above max_words (60)",
+}
+
+
+@pytest.mark.parametrize("item", sorted(BAD_SETTINGS))
+def test_bad_values_name_the_key(item):
+    with pytest.raises(ConfigError, match=re.escape(BAD_SETTINGS[item])):
+        build_config(overrides=[item])
+
+
+def test_log_level_is_case_insensitive():
+    assert build_config(overrides=["run.log_level=debug"]).run.log_level == "DEBUG"
+
+
+def _cli_run(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, object]:
+    out = tmp_path / "out"
+    (tmp_path / "caps.txt").write_text("a red car on a road\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--input", str(tmp_path / "caps.txt"),
+         "--out", str(out), "-q", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
+    )
+    return proc, out
+
+
+@pytest.mark.parametrize("item", ["run.log_level=BOGUS", "ingest.seed=-1", "ray.object_store_memory=100000000000000",
+                                  "render.guidance_range=[.nan, 8]", "ingest.languages=[zz]"])
+def test_cli_bad_value_exit_2_nothing_written(tmp_path, item):
+    proc, out = _cli_run(tmp_path, "--set", item)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and item.split("=")[0] in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"ingest:\n  limit: \xff\xfe\n", "not UTF-8 text (byte 0xff at offset 17)"),
+    (b"- ingest\n- render\n", "expected a mapping of sections, got list"),
+    (b"ingest: 5\n", "ingest: expected a mapping of settings, got int"),
+])
+def test_cli_bad_config_file_exit_2(tmp_path, body, words):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_bytes(body)
+    proc, out = _cli_run(tmp_path, "--config", str(cfg_file))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [(["--guidance", "nan"], "--guidance: input should be a finite number"),
+                                             (["--size", "100000"], "--size: input should be less than or equal to")])
+def test_pair_validates_like_the_config(tmp_path, args, words):
+    out = tmp_path / "pair"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "pair", "--profile", "tiny", "--prompt", "a cat on a sofa",
+         "--edit-prompt", "a dog on a sofa", "--out", str(out), *args],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+    assert not out.exists()

@@ -15,6 +15,7 @@ from pipeline.config import build_config
 from pipeline.errors import InputError
 from pipeline.inputs import discover, read_input
 from stages.ingest import IngestStage, row_id
+from stages.ingest_plan import pack, pack_sample, read_segment
 
 CHECK = dict(min_words=2, max_words=60, min_chars=8, max_chars=400, languages=("en",),
              min_language_confidence=0.5, drop_junk=True)
@@ -84,6 +85,16 @@ def test_row_id_stable():
     assert "." not in row_id("a.parquet", 3) and len(row_id("x", 0)) == 16
 
 
+def read_plan(stage: IngestStage) -> list[pa.Table]:
+    """Each planned partition's rows, read the way a worker reads them (no OUT, no Ray)."""
+    stage.preflight()
+    s = stage.settings
+    parts = pack_sample(stage._files, s.rows_per_partition, s.limit, s.seed) if s.limit else pack(
+        stage._files, s.rows_per_partition)
+    return [pa.concat_tables([read_segment(seg, s.text_column, s.url_column) for seg in p.segments])
+            for p in parts]
+
+
 def _write_inputs(tmp_path):
     pq.write_table(pa.table({"TEXT": ["A red car on a road", None], "URL": ["http://a/1", "http://a/2"]}),
                    tmp_path / "a.parquet")
@@ -121,7 +132,7 @@ def test_binary_column_and_huge_strings(tmp_path):
     stage = IngestStage(cfg)
     stage.preflight()
     stage.setup()
-    out = stage.process_batch(stage._raw)
+    out = stage.process_batch(read_plan(stage)[0])
     assert out["drop_reason"].to_pylist() == [None, "invalid_utf8", "too_long"]
     assert out.num_rows == 3
 
@@ -150,9 +161,7 @@ def test_bad_input_errors(tmp_path, make, pattern):
 def test_limit_is_seeded_and_deterministic(laion_parquet):
     def sample(seed):
         cfg = build_config(extra={"ingest": {"input": [str(laion_parquet)], "limit": 50, "seed": seed}})
-        st = IngestStage(cfg)
-        st.preflight()
-        return st._raw["source_row"].to_pylist()
+        return read_plan(IngestStage(cfg))[0]["source_row"].to_pylist()
 
     a, b, c = sample(1), sample(1), sample(2)
     assert a == b and a != c and len(a) == 50 and a == sorted(a)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+#: Seeds: numpy and torch take any non-negative integer below 2**63 (a negative one raises mid-run).
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys and wrong types are errors, never ignored."""
+    """Base for every config section: unknown keys and wrong types are errors, never ignored; NaN and
+    infinity are never valid settings (a NaN guidance scale silently writes NaN images)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class Resources(Strict):
     """How a stage is scheduled on Ray. Excluded from the config hash: it never changes results."""
 
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    concurrency: int = Field(1, ge=0, description="number of actors (workers); 0 = as many as the cluster fits")
-    batch_size: int = Field(256, ge=1, description="rows handed to the batch function at once")
-    max_retries: int = Field(3, ge=0, description="re-runs of a partition after a worker crash")
+    num_cpus: float = Field(1.0, ge=0, le=4096)
+    num_gpus: float = Field(0.0, ge=0, le=1024)
+    concurrency: int = Field(1, ge=0, le=100_000,
+                             description="number of actors (workers); 0 = as many as the cluster fits")
+    batch_size: int = Field(256, ge=1, le=10_000_000, description="rows handed to the batch function at once")
+    max_retries: int = Field(3, ge=0, le=1000, description="re-runs of a partition after a worker crash")

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.settings.base import Resources, Strict
+from filters.lang import LANGID_LANGUAGES
+from pipeline.settings.base import Resources, Seed, Strict
 
 
 class IngestConfig(Strict):
     input: list[str] = Field(default_factory=list, description="paths, globs, directories or fsspec URLs")
     format: Literal["auto", "parquet", "jsonl", "csv", "tsv", "txt"] = "auto"
-    text_column: str = "TEXT"
-    url_column: str | None = "URL"
+    text_column: str = Field("TEXT", min_length=1)
+    url_column: str | None = Field("URL", min_length=1)
     limit: int | None = Field(None, ge=1, description="seeded deterministic sample of N input rows")
-    seed: int = 0
-    rows_per_partition: int = Field(1000, ge=1)
-    min_words: int = Field(2, ge=0)
-    max_words: int = Field(60, ge=1)
-    min_chars: int = Field(8, ge=0)
-    max_chars: int = Field(400, ge=1)
+    seed: Seed = 0
+    rows_per_partition: int = Field(1000, ge=1, le=10_000_000)
+    min_words: int = Field(2, ge=0, le=10_000)
+    max_words: int = Field(60, ge=1, le=10_000)
+    min_chars: int = Field(8, ge=0, le=100_000)
+    max_chars: int = Field(400, ge=1, le=100_000)
     languages: list[str] = Field(default_factory=lambda: ["en"], description="kept languages; [] = any")
     min_language_confidence: float = Field(
         0.5, ge=0, le=1, description="drop as not_english only when langid is at least this sure"
@@ -30,4 +31,24 @@ class IngestConfig(Strict):
     drop_junk: bool = True
     dedup_captions: bool = True
     dedup_urls: bool = True
+    dedup_buckets: int = Field(
+        0, ge=0, le=65_536, description="hash buckets for global dedup (one task each); 0 = one per 500k rows. "
+        "Never changes results, so it is not part of the stage hash"
+    )
     resources: Resources = Field(default_factory=lambda: Resources(concurrency=2, batch_size=2048))
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        """An unknown code would silently drop every row as not_english."""
+        unknown = [code for code in value if code not in LANGID_LANGUAGES]
+        if unknown:
+            raise ValueError(f"unknown language code {unknown[0]!r} (known: {', '.join(sorted(LANGID_LANGUAGES))})")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> IngestConfig:
+        for lo, hi in (("min_words", "max_words"), ("min_chars", "max_chars")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo}: {getattr(self, lo)} is above {hi} ({getattr(self, hi)})")
+        return self

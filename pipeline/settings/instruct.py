@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.settings.base import Resources, Strict
+from pipeline.settings.base import Resources, Seed, Strict
 
 
 class VllmSettings(Strict):
@@ -53,15 +53,15 @@ class OpenAISettings(Strict):
 class InstructConfig(Strict):
     backend: Literal["vllm", "openai", "template"] = "vllm"
     model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="hub id or local path (served name for openai)")
-    seed: int = Field(0, description="with the row id, seeds few-shot sampling and LLM sampling per row")
+    seed: Seed = Field(0, description="with the row id, seeds few-shot sampling and LLM sampling per row")
     # ---- generation -------------------------------------------------------------------------
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, ge=16, description="generated tokens per request")
-    fewshot_k: int = Field(8, ge=0, description="few-shot triplets (chat turns) per request")
+    max_tokens: int = Field(256, ge=16, le=1_000_000, description="generated tokens per request")
+    fewshot_k: int = Field(8, ge=0, le=1000, description="few-shot triplets (chat turns) per request")
     system_prompt_file: str | None = Field(None, description="default: prompts/system.txt")
     fewshot_file: str | None = Field(None, description="default: prompts/fewshot.jsonl")
-    max_attempts: int = Field(3, ge=1, description="tries per row (new seed each) when output is unparseable")
+    max_attempts: int = Field(3, ge=1, le=100, description="tries per row (new seed each) when output is unparseable")
     # ---- validation -------------------------------------------------------------------------
     max_instruction_words: int = Field(16, ge=1, description="longer instructions: llm_instruction_too_long")
     max_instruction_chars: int = Field(160, ge=8, description="JSON-schema maxLength of the instruction")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from pipeline.settings.base import Resources, Strict
+from pipeline.settings.base import Resources, Seed, Strict
+
+#: Largest image side the pipeline accepts (SD 1.5 is trained at 512, SDXL at 1024; beyond 4096 the
+#: attention maps alone exceed any GPU). Model-specific limits are checked when the model is known.
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+Guidance = Annotated[float, Field(ge=0, le=100)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class RenderConfig(Strict):
@@ -20,12 +27,13 @@ class RenderConfig(Strict):
     )
     compile: bool = Field(False, description="torch.compile the UNet once per actor")
     scheduler: Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"] = "ddim"
-    steps: int = Field(50, ge=1)
-    height: int = Field(512, ge=8, multiple_of=8)
-    width: int = Field(512, ge=8, multiple_of=8)
-    candidates: int = Field(4, ge=1, description="candidates drawn per pair (InstructPix2Pix drew up to 100)")
-    p_range: tuple[float, float] = Field((0.1, 0.9), description="P2P window fraction p ~ U(a, b)")
-    guidance_range: tuple[float, float] = Field((7.5, 15.0), description="CFG scale ~ U(a, b)")
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    height: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
+    width: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
+    candidates: int = Field(4, ge=1, le=10_000,
+                            description="candidates drawn per pair (InstructPix2Pix drew up to 100)")
+    p_range: tuple[Fraction, Fraction] = Field((0.1, 0.9), description="P2P window fraction p ~ U(a, b)")
+    guidance_range: tuple[Guidance, Guidance] = Field((7.5, 15.0), description="CFG scale ~ U(a, b)")
     tie_windows: bool = Field(True, description="one p for the cross- and self-attention windows")
     mode: Literal["auto", "replace", "refine", "reweight", "ip2p"] = Field(
         "auto", description="auto = the instruct stage's edit kind (replace when word counts match, else refine)"
@@ -38,8 +46,8 @@ class RenderConfig(Strict):
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
     max_rows_per_batch: int = Field(
-        0, ge=0, description="pack several pairs into one UNet batch (faster on GPU; 0 = one pair per batch, "
-        "which keeps bit-exact regeneration from a record)"
+        0, ge=0, le=100_000, description="pack several pairs into one UNet batch (faster on GPU; 0 = one pair "
+        "per batch, which keeps bit-exact regeneration from a record)"
     )
     early_stop: bool = Field(False, description="score candidates as they finish and stop a pair once "
                              "filter.top_k pass filter thresholds")
@@ -48,7 +56,7 @@ class RenderConfig(Strict):
         0.5, ge=0, le=1, description="a partition where more pairs than this fraction fail to render fails "
         "(retried, then the stage fails, resumable) instead of dropping them all as render_failed"
     )
-    seed: int = Field(0, description="changes every candidate's sampled seed and parameters")
+    seed: Seed = Field(0, description="changes every candidate's sampled seed and parameters")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
     resources: Resources = Field(
         default_factory=lambda: Resources(num_gpus=1, concurrency=0, batch_size=8),
@@ -64,3 +72,14 @@ class RenderConfig(Strict):
         if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
             raise ValueError("p_range must lie within [0, 1]")
         return self
+
+
+def check_values(flags: dict[str, str], **values: object) -> None:
+    """Validate hand-given render values (e.g. `editgen pair` arguments) by the config's own rules;
+    raises ValueError with one line naming the flag given for the bad key (`flags`: key -> flag)."""
+    try:
+        RenderConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        raise ValueError(f"{flags.get(key, key)}: {err['msg'].lower()} (got {err.get('input')!r})") from None

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.settings.base import Strict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="existing cluster (ray://host:10001 or host:6379); "
                                 "None = RAY_ADDRESS or a local Ray started on demand")
-    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a locally started Ray")
-    num_gpus: int | None = Field(None, ge=0)
-    object_store_memory: int | None = Field(None, ge=78_643_200)
+    num_cpus: int | None = Field(None, ge=1, le=100_000, description="logical CPUs of a locally started Ray")
+    num_gpus: int | None = Field(None, ge=0, le=10_000)
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="bytes, for a locally started Ray; at most this machine's memory"
+    )
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="passed to ray.init")
+
+    @model_validator(mode="after")
+    def _store_fits(self) -> RayConfig:
+        """Ray would fail to start (with a traceback) asking for more shared memory than exists."""
+        mem = physical_memory()
+        local = self.address is None and not os.environ.get("RAY_ADDRESS")
+        if local and self.object_store_memory is not None and mem and self.object_store_memory > mem:
+            raise ValueError(f"object_store_memory: {self.object_store_memory} bytes is more than this machine's "
+                             f"memory ({mem / 2**30:.0f} GiB)")
+        return self
 
 
 class RunConfig(Strict):
@@ -30,7 +53,7 @@ class RunConfig(Strict):
         """Earlier configs said true/false."""
         return {True: "full", False: "metadata"}.get(value, value) if isinstance(value, bool) else value
     progress: bool = True
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     worker_start_timeout_s: float = Field(
         1800.0, gt=0, description="a stage with partitions left but no worker alive (none placeable, all "
         "restarting) fails after this long instead of waiting forever; covers model loading at start"
@@ -40,3 +63,8 @@ class RunConfig(Strict):
         "taken over by the next run (a dead driver on the same host is detected at once)"
     )
     lease_heartbeat_s: float = Field(10.0, gt=0, description="how often a run renews its lease on OUT")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value

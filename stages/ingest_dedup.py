@@ -1,0 +1,176 @@
+"""Exact global dedup of captions and URLs, hash-partitioned so no process holds more than one bucket.
+
+Semantics (unchanged): over rows that passed every other filter, in global order (partition, row), a
+row is a `duplicate_caption` if an earlier *kept* row has its caption key, else a `duplicate_url` if an
+earlier kept row has its URL, else it is kept.
+
+1. Each ingest worker writes its kept rows' keys into B buckets (OUT/ingest/_keys/part-N.arrow, one
+   record batch per bucket; bucket = crc32 of the tagged key).
+2. One task per bucket groups its keys and returns only the rows whose key occurs more than once
+   (a key seen once can never make or be a duplicate): (row ordinal, group id, kind).
+3. One task replays the rule above over those conflict rows only, in global order, and writes the
+   dropped rows (ordinal, reason) to OUT/ingest/_dedup/drops.parquet, returning a digest per partition.
+4. Publish tasks rewrite only the partitions whose (pre-dedup checksum, drop digest) changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.records import combined_key, stamp, write_record
+from pipeline.stage import DROPPED, KEPT, count_reasons, part_name, with_status
+from pipeline.storage import Storage
+
+KEYS_DIR = "_keys"
+DEDUP_DIR = "_dedup"
+DROPS_FILE = "drops.parquet"
+KEYS_SCHEMA = pa.schema([("kind", pa.int8()), ("key", pa.string()), ("pos", pa.int32())])
+REASONS = {1: "duplicate_caption", 2: "duplicate_url"}
+#: Rows per bucket when ingest.dedup_buckets is 0 (auto): a bucket task's memory is about 100 B/row.
+AUTO_ROWS_PER_BUCKET = 500_000
+
+
+def auto_buckets(setting: int, total_rows: int) -> int:
+    return setting or max(1, -(-total_rows // AUTO_ROWS_PER_BUCKET))
+
+
+def keys_name(pid: int) -> str:
+    return f"part-{pid:05d}.arrow"
+
+
+def bucket_keys(ckeys: list[str], ukeys: list[str | None], reasons: list[str | None], buckets: int,
+                captions: bool, urls: bool) -> list[pa.RecordBatch]:
+    """The kept rows' dedup keys split into `buckets` record batches (worker side)."""
+    cols: list[tuple[list[int], list[str], list[int]]] = [([], [], []) for _ in range(buckets)]
+    for pos, (ck, uk, why) in enumerate(zip(ckeys, ukeys, reasons, strict=True)):
+        if why is not None:
+            continue
+        for kind, key, on in ((0, ck, captions), (1, uk, urls)):
+            if on and key is not None and (kind == 0 or key):
+                b = cols[zlib.crc32(f"{kind}{key}".encode("utf-8", "surrogatepass")) % buckets]
+                b[0].append(kind)
+                b[1].append(key)
+                b[2].append(pos)
+    return [pa.RecordBatch.from_arrays([pa.array(k, pa.int8()), pa.array(s, pa.string()), pa.array(p, pa.int32())],
+                                       schema=KEYS_SCHEMA) for k, s, p in cols]
+
+
+def keys_file_bytes(batches: list[pa.RecordBatch]) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, KEYS_SCHEMA) as w:
+        for b in batches:
+            w.write_batch(b)
+    return sink.getvalue()
+
+
+def load_bucket(storage: Storage, pid: int, b: int, buckets: int, captions: bool, urls: bool) -> pa.RecordBatch:
+    """Bucket b of one partition's keys; rebuilt from the pre-dedup partition if the keys file is missing
+    or was written for another bucket count."""
+    try:
+        with storage.fs.open(storage.path("ingest", KEYS_DIR, keys_name(pid)), "rb") as fh:
+            # read through the (seekable) file: only this bucket's bytes, never the other buckets'
+            reader = pa.ipc.open_file(pa.PythonFile(fh, mode="r"))
+            if reader.num_record_batches == buckets:
+                return reader.get_batch(b)
+    except (FileNotFoundError, pa.ArrowInvalid):
+        pass
+    t = storage.read_table("ingest", "_pre", part_name(pid), columns=["caption_key", "url_key", "drop_reason"])
+    return bucket_keys(t["caption_key"].to_pylist(), t["url_key"].to_pylist(), t["drop_reason"].to_pylist(),
+                       buckets, captions, urls)[b]
+
+
+def bucket_conflicts(out: str, options: dict[str, Any], pids: list[int], b: int, buckets: int, captions: bool,
+                     urls: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row ordinal, group id, kind) of every row in bucket b whose key occurs more than once."""
+    storage = Storage(out, options)
+    keys, kinds, ords = [], [], []
+    for pid in pids:
+        batch = load_bucket(storage, pid, b, buckets, captions, urls)
+        keys.append(pc.binary_join_element_wise(pc.cast(batch["kind"], pa.string()), batch["key"], ""))
+        kinds.append(batch["kind"].to_numpy(zero_copy_only=False))
+        ords.append((np.int64(pid) << 32) | batch["pos"].to_numpy(zero_copy_only=False).astype(np.int64))
+    if not keys:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int8)
+    enc = pc.dictionary_encode(pa.chunked_array(keys, pa.string())).combine_chunks()
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    multi = np.bincount(idx)[idx] > 1
+    return np.concatenate(ords)[multi], idx[multi] * buckets + b, np.concatenate(kinds)[multi]
+
+
+def resolve(out: str, options: dict[str, Any], *conflicts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[int, str]:
+    """Replay first-kept-wins over the conflict rows in global order; write the drops; digest per partition."""
+    o = np.concatenate([c[0] for c in conflicts]) if conflicts else np.empty(0, np.int64)
+    g = np.concatenate([c[1] for c in conflicts]) if conflicts else np.empty(0, np.int64)
+    k = np.concatenate([c[2] for c in conflicts]) if conflicts else np.empty(0, np.int8)
+    rows, inv = np.unique(o, return_inverse=True)
+    cg = np.full(len(rows), -1, np.int64)
+    ug = np.full(len(rows), -1, np.int64)
+    cg[inv[k == 0]] = g[k == 0]
+    ug[inv[k == 1]] = g[k == 1]
+    reason = np.zeros(len(rows), np.int8)
+    kept_c: set[int] = set()
+    kept_u: set[int] = set()
+    for i, (c, u) in enumerate(zip(cg.tolist(), ug.tolist(), strict=True)):
+        if c >= 0 and c in kept_c:
+            reason[i] = 1
+        elif u >= 0 and u in kept_u:
+            reason[i] = 2
+        else:
+            kept_c.add(c)
+            kept_u.add(u)
+    dropped = rows[reason > 0]
+    codes = reason[reason > 0]
+    table = pa.table({"o": pa.array(dropped, pa.int64()),
+                      "drop_reason": pa.array([REASONS[int(c)] for c in codes], pa.string())})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=65_536, compression="zstd")
+    Storage(out, options).write_bytes(buf.getvalue(), "ingest", DEDUP_DIR, DROPS_FILE)
+    digests: dict[int, str] = {}
+    pids = dropped >> 32
+    for pid in np.unique(pids).tolist():
+        sel = pids == pid
+        digests[int(pid)] = hashlib.sha256(dropped[sel].tobytes() + codes[sel].tobytes()).hexdigest()[:32]
+    return digests
+
+
+def final_key(pre_sha: str, digest: str) -> str:
+    return combined_key([pre_sha, digest])
+
+
+def publish(out: str, options: dict[str, Any], records: list[dict[str, Any]], digests: dict[int, str],
+            stage: str = "ingest") -> list[dict[str, Any]]:
+    """Apply the drops to pre-dedup partitions and publish them with their records (one task, many parts)."""
+    storage = Storage(out, options)
+    pids = [r["partition"] for r in records]
+    lo, hi = min(pids) << 32, (max(pids) + 1) << 32
+    drops: dict[int, str] = {}
+    if storage.exists(stage, DEDUP_DIR, DROPS_FILE) and any(p in digests for p in pids):
+        with storage.fs.open(storage.path(stage, DEDUP_DIR, DROPS_FILE), "rb") as fh:
+            t = pq.read_table(fh, filters=[("o", ">=", lo), ("o", "<", hi)])
+        drops = dict(zip(t["o"].to_pylist(), t["drop_reason"].to_pylist(), strict=True))
+    done = []
+    for r in records:
+        table = storage.read_table(stage, "_pre", r["file"])
+        statuses, reasons = table["status"].to_pylist(), table["drop_reason"].to_pylist()
+        base = r["partition"] << 32
+        for pos in range(table.num_rows):
+            why = drops.get(base | pos)
+            if why and statuses[pos] == KEPT:
+                statuses[pos], reasons[pos] = DROPPED, why
+        table = with_status(table.drop_columns(["caption_key", "url_key", "status", "drop_reason"]), reasons)
+        sha, nbytes = storage.write_table(table, stage, part_name(r["partition"]))
+        kept, dropped = count_reasons(table)
+        rec = {**r, "input_key": final_key(r["sha256"], digests.get(r["partition"], "")), "sha256": sha,
+               "bytes": nbytes, "rows_out": kept, "dropped": dropped, "file": part_name(r["partition"])}
+        rec = stamp(storage, stage, rec)  # ETag / mtime, so a resume checks it from a listing
+        write_record(storage, stage, rec)
+        done.append(rec)
+    return done
