@@ -85,3 +85,18 @@ def apply_edits(p2p: Any, edits: EditSet) -> EditReport:
     layers = apply_rows(p2p.pipe.unet, rows, edits.lam)
     seconds = time.perf_counter() - t0
     return EditReport(edits, weights_checksum(p2p.pipe.unet), layers, int(rows.keys.shape[0]), seconds)
+
+
+def edit_set_from(described: dict[str, Any]) -> EditSet:
+    """Inverse of :meth:`EditReport.describe` (extra keys such as the checksum are ignored)."""
+    return EditSet(edits=described["edits"], lam=described["lambda"], preserve=described.get("preserve", []))
+
+
+def reapply(p2p: Any, described: dict[str, Any]) -> EditReport:
+    """Redo the edits a record names; a different weight checksum (other device, dtype or library
+    versions) is an error rather than a silently different regeneration."""
+    report = apply_edits(p2p, edit_set_from(described))
+    if described.get("checksum") and report.checksum != described["checksum"]:
+        raise ValueError(f"model edits reproduce checksum {report.checksum}, the record says "
+                         f"{described['checksum']}: not the same weights")
+    return report
