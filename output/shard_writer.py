@@ -238,6 +238,18 @@ def _set_summary(shards: list[ShardInfo], gen: str) -> dict[str, Any]:
     }
 
 
+def _collect_model_edits(row: dict[str, Any], found: dict[str, Any]) -> None:
+    """The render model's closed-form edits (docs/model_edits.md) each sample was drawn with, by checksum:
+    applied in the actor (``model_edits``) or baked into an ``edit-model`` folder (``model_edits_in_model``)."""
+    text = row.get("params")
+    if not text or ("model_edits" not in text):
+        return
+    params = json.loads(text)
+    for key in ("model_edits", "model_edits_in_model"):
+        if params.get(key):
+            found.setdefault(f"{key}:{params[key].get('checksum', '')}", {"applied": key, **params[key]})
+
+
 def write_dataset(
     storage: Storage,
     rows: Iterable[dict[str, Any]],
@@ -260,12 +272,14 @@ def write_dataset(
     limits["subdir"] = f"{SHARDS_DIR}/{gen}"
     kept = ShardSetWriter(storage, prefix, **limits)
     rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
+    model_edits: dict[str, Any] = {}
     try:
         for row in rows:
             is_kept = row.get("status", "kept") == "kept"
             if not is_kept and rejected is None:
                 continue
             rows_in += int(is_kept)
+            _collect_model_edits(row, model_edits)
             writer = kept if is_kept else rejected
             try:
                 key, members = sample_members(row)
@@ -291,6 +305,8 @@ def write_dataset(
     }
     if rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, gen)
+    if model_edits:
+        manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, SHARDS_DIR, MANIFEST)  # the publication point
     remove_other_generations(storage, gen)

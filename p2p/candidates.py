@@ -236,13 +236,19 @@ _PIPELINES: dict[tuple[str, str, str], P2PPipeline] = {}
 def pipeline_for_record(record: Mapping[str, Any], device: str | torch.device | None = None) -> P2PPipeline:
     """Load (and memoise) the pipeline a record names; tiny-profile folders are rebuilt if missing."""
     dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(record["model"]), dev, str(record["dtype"]))
+    edits = record.get("model_edits")
+    key = (str(record["model"]), dev, str(record["dtype"]), edits["checksum"] if edits else "")
     if key not in _PIPELINES:
         if record.get("profile") == "tiny" and not os.path.exists(os.path.join(record["model"], "model_index.json")):
             from models.tiny_sd import build_tiny_sd
 
             build_tiny_sd(record["model"], variant=record.get("tiny_variant", "sd"))
-        _PIPELINES[key] = load_pipeline(record["model"], dev, record["dtype"], record["scheduler"])
+        p2p = load_pipeline(record["model"], dev, record["dtype"], record["scheduler"])
+        if edits:
+            from p2p.model_edit.solve import reapply
+
+            reapply(p2p, edits)
+        _PIPELINES[key] = p2p
     return _PIPELINES[key]
 
 

@@ -19,6 +19,7 @@ from pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
     from p2p.generate import RenderRequest
+    from p2p.model_edit.spec import EditSet
 
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"model": None, "variant": "sd", "size": 64, "steps": 10},
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--format", default="png", choices=("png", "jpeg"))
     parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
+    from p2p.model_edit.cli import add_edit_flags
+
+    add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -210,6 +214,15 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _model_edits(args: argparse.Namespace) -> EditSet | None:
+    from p2p.model_edit.cli import edit_set_from_args
+
+    try:
+        return edit_set_from_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``editgen pair``; returns the process exit code."""
     try:
@@ -218,6 +231,7 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError("--format must be png or jpeg")
         if args.dtype not in ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"):
             raise UsageError(f"unknown --dtype {args.dtype!r}")
+        edits = _model_edits(args)
     except UsageError as exc:
         return _fail(str(exc))
 
@@ -237,6 +251,13 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     extra: dict[str, Any] = {"profile": "tiny" if variant else args.profile}
+    if edits is not None:
+        from p2p.model_edit.solve import apply_edits
+
+        try:
+            extra["model_edits"] = apply_edits(p2p, edits).describe()
+        except ValueError as exc:
+            return _fail(str(exc))
     if variant:
         extra["tiny_variant"] = variant
     record = request_to_record(request, model=model, dtype=dtype_name(p2p.dtype), **extra)

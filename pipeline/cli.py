@@ -147,13 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, help_text in (
         ("pair", "p2p.pair_cli", "render one Prompt-to-Prompt pair by hand"),
+        ("edit-model", "p2p.model_edit.cli", "apply closed-form TIME / erase / debias edits, save the model"),
         ("preview", "output.preview", "write OUT/preview.html"),
         ("validate", "output.validate", "check shards against the manifest"),
         ("export-hf", "output.export_hf", "export kept samples as Hugging Face datasets parquet"),
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)
-        if name != "pair":
+        if name not in ("pair", "edit-model"):
             add_storage_option(p)
         if add and main:
             add(p)

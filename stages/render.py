@@ -7,7 +7,9 @@ stored in `params` (JSON), from which `p2p.candidates.regenerate` re-renders the
 With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass
 (so the filter keys early stop reads are part of render's stage hash). Edits whose prompts differ
 only past the text encoder's 77-token truncation are dropped as `render_edit_truncated` before
-rendering: they would publish byte-identical before/after images.
+rendering: they would publish byte-identical before/after images. `render.model_edits` (closed-form
+TIME / erase / debias edits, docs/model_edits.md) are applied once per actor right after loading;
+the edits, λ and a checksum of the edited weights go into every record's `params`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -88,6 +91,8 @@ class RenderStage(Stage):
         self.variant: str | None = None
         self.scorer: Any = None
         self.threads = 1
+        self.model_edits: dict[str, Any] | None = None
+        self.baked_edits: dict[str, Any] | None = None
 
     def preflight(self) -> None:
         s = self.settings
@@ -114,10 +119,28 @@ class RenderStage(Stage):
         dtype = s.dtype if s.dtype != "auto" else ("float16" if device == "cuda" else "float32")
         self.p2p = load_pipeline(self.model_path, device, dtype, s.scheduler, s.compile)
         self.dtype = dtype
+        self.model_edits = self._apply_model_edits()
         if s.early_stop:
             from filters.clip_score import ClipScorer
 
             self.scorer = ClipScorer.from_config(self.config.filter)
+
+    def _apply_model_edits(self) -> dict[str, Any] | None:
+        """Closed-form edits once per actor, right after loading; what they did goes into every record."""
+        self.baked_edits = _baked_edits(self.model_path)
+        edits = self.settings.edit_set()
+        if edits is None:
+            return None
+        from p2p.model_edit.solve import apply_edits
+        from p2p.model_edit.targets import EditError
+
+        try:
+            report = apply_edits(self.p2p, edits)
+        except EditError as exc:
+            raise ConfigError(f"render.model_edits: {exc}") from None
+        log.info("render: %d model edits on %d layers in %.2fs (checksum %s)", len(edits.edits),
+                 report.layers, report.seconds, report.checksum)
+        return report.describe()
 
     # ---------------------------------------------------------------------------------------
     def _records(self, row: dict[str, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -146,6 +169,10 @@ class RenderStage(Stage):
             r["torch_threads"] = self.threads
             if self.variant:
                 r["tiny_variant"] = self.variant
+            if self.model_edits:
+                r["model_edits"] = self.model_edits
+            if self.baked_edits:
+                r["model_edits_in_model"] = self.baked_edits
         return recs
 
     def _render(self, records: list[dict[str, Any]]) -> list[Any]:
@@ -336,6 +363,15 @@ def check_failures(max_fraction: float, pairs: int, failures: list[Exception]) -
             f"{len(failures)} of {pairs} pairs failed to render (render.max_failed_fraction={max_fraction:g}); "
             f"first: {type(first).__name__}: {str(first).splitlines()[0][:300] if str(first) else ''}"
         )
+
+
+def _baked_edits(model_path: str) -> dict[str, Any] | None:
+    """What `editgen edit-model` wrote beside a local model folder (recorded, not re-applied)."""
+    path = Path(model_path) / "model_edits.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _quiet_libraries() -> None:

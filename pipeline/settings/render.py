@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from p2p.model_edit.spec import EditSet, ModelEdit
 from pipeline.settings.base import Resources, Seed, Strict
 
 #: Largest image side the pipeline accepts (SD 1.5 is trained at 512, SDXL at 1024; beyond 4096 the
@@ -58,6 +59,13 @@ class RenderConfig(Strict):
     )
     seed: Seed = Field(0, description="changes every candidate's sampled seed and parameters")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
+    model_edits: list[ModelEdit] = Field(
+        default_factory=list, description="closed-form cross-attention edits applied once per actor after "
+        "loading: {kind: time, source, destination} | {kind: erase, concept, anchor} | "
+        "{kind: debias, concept, attributes, weights} (docs/model_edits.md)",
+    )
+    model_edit_lambda: float = Field(0.1, gt=0, description="λ of the closed form: pull towards the old weights")
+    model_edit_preserve: list[str] = Field(default_factory=list, description="prompts whose projections must not move")
     resources: Resources = Field(
         default_factory=lambda: Resources(num_gpus=1, concurrency=0, batch_size=8),
         description="concurrency 0 = one actor per GPU (or per CPU slot) in the cluster",
@@ -72,6 +80,13 @@ class RenderConfig(Strict):
         if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
             raise ValueError("p_range must lie within [0, 1]")
         return self
+
+    def edit_set(self) -> EditSet | None:
+        """The model edits as one solve, or None when there are none (preserve alone moves nothing)."""
+        if not self.model_edits:
+            return None
+        preserve = list(self.model_edit_preserve)
+        return EditSet(edits=list(self.model_edits), lam=self.model_edit_lambda, preserve=preserve)
 
 
 def check_values(flags: dict[str, str], **values: object) -> None:

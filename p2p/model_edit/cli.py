@@ -1,0 +1,166 @@
+"""``editgen edit-model``: apply closed-form edits once and save a complete diffusers folder.
+
+The folder (safetensors only) is usable as ``render.model``; ``model_edits.json`` inside it says what was
+done. The edit flags are shared with ``editgen pair`` so one pair shows an edit's effect first. Bad
+prompts or edits that cannot be aligned print one ``error:`` line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from p2p.model_edit.spec import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
+
+if TYPE_CHECKING:
+    from p2p.model_edit.solve import EditReport
+
+PROG = "editgen edit-model"
+EDITS_JSON = "model_edits.json"
+
+
+class _Ordered(argparse.Action):
+    """Keeps every edit flag in command-line order, so --anchor / --attribute / --weight attach to the
+    --erase / --debias before them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        flags = list(getattr(namespace, "model_edit_flags", None) or [])
+        flags.append((self.dest, str(values)))
+        namespace.model_edit_flags = flags
+
+
+def add_edit_flags(parser: argparse.ArgumentParser) -> None:
+    """The model-edit flags shared by ``edit-model`` and ``pair``."""
+    parser.set_defaults(model_edit_flags=[])
+    for flag, meta, help_text in (
+        ("--edit", "SOURCE=>DESTINATION", "TIME edit (repeatable), e.g. 'a pack of roses=>a pack of blue roses'"),
+        ("--erase", "CONCEPT", "map CONCEPT onto --anchor (default: the empty prompt); repeatable"),
+        ("--anchor", "A", "anchor of the preceding --erase"),
+        ("--debias", "CONCEPT", "map CONCEPT onto a mix of the --attribute prompts after it"),
+        ("--attribute", "A", "attribute prompt of the preceding --debias (repeatable)"),
+        ("--weight", "W", "weight of the preceding --attribute (default: equal shares)"),
+    ):
+        parser.add_argument(flag, dest=flag[2:], action=_Ordered, metavar=meta, help=help_text)
+    parser.add_argument("--lambda", dest="edit_lambda", type=float, default=0.1, help="λ of the closed form")
+    parser.add_argument("--preserve", action="append", default=[], metavar="PROMPT",
+                        help="prompt whose projections must not move (repeatable)")
+
+
+def _weights(flags: list[tuple[str, str]]) -> list[float]:
+    try:
+        return [float(v) for k, v in flags if k == "weight"]
+    except ValueError:
+        raise ValueError(f"--weight expects numbers, got {[v for k, v in flags if k == 'weight']}") from None
+
+
+def _group(flags: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    groups: list[list[tuple[str, str]]] = []
+    for key, value in flags:
+        if key in ("edit", "erase", "debias"):
+            groups.append([(key, value)])
+        elif not groups or groups[-1][0][0] == "edit" or (key == "anchor") != (groups[-1][0][0] == "erase"):
+            raise ValueError(f"--{key} {value!r} must follow " + ("--erase" if key == "anchor" else "--debias"))
+        else:
+            groups[-1].append((key, value))
+    return groups
+
+
+def _edit(group: list[tuple[str, str]]) -> ModelEdit:
+    (key, value), rest = group[0], group[1:]
+    if key == "edit":
+        source, sep, destination = value.partition("=>")
+        if not sep:
+            raise ValueError(f"--edit expects SOURCE=>DESTINATION, got {value!r}")
+        return TimeEdit(source=source.strip(), destination=destination.strip())
+    if key == "erase":
+        anchors = [v for _, v in rest]
+        if len(anchors) > 1:
+            raise ValueError(f"--erase {value!r} has {len(anchors)} anchors")
+        return EraseEdit(concept=value, anchor=anchors[0] if anchors else "")
+    attributes = [v for k, v in rest if k == "attribute"]
+    if not attributes:
+        raise ValueError(f"--debias {value!r} needs at least one --attribute")
+    weights = _weights(rest)
+    return DebiasEdit(concept=value, attributes=attributes, weights=weights or None)
+
+
+def edit_set_from_args(args: argparse.Namespace) -> EditSet | None:
+    """The edit set the flags describe (None without edits); raises ``ValueError`` with one clear line."""
+    groups = _group(list(getattr(args, "model_edit_flags", []) or []))
+    if not groups:
+        if args.preserve:
+            raise ValueError("--preserve needs at least one edit (--edit, --erase or --debias)")
+        return None
+    try:
+        return EditSet(edits=[_edit(g) for g in groups], lam=args.edit_lambda, preserve=args.preserve)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``edit-model`` options (wired into the ``editgen`` CLI)."""
+    from p2p.pair_cli import PROFILES
+
+    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILES))
+    parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (the solve is float64 either way)")
+    parser.add_argument("--dtype", default="float32", help="dtype the model is loaded, edited and saved in; "
+                        "render in the same dtype for bit-identical weights")
+    add_edit_flags(parser)
+    parser.add_argument("--out", required=True, help="output folder (new, empty, or an earlier edit-model folder)")
+
+
+def _fail(msg: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
+
+
+def _check_out(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / EDITS_JSON).exists())):
+        raise ValueError(f"--out {str(folder)!r} exists and is not an edit-model folder; refusing to overwrite")
+
+
+def save_edited(p2p: object, folder: Path, report: EditReport, base_model: str, dtype: str) -> None:
+    """The whole pipeline as safetensors plus ``model_edits.json`` (written last: its presence means done)."""
+    (folder / EDITS_JSON).unlink(missing_ok=True)
+    p2p.pipe.save_pretrained(str(folder), safe_serialization=True)  # type: ignore[attr-defined]
+    meta = {"base_model": base_model, "dtype": dtype, **report.describe(), "seconds": round(report.seconds, 4)}
+    (folder / EDITS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``editgen edit-model``; returns the process exit code."""
+    from p2p.pair_cli import _quiet_libraries, resolve_model
+
+    folder = Path(args.out)
+    try:
+        edits = edit_set_from_args(args)
+        if edits is None:
+            raise ValueError("give at least one edit: --edit, --erase or --debias")
+        _check_out(folder)
+    except ValueError as exc:
+        return _fail(str(exc))
+    from p2p.generate import dtype_name, load_pipeline
+    from p2p.model_edit.solve import apply_edits
+
+    _quiet_libraries()
+    model, _ = resolve_model(args)
+    try:
+        p2p = load_pipeline(model, args.device, args.dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _fail(f"cannot load model {model!r}: {exc}")
+    try:
+        report = apply_edits(p2p, edits)
+    except ValueError as exc:
+        return _fail(str(exc))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_edited(p2p, folder, report, model, dtype_name(p2p.dtype))
+    print(f"wrote {folder}: {len(edits.edits)} edits on {report.layers} projections in {report.seconds:.2f}s "
+          f"(checksum {report.checksum})")
+    return 0

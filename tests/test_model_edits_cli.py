@@ -1,0 +1,105 @@
+"""`editgen edit-model`, `editgen pair` edit flags, the render actor's in-place edits, hash and manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.tiny_sd import build_tiny_sd
+from output.shard_writer import read_manifest, write_dataset
+from output.synthetic import filter_table, render_table
+from p2p.candidates import pipeline_for_record, render_records
+from p2p.generate import load_pipeline
+from pipeline.cli import main
+from pipeline.config import build_config
+from pipeline.runner import stage_hashes
+from pipeline.storage import Storage
+from stages.render import RenderStage
+from tests.p2p_fixtures import one_thread
+
+_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+EDITS = '[{kind: time, source: a pack of roses, destination: a pack of blue roses}, {kind: erase, concept: a cat}]'
+FLAGS = ["--edit", "a pack of roses=>a pack of blue roses", "--erase", "a cat"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.getbasetemp() / "tiny-sd", "sd")
+
+
+def _cfg(model, *extra: str):
+    return build_config(profile="tiny", overrides=[f"render.model={model}", "render.device=cpu",
+                                                    "render.dtype=float32", "render.steps=2", *extra])
+
+
+def test_edit_model_folder_reproduces_the_in_actor_edit_bit_for_bit(tiny, tmp_path, capsys):
+    out = tmp_path / "edited"
+    assert main(["edit-model", "--model", str(tiny), *FLAGS, "--preserve", "a dog", "--out", str(out)]) == 0
+    assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
+    meta = json.loads((out / "model_edits.json").read_text())
+    stage = RenderStage(_cfg(tiny, f"render.model_edits={EDITS}", "render.model_edit_preserve=[a dog]"))
+    stage.setup()
+    assert stage.model_edits["checksum"] == meta["checksum"]
+    baked = load_pipeline(out, "cpu", "float32")  # every weight, not only the edited ones
+    for part in ("unet", "text_encoder", "vae"):
+        ours, theirs = getattr(stage.p2p.pipe, part).state_dict(), getattr(baked.pipe, part).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    row = {"id": "r0", "caption": "a pack of roses", "edited_caption": "a pack of red roses", "edit_kind": "refine"}
+    rec = stage._records(row, 1)[0]
+    assert rec["model_edits"]["edits"][1] == {"kind": "erase", "concept": "a cat", "anchor": ""}
+    first = render_records(stage.p2p, [rec])[0]
+    again = render_records(pipeline_for_record(rec, "cpu"), [rec])[0]  # regenerate re-applies the edits
+    plain = render_records(load_pipeline(tiny, "cpu", "float32"), [rec])[0]
+    assert first.edited_image == again.edited_image and first.edited_image != plain.edited_image
+    via_folder = RenderStage(_cfg(out))  # render.model = the edit-model folder, no edits in the config
+    via_folder.setup()
+    rec2 = via_folder._records(row, 1)[0]
+    assert rec2["model_edits_in_model"]["checksum"] == meta["checksum"] and "model_edits" not in rec2
+    assert render_records(via_folder.p2p, [rec2])[0].edited_image == first.edited_image
+
+
+def test_bad_edits_are_one_line_and_exit_2(tiny, tmp_path, capsys):
+    cases = [
+        (["--edit", "a pack of roses=>a pack of tulips"], "'roses' missing from the destination"),
+        (["--edit", "no arrow here"], "SOURCE=>DESTINATION"),
+        (["--anchor", "a dog"], "must follow --erase"),
+        (["--debias", "a doctor"], "needs at least one --attribute"),
+        (["--debias", "a doctor", "--attribute", "a nurse", "--weight", "-1"], "weights must be >= 0"),
+        ([], "give at least one edit"),
+    ]
+    for flags, why in cases:
+        code = main(["edit-model", "--model", str(tiny), *flags, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and why in err and err.count("\n") == 1, (flags, err)
+
+
+def test_pair_accepts_the_edit_flags(tiny, tmp_path):
+    out = tmp_path / "pair"
+    args = ["pair", "--model", str(tiny), "--profile", "tiny", "--prompt", "a pack of roses", "--edit-prompt",
+            "a pack of red roses", "--steps", "2", "--size", "64", "--device", "cpu", *FLAGS, "--out", str(out)]
+    assert main(args) == 0
+    params = json.loads((out / "params.json").read_text())
+    assert [e["kind"] for e in params["model_edits"]["edits"]] == ["time", "erase"]
+    assert main([*args[:-2], "--edit", "a cat=>a dog", "--out", str(out)]) == 2
+
+
+def test_model_edits_are_part_of_the_render_hash_only():
+    base = stage_hashes(_cfg("tiny"))
+    edited = stage_hashes(_cfg("tiny", f"render.model_edits={EDITS}"))
+    lam = stage_hashes(_cfg("tiny", f"render.model_edits={EDITS}", "render.model_edit_lambda=0.5"))
+    assert edited["render"] != base["render"] != lam["render"] != edited["render"]
+    assert edited["instruct"] == base["instruct"] and edited["ingest"] == base["ingest"]
+    with pytest.raises(Exception, match="weights"):
+        _cfg("tiny", "render.model_edits=[{kind: debias, concept: a doctor, attributes: [a], weights: [1, 2]}]")
+
+
+def test_manifest_lists_the_edits(tmp_path):
+    table = filter_table(render_table(3, 1, 16, seed=1), seed=1, keep_fraction=1.1)
+    rows = table.to_pylist()
+    edits = {"edits": [{"kind": "erase", "concept": "a cat", "anchor": ""}], "lambda": 0.1, "checksum": "ab12"}
+    for r in rows:
+        r["params"] = json.dumps({**json.loads(r.get("params") or "{}"), "model_edits": edits})
+    write_dataset(Storage(str(tmp_path)), rows, samples_per_shard=100)
+    assert read_manifest(Storage(str(tmp_path)))["model_edits"] == [{"applied": "model_edits", **edits}]
