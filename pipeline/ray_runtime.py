@@ -120,6 +120,14 @@ def fit_concurrency(stage: str, want: int, num_cpus: float, num_gpus: float, qui
     return n
 
 
+def remote_task(fn: Callable[..., Any], num_cpus: float = 1, max_retries: int = 2) -> Any:
+    """`fn` as a Ray task that carries the worker environment (see `with_worker_env`): a task on a node
+    without the driver's credentials could not read the input or OUT."""
+    import ray
+
+    return ray.remote(fn).options(num_cpus=num_cpus, max_retries=max_retries, **with_worker_env({}))
+
+
 def with_worker_env(options: dict[str, Any]) -> dict[str, Any]:
     """Actor options whose runtime_env carries EDITGEN_* and the object-store client variables (AWS_*,
     ...): a worker on another node has none of the driver's environment, and without them it could not

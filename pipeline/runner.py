@@ -284,11 +284,11 @@ class Runner:
             return []
         import ray
 
-        from pipeline.ray_runtime import ensure_ray, with_worker_env
+        from pipeline.ray_runtime import ensure_ray, remote_task
         from pipeline.worker import verify_partitions
 
         ensure_ray(self.cfg.ray)
-        task = ray.remote(verify_partitions).options(num_cpus=1, **with_worker_env({}))
+        task = remote_task(verify_partitions, max_retries=3)
         chunk = max(1, -(-len(pids) // max(1, int(ray.cluster_resources().get("CPU", 1)) * 4)))
         refs = [task.remote(self.out, self.storage_options, work_dir, pids[i:i + chunk])
                 for i in range(0, len(pids), chunk)]

@@ -195,15 +195,15 @@ class IngestStage(Stage):
     def _remote_dedup(self, storage: Storage, pids: list[int]) -> dict[int, str]:
         import ray
 
-        from pipeline.ray_runtime import ensure_ray
+        from pipeline.ray_runtime import ensure_ray, remote_task
 
         ensure_ray(self.config.ray)
         s = self.settings
         buckets = self._planned_buckets
-        task = ray.remote(num_cpus=1, max_retries=2)(dd.bucket_conflicts)
+        task = remote_task(dd.bucket_conflicts)
         refs = [task.remote(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions,
                             s.dedup_urls) for b in range(buckets)]
-        resolve = ray.remote(num_cpus=1, max_retries=2)(dd.resolve)
+        resolve = remote_task(dd.resolve)
         digests = ray.get(resolve.remote(storage.root, storage.storage_options, *refs))
         log.info("ingest: dedup over %d buckets: %d partitions with duplicates", buckets, len(digests))
         return digests
@@ -212,10 +212,10 @@ class IngestStage(Stage):
                         digests: dict[int, str]) -> list[dict[str, Any]]:
         import ray
 
-        from pipeline.ray_runtime import ensure_ray
+        from pipeline.ray_runtime import ensure_ray, remote_task
 
         ensure_ray(self.config.ray)
-        task = ray.remote(num_cpus=1, max_retries=2)(dd.publish)
+        task = remote_task(dd.publish)
         refs = []
         for i in range(0, len(todo), PUBLISH_CHUNK):
             chunk = todo[i:i + PUBLISH_CHUNK]
