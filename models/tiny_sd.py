@@ -31,13 +31,13 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
-def _text_config(projection_dim: int | None = None):
+def _text_config(projection_dim: int | None = None, width: int = 32):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=2,
         max_position_embeddings=77,
@@ -67,7 +67,7 @@ def _vae(scaling_factor: float, force_upcast: bool):
     )
 
 
-def _build_sd(tokenizer_dir: Path):
+def _build_sd(tokenizer_dir: Path, text_width: int = 32):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -79,7 +79,7 @@ def _build_sd(tokenizer_dir: Path):
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
-        cross_attention_dim=32,
+        cross_attention_dim=text_width,
         attention_head_dim=2,  # SD 1.x config semantics: number of heads
         norm_num_groups=16,
     )
@@ -93,7 +93,7 @@ def _build_sd(tokenizer_dir: Path):
     )
     return StableDiffusionPipeline(
         vae=_vae(0.18215, force_upcast=True),
-        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder=CLIPTextModel(_text_config(width=text_width)),
         tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
         unet=unet,
         scheduler=scheduler,
@@ -151,8 +151,13 @@ def _matches(marker: Path, meta: dict[str, object]) -> bool:
         return False
 
 
-def build_tiny_sd(path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 0) -> Path:
+def build_tiny_sd(
+    path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 0, text_width: int = 32
+) -> Path:
     """Build (once) a tiny pipeline folder loadable with ``DiffusionPipeline.from_pretrained``.
+
+    `text_width` (SD only) widens the text encoder and the UNet's cross-attention: at 32 the random
+    encoder's token embeddings are nearly collinear, which tests of embedding-space methods must avoid.
 
     Cached per directory: a marker records (version, variant, seed); a matching folder is reused, so
     repeated calls from tests, the CLI and the bench cost nothing. The folder is written to a temporary
@@ -161,7 +166,9 @@ def build_tiny_sd(path: str | os.PathLike[str] | None = None, variant: str = "sd
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     out = Path(path) if path is not None else default_cache_dir() / ("tiny-sd" if variant == "sd" else "tiny-sdxl")
-    meta = {"version": TINY_VERSION, "variant": variant, "seed": seed}
+    meta: dict[str, object] = {"version": TINY_VERSION, "variant": variant, "seed": seed}
+    if text_width != 32:  # only then, so folders cached before the option are still reused
+        meta["text_width"] = text_width
     marker = out / "editgen_tiny.json"
     if _matches(marker, meta):
         return out
@@ -173,7 +180,7 @@ def build_tiny_sd(path: str | os.PathLike[str] | None = None, variant: str = "sd
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if variant == "sd":
-                pipe = _build_sd(tok_dir)
+                pipe = _build_sd(tok_dir, text_width)
             else:
                 pipe = _build_sdxl(tok_dir, write_clip_tokenizer(tmp / "_tok2", pad_token="!"))
         pipe.save_pretrained(str(tmp / "model"), safe_serialization=True)

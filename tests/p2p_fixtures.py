@@ -19,8 +19,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def tiny_pipeline(tmp_path_factory: Any, variant: str = "sd", scheduler: str = "ddim") -> P2PPipeline:
-    path = build_tiny_sd(tmp_path_factory.getbasetemp() / f"tiny-{variant}", variant)
+def tiny_pipeline(
+    tmp_path_factory: Any, variant: str = "sd", scheduler: str = "ddim", text_width: int = 32
+) -> P2PPipeline:
+    suffix = "" if text_width == 32 else f"-w{text_width}"
+    path = build_tiny_sd(tmp_path_factory.getbasetemp() / f"tiny-{variant}{suffix}", variant, text_width=text_width)
     return load_pipeline(path, "cpu", "float32", scheduler)
 
 

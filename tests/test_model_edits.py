@@ -10,10 +10,11 @@ from p2p.model_edit.spec import DebiasEdit, EditSet, EraseEdit, TimeEdit
 from p2p.model_edit.targets import EditError, build_rows, embed
 from tests.p2p_fixtures import one_thread, tiny_pipeline
 
-#: Worst-layer reduction asserted at λ = 0.1. The tiny SD text encoder (d = 32, random weights) gives
-#: nearly collinear token embeddings (smallest Gram eigenvalue ~0.3, i.e. ~3 λ), so λ = 0.1 keeps about
-#: an eighth of the error there: measured 0.875 (SD) and 0.94 (SDXL, d = 64); docs/model_edits.md.
-MIN_REDUCTION = {"sd": 0.85, "sdxl": 0.90}
+#: Worst-layer reduction asserted at λ = 0.1 (the issue's 90%). The SD variant here has a 64-wide text
+#: encoder: the `tiny` profile's 32-wide random encoder gives nearly collinear token embeddings (smallest
+#: Gram eigenvalue ~3 λ) and reaches only 0.84-0.875; at 64 (as tiny SDXL's concatenated 2 x 32) SD
+#: measures 0.97 and SDXL 0.94. docs/model_edits.md.
+MIN_REDUCTION = 0.90
 DOCTOR = TimeEdit(source="a photo of a doctor", destination="a photo of a female doctor")
 ROSES = TimeEdit(source="a pack of roses", destination="a pack of blue roses")
 PRESERVE = ["a photo of a cat", "a red car on a street"]
@@ -23,7 +24,7 @@ _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
 def pipe(request, tmp_path_factory):
-    return tiny_pipeline(tmp_path_factory, request.param)
+    return tiny_pipeline(tmp_path_factory, request.param, text_width=64 if request.param == "sd" else 32)
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_solve_satisfies_the_normal_equations(pipe):
 
 def test_huge_lambda_leaves_the_weights_unchanged(fresh):
     before = _olds(fresh)
-    apply_edits(fresh, EditSet(edits=[DOCTOR], lam=1e12))
+    apply_edits(fresh, EditSet(edits=[DOCTOR], lam=1e16))  # change ~ ‖c‖²/λ: below float32 rounding
     for n, layer in cross_projections(fresh.pipe.unet):
         assert torch.equal(layer.weight.detach().double(), before[n])
 
@@ -76,11 +77,7 @@ def test_time_moves_source_tokens_onto_the_destination(fresh):
     rows = build_rows(fresh, EditSet(edits=[DOCTOR]))
     report = apply_edits(fresh, EditSet(edits=[DOCTOR], lam=0.1))
     assert report.layers == len(olds) and report.rows == rows.keys.shape[0]
-    assert _reduction(fresh, olds, rows) >= MIN_REDUCTION[_variant(fresh)]
-
-
-def _variant(p2p) -> str:
-    return "sdxl" if p2p.is_sdxl else "sd"
+    assert _reduction(fresh, olds, rows) >= MIN_REDUCTION
 
 
 def test_smaller_lambda_fits_tighter(pipe):
@@ -144,7 +141,7 @@ def test_erase_maps_the_concept_onto_the_anchor(fresh):
     assert torch.equal(rows.targets[-4:], anchor[3:4].expand(4, -1))
     olds = _olds(fresh)
     apply_edits(fresh, EditSet(edits=[edit]))
-    assert _reduction(fresh, olds, rows) >= MIN_REDUCTION[_variant(fresh)]
+    assert _reduction(fresh, olds, rows) >= MIN_REDUCTION
 
 
 def test_debias_targets_are_the_weighted_mix(pipe):
