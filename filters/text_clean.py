@@ -35,7 +35,9 @@ BOILERPLATE_NEEDS: dict[str, tuple[str, ...]] = {
     r"(s|graphy)?\b": ("stock",),
     r"\broyalty[- ]free\b": ("royalty",),
     r"[|\-–—]\s*(shutterstock|alamy|getty ?images|istock(photo)?|dreamstime|depositphotos|123rf|adobe stock|"
-    r"pixabay|unsplash|pexels|pinterest|flickr)\b.*$": ("|", "-", "–", "—"),
+    r"pixabay|unsplash|pexels|pinterest|flickr)\b.*$": ("shutterstock", "alamy", "getty", "istock", "dreamstime",
+                                                        "depositphotos", "123rf", "adobe stock", "pixabay",
+                                                        "unsplash", "pexels", "pinterest", "flickr"),
     r"\b(free|hd|4k)\s+download\b": ("download",),
     r"\bclick (here )?to (enlarge|zoom|view)\b": ("click",),
     r"\bphoto(graph)?\s+(by|credit|courtesy of)\s*:?\s*$": ("photo",),
@@ -56,11 +58,20 @@ def boilerplate_patterns() -> list[re.Pattern[str]]:
     return pats
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+@lru_cache(maxsize=1)
+def _boilerplate_rules() -> list[tuple[re.Pattern[str], re.Pattern[str] | None]]:
+    """(pattern, guard): the guard finds any of the pattern's needed substrings in one C-level search
+    (None: no known needs, always run)."""
+    rules = []
+    for pat in boilerplate_patterns():
+        needs = BOILERPLATE_NEEDS.get(pat.pattern)
+        guard = re.compile("|".join(re.escape(k) for k in needs)) if needs else None
+        rules.append((pat, guard))
+    return rules
 
 
-def _control_to_space(text: str) -> str:
-    return _CONTROL.sub(" ", text)
+#: Control characters become spaces and every run of them and whitespace one space, in one pass.
+_SPACE_OR_CONTROL = re.compile("[\\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def clean_caption(text: str | None) -> str:
@@ -79,16 +90,18 @@ def clean_caption(text: str | None) -> str:
     if not text.isascii():  # NFC and the invisible characters concern non-ASCII text only
         text = unicodedata.normalize("NFC", text)
         text = _INVISIBLE.sub("", text)
-    text = _control_to_space(text)
-    text = _SPACE.sub(" ", text).strip()
+    text = _SPACE_OR_CONTROL.sub(" ", text).strip()
     ascii_lower = text.lower() if text.isascii() else None
-    for pat in boilerplate_patterns():
-        needs = BOILERPLATE_NEEDS.get(pat.pattern)
-        if ascii_lower is not None and needs and not any(k in ascii_lower for k in needs):
+    changed = False
+    for pat, guard in _boilerplate_rules():
+        if ascii_lower is not None and guard is not None and not guard.search(ascii_lower):
             continue  # cannot match: skip the (case-insensitive, slow) substitution
-        text = pat.sub(" ", text)
-        ascii_lower = text.lower() if ascii_lower is not None else None
-    text = _SPACE.sub(" ", text).strip()
+        new = pat.sub(" ", text)
+        if new != text:
+            text, changed = new, True
+            ascii_lower = text.lower() if ascii_lower is not None else None
+    if changed:
+        text = _SPACE.sub(" ", text).strip()
     text = _deslug(text)
     text = _EDGE_PUNCT.sub("", text)
     return text
@@ -97,9 +110,9 @@ def clean_caption(text: str | None) -> str:
 def _deslug(text: str) -> str:
     """Alt text is often a file name or URL slug ("inside-blue-mosque-istanbul.jpg"); its words are a
     real caption, so drop a trailing image extension and turn slug separators into spaces."""
+    stem = _IMAGE_EXT.sub("", text) if "." in text else text  # every extension starts with "."
     if " " in text:
-        return _IMAGE_EXT.sub("", text).rstrip() if " " in _IMAGE_EXT.sub("", text) else text
-    stem = _IMAGE_EXT.sub("", text)
+        return stem.rstrip() if " " in stem else text
     if _SLUG.match(stem):
         return re.sub(r"[\-_]+", " ", stem).strip()
     return text

@@ -36,6 +36,10 @@ def reason(caption: str, terms: tuple[str, ...] = ("porn*", "nude")) -> str | No
         ("Red barn in snow - Stock Photo", "Red barn in snow"),
         ("Sunset over lake | Shutterstock", "Sunset over lake"),
         ("blue-vintage-car-on-street.jpg", "blue vintage car on street"),
+        ("Old mill\x85in\x01 fog \u2028 at dawn", "Old mill in fog at dawn"),  # controls are spaces
+        ("Harbour at night \u2014 Getty Images Editorial", "Harbour at night"),
+        ("Red barn in snow Stock Photo - Alamy", "Red barn in snow"),  # one removal exposes the next
+        ("Fox in a field.JPEG", "Fox in a field"),
         (None, ""),
     ],
 )
@@ -58,6 +62,8 @@ def test_filter_reasons():
     assert reason("a red barn, see www.example.com/page?id=3 for more") is None
     assert junk_reason("IMG_20190312_1234") == "junk_filename"
     assert junk_reason("SKU AB-12345-XL") == "junk_code"
+    assert junk_reason("WWW.EXAMPLE.COM/CAT") == "junk_url"  # the URL guard is case-insensitive
+    assert junk_reason("dsc 0042") == "junk_filename" and junk_reason("holiday.png") == "junk_filename"
     assert junk_reason("99887766 #12-44 // 7") == "junk_symbols"
     assert reason("Free porn videos online today") == "blocklisted"
     assert reason("Nude beach at sunset in summer") == "blocklisted"
