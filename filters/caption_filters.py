@@ -60,11 +60,41 @@ def _compile_blocklist(terms: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)", re.I)
 
 
+_WORD_RUN = re.compile(r"\w+")
+
+
+@lru_cache(maxsize=8)
+def _ascii_guard(terms: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]] | None:
+    r"""(3-letter prefixes, shorter leads) of the terms' leading word runs. A match starts where a word
+    run of the text starts (the pattern's (?<!\w)), so on ASCII text (lowercased: exact for re.I there)
+    some word run begins with a term's lead. None when a term is not ASCII (case folding could then
+    match ASCII text) or does not start with a word character."""
+    prefixes: set[str] = set()
+    short: set[str] = set()
+    for term in terms:
+        lead = _WORD_RUN.match(term[:-1] if term.endswith("*") else term)
+        if not term.isascii() or lead is None:
+            return None
+        if len(lead.group(0)) >= 3:
+            prefixes.add(lead.group(0)[:3])
+        else:
+            short.add(lead.group(0))
+    return frozenset(prefixes), tuple(sorted(short))
+
+
+def _may_match(lower: str, guard: tuple[frozenset[str], tuple[str, ...]]) -> bool:
+    prefixes, short = guard
+    return any(w[:3] in prefixes or (short and w.startswith(short)) for w in _WORD_RUN.findall(lower))
+
+
 def blocklisted(text: str, terms: tuple[str, ...]) -> str | None:
     """The first blocklisted term found on word boundaries, or None."""
     pat = _compile_blocklist(terms)
     if pat is None or not text:
         return None
+    guard = _ascii_guard(terms)
+    if guard is not None and text.isascii() and not _may_match(text.lower(), guard):
+        return None  # no word starts like a term: skip the large case-insensitive alternation
     m = pat.search(text)
     return m.group(0) if m else None
 
