@@ -73,7 +73,7 @@ class Inversion:
     losses: list[float] = field(default_factory=list)  # null_text: last inner loss per step
 
     @property
-    def x_T(self) -> torch.Tensor:  # noqa: N802 - the paper's name
+    def x_T(self) -> torch.Tensor:
         return self.trajectory[-1]
 
 
@@ -304,7 +304,7 @@ def denoise_step(
 
 
 def reconstruct(
-    p2p: P2PPipeline, x_T: torch.Tensor, cond: torch.Tensor, uncond: Sequence[torch.Tensor], guidance: float  # noqa: N803
+    p2p: P2PPipeline, x_T: torch.Tensor, cond: torch.Tensor, uncond: Sequence[torch.Tensor], guidance: float
 ) -> torch.Tensor:
     """Final latents ``(B, C, h, w)`` of the guided DDIM loop from ``x_T`` for prompts ``cond`` (B rows),
     step ``i`` using ``uncond[i]`` for all rows. With the source caption alone it is the reconstruction."""

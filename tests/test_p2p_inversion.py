@@ -4,11 +4,12 @@ Two test beds share one loaded model (docs/inversion.md, "Test beds"):
 
 * ``tiny``: the tiny model as built, its VAE's scaling factor recalibrated to unit-variance latents the
   way SD's 0.18215 was chosen (the copied constant leaves this random VAE's latents at std 0.035).
-  A random UNet is no denoiser: its reverse DDIM flow *expands* (x_T has std 0.26, so ~4x per unit of
-  error), so inversion errors are large and bounds loose.
-* ``prior``: the same UNet plus the analytic denoiser of unit-Gaussian latents, ``sqrt(1 - a_t) * x``.
-  This restores what a trained SD has (a reverse flow that does not blow errors up) while keeping all of
-  the UNet's dependence on the latent, the timestep and the caption; bounds here are tight.
+  A random UNet is no denoiser: its reverse DDIM flow *expands* (by sqrt(a_0 / a_T): 8.4 at 10 steps), so
+  inversion residuals are amplified and bounds are loose.
+* ``prior``: the same UNet plus the analytic denoiser of unit-Gaussian latents, ``sqrt(1 - a_t) * x``
+  (models/tiny_prior.py). This restores what a trained SD has (a reverse flow that does not blow errors
+  up) while keeping all of the UNet's dependence on the latent, the timestep and the caption; bounds
+  here are tight.
 
 Exactness: rows of one UNet batch are bit-identical for identical inputs; a different batch size is not
 (oneDNN/MKL pick other GEMM kernels), so cross-batch-size comparisons use a measured float64 tolerance.
@@ -16,7 +17,6 @@ Exactness: rows of one UNet batch are bit-identical for identical inputs; a diff
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +26,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from models.tiny_prior import with_gaussian_prior, with_unet
 from models.tiny_sd import build_tiny_sd
 from p2p import inversion as inv
 from p2p.generate import P2PPipeline, load_pipeline
@@ -45,32 +46,6 @@ def _image() -> torch.Tensor:
     return torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()
 
 
-class GaussianPriorUNet(torch.nn.Module):
-    """``eps = sqrt(1 - a_t) * x + unet(x, t, c)``: the tiny UNet on top of the MMSE denoiser of N(0, I)."""
-
-    def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor) -> None:
-        super().__init__()
-        self.inner = unet
-        self.alphas_cumprod = alphas_cumprod
-
-    @property
-    def config(self):  # noqa: ANN201 - diffusers' FrozenDict
-        return self.inner.config
-
-    def forward(self, sample, t, encoder_hidden_states=None, return_dict=False, **kw):  # noqa: ANN001, ANN201
-        a = self.alphas_cumprod[int(t)].to(sample.dtype)
-        out = self.inner(sample, t, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kw)[0]
-        return ((1 - a) ** 0.5 * sample + out,)
-
-
-def _with_unet(p2p: P2PPipeline, unet: torch.nn.Module) -> P2PPipeline:
-    """A shallow copy of ``p2p`` whose pipeline calls ``unet`` (the other components are shared)."""
-    other = copy.copy(p2p)
-    other.pipe = copy.copy(p2p.pipe)
-    other.pipe.unet = unet
-    return other
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, p2p_one_thread) -> P2PPipeline:
     p2p = load_pipeline(build_tiny_sd(tmp_path_factory.getbasetemp() / "tiny-sd", "sd"), "cpu", "float32", "ddim")
@@ -82,7 +57,7 @@ def tiny(tmp_path_factory, p2p_one_thread) -> P2PPipeline:
 
 @pytest.fixture(scope="module")
 def prior(tiny) -> P2PPipeline:
-    return _with_unet(tiny, GaussianPriorUNet(tiny.pipe.unet, tiny.pipe.scheduler.alphas_cumprod))
+    return with_gaussian_prior(tiny)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +85,7 @@ def count_rows(unet: torch.nn.Module) -> Iterator[dict[str, int]]:
     """Counts UNet batch rows evaluated (and those with a gradient graph, i.e. a backward to come)."""
     counts = {"forward": 0, "backward": 0}
 
-    def hook(_mod, args, kwargs, output) -> None:  # noqa: ANN001
+    def hook(_mod, args, kwargs, output) -> None:
         rows = (args[0] if args else kwargs["sample"]).shape[0]
         counts["forward"] += rows
         counts["backward"] += rows if output[0].requires_grad else 0
@@ -142,7 +117,7 @@ class _BlindUNet(torch.nn.Module):
         super().__init__()
         self.inner = unet
 
-    def forward(self, sample, t, **kw):  # noqa: ANN001, ANN201
+    def forward(self, sample, t, **kw):
         return self.inner(torch.zeros_like(sample), t, **kw)
 
 
@@ -150,7 +125,7 @@ def test_inversion_is_exact_when_eps_ignores_the_latent(tiny, case):
     """DDIM inversion's only approximation is eps(x_{t-1}, t) for eps(x_t, t): without latent dependence
     it must reconstruct to rounding. Any wrong alpha or timestep pairing breaks this."""
     z0, cond, null = case
-    blind = _with_unet(tiny, _BlindUNet(tiny.pipe.unet))
+    blind = with_unet(tiny, _BlindUNet(tiny.pipe.unet))
     traj = inv.ddim_invert(blind, z0, cond, STEPS)
     rec = inv.reconstruct(blind, traj[-1], cond, [null] * STEPS, 1.0)
     assert (traj[-1] - z0).abs().max() > 0.5  # x_T is far from x_0 ...
@@ -290,7 +265,7 @@ class _RegionUNet(torch.nn.Module):
 
     config = None
 
-    def forward(self, sample, t, encoder_hidden_states=None, **kw):  # noqa: ANN001, ANN201
+    def forward(self, sample, t, encoder_hidden_states=None, **kw):
         out = torch.zeros_like(sample)
         out[..., :2, :2] = encoder_hidden_states[:, :, 0].sum(dim=1).view(-1, 1, 1, 1)
         return (out,)
@@ -299,7 +274,7 @@ class _RegionUNet(torch.nn.Module):
 def test_diffedit_mask_is_where_the_captions_differ(tiny, case):
     z0, cond, _ = case
     dst = inv.text_embeddings(tiny, [DST])
-    mask, heat = inv.diffedit_mask(_with_unet(tiny, _RegionUNet()), z0, cond, dst, n_draws=2, threshold=0.5)
+    mask, heat = inv.diffedit_mask(with_unet(tiny, _RegionUNet()), z0, cond, dst, n_draws=2, threshold=0.5)
     expected = torch.zeros(z0.shape[-2:], dtype=torch.bool)
     expected[:2, :2] = True
     assert torch.equal(mask, expected) and heat[2:].abs().max() == 0
