@@ -49,6 +49,8 @@ def main() -> int:
         results["instruct_llm"] = run([args.llm_python, "bench/bench_instruct.py", "--backends", "vllm",
                                        "--rows", "64" if q else "256"])
     results["p2p"] = run([py, "bench/bench_p2p.py"] + (["--quick"] if q else []))
+    results["render"] = run([py, "bench/bench_render.py"] + (["--quick"] if q else []))
+    results["inversion"] = run([py, "bench/bench_inversion.py"] + (["--quick"] if q else []))
     results["filter"] = run([py, "bench/bench_filter.py"])
     results["pipeline"] = run([py, "bench/bench_pipeline.py"] + (["--limit", "24"] if q else []))
 
@@ -87,6 +89,10 @@ def main() -> int:
     for name, v in sorted((r.get("ratios") or {}).items()):
         add(f"render {name} vs plain SDPA: time", v.get("time"), "{:.3f}x")
         add(f"render {name} vs plain SDPA: peak memory", v.get("mem"), "{:.3f}x")
+    for r in (results.get("inversion") or {}).get("results") or []:
+        add(f"inversion {r['method']}: UNet rows per pair (tiny)", r["unet_rows"], "{:.0f}")
+        add(f"inversion {r['method']}: CPU s per pair (tiny)", r["cpu_s"], "{:.2f}")
+        add(f"inversion {r['method']}: reconstruction PSNR dB (tiny, prior bed)", r["psnr"], "{:.1f}")
     r = results.get("filter") or {}
     add("candidates drawn per kept sample, no early stop", r.get("drawn_per_kept_full"))
     add("candidates drawn per kept sample, early stop", r.get("drawn_per_kept_early_stop"))
