@@ -264,6 +264,9 @@ class Runner:
             self._execute(stage, todo, work_dir, ctx.upstream_dir, h, task)
         records = read_records(self.storage, work_dir)
         records = [r for r in records if r["partition"] < len(specs)]
+        reused = sum(1 for r in records if r["partition"] in todo_ids and r.get("reused"))
+        if reused:
+            log.info("%s: %d of the %d kept their output (their rows are unchanged)", name, reused, len(todo))
         final = stage.finalize(ctx, records)
         if final is not None:
             records = final
@@ -272,7 +275,7 @@ class Runner:
         )
         dropped, metrics = sum_records(records)
         return StageResult(
-            name, h, len(specs), len(todo), skipped,
+            name, h, len(specs), len(todo) - reused, skipped + reused,
             sum(r.get("rows_in", 0) for r in records), sum(r.get("rows_out", 0) for r in records),
             dropped, 0.0, metrics,
         )

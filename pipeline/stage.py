@@ -120,6 +120,17 @@ class Stage:
         table = storage.read_table(upstream_dir, part_name(spec.pid))
         return kept_rows(table)
 
+    def content_key(self, table: pa.Table) -> str | None:
+        """A fingerprint of what `load_input` returned, or None (default: no reuse). When a partition's
+        planned key changed (e.g. its source file's mtime moved) but this fingerprint equals the one in
+        its record, the worker keeps the output instead of recomputing it: a stage keyed on cheap
+        metadata still recomputes only the partitions whose rows changed."""
+        return None
+
+    def can_reuse(self, storage: Storage, pid: int) -> bool:
+        """Whether partition `pid`'s earlier output may be kept (side files it wrote still there)."""
+        return True
+
     def process_partition(self, table: pa.Table) -> pa.Table:
         """Default: the batch function over slices of `resources.batch_size` rows. Override when rows
         must be seen together (e.g. top-k over all candidates of a pair)."""

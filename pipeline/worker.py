@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.live_progress import reporter
-from pipeline.records import stamp, write_record
+from pipeline.records import file_matches, read_record, record_name, stamp, write_record
 from pipeline.stage import PartitionSpec, count_reasons, part_name
 from pipeline.storage import Storage
 
@@ -87,13 +87,17 @@ class StageWorker:
         self.stage.metrics = {}
         self.stage.progress = reporter(self.board, spec.pid)
         table = self.stage.load_input(spec, self.storage, self.upstream_dir)
+        content = self.stage.content_key(table)
+        reused = self._reuse(spec, content)
+        if reused is not None:
+            return reused
         rows_in = table.num_rows
         out = self.stage.process_partition(table)
         _check_output(self.stage.name, out)
         self._maybe_fault(spec)
         sha, nbytes = self.storage.write_table(out, self.stage_dir, part_name(spec.pid))
         kept, dropped = count_reasons(out)
-        record = {
+        record: dict[str, Any] = {
             "stage": self.stage.name,
             "partition": spec.pid,
             "file": part_name(spec.pid),
@@ -110,8 +114,24 @@ class StageWorker:
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "actor": self.actor_index,
             "attempt": spec.attempt,
+            "content_key": content,
         }
         record = stamp(self.storage, self.stage_dir, record)  # ETag / mtime: cheap resume checks later
+        write_record(self.storage, self.stage_dir, record)
+        if self.board is not None:
+            self.board.clear.remote(spec.pid)
+        return record
+
+    def _reuse(self, spec: PartitionSpec, content: str | None) -> dict[str, Any] | None:
+        """The partition's record re-keyed to `spec`, when its output was computed from exactly this
+        input (same stage hash, same content key, file intact); else None."""
+        if content is None or not self.stage.can_reuse(self.storage, spec.pid):
+            return None
+        rec = read_record(self.storage, self.stage_dir, record_name(spec.pid))
+        if (rec is None or rec.get("stage_hash") != self.stage_hash or rec.get("content_key") != content
+                or not file_matches(self.storage, self.stage_dir, rec, "metadata")):
+            return None
+        record = {**rec, "input_key": spec.input_key, "reused": True, "attempt": spec.attempt}
         write_record(self.storage, self.stage_dir, record)
         if self.board is not None:
             self.board.clear.remote(spec.pid)

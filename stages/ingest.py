@@ -41,6 +41,8 @@ from pipeline.storage import Storage
 from stages import ingest_dedup as dd
 from stages.ingest_plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
+#: The columns a worker reads from the source (pipeline.inputs.RAW_SCHEMA), in a fixed order.
+RAW_COLUMNS = ("source", "source_row", "text", "url", "raw_error")
 log = logging.getLogger("editgen")
 
 PRE = "_pre"
@@ -240,6 +242,18 @@ class IngestStage(Stage):
         tables = [read_segment(seg, s.text_column, s.url_column) for seg in work.segments]
         self._keys_to = (storage, spec.pid, work.buckets)
         return pa.concat_tables(tables).combine_chunks()
+
+    def content_key(self, table: pa.Table) -> str | None:
+        """The raw rows' fingerprint: a source file rewritten with one row changed moves every partition
+        key of that file (its mtime/ETag), but only the partitions whose rows changed are recomputed."""
+        digest = hashlib.sha256()
+        for col in RAW_COLUMNS:
+            digest.update(json.dumps(table[col].to_pylist(), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+
+    def can_reuse(self, storage: Storage, pid: int) -> bool:
+        """Only while the partition's dedup keys (read by the bucket pass) are still there."""
+        return storage.exists(self.name, dd.KEYS_DIR, dd.keys_name(pid))
 
     def process_partition(self, table: pa.Table) -> pa.Table:
         """Clean and filter; then write the kept rows' dedup keys, bucketed, beside the partition."""

@@ -187,6 +187,40 @@ def test_one_row_edit_recomputes_one_partition(ray_session, tmp_path):
     assert "yellow boat" in [r["caption"] for r in _published(out)][3 * 40 + 7]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_one_row_edit_in_one_big_file_recomputes_one_partition(ray_session, tmp_path, fmt):
+    """One file, five partitions: the edit moves the file's mtime (every partition key), but only the
+    partition whose rows changed is recomputed; the others keep their output files untouched."""
+    src = tmp_path / f"caps.{fmt}"
+    _write_caps(tmp_path / "caps.jsonl", 200, 9)
+    rows = [json.loads(line) for line in (tmp_path / "caps.jsonl").read_text().splitlines()]
+
+    def write(rows: list[dict]) -> None:
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=40)
+        else:
+            src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(rows)
+    out = tmp_path / "out"
+    run_pipeline(cfg([str(src)], rows_per_partition=40), str(out), only="ingest")
+    before = _state(out)
+    rows[130] = {"TEXT": "A brand new caption about a yellow boat", "URL": "http://edited"}
+    write(rows)
+    st = run_pipeline(cfg([str(src)], rows_per_partition=40), str(out), only="ingest").stages[0]
+    assert (st.computed, st.skipped) == (1, 4)
+    after = _state(out)
+    data = sorted(k for k in after if k.endswith(".parquet") and before.get(k) != after[k] and "_dedup" not in k)
+    assert data == ["ingest/_pre/part-00003.parquet", "ingest/part-00003.parquet"]
+    assert "yellow boat" in [r["caption"] for r in _published(out)][130]
+    # a deleted keys file (dedup input) is never trusted: that partition is recomputed too
+    (out / "ingest" / dd.KEYS_DIR / dd.keys_name(1)).unlink()
+    rows[131] = {"TEXT": "Another fresh caption about a green bridge", "URL": "http://edited2"}
+    write(rows)
+    st = run_pipeline(cfg([str(src)], rows_per_partition=40), str(out), only="ingest").stages[0]
+    assert st.computed == 2
+
+
 def test_text_seek_points_read_exactly_the_whole_file(tmp_path):
     """Partitions that start mid-file (past several seek points) read the same rows as one whole-file
     read: jsonl with blank lines, csv with quoted newlines and empty records, txt with a BOM and CRLF."""
