@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.faults import fault_delay_s
 from pipeline.storage import Storage
-from pipeline.worker import fault_delay_s
 
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"

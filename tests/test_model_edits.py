@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from p2p.model_edit.solve import apply_edits, closed_form, cross_projections
-from p2p.model_edit.spec import DebiasEdit, EditSet, EraseEdit, TimeEdit
 from p2p.model_edit.targets import EditError, build_rows, embed
-from tests.p2p_fixtures import one_thread, tiny_pipeline
+from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
+from tests.support import one_thread, tiny_pipeline
 
 #: Worst-layer reduction asserted at λ = 0.1. The tiny SD text encoder (d = 32, random weights) gives
 #: nearly collinear token embeddings (smallest Gram eigenvalue ~0.3, i.e. ~3 λ), so λ = 0.1 keeps about

@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from p2p.controls import BlendConfig, CompiledEdit, EditControl
 from p2p.generate import RenderRequest, initial_noise, render, render_one
 from p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
-from tests.p2p_fixtures import plain_generation
+from tests.support import plain_generation
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"

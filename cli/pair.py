@@ -2,7 +2,7 @@
 
 Writes ``input.png``, ``edited.png``, ``mask.png`` (only with LocalBlend) and ``params.json`` (the
 full render record; ``p2p.candidates.regenerate`` reproduces the images from it). Also runnable as
-``python -m p2p.pair_cli``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
+``python -m cli.pair``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
     from p2p.generate import RenderRequest
-    from p2p.model_edit.spec import EditSet
+    from pipeline.settings.model_edits import EditSet
 
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"model": None, "variant": "sd", "size": 64, "steps": 10},
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--format", default="png", choices=("png", "jpeg"))
     parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
-    from p2p.model_edit.cli import add_edit_flags
+    from cli.edit_model import add_edit_flags
 
     add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
     parser.add_argument("--out", required=True, help="output folder")
@@ -194,7 +194,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[str, str | None]:
         return args.model, None
     if prof["model"] is not None:
         return prof["model"], None
-    from models.tiny_sd import build_tiny_sd
+    from tiny.sd import build_tiny_sd
 
     return str(build_tiny_sd(variant=prof["variant"])), prof["variant"]
 
@@ -215,7 +215,7 @@ def _fail(msg: str) -> int:
 
 
 def _model_edits(args: argparse.Namespace) -> EditSet | None:
-    from p2p.model_edit.cli import edit_set_from_args
+    from cli.edit_model import edit_set_from_args
 
     try:
         return edit_set_from_args(args)

@@ -301,7 +301,7 @@ def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | 
 
 
 def _whole_text(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
-    from pipeline.scan import scan_text
+    from sources.scan import scan_text
 
     info = scan_text(f.url, f.fmt, text_col, url_col)
     return read_text_rows(f.url, f.name, f.fmt, text_col, url_col, info.checkpoints[0] if info.checkpoints else 0,

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from functools import lru_cache
-from importlib import resources as importlib_resources
-from pathlib import Path
 from typing import Any
 
-from filters.lang import LanguageGuess, guess_languages
+from filters.captions.blocklist import blocklisted
+from filters.captions.lang import LanguageGuess, guess_languages
 
 _URL = re.compile(r"(https?://|www\.)\S+", re.IGNORECASE)
 _FILENAME = re.compile(
@@ -25,48 +22,6 @@ _CAMERA = re.compile(
 _CODE_TOKEN = re.compile(r"^(?=.*\d)(?:(?=.*[A-Za-z\-/#.+])[\w\-./#+]{3,}|\d{5,})$")
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
-
-
-def read_terms(text: str) -> list[str]:
-    """One term or phrase per line, lowercased; blank lines and '#' comments (whole or trailing) ignored."""
-    out = []
-    for line in text.splitlines():
-        term = line.split("#", 1)[0].strip().lower()
-        if term:
-            out.append(term)
-    return out
-
-
-def load_blocklist(path: str | None = None, extra: Iterable[str] = ()) -> list[str]:
-    """Sorted unique terms from the bundled NSFW list (or `path`) plus `extra`; ingest and the LLM
-    output check share this list and its matcher, so a term means the same in both places."""
-    if path:
-        text = Path(path).read_text(encoding="utf-8")
-    else:
-        text = (importlib_resources.files("filters") / "data" / "nsfw_blocklist.txt").read_text("utf-8")
-    terms = read_terms(text) + [t.strip().lower() for t in extra if t.strip()]
-    return sorted(set(terms))
-
-
-@lru_cache(maxsize=8)
-def _compile_blocklist(terms: tuple[str, ...]) -> re.Pattern[str] | None:
-    """Whole-word match; a trailing '*' matches any word ending, a space any run of whitespace."""
-    if not terms:
-        return None
-    parts = []
-    for term in terms:
-        body = re.escape(term[:-1] if term.endswith("*") else term).replace(r"\ ", r"\s+")
-        parts.append(body + (r"\w*" if term.endswith("*") else ""))
-    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)", re.I)
-
-
-def blocklisted(text: str, terms: tuple[str, ...]) -> str | None:
-    """The first blocklisted term found on word boundaries, or None."""
-    pat = _compile_blocklist(terms)
-    if pat is None or not text:
-        return None
-    m = pat.search(text)
-    return m.group(0) if m else None
 
 
 def junk_reason(text: str) -> str | None:

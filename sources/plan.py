@@ -1,7 +1,7 @@
 """Ingest planning from metadata: which rows of which file each partition reads, and its key.
 
 The driver never reads caption data. Per input file it takes the listing (size, mtime/ETag/version),
-the parquet footer (row groups) or, for text formats, one constant-memory scan (pipeline.scan, cached
+the parquet footer (row groups) or, for text formats, one constant-memory scan (sources.scan, cached
 in OUT by file identity). A partition is a list of segments (file, row range); its key is the files'
 identities plus the row ranges, so an edited file recomputes only the partitions that read it, and the
 same files named another way (./a.jsonl, a.jsonl, a glob) have the same keys.
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from pipeline.inputs import InputFile, parquet_meta, read_parquet_rows, read_text_rows
-from pipeline.scan import STRIDE, TextInfo, scan_text
 from pipeline.storage import Storage, open_filesystem
+from sources.inputs import InputFile, parquet_meta, read_parquet_rows, read_text_rows
+from sources.scan import STRIDE, TextInfo, scan_text
 
 #: Bump when the meaning of a segment (row numbering, what a worker reads) changes.
 PLAN_VERSION = "1"
