@@ -14,8 +14,8 @@ from filters.captions.lang import guess_language
 from filters.captions.rules import check_caption, junk_reason
 from pipeline.config import build_config
 from pipeline.errors import InputError
-from sources.inputs import discover, read_input
-from sources.plan import pack, pack_sample, read_segment
+from sources.inputs import discover
+from sources.plan import pack, pack_sample, read_input, read_segment
 from stages.ingest import IngestStage, row_id
 
 CHECK = dict(min_words=2, max_words=60, min_chars=8, max_chars=400, languages=("en",),

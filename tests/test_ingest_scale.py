@@ -18,8 +18,8 @@ from pipeline.config import build_config
 from pipeline.errors import InputError
 from pipeline.runner import run_pipeline
 from pipeline.storage import Storage
-from sources.inputs import discover, read_input
-from sources.plan import pack, read_segment
+from sources.inputs import discover
+from sources.plan import pack, read_input, read_segment
 from stages.ingest import IngestStage
 from tests.support import ROOT, cli_env
 
