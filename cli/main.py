@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("edit-model", "cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
         ("preview", "cli.preview", "write OUT/preview.html"),
         ("validate", "cli.validate", "check shards against the manifest"),
-        ("export-hf", "output.export_hf", "export kept samples as Hugging Face datasets parquet"),
+        ("export-hf", "cli.export_hf", "export kept samples as Hugging Face datasets parquet"),
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)

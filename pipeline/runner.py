@@ -195,6 +195,7 @@ class Runner:
             done += records
         write_stage_meta(self.storage, name, {"stage": name, "stage_hash": h, "complete": True,
                                               "partitions": counts[-1][0]})
+        self.storage.clean_temp(name)  # its workers are gone: a half-written file of a killed one is garbage
         _, metrics = sum_records(done)  # every step's work
         dropped, _ = sum_records(records)  # the stage's output
         planned, computed = counts[0]
