@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -41,9 +42,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from models.tiny_sd import build_tiny_sd, default_cache_dir  # noqa: E402
 from p2p.controls import BlendConfig, EditControl  # noqa: E402
 from p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render_one  # noqa: E402
+from tiny.sd import build_tiny_sd, default_cache_dir  # noqa: E402
 
 SRC = "a photo of a cat sitting on a wooden bench in a park"
 EDIT = "a photo of a dog sitting on a wooden bench in a park"
@@ -205,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = make_variants(p2p, size, steps)
     warmups = make_variants(p2p, 64, 1)
 
+    wall, cpu, peak = measure(variants, warmups, rounds, cuda)
+    report(p2p, variants, wall, cpu, peak, size, steps, rounds, cuda)
+    return 0
+
+
+def measure(variants: dict, warmups: dict, rounds: int, cuda: bool) -> tuple[dict, dict, dict]:
+    """(wall times, CPU times, peak memory) per variant; memory first, then rotated timing rounds."""
     # memory first: children forked from a process that has not generated anything yet
     peak = {name: (cuda_peak(fn) if cuda else cpu_peak_in_child(fn, warmups[name])) for name, fn in variants.items()}
     for name, fn in variants.items():  # warm-up (oneDNN primitives, allocator); explicit shares them
@@ -218,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             w, c = timed(variants[name], cuda)
             wall[name].append(w)
             cpu[name].append(c)
+    return wall, cpu, peak
 
+
+def report(p2p: Any, variants: dict, wall: dict, cpu: dict, peak: dict, size: int, steps: int, rounds: int,
+           cuda: bool) -> None:
     best_wall = {name: min(ts) for name, ts in wall.items()}
     best_cpu = {name: min(ts) for name, ts in cpu.items()}
     cost = best_wall if cuda else best_cpu  # the time the targets are checked on
@@ -260,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         "pass": ok,
     }
     print("BENCH_P2P " + json.dumps(record, sort_keys=True))
-    return 0
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def cpu_main(args: argparse.Namespace) -> dict[str, Any]:
-    from models.tiny_sd import build_tiny_sd, default_cache_dir
+    from tiny.sd import build_tiny_sd, default_cache_dir
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device.startswith("cuda")
@@ -210,10 +210,10 @@ def _p2p_controller(rows: int, steps: int, latent_hw: tuple[int, int], device: t
 
     from transformers import CLIPTokenizer
 
-    from models.clip_tokenizer import write_clip_tokenizer
     from p2p.controls import compile_edit
     from p2p.processors import EditRow, P2PController
     from p2p.seq_align import tokenize
+    from tiny.clip_tokenizer import write_clip_tokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")))
     edit = _control(EDITS[0])
@@ -252,7 +252,7 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         from diffusers import UNet2DConditionModel
 
-        from models.tiny_sd import build_tiny_sd, default_cache_dir
+        from tiny.sd import build_tiny_sd, default_cache_dir
 
         path = build_tiny_sd(default_cache_dir() / "tiny-sd", "sd") / "unet"
         unet = UNet2DConditionModel.from_pretrained(str(path)).to(device, dtype).eval()

@@ -38,6 +38,15 @@ def main() -> int:
     ap.add_argument("--llm-python", default=str(ROOT / ".venv-llm" / "bin" / "python"))
     ap.add_argument("--json", help="also write all results to this file")
     args = ap.parse_args()
+    results = measure(args)
+    show(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every benchmark script; each prints one JSON line of results."""
     py = sys.executable
     q = args.quick
     results: dict[str, Any] = {}
@@ -53,12 +62,21 @@ def main() -> int:
     results["inversion"] = run([py, "bench/bench_inversion.py"] + (["--quick"] if q else []))
     results["filter"] = run([py, "bench/bench_filter.py"])
     results["pipeline"] = run([py, "bench/bench_pipeline.py"] + (["--limit", "24"] if q else []))
+    return results
 
+
+def table(results: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
 
     def add(name: str, value: Any, fmt: str = "{:.2f}") -> None:
         rows.append((name, "n/a" if value is None else fmt.format(value)))
 
+    _ingest_rows(results, rows, add)
+    _later_rows(results, add)
+    return rows
+
+
+def _ingest_rows(results: dict[str, Any], rows: list[tuple[str, str]], add: Any) -> None:
     r = results.get("ingest") or {}
     add("ingest captions/s (batch function, 1 process)", r.get("batch_captions_per_s"), "{:.0f}")
     add("ingest captions/s (stage via runner, incl. Ray start)", r.get("stage_captions_per_s"), "{:.0f}")
@@ -77,6 +95,9 @@ def main() -> int:
     if sizes:
         add("ingest at scale: driver peak RSS growth between the sizes (target <= 1.2x)", r.get("driver_rss_growth"),
             "{:.2f}x")
+
+
+def _later_rows(results: dict[str, Any], add: Any) -> None:
     for key in ("instruct_template", "instruct_llm"):
         for backend, b in ((results.get(key) or {}).get("results") or {}).items():
             if "skipped" in b:
@@ -106,6 +127,8 @@ def main() -> int:
     add("end-to-end input captions/s (tiny profile, CPU)", r.get("e2e_rows_per_s"), "{:.3f}")
     add("render scaling 1 -> 2 actors (speed-up)", r.get("render_scaling_1_to_2"), "{:.2f}x")
 
+
+def show(rows: list[tuple[str, str]]) -> None:
     width = max(len(n) for n, _ in rows) + 2
     print("\n" + "=" * (width + 14))
     print(f"{'editgen benchmark':<{width}}{'value':>14}")
@@ -113,9 +136,6 @@ def main() -> int:
     for name, value in rows:
         print(f"{name:<{width}}{value:>14}")
     print("=" * (width + 14))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True))
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prompts.builder import LLMRequest
+
+__all__ = ["REQUEST_FAILED", "GenerationSettings", "LLMBackend", "LLMRequest", "LLMResult"]
+
 #: Drop reason of a row whose request failed for good (after the backend's own retries).
 REQUEST_FAILED = "llm_request_failed"
 
@@ -23,16 +27,6 @@ class GenerationSettings:
     top_p: float = 0.95
     max_tokens: int = 256
     schema: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    """One row's request: its chat messages and its sampling seed (the caption for rule backends)."""
-
-    row_id: str
-    caption: str
-    messages: list[dict[str, Any]]
-    seed: int
 
 
 @dataclass

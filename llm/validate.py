@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from filters.captions.blocklist import Blocklist, load_blocklist
 from llm.base import REQUEST_FAILED
-from llm.blocklist import Blocklist, load_blocklist
-from llm.edit_diff import normalized, similarity, words
 from llm.parse import ParsedEdit
+from p2p.edit_diff import normalized, similarity, words
 
 if TYPE_CHECKING:
     from pipeline.settings.instruct import InstructConfig

@@ -8,7 +8,6 @@ storage layout, a struct {bytes, path}, and the schema carries the `huggingface`
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import pyarrow as pa
 
 from output.shard_writer import MANIFEST, SHARDS_DIR
 from pipeline.errors import InputError
-from pipeline.storage import TMP_MARK, Storage, parse_storage_options
+from pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -148,18 +147,3 @@ def _swap_local(dst: Storage, stage: Storage, split: str) -> None:
     for name in os.listdir(dst.root_path):  # staging folders of killed exports
         if name.startswith(f"{TMP_MARK}export-") or name.startswith(f"{TMP_MARK}old-"):
             shutil.rmtree(os.path.join(dst.root_path, name), ignore_errors=True)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="editgen output directory (reads OUT/shards)")
-    parser.add_argument("dest", metavar="DEST", help="directory for the datasets parquet files")
-    parser.add_argument("--rows-per-file", type=int, default=1000)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--rejected", action="store_true", help="export the rejected candidates instead")
-
-
-def main(args: argparse.Namespace) -> int:
-    options = parse_storage_options(getattr(args, "storage_option", None))
-    n = export_hf(args.out, args.dest, args.rows_per_file, args.split, args.rejected, options)
-    print(f"wrote {n} rows to {args.dest}/data (file list: {args.dest}/export-{args.split}.json)")
-    return 0

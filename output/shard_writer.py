@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.faults import fault_delay_s
 from pipeline.storage import Storage
-from pipeline.worker import fault_delay_s
 
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
@@ -250,6 +250,32 @@ def _collect_model_edits(row: dict[str, Any], found: dict[str, Any]) -> None:
             found.setdefault(f"{key}:{params[key].get('checksum', '')}", {"applied": key, **params[key]})
 
 
+def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: ShardSetWriter | None,
+              dropped: dict[str, int], model_edits: dict[str, Any]) -> int:
+    """Every row to its writer (kept, or rejected when exported); returns the kept rows seen."""
+    rows_in = 0
+    for row in rows:
+        is_kept = row.get("status", "kept") == "kept"
+        if not is_kept and rejected is None:
+            continue
+        rows_in += int(is_kept)
+        _collect_model_edits(row, model_edits)
+        writer = kept if is_kept else rejected
+        assert writer is not None
+        try:
+            key, members = sample_members(row)
+        except ValueError:
+            reason = "missing_image"
+        else:
+            reason = "duplicate_key" if writer.has_key(key) else ""
+        if reason:
+            if is_kept:
+                dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        writer.add(key, members)
+    return rows_in
+
+
 def write_dataset(
     storage: Storage,
     rows: Iterable[dict[str, Any]],
@@ -266,7 +292,6 @@ def write_dataset(
     limits: dict[str, Any] = {
         "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers,
     }
-    rows_in = 0
     dropped: dict[str, int] = {}
     gen = generation_name(config_hash, upstream_key, prefix)
     limits["subdir"] = f"{SHARDS_DIR}/{gen}"
@@ -274,24 +299,7 @@ def write_dataset(
     rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
     model_edits: dict[str, Any] = {}
     try:
-        for row in rows:
-            is_kept = row.get("status", "kept") == "kept"
-            if not is_kept and rejected is None:
-                continue
-            rows_in += int(is_kept)
-            _collect_model_edits(row, model_edits)
-            writer = kept if is_kept else rejected
-            try:
-                key, members = sample_members(row)
-            except ValueError:
-                reason = "missing_image"
-            else:
-                reason = "duplicate_key" if writer.has_key(key) else ""
-            if reason:
-                if is_kept:
-                    dropped[reason] = dropped.get(reason, 0) + 1
-                continue
-            writer.add(key, members)
+        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits)
     finally:
         kept_shards = kept.close()
         rejected_shards = rejected.close() if rejected is not None else []

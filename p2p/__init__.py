@@ -11,4 +11,4 @@ Main entry points:
 Heavy imports (torch, diffusers) happen in the submodules, so ``import p2p`` stays cheap.
 """
 
-__all__ = ["candidates", "controls", "generate", "local_blend", "pair_cli", "processors", "seq_align"]
+__all__ = ["candidates", "controls", "edit_diff", "generate", "local_blend", "processors", "seq_align"]

@@ -240,7 +240,7 @@ def pipeline_for_record(record: Mapping[str, Any], device: str | torch.device | 
     key = (str(record["model"]), dev, str(record["dtype"]), edits["checksum"] if edits else "")
     if key not in _PIPELINES:
         if record.get("profile") == "tiny" and not os.path.exists(os.path.join(record["model"], "model_index.json")):
-            from models.tiny_sd import build_tiny_sd
+            from tiny.sd import build_tiny_sd
 
             build_tiny_sd(record["model"], variant=record.get("tiny_variant", "sd"))
         p2p = load_pipeline(record["model"], dev, record["dtype"], record["scheduler"])

@@ -195,7 +195,7 @@ _LOCK = threading.Lock()
 
 def default_cache_file() -> Path:
     """``<editgen cache dir>/unet_flops.json`` ($EDITGEN_CACHE or ~/.cache/editgen)."""
-    from models.tiny_sd import default_cache_dir
+    from tiny.sd import default_cache_dir
 
     return default_cache_dir() / CACHE_FILE
 

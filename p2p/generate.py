@@ -207,7 +207,9 @@ def p2p_attention(unet: Any, controller: P2PController, explicit: bool = False) 
         unet.set_attn_processor(original)
 
 
-def _encode(p2p: P2PPipeline, prompts: list[str], negative: str | None, cfg: bool, height: int, width: int):
+def encode_prompts(p2p: P2PPipeline, prompts: list[str], negative: str | None, cfg: bool, height: int,
+                   width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Step 2: text embeddings ([negative; positive] with CFG) and SDXL's added conditioning."""
     pipe, dev = p2p.pipe, p2p.device
     neg = None if negative is None else [negative] * len(prompts)
     if not p2p.is_sdxl:
@@ -230,7 +232,8 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.randn(shape, generator=gen, dtype=torch.float32), gen
 
 
-def _decode(p2p: P2PPipeline, latents: torch.Tensor) -> np.ndarray:
+def decode(p2p: P2PPipeline, latents: torch.Tensor) -> np.ndarray:
+    """Step 5: VAE decode to float images in [0, 1]."""
     vae = p2p.pipe.vae
     cfg = vae.config
     lat = latents.to(next(vae.post_quant_conv.parameters()).dtype)
@@ -245,127 +248,155 @@ def _decode(p2p: P2PPipeline, latents: torch.Tensor) -> np.ndarray:
     return p2p.pipe.image_processor.postprocess(image, output_type="np")
 
 
-def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False) -> list[RenderResult]:
-    """Render compatible requests in one UNet batch (see module docstring); returns one result each.
+@dataclass
+class _Batch:
+    """Requests compiled into one UNet batch: its prompts, P2P rows and each request's row range."""
 
-    ``explicit=True`` swaps in the materialised-probability reference processors (tests only).
-    """
-    if not requests:
-        return []
+    prompts: list[str]
+    rows: list[EditRow]
+    groups: list[tuple[int, int]]
+    modes: list[list[str]]
+
+
+def check_inputs(p2p: P2PPipeline, requests: Sequence[RenderRequest]) -> RenderRequest:
+    """Step 1: the requests can share a batch and fit the model; returns the first (the batch's shape)."""
     first = requests[0]
     if any(r.batch_key() != first.batch_key() for r in requests):
         raise ValueError("requests in one batch must share steps, size, scheduler, CFG on/off and negative prompt")
-    pipe, dev, dt = p2p.pipe, p2p.device, p2p.dtype
-    height, width, cfg = first.height, first.width, first.guidance > 1.0
-    if height % p2p.vae_scale or width % p2p.vae_scale:
-        raise ValueError(f"height and width must be multiples of {p2p.vae_scale}, got {height}x{width}")
-    unet = pipe.unet
+    if first.height % p2p.vae_scale or first.width % p2p.vae_scale:
+        raise ValueError(f"height and width must be multiples of {p2p.vae_scale}, got {first.height}x{first.width}")
+    return first
 
+
+def prepare_timesteps(p2p: P2PPipeline, first: RenderRequest) -> Any:
     scheduler = make_scheduler(first.scheduler, p2p.base_scheduler_config)
-    scheduler.set_timesteps(first.steps, device=dev)
+    scheduler.set_timesteps(first.steps, device=p2p.device)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
-    timesteps = scheduler.timesteps
-    num_steps = len(timesteps)
+    return scheduler
 
-    prompts: list[str] = []
-    rows: list[EditRow] = []
-    groups: list[tuple[int, int]] = []
-    modes: list[list[str]] = []
+
+def compile_batch(p2p: P2PPipeline, requests: Sequence[RenderRequest], num_steps: int) -> _Batch:
+    """Each request's source prompt then its edited prompts, with the compiled P2P edit of every row."""
+    batch = _Batch([], [], [], [])
     for req in requests:
-        start = len(prompts)
-        prompts.append(req.source)
+        start = len(batch.prompts)
+        batch.prompts.append(req.source)
         src_tok = tokenize(p2p.tokenizer, req.source)
         group_modes = []
         for edit in req.edits:
             compiled = compile_edit(edit, src_tok, tokenize(p2p.tokenizer, edit.prompt), num_steps)
-            rows.append(EditRow(len(prompts), start, compiled))
+            batch.rows.append(EditRow(len(batch.prompts), start, compiled))
             group_modes.append(compiled.mode)
-            prompts.append(edit.prompt)
-        groups.append((start, len(prompts)))
-        modes.append(group_modes)
-    n_rows = len(prompts)
+            batch.prompts.append(edit.prompt)
+        batch.groups.append((start, len(batch.prompts)))
+        batch.modes.append(group_modes)
+    return batch
 
-    latent_hw = (height // p2p.vae_scale, width // p2p.vae_scale)
-    channels = unet.config.in_channels
+
+def prepare_latents(p2p: P2PPipeline, requests: Sequence[RenderRequest], groups: list[tuple[int, int]],
+                    scheduler: Any, initial: Sequence[torch.Tensor | None] | None = None,
+                    ) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Step 3: one starting latent per group, shared by its rows, scaled by the scheduler's init sigma.
+
+    The default start is seeded CPU noise (device independent); `initial[g]` (1, C, h, w), e.g. an
+    inverted latent, replaces group g's noise. The generators continue for stochastic samplers' noise."""
+    first = requests[0]
+    shape = (1, p2p.pipe.unet.config.in_channels, first.height // p2p.vae_scale, first.width // p2p.vae_scale)
     gens: list[torch.Generator] = []
     noise = []
-    for (a, b), req in zip(groups, requests, strict=True):
-        z, gen = initial_noise(req.seed, (1, channels, *latent_hw))
-        noise.append(z.expand(b - a, -1, -1, -1))
+    for g, ((a, b), req) in enumerate(zip(groups, requests, strict=True)):
+        z, gen = initial_noise(req.seed, shape)
+        given = initial[g] if initial is not None else None
+        noise.append((z if given is None else given.float().cpu()).expand(b - a, -1, -1, -1))
         gens.append(gen)
-    latents = torch.cat(noise).to(dev, dt) * scheduler.init_noise_sigma
+    return torch.cat(noise).to(p2p.device, p2p.dtype) * scheduler.init_noise_sigma, gens
 
-    ctrl = P2PController(
-        n_rows=n_rows,
-        cfg=cfg,
-        edits=rows,
-        num_steps=num_steps,
-        latent_hw=latent_hw,
-        device=dev,
-        dtype=dt,
-        blend_downscales=p2p.cross_downscales,
-    )
+
+def _guide(pred: torch.Tensor, requests: Sequence[RenderRequest], groups: list[tuple[int, int]]) -> torch.Tensor:
+    """Classifier-free guidance, per group when the requests' guidance scales differ."""
+    uncond, cond = pred.chunk(2)
+    if len({r.guidance for r in requests}) == 1:
+        return uncond + requests[0].guidance * (cond - uncond)
+    return torch.cat([uncond[a:b] + req.guidance * (cond[a:b] - uncond[a:b])
+                      for (a, b), req in zip(groups, requests, strict=True)])
+
+
+def _row_generators(groups: list[tuple[int, int]], gens: list[torch.Generator]) -> list[torch.Generator]:
+    """One generator per row, rows of a group cloned from the group's generator: same sampler noise."""
+    row_gens = []
+    for (a, b), gen in zip(groups, gens, strict=True):
+        state = gen.get_state()
+        for _ in range(a, b):
+            g = torch.Generator("cpu")
+            g.set_state(state)
+            row_gens.append(g)
+    return row_gens
+
+
+def denoise(p2p: P2PPipeline, scheduler: Any, latents: torch.Tensor, embeds: torch.Tensor,
+            added: dict[str, torch.Tensor] | None, ctrl: P2PController, requests: Sequence[RenderRequest],
+            groups: list[tuple[int, int]], gens: list[torch.Generator],
+            uncond_embeddings: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """Step 4: the diffusers loop (scale_model_input, UNet, CFG, scheduler.step) with P2P's per-step hooks.
+
+    `uncond_embeddings[i]` (e.g. null-text inversion's), broadcast over the rows, replaces the negative half
+    of the embeddings at step i."""
+    cfg = requests[0].guidance > 1.0
     params = inspect.signature(scheduler.step).parameters
     step_kwargs: dict[str, Any] = {"eta": 0.0} if "eta" in params else {}
     wants_gen = "generator" in params
-    same_guidance = len({r.guidance for r in requests}) == 1
+    for i, t in enumerate(scheduler.timesteps):
+        ctrl.begin_step(i)
+        step_embeds = embeds
+        if cfg and uncond_embeddings is not None:
+            pos = embeds[embeds.shape[0] // 2:]
+            step_embeds = torch.cat([uncond_embeddings[i].to(pos).expand_as(pos), pos])
+        model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+        pred = p2p.pipe.unet(model_in, t, encoder_hidden_states=step_embeds, timestep_cond=None,
+                             added_cond_kwargs=added, return_dict=False)[0]
+        if cfg:
+            pred = _guide(pred, requests, groups)
+        if wants_gen:
+            step_kwargs["generator"] = _row_generators(groups, gens)
+        latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+        if wants_gen:
+            for (a, _), gen in zip(groups, gens, strict=True):
+                gen.set_state(step_kwargs["generator"][a].get_state())
+        latents = ctrl.end_step(latents)
+    return latents
 
-    with torch.inference_mode(), p2p_attention(unet, ctrl, explicit=explicit):
-        embeds, added = _encode(p2p, prompts, first.negative_prompt, cfg, height, width)
-        for i, t in enumerate(timesteps):
-            ctrl.begin_step(i)
-            model_in = torch.cat([latents] * 2) if cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = unet(
-                model_in,
-                t,
-                encoder_hidden_states=embeds,
-                timestep_cond=None,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
-            if cfg:
-                uncond, cond = pred.chunk(2)
-                if same_guidance:
-                    pred = uncond + first.guidance * (cond - uncond)
-                else:
-                    pred = torch.cat(
-                        [
-                            uncond[a:b] + req.guidance * (cond[a:b] - uncond[a:b])
-                            for (a, b), req in zip(groups, requests, strict=True)
-                        ]
-                    )
-            if wants_gen:
-                # One generator per row, rows of a group cloned from the group's generator: same noise.
-                row_gens = []
-                for (a, b), gen in zip(groups, gens, strict=True):
-                    state = gen.get_state()
-                    for _ in range(a, b):
-                        g = torch.Generator("cpu")
-                        g.set_state(state)
-                        row_gens.append(g)
-                step_kwargs["generator"] = row_gens
-            latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-            if wants_gen:
-                for (a, _), gen in zip(groups, gens, strict=True):
-                    gen.set_state(step_kwargs["generator"][a].get_state())
-            latents = ctrl.end_step(latents)
-        images = _decode(p2p, latents)
 
+def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False) -> list[RenderResult]:
+    """Render compatible requests in one UNet batch (see module docstring); returns one result each.
+
+    Follows diffusers' pipeline steps: check inputs, encode prompts, prepare latents, denoise, decode.
+    ``explicit=True`` swaps in the materialised-probability reference processors (tests only).
+    """
+    if not requests:
+        return []
+    first = check_inputs(p2p, requests)
+    scheduler = prepare_timesteps(p2p, first)
+    num_steps = len(scheduler.timesteps)
+    batch = compile_batch(p2p, requests, num_steps)
+    latents, gens = prepare_latents(p2p, requests, batch.groups, scheduler)
+    ctrl = P2PController(
+        n_rows=len(batch.prompts), cfg=first.guidance > 1.0, edits=batch.rows, num_steps=num_steps,
+        latent_hw=(first.height // p2p.vae_scale, first.width // p2p.vae_scale), device=p2p.device,
+        dtype=p2p.dtype, blend_downscales=p2p.cross_downscales,
+    )
+    with torch.inference_mode(), p2p_attention(p2p.pipe.unet, ctrl, explicit=explicit):
+        embeds, added = encode_prompts(p2p, batch.prompts, first.negative_prompt, first.guidance > 1.0,
+                                       first.height, first.width)
+        latents = denoise(p2p, scheduler, latents, embeds, added, ctrl, requests, batch.groups, gens)
+        images = decode(p2p, latents)
     masks_by_row = ctrl.blend.masks if ctrl.blend is not None else {}
-    results = []
-    for (a, b), req, group_modes in zip(groups, requests, modes, strict=True):
-        results.append(
-            RenderResult(
-                request=req,
-                images=images[a:b],
-                latents=latents[a:b].float().cpu(),
-                masks=[masks_by_row.get(r).cpu() if r in masks_by_row else None for r in range(a + 1, b)],
-                modes=group_modes,
-            )
-        )
-    return results
+    return [
+        RenderResult(request=req, images=images[a:b], latents=latents[a:b].float().cpu(),
+                     masks=[masks_by_row.get(r).cpu() if r in masks_by_row else None for r in range(a + 1, b)],
+                     modes=group_modes)
+        for (a, b), req, group_modes in zip(batch.groups, requests, batch.modes, strict=True)
+    ]
 
 
 def check_request(p2p: P2PPipeline, request: RenderRequest) -> list[str]:

@@ -29,3 +29,7 @@ class StageFailed(Exception):
     """A stage could not finish (e.g. a partition kept failing); exit code 1."""
 
     exit_code = 1
+
+
+class ContractError(UserError):
+    """A stage broke its declared contract: a column it needs, or promised to add, is missing."""

@@ -1,18 +1,14 @@
-"""Live progress per stage (partitions and rows) and the end-of-run summary table."""
+"""Live progress per stage (partitions and rows): a rich bar each, or nothing with the display off."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
-from rich.table import Table
-
-if TYPE_CHECKING:
-    from pipeline.runner import RunResult
 
 
 class Progress:
@@ -102,19 +98,3 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def summary_table(result: RunResult) -> Table:
-    table = Table(title=f"editgen run: {result.out}")
-    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "rows/s", "top drop reasons"):
-        table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left",
-                         no_wrap=col != "top drop reasons")
-    for s in result.stages:
-        dropped = sum(s.dropped.values())
-        top = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:4])
-        rate = f"{s.rows_in / s.seconds:.0f}" if s.computed and s.seconds > 0 else "-"
-        table.add_row(
-            s.name, str(s.partitions), str(s.computed), str(s.rows_in), str(s.rows_out), str(dropped),
-            f"{s.seconds:.1f}", rate, top,
-        )
-    return table

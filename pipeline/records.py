@@ -7,7 +7,7 @@ the data file, so a crash between the two just recomputes the partition.
 Resume costs metadata, not bytes: records are fetched in bulk (concurrently on object stores), file sizes
 and version markers (ETag / mtime) come from one listing per stage, and a file is re-hashed only when
 its marker differs from the recorded one (a copied OUT, a store without markers). `run.verify_checksums
-=full` re-hashes every file, on the Ray workers in parallel (pipeline.runner).
+=full` re-hashes every file, on the Ray workers in parallel (pipeline.executor).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
-from pipeline.stage import PartitionSpec, part_name
 from pipeline.storage import FileInfo, Storage, sha256_bytes
 
 log = logging.getLogger("editgen")
@@ -25,6 +25,81 @@ log = logging.getLogger("editgen")
 DONE_DIR = "_done"
 STAGE_FILE = "_stage.json"
 GLOBAL_RECORD = "global.json"
+
+
+class PartitionRecord(TypedDict, total=False):
+    """A map step's completion record (OUT/<stage>/[<step dir>/]_done/part-N.json), written by the runner."""
+
+    stage: str
+    partition: int
+    file: str
+    stage_hash: str
+    input_key: str
+    sha256: str
+    bytes: int
+    rows_in: int
+    rows_total: int
+    rows_out: int
+    dropped: dict[str, int]
+    metrics: dict[str, float]
+    seconds: float
+    worker: str
+    actor: int
+    attempt: int
+    etag: str | None
+    mtime: float | None
+    content_key: str | None  # the step's fingerprint of its input rows, when it has one
+    reused: bool  # this run kept the output: input rows unchanged under a new planned key
+
+
+class GlobalSummary(TypedDict, total=False):
+    """What a global body returns: row accounting plus what it wrote (shard: the manifest's checksum,
+    its tars' markers; ingest's dedup: a drop digest per partition)."""
+
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int]
+    metrics: dict[str, float]
+    sha256: str
+    bytes: int
+    shards: int
+    markers: dict[str, list[str | float | None]]
+    digests: dict[str, str]
+
+
+class GlobalRecord(GlobalSummary, total=False):
+    """A global step's completion record (OUT/<stage>/[<step dir>/]_done/global.json)."""
+
+    stage: str
+    partition: int
+    stage_hash: str
+    input_key: str
+
+
+@dataclass
+class StageResult:
+    name: str
+    stage_hash: str
+    partitions: int
+    computed: int
+    skipped: int
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int]
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class RunResult:
+    out: str
+    stages: list[StageResult]
+    lease_note: str = ""
+
+
+def part_name(pid: int) -> str:
+    return f"part-{pid:05d}.parquet"
 
 
 def record_name(pid: int) -> str:
@@ -107,48 +182,30 @@ def stamp(storage: Storage, stage_dir: str, record: dict[str, Any]) -> dict[str,
     return {**record, "etag": info.etag, "mtime": info.mtime}
 
 
-def check_partitions(
-    storage: Storage, stage_dir: str, specs: list[PartitionSpec], stage_hash: str, full: bool = False
-) -> dict[int, str]:
-    """{pid: why not done} for the planned partitions that must be computed (absent: done).
+def check_partitions(storage: Storage, stage_dir: str, keys: dict[int, str], stage_hash: str) -> dict[int, str]:
+    """{pid: why not done} for the planned partitions ({pid: input key}) that must be computed (absent: done).
 
     One listing for sizes and markers, one bulk read of records; a file is hashed only where its marker
-    is unknown or moved (with `full`, the caller hashes the rest elsewhere: see `needs_hash`)."""
+    is unknown or moved (`run.verify_checksums=full` re-hashes the rest on the cluster)."""
     records = {r["partition"]: r for r in read_records(storage, stage_dir)}
     listing = storage.list_info(stage_dir)
     todo: dict[int, str] = {}
-    for spec in specs:
-        rec = records.get(spec.pid)
+    for pid, input_key in keys.items():
+        rec = records.get(pid)
         if rec is None:
-            todo[spec.pid] = "missing"
+            todo[pid] = "missing"
         elif rec.get("stage_hash") != stage_hash:
-            todo[spec.pid] = "config changed"
-        elif rec.get("input_key") != spec.input_key:
-            todo[spec.pid] = "input changed"
+            todo[pid] = "config changed"
+        elif rec.get("input_key") != input_key:
+            todo[pid] = "input changed"
         else:
-            fname = rec.get("file") or part_name(spec.pid)
+            fname = rec.get("file") or part_name(pid)
             state = "bad" if "/" in fname else _check(storage, stage_dir, fname, rec, listing.get(fname), False)
             if state == "bad":
-                todo[spec.pid] = "file altered or truncated"
+                todo[pid] = "file altered or truncated"
             elif state == "hashed":  # e.g. a copied OUT: same bytes, new marker; hash once, not every resume
                 write_record(storage, stage_dir, stamp(storage, stage_dir, rec))
     return todo
-
-
-def is_done(
-    storage: Storage, stage_dir: str, spec: PartitionSpec, stage_hash: str, verify: bool | str
-) -> tuple[bool, str]:
-    """(done?, why not) for one planned partition."""
-    rec = read_record(storage, stage_dir, record_name(spec.pid))
-    if rec is None:
-        return False, "missing"
-    if rec.get("stage_hash") != stage_hash:
-        return False, "config changed"
-    if rec.get("input_key") != spec.input_key:
-        return False, "input changed"
-    if not file_matches(storage, stage_dir, rec, verify):
-        return False, "file altered or truncated"
-    return True, ""
 
 
 def combined_key(parts: list[str]) -> str:

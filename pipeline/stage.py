@@ -1,20 +1,27 @@
-"""What a stage is: a name, its config section, its resources and a batch function.
+"""The Stage contract: what a stage declares, and the one or more steps (map or global bodies) it runs.
 
-The runner owns partitions, resume and Ray; a stage only turns a table of upstream rows into a table
-of output rows. Every output row carries `id` (stable, from the source caption row), `status`
-(`kept` / `dropped`) and `drop_reason`, so every input row is accounted for.
+A stage declares its config section and the config it reads besides (`config_sections` /
+`config_reads`: the stage hash follows from them), the columns it needs from upstream and the ones it
+adds (`input_columns` / `output_columns`: the runner checks both and names the stage and column), its
+resources, and its body: a map over partitions (`process_partition`, by default `process_batch` over
+slices) or a global body on the driver (`run_global`). The runner owns everything else: partitions,
+completion records, stage metadata, resume and scheduling.
+
+Every output row carries `id` (stable, from the source caption row), `status` (`kept` / `dropped`) and
+`drop_reason`, so every input row is accounted for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.settings.base import Resources
+from pipeline.records import GlobalSummary, PartitionRecord, part_name
+from pipeline.settings.base import Resources, Strict
 
 if TYPE_CHECKING:
     from pipeline.config import EditgenConfig
@@ -25,9 +32,7 @@ DROPPED = "dropped"
 #: Columns every stage output has; downstream stages replace status/drop_reason with their own.
 BOOKKEEPING = ("status", "drop_reason")
 
-
-def part_name(pid: int) -> str:
-    return f"part-{pid:05d}.parquet"
+SettingsT = TypeVar("SettingsT", bound=Strict)
 
 
 @dataclass
@@ -37,34 +42,88 @@ class PartitionSpec:
     pid: int
     input_key: str
     rows_in: int = 0
-    payload: Any = None  # stage-specific (e.g. an ObjectRef of raw rows for ingest)
+    payload: Any = None  # step-specific, e.g. the source segments an ingest worker reads
     attempt: int = 0
 
 
 @dataclass
+class Partition:
+    """What a map body sees of the partition it computes (worker side)."""
+
+    spec: PartitionSpec
+    storage: Storage
+    stage_dir: str  # where the runner writes this step's partitions, e.g. "ingest/_pre"
+
+
+class TaskRunner:
+    """Runs plain functions as parallel tasks on the cluster (pipeline.executor implements it)."""
+
+    def map_tasks(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+        """fn(*args) for every call."""
+        return [fn(*args) for args in calls]
+
+    def map_reduce(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], reduce: Callable[..., Any],
+                   args: tuple[Any, ...] = ()) -> Any:
+        """reduce(*args, *[fn(*c) for c in calls]); on a cluster the mapped results never pass the driver."""
+        return reduce(*args, *[fn(*c) for c in calls])
+
+
+@dataclass
 class PlanContext:
-    """What a stage sees while planning, on the driver."""
+    """What a stage sees on the driver: config, OUT, its upstream's records and its own earlier steps'."""
 
     config: EditgenConfig
     storage: Storage
-    upstream_records: list[dict[str, Any]] = field(default_factory=list)
+    upstream_records: list[PartitionRecord] = field(default_factory=list)
     upstream_dir: str | None = None
+    stage_hash: str = ""
+    #: Records of this stage's earlier steps, by step name (a global step: one summary record).
+    steps: dict[str, list[Any]] = field(default_factory=dict)
+    tasks: TaskRunner = field(default_factory=TaskRunner)
 
 
-class Stage:
+@dataclass(frozen=True)
+class Step:
+    """One body of a stage. Most stages have one; ingest has three (clean -> dedup -> publish).
+
+    map: `plan` gives the partitions, the runner schedules them; a worker calls `load` then `process` and
+    the runner writes the table to OUT/<stage>/<subdir>/part-N.parquet with its completion record.
+    global: the runner calls `run` on the driver (skipped when its record's input key still matches and
+    `valid` says its output is intact) and writes the summary it returns as OUT/<stage>/<subdir>/_done/global.json.
+    """
+
+    name: str
+    kind: Literal["map", "global"] = "map"
+    subdir: str = ""
+    plan: Callable[[PlanContext], list[PartitionSpec]] | None = None
+    load: Callable[[Partition, str | None], pa.Table] | None = None
+    process: Callable[[pa.Table, Partition], pa.Table] | None = None
+    run: Callable[[PlanContext], GlobalSummary] | None = None
+    input_key: Callable[[PlanContext], str] | None = None
+    valid: Callable[[PlanContext, Any], bool] | None = None
+    #: False: cheap bodies without models run as plain cluster tasks instead of an actor pool.
+    actors: bool = True
+    #: Map steps keyed on cheap metadata (ingest: file identity + row range): a fingerprint of what
+    #: `load` returned. When a partition's planned key moved but this equals its record's, the worker
+    #: keeps the output instead of recomputing it (if `reusable` says its side files are still there).
+    content_key: Callable[[pa.Table], str] | None = None
+    reusable: Callable[[Partition], bool] | None = None
+
+
+class Stage(Generic[SettingsT]):
     """Base class. Subclasses set `name`, optionally `version` (bump when output logic changes)."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
-    #: Directory (under the stage dir) the runner writes partitions to. Stages with a driver-side
-    #: `finalize` write a working set there and publish final partitions themselves.
-    work_subdir: ClassVar[str] = ""
-    #: A global stage (e.g. shard) needs all upstream partitions at once: the runner calls
-    #: `run_global` on the driver instead of mapping partitions over workers.
+    #: A global stage (e.g. shard) needs all upstream partitions at once: its body runs on the driver.
     is_global: ClassVar[bool] = False
     #: Config the stage reads besides its own section, as "section" or "section.key" entries: the
     #: runner hashes them into the stage hash, so changing one recomputes the stage.
     config_sections: ClassVar[tuple[str, ...]] = ()
+    #: Columns the stage needs among its upstream's kept rows, and the columns its output adds
+    #: (besides id/status/drop_reason); upstream columns pass through unless a stage drops them.
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    output_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: EditgenConfig) -> None:
         self.config = config
@@ -80,15 +139,21 @@ class Stage:
         return cls.config_sections
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> SettingsT:
         return getattr(self.config, self.name)
 
     def resources(self) -> Resources:
-        return self.settings.resources
+        return self.settings.resources  # type: ignore[attr-defined]
 
     def ray_options(self) -> dict[str, Any]:
         """Extra actor options (e.g. a runtime_env with another interpreter for the LLM stack)."""
         return {}
+
+    def steps(self) -> tuple[Step, ...]:
+        """The stage's bodies in order (default: one map step, or one global step)."""
+        if self.is_global:
+            return (Step("", "global", run=self.run_global, valid=self.global_output_valid),)
+        return (Step("", plan=self.plan, load=self.load_input, process=self.process_partition),)
 
     # ---- driver side ---------------------------------------------------------------------
     def bind(self, storage: Storage, replace: bool) -> None:
@@ -105,33 +170,25 @@ class Stage:
             for r in ctx.upstream_records
         ]
 
-    def finalize(self, ctx: PlanContext, records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """Driver-side step after all partitions are done; returns the published records, if any."""
-        return None
+    def run_global(self, ctx: PlanContext) -> GlobalSummary:
+        """Global stages only: produce the stage output from all upstream partitions."""
+        raise NotImplementedError
+
+    def global_output_valid(self, ctx: PlanContext, record: Any) -> bool:
+        """Global stages only: is what `run_global` wrote (per `record`) still intact on disk?"""
+        return True
 
     # ---- worker side ---------------------------------------------------------------------
     def setup(self) -> None:
         """Load models and other heavy resources; called once per worker."""
 
-    def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
+    def load_input(self, part: Partition, upstream_dir: str | None) -> pa.Table:
         """Default: the upstream partition's kept rows, without upstream bookkeeping columns."""
         if upstream_dir is None:
             raise ValueError(f"{self.name}: no upstream to read from")
-        table = storage.read_table(upstream_dir, part_name(spec.pid))
-        return kept_rows(table)
+        return kept_rows(part.storage.read_table(upstream_dir, part_name(part.spec.pid)))
 
-    def content_key(self, table: pa.Table) -> str | None:
-        """A fingerprint of what `load_input` returned, or None (default: no reuse). When a partition's
-        planned key changed (e.g. its source file's mtime moved) but this fingerprint equals the one in
-        its record, the worker keeps the output instead of recomputing it: a stage keyed on cheap
-        metadata still recomputes only the partitions whose rows changed."""
-        return None
-
-    def can_reuse(self, storage: Storage, pid: int) -> bool:
-        """Whether partition `pid`'s earlier output may be kept (side files it wrote still there)."""
-        return True
-
-    def process_partition(self, table: pa.Table) -> pa.Table:
+    def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         """Default: the batch function over slices of `resources.batch_size` rows. Override when rows
         must be seen together (e.g. top-k over all candidates of a pair)."""
         size = self.resources().batch_size
@@ -146,16 +203,12 @@ class Stage:
     def process_batch(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
 
-    def run_global(self, ctx: PlanContext) -> dict[str, Any]:
-        """Global stages only: produce the stage output from all upstream partitions."""
-        raise NotImplementedError
-
-    def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
-        """Global stages only: is what `run_global` wrote (per `record`) still intact on disk?"""
-        return True
-
     def teardown(self) -> None:
         """Release resources; called when a worker is retired."""
+
+
+def missing_columns(table: pa.Table, columns: tuple[str, ...]) -> list[str]:
+    return [c for c in columns if c not in table.column_names]
 
 
 def kept_rows(table: pa.Table) -> pa.Table:

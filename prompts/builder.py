@@ -16,9 +16,17 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
-from llm.base import LLMRequest
-
 REQUIRED_KEYS = ("caption", "instruction", "edited_caption", "family")
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One row's request: its chat messages and its sampling seed (the caption for rule backends)."""
+
+    row_id: str
+    caption: str
+    messages: list[dict[str, Any]]
+    seed: int
 
 
 @dataclass(frozen=True)

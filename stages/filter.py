@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from filters.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
-from filters.select import Thresholds, select
+from filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
+from filters.pairs.select import Thresholds, select
 from pipeline.errors import ConfigError
-from pipeline.stage import PartitionSpec, Stage, part_name, with_status
+from pipeline.settings.filter import FilterConfig
+from pipeline.stage import Partition, Stage, part_name, with_status
 
 if TYPE_CHECKING:
     from pipeline.storage import Storage
@@ -31,7 +32,8 @@ META_INPUT = b"editgen.render_sha256"
 META_CLIP = b"editgen.clip_key"
 
 
-def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: Any, clip_model_id: str) -> pa.Table:
+def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
+                    clip_model_id: str) -> pa.Table:
     """Render rows + scores -> filter output rows (scores, rank, clip model id, status)."""
     reasons, ranks = select(
         table["id"].to_pylist(),
@@ -49,9 +51,9 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: Any, cl
     return with_status(out, reasons)
 
 
-def check_clip_config(cfg: Any) -> None:
+def check_clip_config(cfg: FilterConfig) -> None:
     """Fail before any work on an unknown model name or pretrained tag (one clear line)."""
-    from models.tiny_clip import TINY_CLIP_NAME
+    from tiny.clip import TINY_CLIP_NAME
 
     model, pretrained = cfg.clip_model, cfg.clip_pretrained
     for key, check, value in (("clip_pretrained", check_weights_file, pretrained),
@@ -78,14 +80,15 @@ def check_clip_config(cfg: Any) -> None:
         )
 
 
-class FilterStage(Stage):
+class FilterStage(Stage[FilterConfig]):
     name = "filter"
     version = "1"
+    input_columns = ("candidate", "input_image", "edited_image", "caption", "edited_caption")
+    output_columns = (*SCORE_COLUMNS, "filter_rank", "clip_model")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._scorer: ClipScorer | None = None
-        self._current: tuple[int, str, Storage] | None = None
 
     def preflight(self) -> None:
         check_clip_config(self.settings)
@@ -100,26 +103,21 @@ class FilterStage(Stage):
             self._scorer = ClipScorer.from_config(self.settings)
         return self._scorer
 
-    def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
-        table = super().load_input(spec, storage, upstream_dir)
-        self._current = (spec.pid, spec.input_key, storage)  # for the score cache key
-        return table
-
-    def process_partition(self, table: pa.Table) -> pa.Table:
-        """All candidates of a pair are in one partition, so top-k runs over the whole partition."""
-        scores = self.partition_scores(table)
+    def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
+        """All candidates of a pair are in one partition, so top-k runs over the whole partition; scores
+        are cached per render partition (`part`: its id and checksum)."""
+        scores = self.partition_scores(table, part)
         return apply_selection(table, scores, self.settings, self.spec.model_id())
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         return self.process_partition(batch)
 
     # ---- score cache ---------------------------------------------------------------------
-    def partition_scores(self, table: pa.Table) -> dict[str, np.ndarray]:
-        current, self._current = self._current, None
-        use_cache = current is not None and self.settings.cache_scores
+    def partition_scores(self, table: pa.Table, part: Partition | None = None) -> dict[str, np.ndarray]:
+        use_cache = part is not None and self.settings.cache_scores
         clip_key = self.spec.cache_key()
-        if use_cache:
-            pid, input_key, storage = current
+        if part is not None and use_cache:
+            pid, input_key, storage = part.spec.pid, part.spec.input_key, part.storage
             cached = read_cached_scores(storage, self.name, pid, input_key, clip_key, table)
             if cached is not None:
                 self.metrics["score_cache_hits"] = 1.0
@@ -128,9 +126,8 @@ class FilterStage(Stage):
         scores = self.scorer().score_table(table) if table.num_rows else _empty_scores()
         self.metrics["clip_seconds"] = time.perf_counter() - t0
         self.metrics["clip_scored"] = float(table.num_rows)
-        if use_cache:
-            pid, input_key, storage = current
-            write_cached_scores(storage, self.name, pid, input_key, clip_key, table, scores)
+        if part is not None and use_cache:
+            write_cached_scores(part.storage, self.name, part.spec.pid, part.spec.input_key, clip_key, table, scores)
         return scores
 
     def teardown(self) -> None:

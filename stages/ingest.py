@@ -1,10 +1,11 @@
 """Ingest: read captions, clean them, drop bad rows with a reason, dedup, and partition.
 
-The driver plans from metadata only (stages.ingest_plan): each worker reads its own rows from the source,
-cleans and filters them (OUT/ingest/_pre/) and writes their dedup keys in buckets (OUT/ingest/_keys/).
-Finalize then resolves duplicates per bucket on the cluster (stages.ingest_dedup: first occurrence in
-global input order wins among rows that passed every other filter) and publishes OUT/ingest/part-*,
-rewriting only partitions whose rows or drops changed.
+Three steps (the runner writes every partition and record): `clean` plans from metadata only
+(sources.plan), each worker reads its own rows from the source, cleans and filters them
+(OUT/ingest/_pre/) and writes their dedup keys in buckets (OUT/ingest/_keys/); `dedup` resolves
+duplicates per bucket on the cluster (filters.captions.dedup: first occurrence in global input order wins
+among rows that passed every other filter); `publish` applies the drops to OUT/ingest/part-*, recomputing
+only partitions whose rows or drops changed.
 """
 
 from __future__ import annotations
@@ -18,40 +19,27 @@ from typing import Any
 
 import pyarrow as pa
 
-from filters.caption_filters import check_captions, load_blocklist
-from filters.lang import LanguageGuess
-from filters.text_clean import caption_key, clean_caption, url_key
+from filters.captions import dedup as dd
+from filters.captions.blocklist import load_blocklist
+from filters.captions.clean import caption_key, clean_caption, url_key
+from filters.captions.lang import LanguageGuess
+from filters.captions.rules import check_captions
 from pipeline.errors import InputError
-from pipeline.inputs import discover
-from pipeline.records import (
-    DONE_DIR,
-    check_partitions,
-    combined_key,
-    read_records,
-    remove_partitions_from,
-)
+from pipeline.records import GlobalSummary, PartitionRecord
 from pipeline.settings.ingest import IngestConfig
-from pipeline.stage import (
-    PartitionSpec,
-    PlanContext,
-    Stage,
-    with_status,
-)
+from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, part_name, with_status
 from pipeline.storage import Storage
-from stages import ingest_dedup as dd
-from stages.ingest_plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
+from sources.inputs import discover
+from sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
-#: The columns a worker reads from the source (pipeline.inputs.RAW_SCHEMA), in a fixed order.
-RAW_COLUMNS = ("source", "source_row", "text", "url", "raw_error")
 log = logging.getLogger("editgen")
 
 PRE = "_pre"
+#: The columns a worker reads from the source (sources.inputs.RAW_SCHEMA), in a fixed order.
+RAW_COLUMNS = ("source", "source_row", "text", "url", "raw_error")
 INPUT_FILE = "_input.json"
-STATE = "state.json"
 #: Original text is kept for tracing, but a 1 MB caption must not bloat every partition.
 RAW_KEEP_CHARS = 2048
-#: Publish tasks handle this many partitions each (a task per partition costs more than the work).
-PUBLISH_CHUNK = 32
 
 
 def row_id(source: str, row: int) -> str:
@@ -67,12 +55,10 @@ class IngestWork:
     buckets: int
 
 
-class IngestStage(Stage):
+class IngestStage(Stage[IngestConfig]):
     name = "ingest"
     version = "2"  # 2: <script>/<style> elements are removed with their content
-    work_subdir = PRE
-    #: Directories whose completion state `--from ingest` forgets.
-    state_dirs = (PRE, dd.DEDUP_DIR)
+    output_columns = ("source", "source_row", "url", "caption", "caption_raw", "language", "language_confidence")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -80,12 +66,15 @@ class IngestStage(Stage):
         self._terms: tuple[str, ...] = ()
         self._out: Storage | None = None
         self._replace = False
-        self._keys_to: tuple[Storage, int, int] | None = None
         self._planned_buckets = 1
 
-    @property
-    def settings(self) -> IngestConfig:
-        return self.config.ingest
+    def steps(self) -> tuple[Step, ...]:
+        return (
+            Step("", subdir=PRE, plan=self.plan, load=self.load_input, process=self.process_partition,
+                 content_key=raw_rows_key, reusable=self.keys_present),
+            Step("dedup", "global", subdir=dd.DEDUP_DIR, run=self.dedup, valid=self.dedup_valid),
+            Step("publish", plan=self.plan_publish, load=self.load_pre, process=self.publish, actors=False),
+        )
 
     def bind(self, storage: Storage, replace: bool) -> None:
         """OUT, read-only until preflight passed: for cached scans and the input-identity check."""
@@ -153,77 +142,46 @@ class IngestStage(Stage):
                               payload=IngestWork(tuple(p.segments), buckets))
                 for i, p in enumerate(parts)]
 
-    def finalize(self, ctx: PlanContext, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Resolve duplicates on the cluster (skipped when no partition changed) and publish."""
-        storage = ctx.storage
-        h = records[0]["stage_hash"] if records else ""
-        n = len(records)
-        remove_partitions_from(storage, self.name, n)
-        self._remove_keys_from(storage, n)
-        digests = self._dedup(storage, records)
-        specs = [PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digests.get(r["partition"], "")),
-                               rows_in=r.get("rows_in", 0)) for r in records]
-        stale = check_partitions(storage, self.name, specs, h)  # one listing, one bulk record read
-        published = {r["partition"]: r for r in read_records(storage, self.name)}
-        final = [published[r["partition"]] for r in records if r["partition"] not in stale]
-        todo = [r for r in records if r["partition"] in stale]
-        if todo:
-            log.info("ingest: publishing %d/%d partitions after dedup", len(todo), n)
-            final += self._remote_publish(storage, todo, digests)
-        return sorted(final, key=lambda x: x["partition"])
-
-    def _dedup_settings(self) -> str:
-        return f"captions={self.settings.dedup_captions},urls={self.settings.dedup_urls}"
-
-    def _dedup(self, storage: Storage, records: list[dict[str, Any]]) -> dict[int, str]:
-        """Per-partition drop digests; recomputed only when some pre-dedup partition changed."""
-        s = self.settings
-        key = combined_key([r["sha256"] for r in records] + [self._dedup_settings()])
-        try:
-            state = json.loads(storage.read_text(self.name, dd.DEDUP_DIR, DONE_DIR, STATE))
-            if state.get("key") == key:
-                return {int(k): v for k, v in state["digests"].items()}
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
+    def dedup(self, ctx: PlanContext) -> GlobalSummary:
+        """Resolve duplicates over every clean partition on the cluster: a drop digest per partition."""
+        s, storage = self.settings, ctx.storage
+        records: list[PartitionRecord] = ctx.steps[""]
+        self._remove_keys_from(storage, len(records))
         digests: dict[int, str] = {}
         if records and (s.dedup_captions or s.dedup_urls):
-            digests = self._remote_dedup(storage, [r["partition"] for r in records])
+            pids, buckets = [r["partition"] for r in records], self._planned_buckets
+            calls = [(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions, s.dedup_urls)
+                     for b in range(buckets)]
+            digests = ctx.tasks.map_reduce(dd.bucket_conflicts, calls, dd.resolve,
+                                           (storage.root, storage.storage_options))
+            log.info("ingest: dedup over %d buckets: %d partitions with duplicates", buckets, len(digests))
         elif storage.exists(self.name, dd.DEDUP_DIR, dd.DROPS_FILE):
             storage.remove(self.name, dd.DEDUP_DIR, dd.DROPS_FILE)
-        storage.write_text(json.dumps({"key": key, "digests": {str(k): v for k, v in digests.items()}}),
-                           self.name, dd.DEDUP_DIR, DONE_DIR, STATE)
-        return digests
+        rows = sum(r.get("rows_out", 0) for r in records)
+        return {"rows_in": rows, "rows_out": rows, "digests": {str(k): v for k, v in sorted(digests.items())}}
 
-    def _remote_dedup(self, storage: Storage, pids: list[int]) -> dict[int, str]:
-        import ray
+    def dedup_valid(self, ctx: PlanContext, record: Any) -> bool:
+        return not record.get("digests") or ctx.storage.exists(self.name, dd.DEDUP_DIR, dd.DROPS_FILE)
 
-        from pipeline.ray_runtime import ensure_ray, remote_task
+    def plan_publish(self, ctx: PlanContext) -> list[PartitionSpec]:
+        """One partition per clean partition, keyed by its checksum and its drop digest."""
+        digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
+        specs = []
+        for r in ctx.steps[""]:
+            digest = digests.get(str(r["partition"]), "")
+            specs.append(PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digest),
+                                       rows_in=r.get("rows_in", 0), payload=bool(digest)))
+        return specs
 
-        ensure_ray(self.config.ray)
-        s = self.settings
-        buckets = self._planned_buckets
-        task = remote_task(dd.bucket_conflicts)
-        refs = [task.remote(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions,
-                            s.dedup_urls) for b in range(buckets)]
-        resolve = remote_task(dd.resolve)
-        digests = ray.get(resolve.remote(storage.root, storage.storage_options, *refs))
-        log.info("ingest: dedup over %d buckets: %d partitions with duplicates", buckets, len(digests))
-        return digests
+    def load_pre(self, part: Partition, upstream_dir: str | None) -> pa.Table:
+        """The whole clean partition, dropped rows included (they stay in the output with their reason)."""
+        assert upstream_dir is not None
+        return part.storage.read_table(upstream_dir, part_name(part.spec.pid))
 
-    def _remote_publish(self, storage: Storage, todo: list[dict[str, Any]],
-                        digests: dict[int, str]) -> list[dict[str, Any]]:
-        import ray
-
-        from pipeline.ray_runtime import ensure_ray, remote_task
-
-        ensure_ray(self.config.ray)
-        task = remote_task(dd.publish)
-        refs = []
-        for i in range(0, len(todo), PUBLISH_CHUNK):
-            chunk = todo[i:i + PUBLISH_CHUNK]
-            mine = {r["partition"]: digests[r["partition"]] for r in chunk if r["partition"] in digests}
-            refs.append(task.remote(storage.root, storage.storage_options, chunk, mine))
-        return [rec for part in ray.get(refs) for rec in part]
+    def publish(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
+        assert part is not None
+        drops = dd.read_drops(part.storage, part.spec.pid, self.name) if part.spec.payload else {}
+        return dd.apply_drops(table, part.spec.pid, drops)
 
     def _remove_keys_from(self, storage: Storage, n: int) -> None:
         for fname in storage.listdir(self.name, dd.KEYS_DIR):
@@ -235,36 +193,25 @@ class IngestStage(Stage):
         s = self.settings
         self._terms = tuple(load_blocklist(s.blocklist, s.extra_blocked_terms))
 
-    def load_input(self, spec: PartitionSpec, storage: Storage, upstream_dir: str | None) -> pa.Table:
+    def load_input(self, part: Partition, upstream_dir: str | None) -> pa.Table:
         """This partition's rows, read from the source by the worker itself."""
         s = self.settings
-        work: IngestWork = spec.payload
+        work: IngestWork = part.spec.payload
         tables = [read_segment(seg, s.text_column, s.url_column) for seg in work.segments]
-        self._keys_to = (storage, spec.pid, work.buckets)
         return pa.concat_tables(tables).combine_chunks()
 
-    def content_key(self, table: pa.Table) -> str | None:
-        """The raw rows' fingerprint: a source file rewritten with one row changed moves every partition
-        key of that file (its mtime/ETag), but only the partitions whose rows changed are recomputed."""
-        digest = hashlib.sha256()
-        for col in RAW_COLUMNS:
-            digest.update(json.dumps(table[col].to_pylist(), ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()
+    def keys_present(self, part: Partition) -> bool:
+        """An earlier output is kept only while its dedup keys (read by the dedup step) are there."""
+        return part.storage.exists(self.name, dd.KEYS_DIR, dd.keys_name(part.spec.pid))
 
-    def can_reuse(self, storage: Storage, pid: int) -> bool:
-        """Only while the partition's dedup keys (read by the bucket pass) are still there."""
-        return storage.exists(self.name, dd.KEYS_DIR, dd.keys_name(pid))
-
-    def process_partition(self, table: pa.Table) -> pa.Table:
+    def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         """Clean and filter; then write the kept rows' dedup keys, bucketed, beside the partition."""
-        out = super().process_partition(table)
-        if self._keys_to is not None:
-            storage, pid, buckets = self._keys_to
-            self._keys_to = None
-            s = self.settings
+        out = super().process_partition(table, part)
+        if part is not None:
+            s, work = self.settings, part.spec.payload
             batches = dd.bucket_keys(out["caption_key"].to_pylist(), out["url_key"].to_pylist(),
-                                     out["drop_reason"].to_pylist(), buckets, s.dedup_captions, s.dedup_urls)
-            storage.write_bytes(dd.keys_file_bytes(batches), self.name, dd.KEYS_DIR, dd.keys_name(pid))
+                                     out["drop_reason"].to_pylist(), work.buckets, s.dedup_captions, s.dedup_urls)
+            part.storage.write_bytes(dd.keys_file_bytes(batches), self.name, dd.KEYS_DIR, dd.keys_name(part.spec.pid))
         return out
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
@@ -308,6 +255,15 @@ class IngestStage(Stage):
             "url_key": pa.array([url_key(u) for u in batch["url"].to_pylist()], pa.string()),
         })
         return with_status(out, reasons)
+
+
+def raw_rows_key(table: pa.Table) -> str:
+    """Fingerprint of the raw rows a worker read: a source file rewritten with one row changed moves every
+    partition key of that file (its mtime/ETag), but only partitions whose rows changed are recomputed."""
+    digest = hashlib.sha256()
+    for col in RAW_COLUMNS:
+        digest.update(json.dumps(table[col].to_pylist(), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def _describe(f: Any, s: IngestConfig, out: Storage | None) -> FileMeta:

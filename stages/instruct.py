@@ -18,10 +18,11 @@ from typing import Any
 import pyarrow as pa
 
 from llm.base import LLMBackend, LLMRequest
-from llm.edit_diff import EditDiff, diff_captions
 from llm.parse import ParsedEdit, parse_edit
 from llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
+from p2p.edit_diff import EditDiff, diff_captions
 from pipeline.settings.base import Resources
+from pipeline.settings.instruct import InstructConfig
 from pipeline.stage import Stage, with_status
 from prompts.builder import PromptBuilder
 
@@ -59,9 +60,11 @@ class RowState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class InstructStage(Stage):
+class InstructStage(Stage[InstructConfig]):
     name = "instruct"
     version = "2"  # 2: blocklist wildcards (porn*) now match in LLM outputs, as in ingest
+    input_columns = ("caption",)
+    output_columns = tuple(f.name for f in OUTPUT_FIELDS)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

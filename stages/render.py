@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
-from pipeline.stage import Stage, with_status
+from pipeline.settings.render import RenderConfig
+from pipeline.stage import Partition, Stage, with_status
 
 if TYPE_CHECKING:
     from pipeline.config import EditgenConfig
@@ -51,7 +52,7 @@ def resolve_model(model: str) -> tuple[str, str | None]:
     variant = TINY_MODELS.get(model)
     if variant is None:
         return model, None
-    from models.tiny_sd import build_tiny_sd
+    from tiny.sd import build_tiny_sd
 
     return str(build_tiny_sd(variant=variant)), variant
 
@@ -76,9 +77,11 @@ EARLY_STOP_READS = (
 )
 
 
-class RenderStage(Stage):
+class RenderStage(Stage[RenderConfig]):
     name = "render"
     version = "2"  # 2: P2P rules as the reference implementations (issue 11), render_edit_truncated
+    input_columns = ("caption", "edited_caption")
+    output_columns = tuple(name for name, _ in OUTPUT_FIELDS)
 
     @classmethod
     def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
@@ -121,7 +124,7 @@ class RenderStage(Stage):
         self.dtype = dtype
         self.model_edits = self._apply_model_edits()
         if s.early_stop:
-            from filters.clip_score import ClipScorer
+            from filters.pairs.clip_score import ClipScorer
 
             self.scorer = ClipScorer.from_config(self.config.filter)
 
@@ -192,7 +195,7 @@ class RenderStage(Stage):
 
         check_request(self.p2p, record_to_request(records[0]))
 
-    def process_partition(self, table: pa.Table) -> pa.Table:
+    def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         from p2p.seq_align import TruncatedWord
 
         s = self.settings
@@ -289,7 +292,7 @@ class RenderStage(Stage):
 
     def _render_early_stop(self, rows: list[dict[str, Any]], idx: list[int]) -> list[tuple[int, Any, int]]:
         """Draw candidates in rounds; score each round with CLIP; stop a pair once k pass."""
-        from filters.early_stop import EarlyStop
+        from filters.pairs.early_stop import EarlyStop
 
         s = self.settings
         es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,

@@ -12,24 +12,20 @@ import posixpath
 import time
 from typing import Any
 
-import pyarrow as pa
-
 from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, read_manifest, write_dataset
-from pipeline.config import section_hash
-from pipeline.records import combined_key
+from pipeline.records import GlobalSummary, combined_key
+from pipeline.settings.shard import ShardConfig
 from pipeline.stage import PlanContext, Stage, part_name
 from pipeline.storage import FileInfo, Storage
 
 
-class ShardStage(Stage):
+class ShardStage(Stage[ShardConfig]):
     name = "shard"
     version = "1"
     is_global = True
+    input_columns = ("candidate", "input_image", "edited_image")
 
-    def process_batch(self, batch: pa.Table) -> pa.Table:
-        raise NotImplementedError("shard is a global stage: the runner calls run_global")
-
-    def run_global(self, ctx: PlanContext) -> dict[str, Any]:
+    def run_global(self, ctx: PlanContext) -> GlobalSummary:
         if ctx.upstream_dir is None:
             raise ValueError("shard: no upstream (filter) to read from")
         records = sorted(ctx.upstream_records, key=lambda r: r["partition"])
@@ -45,7 +41,7 @@ class ShardStage(Stage):
             max_shard_bytes=cfg.max_shard_bytes,
             export_rejected=cfg.export_rejected,
             workers=cfg.resources.concurrency,
-            config_hash=section_hash(self.config, self.name, upstream_key, self.version),
+            config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
         )
         summary["markers"] = self._markers(ctx.storage)
@@ -60,7 +56,7 @@ class ShardStage(Stage):
         infos = _tar_infos(storage, read_manifest(storage))
         return {name: [info.etag, info.mtime] for name, info in infos.items()}
 
-    def global_output_valid(self, ctx: PlanContext, record: dict[str, Any]) -> bool:
+    def global_output_valid(self, ctx: PlanContext, record: Any) -> bool:
         """Skip only if the manifest and every shard it lists are exactly what was written."""
         storage = ctx.storage
         try:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_LAION = ROOT.parent / "shared" / "data" / "laion_captions_1000.parquet"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("EDITGEN_CACHE", str(ROOT / ".cache" / "editgen"))
+
+from tests.support import SHARED_LAION, one_thread, tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,24 +45,14 @@ def laion_parquet() -> Path:
     return SHARED_LAION
 
 
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.fixture(scope="module")
 def p2p_one_thread():
     """One torch thread for a whole P2P test module (`pytestmark = usefixtures(...)`): on 2 shared cores
     OpenMP spinning is far slower than 1 thread."""
-    from tests.p2p_fixtures import one_thread
-
     yield from one_thread()
 
 
 @pytest.fixture(scope="module")
 def p2p(tmp_path_factory, p2p_one_thread):
     """The tiny SD pipeline with DDIM, built once per module."""
-    from tests.p2p_fixtures import tiny_pipeline
-
     return tiny_pipeline(tmp_path_factory, "sd", "ddim")

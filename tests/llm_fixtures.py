@@ -177,7 +177,7 @@ class BadServer:
 # ---- the tiny model and a real vLLM server ----------------------------------------------------------
 def tiny_llm_dir() -> Path:
     """The tiny random Llama + tokenizer, built once into the test cache."""
-    from models.tiny_llm import build_tiny_llm, default_dir
+    from tiny.llm import build_tiny_llm, default_dir
 
     return build_tiny_llm(default_dir())
 

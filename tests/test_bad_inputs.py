@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, cli_env
 from tests.data import make_bad_inputs
+from tests.support import ROOT, cli_env
 
 CORPUS = ROOT / "tests" / "data" / "bad_inputs"
 
@@ -66,7 +66,7 @@ INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\
 
 
 def run(*args: str, out: Path, ray_address: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--out", str(out), "--no-progress",
+    cmd = [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress",
            "-q", *args]
     if ray_address:
         cmd += ["--ray-address", ray_address]
@@ -74,7 +74,7 @@ def run(*args: str, out: Path, ray_address: str | None = None) -> subprocess.Com
 
 
 def status(out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", str(out), "--json"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "status", str(out), "--json"], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "ingest")

@@ -174,8 +174,8 @@ def test_acceptance_exact_cases():
 
 
 def test_simulated_draws_follow_the_stage_early_stop_rule():
-    from filters.early_stop import EarlyStop
-    from filters.select import Thresholds
+    from filters.pairs.early_stop import EarlyStop
+    from filters.pairs.select import Thresholds
 
     ok = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
     bad = {**ok, "sim_direction": 0.0}
@@ -226,7 +226,7 @@ STEPS, SIZE, SEED = 20, 64, 3
 @pytest.fixture(scope="module")
 def p2p_dpm(tmp_path_factory, p2p_one_thread):
     from p2p.generate import make_scheduler
-    from tests.p2p_fixtures import tiny_pipeline
+    from tests.support import tiny_pipeline
 
     p2p = tiny_pipeline(tmp_path_factory, "sd", "dpmpp_2m")
     p2p.pipe.scheduler = make_scheduler("dpmpp_2m", p2p.base_scheduler_config)  # the plain baseline's sampler
@@ -251,7 +251,7 @@ def test_dpmpp_2m_identical_prompts_reproduce_source(p2p_dpm, cross, self_):
 
 def test_dpmpp_2m_zero_windows_reproduce_plain_generation(p2p_dpm):
     from p2p.controls import EditControl
-    from tests.p2p_fixtures import plain_generation
+    from tests.support import plain_generation
 
     res = _dpm_render(p2p_dpm, EditControl(EDIT, cross_replace=0.0, self_replace=0.0))
     ref = plain_generation(p2p_dpm, [SRC, EDIT], steps=STEPS, size=SIZE, seed=SEED)

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import build_config, config_to_yaml, profile_names, section_hash
 from pipeline.errors import ConfigError
-from tests.conftest import ROOT, cli_env
+from tests.support import ROOT, cli_env
 
 
 def test_defaults_and_profiles():
@@ -83,7 +83,7 @@ def test_secrets_are_redacted_in_dump():
 
 def test_cli_config_error_exit_2():
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "config", "--set", "ingest.limt=3"],
+        [sys.executable, "-m", "cli.main", "config", "--set", "ingest.limt=3"],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
@@ -119,7 +119,7 @@ def _cli_run(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, object]
     out = tmp_path / "out"
     (tmp_path / "caps.txt").write_text("a red car on a road\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--input", str(tmp_path / "caps.txt"),
+        [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--input", str(tmp_path / "caps.txt"),
          "--out", str(out), "-q", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     return proc, out
@@ -153,7 +153,7 @@ def test_cli_bad_config_file_exit_2(tmp_path, body, words):
 def test_pair_validates_like_the_config(tmp_path, args, words):
     out = tmp_path / "pair"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "pair", "--profile", "tiny", "--prompt", "a cat on a sofa",
+        [sys.executable, "-m", "cli.main", "pair", "--profile", "tiny", "--prompt", "a cat on a sofa",
          "--edit-prompt", "a dog on a sofa", "--out", str(out), *args],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
     )

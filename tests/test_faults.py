@@ -24,14 +24,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cli.status import collect
 from output.shard_writer import sample_key
 from pipeline.config import build_config
 from pipeline.runner import run_pipeline
-from pipeline.status import collect
-from tests.conftest import ROOT, cli_env
 from tests.llm_fixtures import BadServer, free_port
-from tests.procs import error_line, wait_until
-from tests.shards import manifest, shard_path
+from tests.support import ROOT, cli_env, error_line, manifest, shard_path, wait_until
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
 #: 12 captions in 4 partitions of 3; 2 candidates of 2 steps per pair; shards of 2 samples written one
@@ -52,7 +50,7 @@ def config(*extra: str):
 
 def cli(out: Path, *extra: str, ray_address: str | None = None, args: tuple[str, ...] = ()) -> list[str]:
     """`editgen run` with the same settings as `config()` (same stage hashes, same outputs)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--input", str(DEMO),
+    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input", str(DEMO),
            "--out", str(out), "--no-progress", "-q", *args]
     for item in (*SETTINGS, *extra):
         cmd += ["--set", item]
@@ -203,7 +201,7 @@ def test_live_status_shows_lease_partitions_in_flight_and_rows_within_a_partitio
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def live() -> dict | None:
-        st = run_cli([sys.executable, "-m", "pipeline.cli", "status", str(out), "--json"])
+        st = run_cli([sys.executable, "-m", "cli.main", "status", str(out), "--json"])
         got = json.loads(st.stdout) if st.returncode == 0 else {}
         rows = (got.get("live") or {}).get("in_flight_rows_done", {})
         if got.get("lease") and any(v > 0 for v in rows.values()):

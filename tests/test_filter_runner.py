@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from output.synthetic import render_table
 from pipeline.config import build_config
 from pipeline.records import write_record, write_stage_meta
 from pipeline.stage import count_reasons, part_name
 from pipeline.storage import Storage
-from tests.shards import shard_path, tar_files
+from tests.support import shard_path, tar_files
+from tiny.synthetic import render_table
 
 pytest.importorskip("open_clip")
 GRAPH = ["render", "filter", "shard"]
@@ -82,6 +82,6 @@ def test_threshold_rerun_reuses_scores(tmp_path, ray_session, graph):
     assert _files(out, "render") == render_before
     assert not third.exists() and len(tar_files(out)) == 2  # the earlier generation is gone
 
-    from output.validate import validate
+    from cli.validate import validate
 
     assert validate(str(out), chain=False) == []

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filters.early_stop import EarlyStop, pair_done
-from filters.select import BAD_IMAGE, NOT_TOP_K, Thresholds, select, threshold_reason
+from filters.pairs.early_stop import EarlyStop, pair_done
+from filters.pairs.select import BAD_IMAGE, NOT_TOP_K, Thresholds, select, threshold_reason
 from pipeline.config import build_config
 
 GOOD = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
@@ -92,18 +92,18 @@ def _filter_cfg(tmp_path, **over):
 
 
 def _run_partition(stage, storage, pid, sha):
-    from pipeline.stage import PartitionSpec
+    from pipeline.stage import Partition, PartitionSpec
 
-    table = stage.load_input(PartitionSpec(pid=pid, input_key=sha), storage, "render")
-    return stage.process_partition(table)
+    part = Partition(PartitionSpec(pid=pid, input_key=sha), storage, "filter")
+    return stage.process_partition(stage.load_input(part, "render"), part)
 
 
 def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monkeypatch):
     pytest.importorskip("open_clip")
-    from output.synthetic import render_table
     from pipeline.stage import count_reasons
     from pipeline.storage import Storage
     from stages.filter import FilterStage
+    from tiny.synthetic import render_table
 
     storage = Storage(str(tmp_path / "out"))
     render = render_table(n_pairs=3, candidates=4, size=32)
@@ -143,8 +143,8 @@ def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monke
 
 def test_empty_partition(tmp_path):
     pytest.importorskip("open_clip")
-    from output.synthetic import RENDER_SCHEMA
     from stages.filter import FilterStage
+    from tiny.synthetic import RENDER_SCHEMA
 
     out = FilterStage(_filter_cfg(tmp_path)).process_partition(RENDER_SCHEMA.empty_table().drop_columns(
         ["status", "drop_reason"]))

@@ -13,15 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from filters.captions import dedup as dd
 from pipeline.config import build_config
 from pipeline.errors import InputError
-from pipeline.inputs import discover, read_input
 from pipeline.runner import run_pipeline
 from pipeline.storage import Storage
-from stages import ingest_dedup as dd
+from sources.inputs import discover
+from sources.plan import pack, read_input, read_segment
 from stages.ingest import IngestStage
-from stages.ingest_plan import pack, read_segment
-from tests.conftest import ROOT, cli_env
+from tests.support import ROOT, cli_env
 
 WORDS = "red blue green small old new wooden stone cat dog house car tree river lake road bridge boat".split()
 
@@ -154,7 +154,7 @@ def test_cli_refuses_a_different_input(ray_address, tmp_path):
     _write_caps(tmp_path / "a.jsonl", 20, 1)
     _write_caps(tmp_path / "b.jsonl", 20, 2)
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--out", str(out), "--no-progress", "-q",
+    base = [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress", "-q",
             "--ray-address", ray_address]
     assert subprocess.run(base + ["--input", str(tmp_path / "a.jsonl")], cwd=ROOT, env=cli_env(),
                           capture_output=True, timeout=300).returncode == 0
@@ -181,7 +181,7 @@ def test_one_row_edit_recomputes_one_partition(ray_session, tmp_path):
     assert st.computed == 1
     after = _state(out)
     changed = sorted(k for k in after if before.get(k) != after[k] and "_scan" not in k)
-    assert changed == ["ingest/_dedup/_done/state.json", "ingest/_dedup/drops.parquet", "ingest/_done/part-00003.json",
+    assert changed == ["ingest/_dedup/_done/global.json", "ingest/_dedup/drops.parquet", "ingest/_done/part-00003.json",
                        "ingest/_keys/part-00003.arrow", "ingest/_pre/_done/part-00003.json",
                        "ingest/_pre/part-00003.parquet", "ingest/part-00003.parquet"]
     assert "yellow boat" in [r["caption"] for r in _published(out)][3 * 40 + 7]

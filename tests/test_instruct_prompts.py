@@ -6,8 +6,8 @@ import json
 import random
 from collections import Counter
 
-from llm.edit_diff import normalized
 from llm.validate import Validator
+from p2p.edit_diff import normalized
 from prompts.builder import PromptBuilder, load_fewshot, load_system_prompt, row_seed, sample_fewshot
 from prompts.schema import FIELDS, edit_schema, response_format
 

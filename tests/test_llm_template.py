@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from llm.base import LLMRequest
-from llm.edit_diff import diff_captions
 from llm.parse import parse_edit
 from llm.template_backend import TemplateBackend, match_case, plural, template_edit
 from llm.validate import Validator
-from tests.conftest import SHARED_LAION
+from p2p.edit_diff import diff_captions
 from tests.llm_fixtures import CAPTIONS
+from tests.support import SHARED_LAION
 
 VALIDATOR = Validator([], max_instruction_words=16, min_similarity=0.3)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from filters.captions.blocklist import Blocklist, load_blocklist, read_terms
 from llm import validate as V
-from llm.blocklist import Blocklist, load_blocklist, read_terms
 from llm.parse import ParsedEdit
 from tests.llm_fixtures import instruct_config
 

@@ -12,11 +12,8 @@ from PIL import Image
 
 from output.export_hf import export_hf
 from output.loader import instruct_pix2pix_dataset, make_dataloader, paired_transform, shard_urls
-from output.synthetic import encode, filter_table, render_table
-from pipeline.config import build_config
-from pipeline.stage import PlanContext, part_name
-from pipeline.storage import Storage
-from stages.shard import ShardStage
+from tests.support import filter_partitions, write_shards
+from tiny.synthetic import encode
 
 W, H = 48, 40  # non-square, so the resize and the crop both matter
 
@@ -63,18 +60,15 @@ def test_center_crop_without_resize_is_exact():
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader")
-    storage = Storage(str(root))
     a = coord_image()
-    records = []
-    for pid in range(3):
-        t = filter_table(render_table(4, 2, 16, seed=pid, start=4 * pid), seed=pid, keep_fraction=1.0)
-        n = t.num_rows
-        t = t.set_column(t.column_names.index("input_image"), "input_image", pa.array([encode(a)] * n))
-        t = t.set_column(t.column_names.index("edited_image"), "edited_image", pa.array([encode(255 - a)] * n))
-        sha, _ = storage.write_table(t, "filter", part_name(pid))
-        records.append({"partition": pid, "sha256": sha, "rows_out": n})
-    cfg = build_config(extra={"shard": {"samples_per_shard": 5}})
-    ShardStage(cfg).run_global(PlanContext(cfg, storage, records, "filter"))
+
+    def coordinates(t: pa.Table) -> pa.Table:
+        t = t.set_column(t.column_names.index("input_image"), "input_image", pa.array([encode(a)] * t.num_rows))
+        return t.set_column(t.column_names.index("edited_image"), "edited_image",
+                            pa.array([encode(255 - a)] * t.num_rows))
+
+    records = filter_partitions(root, parts=3, candidates=2, size=16, keep_fraction=1.0, edit=coordinates)
+    write_shards(root, records, samples_per_shard=5)
     return root
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from p2p.model_edit.solve import apply_edits, closed_form, cross_projections
-from p2p.model_edit.spec import DebiasEdit, EditSet, EraseEdit, TimeEdit
 from p2p.model_edit.targets import EditError, build_rows, embed
-from tests.p2p_fixtures import one_thread, tiny_pipeline
+from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
+from tests.support import one_thread, tiny_pipeline
 
 #: Worst-layer reduction asserted at λ = 0.1 (the issue's 90%). The SD variant here has a 64-wide text
 #: encoder: the `tiny` profile's 32-wide random encoder gives nearly collinear token embeddings (smallest

@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from models.tiny_sd import build_tiny_sd
+from cli.main import main
 from output.shard_writer import read_manifest, write_dataset
-from output.synthetic import filter_table, render_table
 from p2p.candidates import pipeline_for_record, render_records
 from p2p.generate import load_pipeline
-from pipeline.cli import main
 from pipeline.config import build_config
 from pipeline.runner import stage_hashes
 from pipeline.storage import Storage
 from stages.render import RenderStage
-from tests.p2p_fixtures import one_thread
+from tests.support import one_thread
+from tiny.sd import build_tiny_sd
+from tiny.synthetic import filter_table, render_table
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 EDITS = '[{kind: time, source: a pack of roses, destination: a pack of blue roses}, {kind: erase, concept: a cat}]'

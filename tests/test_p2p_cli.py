@@ -1,4 +1,4 @@
-"""``editgen pair`` / ``python -m p2p.pair_cli`` end to end with the tiny profile."""
+"""``editgen pair`` / ``python -m cli.pair`` end to end with the tiny profile."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from p2p import pair_cli
+from cli import pair as pair_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["--profile", "tiny", "--prompt", "a photo of a cat on a bench", "--edit-prompt", "a photo of a dog on a bench"]
@@ -24,7 +24,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "p2p.pair_cli", *args]
+    cmd = [sys.executable, "-m", "cli.pair", *args]
     return subprocess.run(cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
 
 

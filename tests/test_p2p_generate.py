@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from p2p.controls import BlendConfig, CompiledEdit, EditControl
 from p2p.generate import RenderRequest, initial_noise, render, render_one
 from p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
-from tests.p2p_fixtures import plain_generation
+from tests.support import plain_generation
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"
@@ -193,3 +193,16 @@ def test_without_cfg_source_row_equals_plain(p2p):
 def test_incompatible_batch_rejected(p2p):
     with pytest.raises(ValueError, match="share"):
         render(p2p, [request(EditControl(EDIT)), request(EditControl(EDIT), steps=STEPS + 1)])
+
+
+def test_prepared_latents_are_the_seeded_noise_or_the_given_start(p2p):
+    """prepare_latents draws the seeded noise by default and takes a given start (e.g. an inverted latent)."""
+    from p2p.generate import prepare_latents, prepare_timesteps
+
+    req = request(source=SRC)
+    sched = prepare_timesteps(p2p, req)
+    drawn, _ = prepare_latents(p2p, [req], [(0, 1)], sched)
+    z, _ = initial_noise(SEED, tuple(drawn.shape))
+    assert torch.equal(drawn, z * sched.init_noise_sigma)
+    given, _ = prepare_latents(p2p, [req], [(0, 1)], sched, [torch.ones_like(z)])
+    assert torch.equal(given, torch.ones_like(z) * sched.init_noise_sigma)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.clip_tokenizer import load_clip_tokenizer
 from p2p import seq_align
 from p2p.controls import (
     BlendConfig,
@@ -25,6 +24,7 @@ from p2p.seq_align import (
     reweight_vector,
     tokenize,
 )
+from tiny.clip_tokenizer import load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

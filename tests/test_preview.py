@@ -11,11 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from output import preview
-from output.synthetic import filter_table, render_table
+from cli import preview
 from pipeline.records import write_record
-from pipeline.stage import part_name
 from pipeline.storage import Storage
+from tests.support import filter_partitions
 
 #: Would mark <body> if it ever ran (no alert(): a modal dialog hangs headless Chromium).
 EVIL = ("<script>document.body.setAttribute('data-pwned','1')</script>"
@@ -29,16 +28,13 @@ CHROMIUM_FLAGS = [
 @pytest.fixture
 def out(tmp_path) -> Path:
     storage = Storage(str(tmp_path))
-    for pid in range(2):
-        t = filter_table(render_table(3, 3, 32, seed=pid, start=3 * pid), seed=pid)
-        caps = t["caption"].to_pylist()
-        caps[0] = EVIL
-        t = t.set_column(t.column_names.index("caption"), "caption", pa.array(caps))
-        storage.write_table(t, "filter", part_name(pid))
-        kept = t["status"].to_pylist().count("kept")
-        write_record(storage, "filter", {"partition": pid, "rows_in": t.num_rows, "rows_out": kept,
-                                         "dropped": {"below_sim_direction": t.num_rows - kept}})
-        write_record(storage, "ingest", {"partition": pid, "rows_in": 20, "rows_out": 15,
+
+    def evil_caption(t: pa.Table) -> pa.Table:
+        return t.set_column(t.column_names.index("caption"), "caption", pa.array([EVIL] + t["caption"].to_pylist()[1:]))
+
+    for rec in filter_partitions(tmp_path, pairs=3, edit=evil_caption):
+        write_record(storage, "filter", rec)
+        write_record(storage, "ingest", {"partition": rec["partition"], "rows_in": 20, "rows_out": 15,
                                          "dropped": {"too_short": 3, "not_english": 2}})
     storage.write_text("filter:\n  min_sim_direction: 0.25\n", "config.yaml")
     return tmp_path

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import build_config
 from pipeline.runner import run_pipeline
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
 

@@ -15,10 +15,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, cli_env
-from tests.procs import error_line, wait_until
 from tests.ray_start_cluster import ray_start_cluster
 from tests.s3_server import S3Server, moto_server
+from tests.support import ROOT, cli_env, error_line, wait_until
 
 pytest.importorskip("s3fs")
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
@@ -60,7 +59,7 @@ def driver_env(s3: S3Server, **extra: str) -> dict[str, str]:
 
 
 def cli(bucket: str, out: str, *extra: str, ray_address: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--input",
+    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input",
            f"s3://{bucket}/in/demo_captions.jsonl", "--out", out, "--no-progress", "-q"]
     for item in (*SETTINGS, *extra):
         cmd += ["--set", item]
@@ -68,7 +67,7 @@ def cli(bucket: str, out: str, *extra: str, ray_address: str | None = None) -> l
 
 
 def editgen(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -279,6 +278,6 @@ def test_s3_without_s3fs_is_error_line(tmp_path):
     blocker = tmp_path / "s3fs.py"
     blocker.write_text("raise ImportError('No module named s3fs')\n")
     env = {**cli_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "s3://nowhere/out"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "status", "s3://nowhere/out"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "editgen[s3]" in error_line(proc)

@@ -23,15 +23,15 @@ import pyarrow as pa
 import pytest
 
 from output.shard_writer import MANIFEST, SHARDS_DIR, sample_key, write_dataset
-from output.synthetic import filter_table, render_table
 from pipeline.config import build_config, config_to_yaml
 from pipeline.errors import ConfigError, UnsafePathError
-from pipeline.records import is_done, write_record
-from pipeline.stage import PartitionSpec, PlanContext, part_name
+from pipeline.records import check_partitions, write_record
+from pipeline.stage import PlanContext, part_name
 from pipeline.storage import Storage, sha256_bytes
-from tests.conftest import ROOT
+from tests.support import ROOT
+from tiny.synthetic import filter_table, render_table
 
-CODE_DIRS = ("pipeline", "stages", "output", "p2p", "models", "llm", "filters", "prompts", "bench")
+CODE_DIRS = ("pipeline", "stages", "output", "p2p", "tiny", "llm", "filters", "prompts", "sources", "cli", "bench")
 
 
 def python_files(dirs: tuple[str, ...] = CODE_DIRS) -> list[Path]:
@@ -109,8 +109,8 @@ def _evil_pickle(path: Path, marker: Path) -> None:
 def test_model_folder_with_only_a_pickle_fails_to_load_and_never_unpickles(tmp_path):
     import shutil
 
-    from models.tiny_sd import build_tiny_sd
     from p2p.generate import load_pipeline
+    from tiny.sd import build_tiny_sd
 
     model = tmp_path / "model"
     shutil.copytree(build_tiny_sd(), model)
@@ -126,7 +126,7 @@ def test_model_folder_with_only_a_pickle_fails_to_load_and_never_unpickles(tmp_p
 
 
 def test_clip_refuses_pickled_weights(tmp_path):
-    from filters.clip_score import ClipScorer, ClipSpec
+    from filters.pairs.clip_score import ClipScorer, ClipSpec
     from stages.filter import FilterStage
 
     marker = tmp_path / "PWNED"
@@ -213,7 +213,7 @@ def test_storage_refuses_paths_outside_out(tmp_path, parts):
 
 def test_tampered_record_or_manifest_never_reaches_outside_out(tmp_path):
     """A completion record or manifest naming '../..' is treated as damage (recompute), not followed."""
-    from output.validate import validate
+    from cli.validate import validate
     from stages.shard import ShardStage
 
     secret = tmp_path / "secret.txt"
@@ -223,7 +223,7 @@ def test_tampered_record_or_manifest_never_reaches_outside_out(tmp_path):
     rec = {"partition": 0, "file": "../../secret.txt", "stage_hash": "h", "input_key": "k",
            "sha256": sha256_bytes(b"not yours"), "bytes": 9}
     write_record(storage, "render", rec)
-    assert is_done(storage, "render", PartitionSpec(0, "k"), "h", True) == (False, "file altered or truncated")
+    assert check_partitions(storage, "render", {0: "k"}, "h") == {0: "file altered or truncated"}
     manifest = {"shards": [{"name": "../../secret.txt", "bytes": 9, "sha256": rec["sha256"], "samples": 1}],
                 "samples": 1, "bytes": 9}
     text = json.dumps(manifest).encode()
@@ -260,7 +260,7 @@ def test_no_shell_true_anywhere():
 def test_preview_escapes_every_field_and_links_only_http(tmp_path):
     import argparse
 
-    from output import preview
+    from cli import preview
 
     evil = "<script>document.body.dataset.pwned=1</script>"
     t = filter_table(render_table(3, 2, 16, seed=3), seed=3, keep_fraction=0.5)

@@ -12,32 +12,16 @@ import pyarrow as pa
 import pytest
 
 from output.shard_writer import TAR_MTIME, iter_rows, read_manifest, sample_key
-from output.synthetic import filter_table, render_table
-from pipeline.config import build_config
-from pipeline.stage import PlanContext, part_name
+from pipeline.stage import part_name
 from pipeline.storage import Storage
-from stages.shard import ShardStage
-from tests.shards import shard_path, tar_files
+from tests.support import filter_partitions, shard_path, tar_files, write_shards
+from tiny.synthetic import render_table
 
 wds = pytest.importorskip("webdataset")
 
 
 def make_filter_out(root: Path, parts: int = 3, pairs: int = 4, fmt: str = "png", **kw) -> list[dict]:
-    """Synthetic filter partitions + their completion records (what the runner hands the shard stage)."""
-    storage = Storage(str(root))
-    records = []
-    for pid in range(parts):
-        t = filter_table(render_table(pairs, 3, 32, seed=pid, start=pairs * pid, fmt=fmt, **kw), seed=pid)
-        sha, nbytes = storage.write_table(t, "filter", part_name(pid))
-        kept = t["status"].to_pylist().count("kept")
-        records.append({"partition": pid, "file": part_name(pid), "sha256": sha, "bytes": nbytes,
-                        "rows_out": kept})
-    return records
-
-
-def run_shard(root: Path, records: list[dict], **shard) -> dict:
-    cfg = build_config(extra={"shard": shard})
-    return ShardStage(cfg).run_global(PlanContext(cfg, Storage(str(root)), records, "filter"))
+    return filter_partitions(root, parts=parts, pairs=pairs, fmt=fmt, **kw)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +43,7 @@ def test_sample_keys_stay_unique_after_sanitizing():
 
 def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
     records = make_filter_out(tmp_path, fmt="png")
-    summary = run_shard(tmp_path, records, samples_per_shard=5)
+    summary = write_shards(tmp_path, records, samples_per_shard=5)
     manifest = read_manifest(Storage(str(tmp_path)))
     kept = sum(r["rows_out"] for r in records)
     assert summary["rows_in"] == kept == summary["rows_out"] == manifest["samples"]
@@ -95,7 +79,7 @@ def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
 
 def test_jpeg_members_and_optional_mask(tmp_path):
     records = make_filter_out(tmp_path, parts=1, fmt="jpeg", with_mask=False)
-    run_shard(tmp_path, records)
+    write_shards(tmp_path, records)
     with tarfile.open(shard_path(tmp_path, 0)) as tar:
         names = tar.getnames()
     assert any(n.endswith(".input.jpg") for n in names) and not any("mask" in n for n in names)
@@ -105,11 +89,11 @@ def test_byte_identical_across_runs_and_concurrency(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     recs_a, recs_b = make_filter_out(a), make_filter_out(b)
     assert [r["sha256"] for r in recs_a] == [r["sha256"] for r in recs_b]
-    run_shard(a, recs_a, samples_per_shard=4, resources={"concurrency": 1})
-    run_shard(b, recs_b, samples_per_shard=4, resources={"concurrency": 3})
+    write_shards(a, recs_a, samples_per_shard=4, resources={"concurrency": 1})
+    write_shards(b, recs_b, samples_per_shard=4, resources={"concurrency": 3})
     files_a = _shard_files(a)
     assert files_a == _shard_files(b) and "shards/manifest.json" in files_a and len(files_a) > 3
-    run_shard(a, recs_a, samples_per_shard=4)  # rerun in place: same bytes again
+    write_shards(a, recs_a, samples_per_shard=4)  # rerun in place: same bytes again
     assert _shard_files(a) == files_a
 
 
@@ -119,11 +103,11 @@ def _shard_files(out):
 
 def test_size_limit_and_stale_shards(tmp_path):
     records = make_filter_out(tmp_path)
-    run_shard(tmp_path, records, samples_per_shard=1)
+    write_shards(tmp_path, records, samples_per_shard=1)
     n_small = len(tar_files(tmp_path))
     first_gen = read_manifest(Storage(str(tmp_path)))["generation"]
     limit = 40_960
-    run_shard(tmp_path, records, samples_per_shard=1000, max_shard_bytes=limit)
+    write_shards(tmp_path, records, samples_per_shard=1000, max_shard_bytes=limit)
     manifest = read_manifest(Storage(str(tmp_path)))
     assert all(s["bytes"] <= limit for s in manifest["shards"]) and len(manifest["shards"]) > 1
     on_disk = [str(p.relative_to(tmp_path / "shards")) for p in tar_files(tmp_path)]
@@ -141,7 +125,7 @@ def test_export_rejected_and_missing_images(tmp_path):
     images[kept_idx] = None
     t = t.set_column(t.column_names.index("edited_image"), "edited_image", pa.array(images, pa.binary()))
     storage.write_table(t, "filter", part_name(0))
-    summary = run_shard(tmp_path, records, export_rejected=True)
+    summary = write_shards(tmp_path, records, export_rejected=True)
     manifest = read_manifest(storage)
     total = sum(storage.read_table("filter", part_name(p)).num_rows for p in range(2))
     assert summary["dropped"] == {"missing_image": 1}

@@ -11,26 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from output import validate as validate_mod
+from cli import validate as validate_mod
 from output.shard_writer import build_tar
-from output.synthetic import filter_table, render_table
-from pipeline.config import build_config
-from pipeline.stage import PlanContext, part_name
-from pipeline.storage import Storage
-from stages.shard import ShardStage
-from tests.shards import manifest, shard_path
+from tests.support import filter_partitions, manifest, shard_path, write_shards
 
 
 @pytest.fixture
 def out(tmp_path) -> Path:
-    storage = Storage(str(tmp_path))
-    records = []
-    for pid in range(2):
-        t = filter_table(render_table(4, 3, 32, seed=pid, start=4 * pid), seed=pid, keep_fraction=0.7)
-        sha, _ = storage.write_table(t, "filter", part_name(pid))
-        records.append({"partition": pid, "sha256": sha, "rows_out": t["status"].to_pylist().count("kept")})
-    cfg = build_config(extra={"shard": {"samples_per_shard": 4}})
-    ShardStage(cfg).run_global(PlanContext(cfg, storage, records, "filter"))
+    write_shards(tmp_path, filter_partitions(tmp_path, keep_fraction=0.7), samples_per_shard=4)
     return tmp_path
 
 

@@ -6,8 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from filters.lang import LANGID_LANGUAGES
 from pipeline.settings.base import Resources, Seed, Strict
+
+#: Languages langid may answer (restricting the label set removes rare-language false positives).
+LANGID_LANGUAGES = (
+    "en de fr es it pt nl sv da no fi pl cs sk hu ro hr sl et lv lt tr id ms vi tl "
+    "ru uk bg el he ar fa hi bn ta th zh ja ko ca eu gl af sw"
+).split()
 
 
 class IngestConfig(Strict):

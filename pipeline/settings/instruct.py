@@ -69,7 +69,7 @@ class InstructConfig(Strict):
     min_similarity: float = Field(
         0.3, ge=0, le=1, description="word-level similarity of edited vs input below this: llm_rewrites_too_much"
     )
-    blocklist: str | None = Field(None, description="blocklist file; default: filters/data/nsfw_blocklist.txt")
+    blocklist: str | None = Field(None, description="blocklist file; default: filters/captions/data/nsfw_blocklist.txt")
     extra_blocked_terms: list[str] = Field(default_factory=list)
     # ---- backends ---------------------------------------------------------------------------
     vllm: VllmSettings = Field(default_factory=VllmSettings)

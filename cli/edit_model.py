@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from p2p.model_edit.spec import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
+from cli.render_model import PROFILES, quiet_libraries, resolve_model
+from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
 
 if TYPE_CHECKING:
     from p2p.model_edit.solve import EditReport
@@ -105,7 +106,6 @@ def edit_set_from_args(args: argparse.Namespace) -> EditSet | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``edit-model`` options (wired into the ``editgen`` CLI)."""
-    from p2p.pair_cli import PROFILES
 
     parser.add_argument("--profile", default="sd15", choices=sorted(PROFILES))
     parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
@@ -136,7 +136,6 @@ def save_edited(p2p: object, folder: Path, report: EditReport, base_model: str, 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``editgen edit-model``; returns the process exit code."""
-    from p2p.pair_cli import _quiet_libraries, resolve_model
 
     folder = Path(args.out)
     try:
@@ -149,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
     from p2p.generate import dtype_name, load_pipeline
     from p2p.model_edit.solve import apply_edits
 
-    _quiet_libraries()
+    quiet_libraries()
     model, _ = resolve_model(args)
     try:
         p2p = load_pipeline(model, args.device, args.dtype)

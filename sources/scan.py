@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.errors import InputError
-from pipeline.inputs import _open_text, csv_columns, iter_text_rows
+from sources.inputs import _open_text, csv_columns, iter_text_rows
 
 #: A seek point every this many rows: a worker skips at most STRIDE - 1 rows to reach its first one.
 STRIDE = 1024

@@ -10,7 +10,8 @@ earlier kept row has its URL, else it is kept.
    (a key seen once can never make or be a duplicate): (row ordinal, group id, kind).
 3. One task replays the rule above over those conflict rows only, in global order, and writes the
    dropped rows (ordinal, reason) to OUT/ingest/_dedup/drops.parquet, returning a digest per partition.
-4. Publish tasks rewrite only the partitions whose (pre-dedup checksum, drop digest) changed.
+4. The runner republishes only the partitions whose (pre-dedup checksum, drop digest) changed; each
+   applies its drops (`apply_drops`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.records import combined_key, stamp, write_record
-from pipeline.stage import DROPPED, KEPT, count_reasons, part_name, with_status
+from pipeline.records import combined_key
+from pipeline.stage import DROPPED, KEPT, part_name, with_status
 from pipeline.storage import Storage
 
 KEYS_DIR = "_keys"
@@ -145,32 +146,22 @@ def final_key(pre_sha: str, digest: str) -> str:
     return combined_key([pre_sha, digest])
 
 
-def publish(out: str, options: dict[str, Any], records: list[dict[str, Any]], digests: dict[int, str],
-            stage: str = "ingest") -> list[dict[str, Any]]:
-    """Apply the drops to pre-dedup partitions and publish them with their records (one task, many parts)."""
-    storage = Storage(out, options)
-    pids = [r["partition"] for r in records]
-    lo, hi = min(pids) << 32, (max(pids) + 1) << 32
-    drops: dict[int, str] = {}
-    if storage.exists(stage, DEDUP_DIR, DROPS_FILE) and any(p in digests for p in pids):
-        with storage.fs.open(storage.path(stage, DEDUP_DIR, DROPS_FILE), "rb") as fh:
-            t = pq.read_table(fh, filters=[("o", ">=", lo), ("o", "<", hi)])
-        drops = dict(zip(t["o"].to_pylist(), t["drop_reason"].to_pylist(), strict=True))
-    done = []
-    for r in records:
-        table = storage.read_table(stage, "_pre", r["file"])
-        statuses, reasons = table["status"].to_pylist(), table["drop_reason"].to_pylist()
-        base = r["partition"] << 32
-        for pos in range(table.num_rows):
-            why = drops.get(base | pos)
-            if why and statuses[pos] == KEPT:
-                statuses[pos], reasons[pos] = DROPPED, why
-        table = with_status(table.drop_columns(["caption_key", "url_key", "status", "drop_reason"]), reasons)
-        sha, nbytes = storage.write_table(table, stage, part_name(r["partition"]))
-        kept, dropped = count_reasons(table)
-        rec = {**r, "input_key": final_key(r["sha256"], digests.get(r["partition"], "")), "sha256": sha,
-               "bytes": nbytes, "rows_out": kept, "dropped": dropped, "file": part_name(r["partition"])}
-        rec = stamp(storage, stage, rec)  # ETag / mtime, so a resume checks it from a listing
-        write_record(storage, stage, rec)
-        done.append(rec)
-    return done
+def read_drops(storage: Storage, pid: int, stage: str = "ingest") -> dict[int, str]:
+    """{row ordinal: reason} of one partition's dropped duplicates (only that partition's range is read)."""
+    if not storage.exists(stage, DEDUP_DIR, DROPS_FILE):
+        return {}
+    lo, hi = pid << 32, (pid + 1) << 32
+    with storage.fs.open(storage.path(stage, DEDUP_DIR, DROPS_FILE), "rb") as fh:
+        t = pq.read_table(fh, filters=[("o", ">=", lo), ("o", "<", hi)])
+    return dict(zip(t["o"].to_pylist(), t["drop_reason"].to_pylist(), strict=True))
+
+
+def apply_drops(table: pa.Table, pid: int, drops: dict[int, str]) -> pa.Table:
+    """A pre-dedup partition with its duplicates dropped, without the dedup key columns."""
+    statuses, reasons = table["status"].to_pylist(), table["drop_reason"].to_pylist()
+    base = pid << 32
+    for pos in range(table.num_rows):
+        why = drops.get(base | pos)
+        if why and statuses[pos] == KEPT:
+            statuses[pos], reasons[pos] = DROPPED, why
+    return with_status(table.drop_columns(["caption_key", "url_key", "status", "drop_reason"]), reasons)

@@ -10,9 +10,9 @@ from rich.table import Table
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
+from pipeline.registry import stage_names
 from pipeline.settings.run import RunConfig
 from pipeline.storage import Storage
-from stages import stage_names
 
 
 def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -15,11 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-#: Languages langid may answer (restricting the label set removes rare-language false positives).
-LANGID_LANGUAGES = (
-    "en de fr es it pt nl sv da no fi pl cs sk hu ro hr sl et lv lt tr id ms vi tl "
-    "ru uk bg el he ar fa hi bn ta th zh ja ko ca eu gl af sw"
-).split()
+from pipeline.settings.ingest import LANGID_LANGUAGES
 
 _TOKEN = re.compile(r"[a-z']+")
 _ENGLISH = frozenset(
@@ -111,13 +107,13 @@ def guess_language(text: str) -> LanguageGuess:
 
 @lru_cache(maxsize=1)
 def _batch_classifier():  # noqa: ANN202 - holds a third-party identifier
-    from filters.lang_batch import BatchClassifier
+    from filters.captions.lang_batch import BatchClassifier
 
     return BatchClassifier(_identifier())
 
 
 def guess_languages(texts: list[str]) -> list[LanguageGuess]:
-    """guess_language for many texts: langid runs once for the whole batch (filters.lang_batch)."""
+    """guess_language for many texts: langid runs once for the whole batch (filters.captions.lang_batch)."""
     out: list[LanguageGuess | None] = [_by_script(t) for t in texts]
     todo = [i for i, g in enumerate(out) if g is None]
     if len(todo) == 1:

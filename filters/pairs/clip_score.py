@@ -2,7 +2,7 @@
 
 With L2-normalized embeddings I0, I1 (input/edited image) and T0, T1 (input/edited caption):
   sim_0 = cos(I0, T0), sim_1 = cos(I1, T1), sim_direction = cos(I1 - I0, T1 - T0), sim_image = cos(I0, I1).
-Any open_clip model works; the tiny random CLIP (models.tiny_clip) stands in where no hub is reachable.
+Any open_clip model works; the tiny random CLIP (tiny.clip) stands in where no hub is reachable.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def check_weights_dir(path: str) -> None:
 
 def _resolve_pretrained(spec: ClipSpec) -> str | None:
     """Tiny CLIP: build its checkpoint on demand; others: pass the tag/file through to open_clip."""
-    from models.tiny_clip import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
+    from tiny.clip import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
 
     if spec.model.startswith("local-dir:"):
         check_weights_dir(spec.model.split(":", 1)[1])

@@ -11,9 +11,12 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import StageFailed, UserError
+
+if TYPE_CHECKING:
+    from pipeline.records import RunResult
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +54,7 @@ def _build_config(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.logs import RunLog
-    from pipeline.progress import Progress, summary_table
+    from pipeline.progress import Progress
     from pipeline.runner import Runner
 
     cfg = _build_config(args)
@@ -71,10 +74,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary_table(result: RunResult) -> Any:
+    """The end-of-run table: per stage partitions, rows, drops and speed."""
+    from rich.table import Table
+
+    table = Table(title=f"editgen run: {result.out}")
+    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "rows/s", "top drop reasons"):
+        table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left",
+                         no_wrap=col != "top drop reasons")
+    for s in result.stages:
+        dropped = sum(s.dropped.values())
+        top = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:4])
+        rate = f"{s.rows_in / s.seconds:.0f}" if s.computed and s.seconds > 0 else "-"
+        table.add_row(
+            s.name, str(s.partitions), str(s.computed), str(s.rows_in), str(s.rows_out), str(dropped),
+            f"{s.seconds:.1f}", rate, top,
+        )
+    return table
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from pipeline.status import collect, render_table
+    from cli.status import collect, render_table
     from pipeline.storage import Storage
 
     options = storage_options(args)
@@ -146,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=cmd_config)
 
     for name, module, help_text in (
-        ("pair", "p2p.pair_cli", "render one Prompt-to-Prompt pair by hand"),
-        ("edit-model", "p2p.model_edit.cli", "apply closed-form TIME / erase / debias edits, save the model"),
-        ("preview", "output.preview", "write OUT/preview.html"),
-        ("validate", "output.validate", "check shards against the manifest"),
-        ("export-hf", "output.export_hf", "export kept samples as Hugging Face datasets parquet"),
+        ("pair", "cli.pair", "render one Prompt-to-Prompt pair by hand"),
+        ("edit-model", "cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
+        ("preview", "cli.preview", "write OUT/preview.html"),
+        ("validate", "cli.validate", "check shards against the manifest"),
+        ("export-hf", "cli.export_hf", "export kept samples as Hugging Face datasets parquet"),
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)

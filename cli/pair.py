@@ -2,7 +2,7 @@
 
 Writes ``input.png``, ``edited.png``, ``mask.png`` (only with LocalBlend) and ``params.json`` (the
 full render record; ``p2p.candidates.regenerate`` reproduces the images from it). Also runnable as
-``python -m p2p.pair_cli``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
+``python -m cli.pair``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.render_model import PROFILES, quiet_libraries, resolve_model
 from p2p.controls import MODES, BlendConfig, EditControl, parse_window
 from pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
     from p2p.generate import RenderRequest
-    from p2p.model_edit.spec import EditSet
+    from pipeline.settings.model_edits import EditSet
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {"model": None, "variant": "sd", "size": 64, "steps": 10},
-    "tiny-sdxl": {"model": None, "variant": "sdxl", "size": 64, "steps": 10},
-    "sd15": {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "size": 512, "steps": 50},
-    "sdxl": {"model": "stabilityai/stable-diffusion-xl-base-1.0", "size": 1024, "steps": 50},
-}
 PROG = "editgen pair"
 
 
@@ -70,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--format", default="png", choices=("png", "jpeg"))
     parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
-    from p2p.model_edit.cli import add_edit_flags
+    from cli.edit_model import add_edit_flags
 
     add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
     parser.add_argument("--out", required=True, help="output folder")
@@ -112,11 +107,7 @@ PAIR_FLAGS = {"guidance_range": "--guidance", "height": "--size", "width": "--si
               "seed": "--seed"}
 
 
-def build_request(args: argparse.Namespace) -> RenderRequest:
-    """Turn parsed arguments into a ``RenderRequest`` (no model needed); raises ``UsageError``."""
-    from p2p.generate import RenderRequest
-
-    prof = PROFILES[args.profile]
+def _edit_prompt(args: argparse.Namespace) -> str:
     edit_prompt = args.edit_prompt
     if edit_prompt is None:
         if args.mode != "reweight":
@@ -124,6 +115,10 @@ def build_request(args: argparse.Namespace) -> RenderRequest:
         edit_prompt = args.prompt
     if not args.prompt.strip() or not edit_prompt.strip():
         raise UsageError("prompts must not be empty")
+    return edit_prompt
+
+
+def _cross_and_reweight(args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
     cross: Any = _window(args.cross_replace, "--cross-replace")
     if args.cross_replace_word:
         cross = {"default_": cross}
@@ -135,13 +130,21 @@ def build_request(args: argparse.Namespace) -> RenderRequest:
             reweight[word] = float(value)
         except ValueError:
             raise UsageError(f"--reweight factor must be a number, got {value!r}") from None
-    if args.self_max_res.lower() in ("all", "none"):
-        self_max_res = None
-    else:
-        try:
-            self_max_res = int(args.self_max_res)
-        except ValueError:
-            raise UsageError(f"--self-max-res expects an integer or 'all', got {args.self_max_res!r}") from None
+    return cross, reweight
+
+
+def _self_max_res(text: str) -> int | None:
+    if text.lower() in ("all", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--self-max-res expects an integer or 'all', got {text!r}") from None
+
+
+def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(steps, height, width) from the flags or the profile, within the render config's limits."""
+    prof = PROFILES[args.profile]
     steps = args.steps if args.steps is not None else prof["steps"]
     if steps < 1:
         raise UsageError("--steps must be >= 1")
@@ -151,62 +154,37 @@ def build_request(args: argparse.Namespace) -> RenderRequest:
                      steps=steps, seed=args.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return steps, height, width
+
+
+def _control(args: argparse.Namespace, edit_prompt: str) -> EditControl:
+    cross, reweight = _cross_and_reweight(args)
+    self_max_res = _self_max_res(args.self_max_res)
     try:
         blend = None
         if args.blend_words:
-            blend = BlendConfig(
-                words=args.blend_words,
-                threshold=args.blend_threshold,
-                start=args.blend_start,
-                downscale=args.blend_downscale,
-            )
-        control = EditControl(
-            prompt=edit_prompt,
-            mode=args.mode,
-            cross_replace=cross,
-            self_replace=_window(args.self_replace, "--self-replace"),
-            self_max_res=self_max_res,
-            reweight=reweight,
-            blend=blend,
-            edit_kind=args.edit_kind,
+            blend = BlendConfig(words=args.blend_words, threshold=args.blend_threshold, start=args.blend_start,
+                                downscale=args.blend_downscale)
+        return EditControl(
+            prompt=edit_prompt, mode=args.mode, cross_replace=cross,
+            self_replace=_window(args.self_replace, "--self-replace"), self_max_res=self_max_res,
+            reweight=reweight, blend=blend, edit_kind=args.edit_kind,
         ).resolve(args.prompt)
     except UsageError:
         raise
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return RenderRequest(
-        source=args.prompt,
-        edits=[control],
-        seed=args.seed,
-        steps=steps,
-        guidance=args.guidance,
-        height=height,
-        width=width,
-        scheduler=args.scheduler,
-        negative_prompt=args.negative_prompt,
-    )
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[str, str | None]:
-    """Model id/path and, for tiny profiles, the variant (built under ``$EDITGEN_CACHE`` if needed)."""
-    prof = PROFILES[args.profile]
-    if args.model:
-        return args.model, None
-    if prof["model"] is not None:
-        return prof["model"], None
-    from models.tiny_sd import build_tiny_sd
+def build_request(args: argparse.Namespace) -> RenderRequest:
+    """Turn parsed arguments into a ``RenderRequest`` (no model needed); raises ``UsageError``."""
+    from p2p.generate import RenderRequest
 
-    return str(build_tiny_sd(variant=prof["variant"])), prof["variant"]
-
-
-def _quiet_libraries() -> None:
-    """Keep stderr for our own one-line errors: no hub progress bars or library chatter."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
+    edit_prompt = _edit_prompt(args)
+    control = _control(args, edit_prompt)
+    steps, height, width = _shape(args)
+    return RenderRequest(source=args.prompt, edits=[control], seed=args.seed, steps=steps, guidance=args.guidance,
+                         height=height, width=width, scheduler=args.scheduler, negative_prompt=args.negative_prompt)
 
 
 def _fail(msg: str) -> int:
@@ -215,7 +193,7 @@ def _fail(msg: str) -> int:
 
 
 def _model_edits(args: argparse.Namespace) -> EditSet | None:
-    from p2p.model_edit.cli import edit_set_from_args
+    from cli.edit_model import edit_set_from_args
 
     try:
         return edit_set_from_args(args)
@@ -238,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     from p2p.candidates import render_records, request_to_record
     from p2p.generate import check_request, dtype_name, load_pipeline
 
-    _quiet_libraries()
+    quiet_libraries()
     model, variant = resolve_model(args)
     if args.model and not os.path.isdir(args.model) and "/" not in args.model:
         return _fail(f"--model {args.model!r} is neither a local folder nor a hub id (owner/name)")

@@ -1,7 +1,7 @@
 """Tiny random-weight Stable Diffusion (1.x-style) and SDXL pipelines for offline tests and benches.
 
 There is no model hub here, so tests build miniature pipelines in code with the *real* CLIP tokenizer
-(see ``models.clip_tokenizer``) and save them as ordinary diffusers pipeline folders. Loading them back
+(see ``tiny.clip_tokenizer``) and save them as ordinary diffusers pipeline folders. Loading them back
 goes through ``from_pretrained(..., use_safetensors=True)``, the same path production uses with hub ids.
 The architecture keeps SD's shape where it matters for Prompt-to-Prompt: 77-token CLIP conditioning,
 cross-attention at several resolutions (latent/1 .. latent/4 for SD, latent/2 .. latent/4 for SDXL),
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.clip_tokenizer import EOS, write_clip_tokenizer
+from tiny.clip_tokenizer import EOS, write_clip_tokenizer
 
 TINY_VERSION = 1  # bump when the architecture changes, so cached folders get rebuilt
 VARIANTS = ("sd", "sdxl")

@@ -298,25 +298,3 @@ def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | 
             texts.append(text)
             urls.append(u)
     return _table(name, texts, urls, row_start)
-
-
-def _whole_text(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
-    from pipeline.scan import scan_text
-
-    info = scan_text(f.url, f.fmt, text_col, url_col)
-    return read_text_rows(f.url, f.name, f.fmt, text_col, url_col, info.checkpoints[0] if info.checkpoints else 0,
-                          0, 0, info.rows)
-
-
-def read_input(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
-    """One file as the raw row table (RAW_SCHEMA)."""
-    try:
-        if f.fmt == "parquet":
-            return read_parquet(f, text_col, url_col)
-        if f.fmt in ("txt", "jsonl", "csv", "tsv"):
-            return _whole_text(f, text_col, url_col)
-    except FileNotFoundError:
-        raise InputError(f"{f.url}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{f.url}: permission denied") from None
-    raise InputError(f"{f.url}: unsupported format {f.fmt!r}")

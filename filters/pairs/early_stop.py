@@ -1,7 +1,7 @@
 """Early stop for rendering: stop drawing candidates for a pair once k of them pass the filter.
 
 InstructPix2Pix drew a fixed number of candidates per pair and kept the top k; most pairs reach k
-passing candidates long before that. Render scores candidates as they finish (filters.clip_score),
+passing candidates long before that. Render scores candidates as they finish (filters.pairs.clip_score),
 feeds them here, and stops a pair when `add` returns True; `drawn(pair)` is recorded per pair
 (column `candidates_drawn`). The filter stage still applies thresholds and top-k afterwards.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from filters.select import Thresholds, threshold_reason
+from filters.pairs.select import Thresholds, threshold_reason
 
 if TYPE_CHECKING:
     from pipeline.settings.filter import FilterConfig

@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.clip_score import SCORE_COLUMNS
-from filters.select import Thresholds
+from filters.pairs.clip_score import SCORE_COLUMNS
+from filters.pairs.select import Thresholds
 from output.shard_writer import sample_key
 from pipeline.stage import KEPT
 from pipeline.storage import Storage, parse_storage_options
+from stages import REGISTRY
 
 PREVIEW_DIR = "preview"
 PAGE = "preview.html"
@@ -52,12 +53,7 @@ CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
 
 
 def _stage_order(storage: Storage) -> list[str]:
-    try:
-        from stages import REGISTRY
-
-        known = list(REGISTRY)
-    except ImportError:
-        known = []
+    known = list(REGISTRY)
     present = [d for d in storage.listdir() if storage.exists(d, "_done")]
     return [s for s in known if s in present] + sorted(d for d in present if d not in known)
 

@@ -4,7 +4,7 @@ No model hub is reachable in tests or the `tiny` profile, so the filter is exerc
 code: weights are random (scores are meaningless) but everything else — tokenizer, preprocessing,
 the safetensors checkpoint and `open_clip.create_model_and_transforms(name, pretrained=FILE)` — is the
 production path. The build is deterministic from a seed and cached per directory.
-Usage: `python -m models.tiny_clip DIR [--seed N]`.
+Usage: `python -m tiny.clip DIR [--seed N]`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ the manifest against the stages that produced it.
 
 Checks per shard: present, size and sha256 as listed, a complete tar, the listed sample count, every
 sample with input/edited images that decode, an instruction, and metadata JSON with the required
-fields whose id/candidate match the sample key. Then the chain (output.chain_check): every stage
+fields whose id/candidate match the sample key. Then the chain (cli.chain_check): every stage
 complete with rows_in = kept + dropped, every partition computed from its upstream's, and the shards
 holding exactly the filter stage's kept candidates. Exit 1 with one line per problem, 0 when valid.
 """
@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from output.chain_check import check_chain
+from cli.chain_check import check_chain
 from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
 from pipeline.storage import Storage, parse_storage_options
 
@@ -115,7 +115,7 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
     problems, manifest, keys = _validate_shards(storage, workers)
     if manifest is None or not chain:
         return problems, []
-    from stages import stage_names
+    from pipeline.registry import stage_names
 
     chain_problems, notes = check_chain(storage, stage_names(), manifest, keys)
     return problems + chain_problems, notes

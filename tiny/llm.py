@@ -3,7 +3,7 @@
 No model hub is reachable here, so the instruct stage's vLLM and OpenAI-server paths are exercised on a
 model made in code: random weights write garbage, but JSON-schema constrained decoding still yields a
 schema-valid object, which is exactly what the pipeline must handle. head_dim is 64 because vLLM's CPU
-attention kernels need it. Usage: `python -m models.tiny_llm OUT_DIR`.
+attention kernels need it. Usage: `python -m tiny.llm OUT_DIR`.
 """
 
 from __future__ import annotations

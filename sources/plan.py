@@ -1,7 +1,7 @@
 """Ingest planning from metadata: which rows of which file each partition reads, and its key.
 
 The driver never reads caption data. Per input file it takes the listing (size, mtime/ETag/version),
-the parquet footer (row groups) or, for text formats, one constant-memory scan (pipeline.scan, cached
+the parquet footer (row groups) or, for text formats, one constant-memory scan (sources.scan, cached
 in OUT by file identity). A partition is a list of segments (file, row range); its key is the files'
 identities plus the row ranges, so an edited file recomputes only the partitions that read it, and the
 same files named another way (./a.jsonl, a.jsonl, a glob) have the same keys.
@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from pipeline.inputs import InputFile, parquet_meta, read_parquet_rows, read_text_rows
-from pipeline.scan import STRIDE, TextInfo, scan_text
+from pipeline.errors import InputError
 from pipeline.storage import Storage, open_filesystem
+from sources.inputs import InputFile, parquet_meta, read_parquet, read_parquet_rows, read_text_rows
+from sources.scan import STRIDE, TextInfo, scan_text
 
 #: Bump when the meaning of a segment (row numbering, what a worker reads) changes.
 PLAN_VERSION = "1"
@@ -185,3 +186,23 @@ def read_segment(seg: Segment, text_col: str, url_col: str | None) -> pa.Table:
         raise RuntimeError(f"{f.url}: expected {seg.n_rows} rows from row {seg.row_start}, read {table.num_rows} "
                            "(the file changed while the run was planned; rerun)")
     return table.take(pa.array(seg.take, pa.int64())) if seg.take is not None else table
+
+
+def _whole_text(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
+    info = scan_text(f.url, f.fmt, text_col, url_col)
+    return read_text_rows(f.url, f.name, f.fmt, text_col, url_col, info.checkpoints[0] if info.checkpoints else 0,
+                          0, 0, info.rows)
+
+
+def read_input(f: InputFile, text_col: str, url_col: str | None) -> pa.Table:
+    """One file as the raw row table (RAW_SCHEMA)."""
+    try:
+        if f.fmt == "parquet":
+            return read_parquet(f, text_col, url_col)
+        if f.fmt in ("txt", "jsonl", "csv", "tsv"):
+            return _whole_text(f, text_col, url_col)
+    except FileNotFoundError:
+        raise InputError(f"{f.url}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{f.url}: permission denied") from None
+    raise InputError(f"{f.url}: unsupported format {f.fmt!r}")

@@ -1,1 +1,0 @@
-"""editgen models."""
