@@ -218,15 +218,21 @@ def measure(variants: dict, warmups: dict, rounds: int, cuda: bool) -> tuple[dic
     for name, fn in variants.items():  # warm-up (oneDNN primitives, allocator); explicit shares them
         if not name.startswith("explicit"):
             fn()
+    wall, cpu = rotated_rounds(variants, rounds, cuda)
+    return wall, cpu, peak
+
+
+def rotated_rounds(variants: dict, rounds: int, cuda: bool) -> tuple[dict, dict]:
+    """(wall times, CPU times) per variant over `rounds`, the order rotated so nobody always goes first."""
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: nobody always goes first
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             w, c = timed(variants[name], cuda)
             wall[name].append(w)
             cpu[name].append(c)
-    return wall, cpu, peak
+    return wall, cpu
 
 
 def report(p2p: Any, variants: dict, wall: dict, cpu: dict, peak: dict, size: int, steps: int, rounds: int,

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.bench_p2p import cpu_peak_in_child, cuda_peak, timed  # noqa: E402
+from bench.bench_p2p import cpu_peak_in_child, cuda_peak, rotated_rounds  # noqa: E402
 from p2p import compute  # noqa: E402
 from p2p.controls import EditControl  # noqa: E402
 from p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render  # noqa: E402
@@ -101,14 +101,7 @@ def measure(variants: dict[str, Callable[[], Any]], warm: dict[str, Callable[[],
             for n, fn in variants.items() if n in ("packed16", "plain16")}
     for fn in warm.values():
         fn()
-    wall: dict[str, list[float]] = {n: [] for n in variants}
-    cpu: dict[str, list[float]] = {n: [] for n in variants}
-    names = list(variants)
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:  # rotate: nobody always goes first
-            w, c = timed(variants[n], cuda)
-            wall[n].append(w)
-            cpu[n].append(c)
+    wall, cpu = rotated_rounds(variants, rounds, cuda)
     best_wall = {n: min(v) for n, v in wall.items()}
     basis = best_wall if cuda else {n: min(v) for n, v in cpu.items()}
     return basis, best_wall, peak
