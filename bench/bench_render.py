@@ -248,7 +248,7 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
         from tiny.sd import build_tiny_sd, default_cache_dir
 
         path = build_tiny_sd(default_cache_dir() / "tiny-sd", "sd") / "unet"
-        unet = UNet2DConditionModel.from_pretrained(str(path)).to(device, dtype).eval()
+        unet = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True).to(device, dtype).eval()
     flops = compute.measure_unet_flops(unet, args.size, args.size)
     rows, hw = args.batch, (args.size // 8, args.size // 8)
     cross = compute._cross_dim(unet, None)
