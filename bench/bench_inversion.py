@@ -7,7 +7,7 @@ reports the UNet rows the inversion spent (counted with a forward hook and check
 costs the same for every method), and the reconstruction error: latent MSE, PSNR/SSIM of the decoded
 reconstruction vs the decoded encoded image (VAE loss excluded).
 
-The random tiny UNet is no denoiser (models/tiny_prior.py): ``--bed prior`` (default) adds the
+The random tiny UNet is no denoiser (tests/tiny_prior.py): ``--bed prior`` (default) adds the
 analytic Gaussian-prior term so errors mean something; ``--bed raw`` measures the bare model. Seconds
 on the tiny model only show the *ratio* between methods; a GPU projection scales the row counts.
 

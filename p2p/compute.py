@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.cache import cache_dir
+
 #: Bump when what is counted changes, so disk-cached figures are re-measured.
 COUNT_VERSION = 1
 CACHE_FILE = "unet_flops.json"
@@ -195,9 +197,7 @@ _LOCK = threading.Lock()
 
 def default_cache_file() -> Path:
     """``<editgen cache dir>/unet_flops.json`` ($EDITGEN_CACHE or ~/.cache/editgen)."""
-    from tiny.sd import default_cache_dir
-
-    return default_cache_dir() / CACHE_FILE
+    return cache_dir() / CACHE_FILE
 
 
 def _read_disk(path: Path) -> dict[str, Any]:

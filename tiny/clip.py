@@ -15,6 +15,8 @@ import os
 import uuid
 from pathlib import Path
 
+from pipeline.cache import cache_dir
+
 TINY_CLIP_NAME = "tiny-clip"
 #: Real vocabulary and context length (so the real tokenizer fits); everything else minimal.
 TINY_CLIP_CFG: dict = {
@@ -32,7 +34,8 @@ def register_tiny_clip() -> None:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDITGEN_CACHE", Path.home() / ".cache" / "editgen"))
+    """Where the tiny CLIP weights are cached (pipeline.cache.cache_dir)."""
+    return cache_dir()
 
 
 def tiny_clip_path(directory: str | Path, seed: int = 0) -> Path:

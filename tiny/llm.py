@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
+
+from pipeline.cache import cache_dir
 
 #: ChatML, the format Qwen2.5 uses too; the tokenizer carries it so `LLM.chat` and the server work.
 CHAT_TEMPLATE = (
@@ -122,8 +123,7 @@ def build_tiny_llm(
 
 def default_dir() -> Path:
     """Where tests and demos cache the tiny LLM: `$EDITGEN_CACHE/tiny_llm` (or ~/.cache/editgen)."""
-    base = os.environ.get("EDITGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "editgen")
-    return Path(base) / "tiny_llm"
+    return cache_dir() / "tiny_llm"
 
 
 def main(argv: list[str] | None = None) -> int:

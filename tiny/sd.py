@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cache import cache_dir
 from tiny.clip_tokenizer import EOS, write_clip_tokenizer
 
 TINY_VERSION = 1  # bump when the architecture changes, so cached folders get rebuilt
@@ -26,9 +27,8 @@ VARIANTS = ("sd", "sdxl")
 
 
 def default_cache_dir() -> Path:
-    """``$EDITGEN_CACHE`` or ``~/.cache/editgen``: where tiny models and the tokenizer are cached."""
-    base = os.environ.get("EDITGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "editgen")
-    return Path(base)
+    """Where tiny models and the tokenizer are cached (pipeline.cache.cache_dir)."""
+    return cache_dir()
 
 
 def _text_config(projection_dim: int | None = None, width: int = 32):
