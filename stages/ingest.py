@@ -29,14 +29,14 @@ from pipeline.records import GlobalSummary, PartitionRecord
 from pipeline.settings.ingest import IngestConfig
 from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, part_name, with_status
 from pipeline.storage import Storage
-from sources.inputs import discover
+from sources.inputs import RAW_SCHEMA, discover
 from sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
 log = logging.getLogger("editgen")
 
 PRE = "_pre"
-#: The columns a worker reads from the source (sources.inputs.RAW_SCHEMA), in a fixed order.
-RAW_COLUMNS = ("source", "source_row", "text", "url", "raw_error")
+#: The columns a worker reads from the source, in a fixed order (the fingerprint's).
+RAW_COLUMNS = tuple(RAW_SCHEMA.names)
 INPUT_FILE = "_input.json"
 #: Original text is kept for tracing, but a 1 MB caption must not bloat every partition.
 RAW_KEEP_CHARS = 2048
