@@ -74,10 +74,12 @@ def generate(n: int, path: Path, seed: int = 0) -> None:
 
 
 class WorkerPeak(threading.Thread):
-    """Largest RSS of any Ray worker process (ray::...) seen while the run goes on, sampled."""
+    """Largest RSS of the driver's own Ray worker processes (ray::..., descendants of `pid`: the local
+    Ray it starts), sampled; other Ray clusters on the machine are not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
+        self.pid = pid
         self.peak = 0.0
         self.stop = False
 
@@ -85,29 +87,33 @@ class WorkerPeak(threading.Thread):
         import psutil
 
         while not self.stop:
-            for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
+            try:
+                procs = psutil.Process(self.pid).children(recursive=True)
+            except psutil.Error:
+                procs = []
+            for p in procs:
                 try:
-                    title = " ".join(p.info["cmdline"] or [])
-                    if title.startswith("ray::") and p.info["memory_info"] is not None:
-                        self.peak = max(self.peak, p.info["memory_info"].rss / 2**20)
-                except (psutil.Error, TypeError):
+                    if " ".join(p.cmdline()).startswith("ray::"):
+                        self.peak = max(self.peak, p.memory_info().rss / 2**20)
+                except psutil.Error:
                     continue
             time.sleep(0.2)
 
 
 def drive(out: Path, extra: dict[str, Any]) -> tuple[dict[str, Any], float]:
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    watch = WorkerPeak()
-    watch.start()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(out), json.dumps(extra)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(out), json.dumps(extra)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = WorkerPeak(proc.pid)
+    watch.start()
+    stdout, stderr = proc.communicate(timeout=3600)
     wall = time.perf_counter() - t0
     watch.stop = True
     watch.join()
     if proc.returncode != 0:
-        raise SystemExit(f"bench_scale: driver failed: {proc.stderr.strip().splitlines()[-3:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"bench_scale: driver failed: {stderr.strip().splitlines()[-3:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
     result["worker_peak_mb"] = watch.peak
     return result, wall
 
