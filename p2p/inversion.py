@@ -22,44 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from p2p.generate import P2PPipeline, make_scheduler
-from pipeline.settings.base import Seed, Strict
+from pipeline.settings.render import METHODS, DiffEditConfig, InversionConfig, Method
 
-Method = Literal["ddim", "null_text", "negative_prompt"]
-METHODS: tuple[str, ...] = ("ddim", "null_text", "negative_prompt")
-
-
-class DiffEditConfig(Strict):
-    """DiffEdit mask settings (Couairon et al. 2022; diffusers' ``generate_mask`` defaults where sensible)."""
-
-    n_draws: int = Field(10, ge=1, le=256, description="seeded noise draws averaged into the map")
-    strength: float = Field(0.5, gt=0, le=1, description="noise level as a fraction of the training timesteps")
-    threshold: float = Field(0.5, ge=0, lt=1, description="mask = normalised map > threshold")
-    seed: Seed = 0
-
-
-class InversionConfig(Strict):
-    """How a real image is inverted (``render.inversion`` once integrated)."""
-
-    method: Method = Field(
-        "negative_prompt", description="negative_prompt is near-free; null_text costs ~(3 + inner_steps)x the "
-        "DDIM inversion (docs/inversion.md)",
-    )
-    inner_steps: int = Field(10, ge=1, le=1000, description="null_text: Adam steps per denoising step (max)")
-    early_stop_epsilon: float = Field(1e-5, ge=0, le=1, description="null_text: stop a step when loss < this")
-    early_stop_growth: float = Field(2e-5, ge=0, le=1, description="null_text: tolerance grows by this per step")
-    lr: float = Field(1e-2, gt=0, le=1, description="null_text: Adam learning rate at step 0")
-    lr_decay: float = Field(1e-2, ge=0, lt=1, description="null_text: lr_i = lr * (1 - lr_decay * i), as the paper")
-    mask: Literal["none", "local_blend", "diffedit"] = Field(
-        "none", description="local_blend uses render.blend_threshold/blend_start; diffedit uses `diffedit`"
-    )
-    diffedit: DiffEditConfig = Field(default_factory=DiffEditConfig)
+__all__ = ["METHODS", "DiffEditConfig", "InversionConfig", "Method"]
 
 
 @dataclass

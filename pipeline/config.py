@@ -38,6 +38,10 @@ NON_SEMANTIC_KEYS = ("resources",)
 #: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
 #: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys.
 UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
+#: Per-section keys left out of the hash while they hold their default: options added after a section's
+#: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
+#: its hash and is not recomputed; set to anything else, they enter the hash like every key.
+HASH_NEUTRAL_DEFAULTS = {"render": ("source", "inversion")}
 
 
 class EditgenConfig(Strict):
@@ -227,6 +231,11 @@ def section_hash(
     body = _strip_non_semantic(getattr(cfg, section).model_dump(mode="json"))
     for key in UNHASHED_KEYS.get(section, ()):
         body.pop(key, None)
+    neutral = HASH_NEUTRAL_DEFAULTS.get(section, ())
+    defaults = type(getattr(cfg, section))().model_dump(mode="json") if neutral else {}
+    for key in neutral:
+        if key in body and body[key] == defaults.get(key):
+            body.pop(key)
     doc: dict[str, Any] = {"s": section, "v": version, "c": body, "u": upstream_hash}
     if reads:  # only then, so stages that read nothing else keep their hashes
         doc["r"] = {entry: _config_value(cfg, entry) for entry in sorted(set(reads))}

@@ -15,6 +15,35 @@ MAX_SIDE = 4096
 MAX_STEPS = 1000
 Guidance = Annotated[float, Field(ge=0, le=100)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Method = Literal["ddim", "null_text", "negative_prompt"]
+METHODS: tuple[str, ...] = ("ddim", "null_text", "negative_prompt")
+
+
+class DiffEditConfig(Strict):
+    """DiffEdit mask settings (Couairon et al. 2022; diffusers' ``generate_mask`` defaults where sensible)."""
+
+    n_draws: int = Field(10, ge=1, le=256, description="seeded noise draws averaged into the map")
+    strength: float = Field(0.5, gt=0, le=1, description="noise level as a fraction of the training timesteps")
+    threshold: float = Field(0.5, ge=0, lt=1, description="mask = normalised map > threshold")
+    seed: Seed = 0
+
+
+class InversionConfig(Strict):
+    """How a real image is inverted (``render.inversion``; used when ``render.source`` is real)."""
+
+    method: Method = Field(
+        "negative_prompt", description="negative_prompt is near-free; null_text costs ~(3 + inner_steps)x the "
+        "DDIM inversion (docs/inversion.md)",
+    )
+    inner_steps: int = Field(10, ge=1, le=1000, description="null_text: Adam steps per denoising step (max)")
+    early_stop_epsilon: float = Field(1e-5, ge=0, le=1, description="null_text: stop a step when loss < this")
+    early_stop_growth: float = Field(2e-5, ge=0, le=1, description="null_text: tolerance grows by this per step")
+    lr: float = Field(1e-2, gt=0, le=1, description="null_text: Adam learning rate at step 0")
+    lr_decay: float = Field(1e-2, ge=0, lt=1, description="null_text: lr_i = lr * (1 - lr_decay * i), as the paper")
+    mask: Literal["none", "local_blend", "diffedit"] = Field(
+        "none", description="local_blend uses render.blend_threshold/blend_start; diffedit uses `diffedit`"
+    )
+    diffedit: DiffEditConfig = Field(default_factory=DiffEditConfig)
 
 
 class RenderConfig(Strict):
@@ -22,6 +51,10 @@ class RenderConfig(Strict):
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="hub id or local diffusers folder (safetensors); 'tiny' / 'tiny-sdxl' build random test models",
     )
+    source: Literal["generated", "real"] = Field(
+        "generated", description="real = invert the row's fetched LAION image (fetch stage) and edit it"
+    )
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on GPU, float32 on CPU"
