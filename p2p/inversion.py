@@ -28,9 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from p2p.generate import P2PPipeline, make_scheduler
-from pipeline.settings.render import METHODS, DiffEditConfig, InversionConfig, Method
-
-__all__ = ["METHODS", "DiffEditConfig", "InversionConfig", "Method"]
+from pipeline.settings.render import METHODS, DiffEditConfig, InversionConfig
 
 
 @dataclass
