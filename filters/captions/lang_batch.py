@@ -63,17 +63,14 @@ class BatchClassifier:
         order = np.lexsort((first, keys // n_feat))  # per row, features in first-occurrence order
         keys, counts = keys[order], counts[order]
         krow = keys // n_feat
-        bounds = np.searchsorted(krow, np.arange(len(data) + 1))
-        raw = [self._raw(keys[bounds[r]:bounds[r + 1]] % n_feat, counts[bounds[r]:bounds[r + 1]])
-               for r in range(len(data))]
+        bounds = np.searchsorted(krow, np.arange(len(data) + 1)).tolist()
+        feats, weights = keys % n_feat, np.log1p(counts.astype(np.float32))  # elementwise: as per text
+        ptc, pc = self.ident.nb_ptc, self.ident.nb_pc
+        empty = np.full(len(self.ident.nb_classes), 0.0 if self.ident._norm_probs else RAW_FLOOR, dtype=np.float32)
+        # per text py3langid's _raw_score: the same gather and vector-matrix product
+        raw = [weights[a:b] @ ptc[feats[a:b]] + pc if b > a else empty.copy()
+               for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return self._decide(data, np.stack(raw)) if raw else []
-
-    def _raw(self, idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """py3langid's _raw_score for one text: the same gather and vector-matrix product."""
-        ident = self.ident
-        if len(idx):
-            return np.log1p(counts.astype(np.float32)) @ ident.nb_ptc[idx] + ident.nb_pc
-        return np.full(len(ident.nb_classes), 0.0 if ident._norm_probs else RAW_FLOOR, dtype=np.float32)
 
     def _decide(self, data: list[bytes], scores: np.ndarray) -> list[tuple[str, float]]:
         """py3langid's _decide + classify, row-wise on the batch: only elementwise operations and
