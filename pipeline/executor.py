@@ -96,7 +96,7 @@ def compute_partition(stage: Stage[Any], step: Step, job: MapJob, storage: Stora
                       board: Any = None, actor: int = 0) -> PartitionRecord:
     """Load, process, check, write and record one partition (the runner's write, on the worker)."""
     assert step.load is not None and step.process is not None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stage.metrics = {}
     stage.progress = reporter(board, spec.pid)
     part = Partition(spec, storage, job.stage_dir)
@@ -121,6 +121,7 @@ def compute_partition(stage: Stage[Any], step: Step, job: MapJob, storage: Stora
         "input_key": spec.input_key, "sha256": sha, "bytes": nbytes, "rows_in": table.num_rows,
         "rows_total": out.num_rows, "rows_out": kept, "dropped": dropped,
         "metrics": {k: float(v) for k, v in stage.metrics.items()}, "seconds": round(time.perf_counter() - t0, 4),
+        "cpu_seconds": round(time.process_time() - c0, 4),
         "worker": f"{socket.gethostname()}:{os.getpid()}", "actor": actor, "attempt": spec.attempt,
         "content_key": content,
     }

@@ -43,6 +43,7 @@ class PartitionRecord(TypedDict, total=False):
     dropped: dict[str, int]
     metrics: dict[str, float]
     seconds: float
+    cpu_seconds: float  # the worker process's CPU time for it (wall `seconds` also counts waiting for a core)
     worker: str
     actor: int
     attempt: int

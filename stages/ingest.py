@@ -22,7 +22,7 @@ import pyarrow as pa
 from filters.captions import dedup as dd
 from filters.captions.blocklist import load_blocklist
 from filters.captions.clean import caption_key, clean_caption, url_key
-from filters.captions.lang import LanguageGuess
+from filters.captions.lang import LanguageGuess, load_language_model
 from filters.captions.rules import check_captions
 from pipeline.errors import InputError
 from pipeline.records import GlobalSummary, PartitionRecord
@@ -192,6 +192,8 @@ class IngestStage(Stage[IngestConfig]):
     def setup(self) -> None:
         s = self.settings
         self._terms = tuple(load_blocklist(s.blocklist, s.extra_blocked_terms))
+        if s.languages:
+            load_language_model()
 
     def load_input(self, part: Partition, upstream_dir: str | None) -> pa.Table:
         """This partition's rows, read from the source by the worker itself."""

@@ -112,6 +112,11 @@ def _batch_classifier():  # noqa: ANN202 - holds a third-party identifier
     return BatchClassifier(_identifier())
 
 
+def load_language_model() -> None:
+    """Load the language identifier now (a worker's setup), not inside its first partition's timing."""
+    _batch_classifier()
+
+
 def guess_languages(texts: list[str]) -> list[LanguageGuess]:
     """guess_language for many texts: langid runs once for the whole batch (filters.captions.lang_batch)."""
     out: list[LanguageGuess | None] = [_by_script(t) for t in texts]
