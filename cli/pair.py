@@ -1,7 +1,7 @@
 """``editgen pair``: render one Prompt-to-Prompt before/after pair to a folder.
 
 Writes ``input.png``, ``edited.png``, ``mask.png`` (only with LocalBlend) and ``params.json`` (the
-full render record; ``p2p.candidates.regenerate`` reproduces the images from it). Also runnable as
+full render record; ``p2p.regenerate.regenerate`` reproduces the images from it). Also runnable as
 ``python -m cli.pair``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
 """
 

@@ -182,6 +182,7 @@ class CandidateOutput:
     masks: list[bytes | None]
     image_format: str = "png"
     result: RenderResult | None = field(default=None, repr=False)
+    reconstruction: bytes | None = None  # real-image sources: the source row re-rendered from the inversion
 
     @property
     def edited_image(self) -> bytes:
@@ -250,15 +251,3 @@ def pipeline_for_record(record: Mapping[str, Any], device: str | torch.device | 
             reapply(p2p, edits)
         _PIPELINES[key] = p2p
     return _PIPELINES[key]
-
-
-def regenerate(
-    record: Mapping[str, Any],
-    p2p: P2PPipeline | None = None,
-    device: str | torch.device | None = None,
-    image_format: str = "png",
-) -> CandidateOutput:
-    """Re-render one stored record; identical bytes to the original render on the same device/dtype."""
-    if p2p is None:
-        p2p = pipeline_for_record(record, device)
-    return render_records(p2p, [record], image_format=image_format)[0]

@@ -185,6 +185,20 @@ class RenderRequest:
 
 
 @dataclass
+class Start:
+    """Where a group starts instead of seeded noise: an inverted real image (p2p.real).
+
+    ``latent`` (1, C, h, w) replaces the noise; ``uncond[i]`` (1, L, D) is step i's unconditional
+    embedding for every row of the batch (null-text / negative-prompt inversion); ``mask`` (h, w) bool,
+    if given, confines every edit row to it from step ``mask_start`` (DiffEdit)."""
+
+    latent: torch.Tensor
+    uncond: list[torch.Tensor]
+    mask: torch.Tensor | None = None
+    mask_start: int = 0
+
+
+@dataclass
 class RenderResult:
     """Row 0 is the source image, rows 1.. the edits (same order as ``request.edits``)."""
 
@@ -367,30 +381,52 @@ def denoise(p2p: P2PPipeline, scheduler: Any, latents: torch.Tensor, embeds: tor
     return latents
 
 
-def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False) -> list[RenderResult]:
+def _check_starts(requests: Sequence[RenderRequest], starts: Sequence[Start] | None) -> None:
+    if starts is None:
+        return
+    if len(starts) != len(requests):
+        raise ValueError(f"{len(starts)} starts for {len(requests)} requests")
+    if any(s.uncond is not starts[0].uncond for s in starts) or len(starts[0].uncond) != requests[0].steps:
+        raise ValueError("requests in one batch must share one inversion's per-step embeddings (one per step)")
+
+
+def _fixed_masks(batch: _Batch, starts: Sequence[Start] | None) -> dict[int, tuple[int, torch.Tensor, int]]:
+    found: dict[int, tuple[int, torch.Tensor, int]] = {}
+    for (a, b), start in zip(batch.groups, starts or (), strict=False):
+        if start.mask is not None:
+            found.update({row: (a, start.mask, start.mask_start) for row in range(a + 1, b)})
+    return found
+
+
+def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False,
+           starts: Sequence[Start] | None = None) -> list[RenderResult]:
     """Render compatible requests in one UNet batch (see module docstring); returns one result each.
 
     Follows diffusers' pipeline steps: check inputs, encode prompts, prepare latents, denoise, decode.
-    ``explicit=True`` swaps in the materialised-probability reference processors (tests only).
+    ``explicit=True`` swaps in the materialised-probability reference processors (tests only);
+    ``starts`` (one per request) start groups from inverted real images instead of noise.
     """
     if not requests:
         return []
     first = check_inputs(p2p, requests)
+    _check_starts(requests, starts)
     scheduler = prepare_timesteps(p2p, first)
     num_steps = len(scheduler.timesteps)
     batch = compile_batch(p2p, requests, num_steps)
-    latents, gens = prepare_latents(p2p, requests, batch.groups, scheduler)
+    initial = [s.latent for s in starts] if starts is not None else None
+    latents, gens = prepare_latents(p2p, requests, batch.groups, scheduler, initial)
     ctrl = P2PController(
         n_rows=len(batch.prompts), cfg=first.guidance > 1.0, edits=batch.rows, num_steps=num_steps,
         latent_hw=(first.height // p2p.vae_scale, first.width // p2p.vae_scale), device=p2p.device,
-        dtype=p2p.dtype, blend_downscales=p2p.cross_downscales,
+        dtype=p2p.dtype, blend_downscales=p2p.cross_downscales, fixed_masks=_fixed_masks(batch, starts),
     )
+    uncond = starts[0].uncond if starts is not None else None
     with torch.inference_mode(), p2p_attention(p2p.pipe.unet, ctrl, explicit=explicit):
         embeds, added = encode_prompts(p2p, batch.prompts, first.negative_prompt, first.guidance > 1.0,
                                        first.height, first.width)
-        latents = denoise(p2p, scheduler, latents, embeds, added, ctrl, requests, batch.groups, gens)
+        latents = denoise(p2p, scheduler, latents, embeds, added, ctrl, requests, batch.groups, gens, uncond)
         images = decode(p2p, latents)
-    masks_by_row = ctrl.blend.masks if ctrl.blend is not None else {}
+    masks_by_row = ctrl.masks()
     return [
         RenderResult(request=req, images=images[a:b], latents=latents[a:b].float().cpu(),
                      masks=[masks_by_row.get(r).cpu() if r in masks_by_row else None for r in range(a + 1, b)],

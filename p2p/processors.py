@@ -89,6 +89,9 @@ class P2PController:
     blend_downscales: set[int] = field(default_factory=set)
     step: int = 0
     blend: LocalBlend | None = None
+    #: Fixed masks (e.g. DiffEdit's), edit row -> (its source row, (h, w) bool mask, first step): outside the
+    #: mask the edit row's latents are set to its source row's after every step from the first.
+    fixed_masks: dict[int, tuple[int, torch.Tensor, int]] = field(default_factory=dict)
     _cross: CrossPlan | None = None
     _self: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
 
@@ -184,8 +187,19 @@ class P2PController:
         return plan
 
     def end_step(self, latents: torch.Tensor) -> torch.Tensor:
-        """Apply LocalBlend to the (cond-half indexed) latents after the scheduler step."""
-        return latents if self.blend is None else self.blend.apply(self.step, latents)
+        """Apply LocalBlend, then any fixed masks, to the (cond-half indexed) latents after the step."""
+        out = latents if self.blend is None else self.blend.apply(self.step, latents)
+        for row, (src, mask, start) in self.fixed_masks.items():
+            if self.step >= start:
+                out = out.clone() if out is latents else out
+                out[row] = torch.where(mask.to(out.device), out[row], out[src])
+        return out
+
+    def masks(self) -> dict[int, torch.Tensor]:
+        """The mask each masked edit row ended with (LocalBlend's, or the fixed one)."""
+        found = dict(self.blend.masks) if self.blend is not None else {}
+        found.update({row: m for row, (_, m, _) in self.fixed_masks.items()})
+        return found
 
     def check_batch(self, batch: int) -> None:
         if batch != self.batch:

@@ -3,7 +3,7 @@
 One Ray actor per GPU (or CPU slot) loads the diffusers pipeline once; each partition's pairs become
 N candidates, each with its own seed and P2P parameters drawn as InstructPix2Pix did, from a
 per-(pair, candidate) RNG, so a redone partition reproduces the same candidates. Every parameter is
-stored in `params` (JSON), from which `p2p.candidates.regenerate` re-renders the images bit for bit.
+stored in `params` (JSON), from which `p2p.regenerate.regenerate` re-renders the images bit for bit.
 With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass
 (so the filter keys early stop reads are part of render's stage hash). Edits whose prompts differ
 only past the text encoder's 77-token truncation are dropped as `render_edit_truncated` before
@@ -38,6 +38,7 @@ OUTPUT_FIELDS = [
     ("input_image", pa.binary()),
     ("edited_image", pa.binary()),
     ("mask", pa.binary()),
+    ("reconstruction", pa.binary()),
     ("image_format", pa.string()),
     ("seed", pa.int64()),
     ("params", pa.string()),
@@ -96,6 +97,7 @@ class RenderStage(Stage[RenderConfig]):
         self.threads = 1
         self.model_edits: dict[str, Any] | None = None
         self.baked_edits: dict[str, Any] | None = None
+        self.real = RealImages(self.settings) if self.settings.source == "real" else None
 
     def preflight(self) -> None:
         s = self.settings
@@ -123,6 +125,8 @@ class RenderStage(Stage[RenderConfig]):
         self.p2p = load_pipeline(self.model_path, device, dtype, s.scheduler, s.compile)
         self.dtype = dtype
         self.model_edits = self._apply_model_edits()
+        if self.real is not None and self.p2p.is_sdxl:
+            raise ConfigError("render.source=real: inversion supports SD 1.x/2.x models only, not SDXL")
         if s.early_stop:
             from filters.pairs.clip_score import ClipScorer
 
@@ -155,8 +159,10 @@ class RenderStage(Stage[RenderConfig]):
             scheduler=s.scheduler, mode=s.mode, tie_windows=s.tie_windows, self_max_res=s.self_max_res,
             height=s.height, width=s.width, negative_prompt=s.negative_prompt,
         )
+        if self.real is not None:
+            self.real.shape_space(space, row)
         blend = None
-        if s.local_blend:
+        if s.local_blend or (self.real is not None and s.inversion.mask == "local_blend"):
             words = blend_words(row)
             if words:
                 blend = {"words": words, "threshold": s.blend_threshold, "start": s.blend_start}
@@ -176,6 +182,8 @@ class RenderStage(Stage[RenderConfig]):
                 r["model_edits"] = self.model_edits
             if self.baked_edits:
                 r["model_edits_in_model"] = self.baked_edits
+        if self.real is not None:
+            self.real.attach(recs, row, pair_id)
         return recs
 
     def _render(self, records: list[dict[str, Any]]) -> list[Any]:
@@ -186,6 +194,8 @@ class RenderStage(Stage[RenderConfig]):
             raise (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)") if injected == "oom"
                    else ValueError("injected per-pair render failure"))
         s = self.settings
+        if self.real is not None:
+            return self.real.render(self.p2p, records)
         return render_records(self.p2p, records, image_format=s.image_format, max_rows=s.max_rows_per_batch,
                               jpeg_quality=s.jpeg_quality)
 
@@ -199,6 +209,8 @@ class RenderStage(Stage[RenderConfig]):
         from p2p.seq_align import TruncatedWord
 
         s = self.settings
+        if self.real is not None:
+            self.real.begin(table)
         rows = table.to_pylist()
         t0 = time.perf_counter()
         take: list[int] = []
@@ -232,6 +244,7 @@ class RenderStage(Stage[RenderConfig]):
                 cols["input_image"].append(o.input_image)
                 cols["edited_image"].append(o.edited_image)
                 cols["mask"].append(o.mask)
+                cols["reconstruction"].append(o.reconstruction)
                 cols["image_format"].append(o.image_format)
                 cols["seed"].append(int(rec["seed"]))
                 cols["params"].append(json.dumps(rec, sort_keys=True))
@@ -245,6 +258,8 @@ class RenderStage(Stage[RenderConfig]):
             out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
         self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + time.perf_counter() - t0
         self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + sum(1 for r in reasons if r is None)
+        if self.real is not None:
+            self.metrics.update(self.real.metrics())
         return with_status(out, [reasons[j] for j in order])
 
     @staticmethod
@@ -327,6 +342,63 @@ class RenderStage(Stage[RenderConfig]):
                 self.progress(sum(min(1.0, drawn[i] / max(1, s.candidates)) for i in idx))
             active = [i for i in active if i not in failed and not es.done(rows[i]["id"])]
         return [(i, failed.get(i) or done[i], drawn[i]) for i in idx]
+
+
+class RealImages:
+    """render.source=real: each pair's fetched image (fetch stage's `image` column), inverted once per
+    (pair, guidance) and shared by its candidates (p2p.real); the records name the image by SHA-256."""
+
+    def __init__(self, settings: RenderConfig) -> None:
+        self.settings = settings
+        self.images: dict[str, bytes] = {}
+        self.sources: dict[tuple[str, float], Any] = {}
+        self.forward_rows = 0
+        self.backward_rows = 0
+
+    def begin(self, table: pa.Table) -> None:
+        if "image" not in table.column_names:
+            raise ConfigError("render.source=real needs the fetch stage's `image` column (run with --from fetch)")
+        self.images, self.sources = {}, {}
+        self.forward_rows = self.backward_rows = 0
+
+    def shape_space(self, space: Any, row: dict[str, Any]) -> None:
+        """The image's own size (fetch's keep_ratio may differ from render.height/width); one guidance."""
+        if not row.get("image"):
+            raise ValueError("row has no fetched image")
+        space.height = int(row.get("image_height") or space.height)
+        space.width = int(row.get("image_width") or space.width)
+        g = self.settings.inversion.guidance
+        if g is not None:
+            space.guidance_range = (g, g)
+
+    def attach(self, recs: list[dict[str, Any]], row: dict[str, Any], pair_id: str) -> None:
+        from p2p.real import SOURCE_KEY, image_sha256, source_settings
+
+        data = row["image"]
+        self.images[pair_id] = data
+        meta = source_settings(self.settings.inversion, image_sha256(data), self.settings.blend_start)
+        for r in recs:
+            r[SOURCE_KEY] = meta
+
+    def render(self, p2p: Any, records: list[dict[str, Any]]) -> list[Any]:
+        from p2p.real import decode_image, prepare_source, render_real
+
+        s, outs = self.settings, []
+        for rec in records:
+            key = (rec["pair_id"], float(rec["guidance"]))
+            if key not in self.sources:
+                self.sources[key] = prepare_source(p2p, decode_image(self.images[rec["pair_id"]]),
+                                                   rec["source_prompt"], int(rec["steps"]), key[1], s.inversion)
+                cost = self.sources[key].cost
+                self.forward_rows += cost.forward_rows
+                self.backward_rows += cost.backward_rows
+            outs += render_real(p2p, [rec], self.sources[key], s.image_format, s.jpeg_quality)
+        return outs
+
+    def metrics(self) -> dict[str, float]:
+        """This partition's inversion work in UNet rows (a CFG call on B prompts is 2B rows)."""
+        return {"inversion_forward_rows": float(self.forward_rows),
+                "inversion_backward_rows": float(self.backward_rows)}
 
 
 #: Test hook: "oom" makes every UNet batch raise CUDA's out-of-memory error, "pair" a per-pair ValueError.

@@ -14,10 +14,10 @@ from p2p.candidates import (
     CandidateSpace,
     candidate_rng,
     record_to_request,
-    regenerate,
     render_records,
     sample_candidates,
 )
+from p2p.regenerate import regenerate
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"

@@ -40,6 +40,10 @@ class InversionConfig(Strict):
     early_stop_growth: float = Field(2e-5, ge=0, le=1, description="null_text: tolerance grows by this per step")
     lr: float = Field(1e-2, gt=0, le=1, description="null_text: Adam learning rate at step 0")
     lr_decay: float = Field(1e-2, ge=0, lt=1, description="null_text: lr_i = lr * (1 - lr_decay * i), as the paper")
+    guidance: Guidance | None = Field(
+        None, description="one CFG scale for every real-image candidate, so one inversion serves all of a "
+        "pair's candidates (null_text's optimisation is per scale); None = each candidate's drawn scale",
+    )
     mask: Literal["none", "local_blend", "diffedit"] = Field(
         "none", description="local_blend uses render.blend_threshold/blend_start; diffedit uses `diffedit`"
     )
@@ -112,6 +116,8 @@ class RenderConfig(Strict):
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
         if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
             raise ValueError("p_range must lie within [0, 1]")
+        if self.source == "real" and self.scheduler != "ddim":
+            raise ValueError(f"source=real inverts the image with DDIM: scheduler must be ddim (got {self.scheduler})")
         return self
 
     def edit_set(self) -> EditSet | None:

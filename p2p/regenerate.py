@@ -1,0 +1,35 @@
+"""Re-render one stored candidate record, generated or real-image, bit for bit on the same device/dtype.
+
+A generated record holds every input of its render; a real-image record (``render.source=real``) also
+names its source photograph by SHA-256, so the image bytes must be given back (the shard's ``input``
+member or the fetch partition's ``image``) and the inversion is recomputed deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from p2p.candidates import CandidateOutput, pipeline_for_record, render_records
+from p2p.generate import P2PPipeline
+from p2p.real import SOURCE_KEY, regenerate_real
+
+
+def regenerate(
+    record: Mapping[str, Any],
+    p2p: P2PPipeline | None = None,
+    device: str | torch.device | None = None,
+    image_format: str = "png",
+    image: bytes | None = None,
+) -> CandidateOutput:
+    """Re-render one stored record; identical bytes to the original render on the same device/dtype.
+    ``image``: the source photograph's bytes, required for (and only for) real-image records."""
+    if p2p is None:
+        p2p = pipeline_for_record(record, device)
+    if SOURCE_KEY in record:
+        if image is None:
+            raise ValueError("a real-image record regenerates only with its source image (image=...)")
+        return regenerate_real(record, image, p2p, image_format)
+    return render_records(p2p, [record], image_format=image_format)[0]
