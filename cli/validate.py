@@ -46,8 +46,9 @@ def check_sample(sample: dict[str, Any]) -> list[str]:
             problems.append(f"sample {key}: no {stem}.png/.jpg")
         elif not _decodes(sample[found[0]]):
             problems.append(f"sample {key}: {found[0]} does not decode")
-    if "mask.png" in sample and not _decodes(sample["mask.png"]):
-        problems.append(f"sample {key}: mask.png does not decode")
+    for name in ("mask.png", "reconstruction.png", "reconstruction.jpg"):
+        if name in sample and not _decodes(sample[name]):
+            problems.append(f"sample {key}: {name} does not decode")
     if not sample.get("txt", b"").strip():
         problems.append(f"sample {key}: missing or empty txt (instruction)")
     try:

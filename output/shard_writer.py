@@ -101,6 +101,9 @@ def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
         members.append((f"{key}.{stem}.{image_ext(data, row.get('image_format'))}", bytes(data)))
     if row.get("mask"):
         members.append((f"{key}.mask.png", bytes(row["mask"])))
+    recon = row.get("reconstruction")
+    if recon:  # real-image pairs: the photograph re-rendered from its inversion (p2p.real)
+        members.append((f"{key}.reconstruction.{image_ext(recon, row.get('image_format'))}", bytes(recon)))
     members.append((f"{key}.txt", str(row.get("instruction") or "").encode("utf-8")))
     meta = json.dumps(sample_metadata(row), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     members.append((f"{key}.json", meta.encode("utf-8")))

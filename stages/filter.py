@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
+from filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
 from filters.pairs.select import Thresholds, select
 from pipeline.errors import ConfigError
 from pipeline.settings.filter import FilterConfig
@@ -34,7 +35,11 @@ META_CLIP = b"editgen.clip_key"
 
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
                     clip_model_id: str) -> pa.Table:
-    """Render rows + scores -> filter output rows (scores, rank, clip model id, status)."""
+    """Render rows + scores -> filter output rows (scores, reconstruction fidelity, rank, clip model id,
+    status). Fidelity is computed here, not cached: real-image rows only, and cheap next to CLIP."""
+    scores = dict(scores)
+    if "reconstruction" in table.column_names and table["reconstruction"].null_count < table.num_rows:
+        scores.update(fidelity_scores(table["input_image"].to_pylist(), table["reconstruction"].to_pylist()))
     reasons, ranks = select(
         table["id"].to_pylist(),
         table["candidate"].to_pylist(),
@@ -42,10 +47,14 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterC
         Thresholds.from_config(cfg),
         cfg.top_k,
     )
-    drop = [c for c in (*SCORE_COLUMNS, "filter_rank", "clip_model") if c in table.column_names]
+    drop = [c for c in (*SCORE_COLUMNS, *FIDELITY_COLUMNS, "filter_rank", "clip_model") if c in table.column_names]
     out = table.drop_columns(drop) if drop else table
     for name in SCORE_COLUMNS:
         out = out.append_column(name, pa.array(np.asarray(scores[name], dtype=np.float32), pa.float32()))
+    for name in FIDELITY_COLUMNS:
+        if name in scores:
+            values = [None if np.isnan(v) else float(v) for v in scores[name]]
+            out = out.append_column(name, pa.array(values, pa.float32()))
     out = out.append_column("filter_rank", pa.array(ranks, pa.int32()))
     out = out.append_column("clip_model", pa.array([clip_model_id] * table.num_rows, pa.string()))
     return with_status(out, reasons)

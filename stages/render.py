@@ -86,7 +86,10 @@ class RenderStage(Stage[RenderConfig]):
 
     @classmethod
     def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
-        return (*super().config_reads(config), *(EARLY_STOP_READS if config.render.early_stop else ()))
+        reads = EARLY_STOP_READS if config.render.early_stop else ()
+        if config.render.early_stop and config.render.source == "real":
+            reads = (*reads, "filter.min_reconstruction_psnr", "filter.min_reconstruction_ssim")
+        return (*super().config_reads(config), *reads)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -308,6 +311,7 @@ class RenderStage(Stage[RenderConfig]):
     def _render_early_stop(self, rows: list[dict[str, Any]], idx: list[int]) -> list[tuple[int, Any, int]]:
         """Draw candidates in rounds; score each round with CLIP; stop a pair once k pass."""
         from filters.pairs.early_stop import EarlyStop
+        from filters.pairs.fidelity import fidelity_scores
 
         s = self.settings
         es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,
@@ -334,6 +338,9 @@ class RenderStage(Stage[RenderConfig]):
                     scores = self.scorer.score([o.input_image for _, o in ok], [o.edited_image for _, o in ok],
                                                [rows[i]["caption"] for i, _ in ok],
                                                [rows[i]["edited_caption"] for i, _ in ok])
+                    if self.real is not None:  # a poor inversion does not count towards top_k either
+                        scores.update(fidelity_scores([o.input_image for _, o in ok],
+                                                      [o.reconstruction for _, o in ok]))
                     for j, (i, o) in enumerate(ok):
                         done[i].append(o)
                         es.add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})

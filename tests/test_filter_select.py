@@ -18,7 +18,46 @@ GOOD = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
 def test_defaults_are_instructpix2pix():
     cfg = build_config().filter
     assert (cfg.clip_model, cfg.clip_pretrained, cfg.top_k) == ("ViT-L-14", "openai", 4)
-    assert Thresholds.from_config(cfg) == Thresholds(0.75, 0.2, 0.2, 0.2)
+    assert Thresholds.from_config(cfg) == Thresholds(0.75, 0.2, 0.2, 0.2, recon_psnr=20.0)
+
+
+def test_poor_inversion_is_checked_first_and_only_on_real_pairs():
+    import math
+
+    th = Thresholds(recon_psnr=20.0, recon_ssim=0.5)
+    good = {"sim_image": 0.9, "sim_direction": 0.5, "sim_0": 0.3, "sim_1": 0.3}
+    assert threshold_reason({**good, "recon_psnr": math.nan, "recon_ssim": math.nan}, th) is None  # generated
+    assert threshold_reason({**good, "recon_psnr": 25.0, "recon_ssim": 0.8}, th) is None
+    assert threshold_reason({**good, "recon_psnr": 19.9, "recon_ssim": 0.8}, th) == "poor_inversion"
+    assert threshold_reason({**good, "recon_psnr": 25.0, "recon_ssim": 0.4}, th) == "poor_inversion"
+    assert threshold_reason({**good, "sim_image": 0.1, "recon_psnr": 5.0, "recon_ssim": 0.8}, th) == "poor_inversion"
+    assert threshold_reason({**good, "recon_psnr": 5.0}, Thresholds()) is None  # no threshold set
+
+
+def test_image_fidelity_of_stored_images():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from filters.pairs.fidelity import fidelity_scores, image_fidelity
+
+    def png(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype("uint8")).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 16, 3))
+    b = np.clip(a + rng.integers(-8, 9, a.shape), 0, 255)
+    p, s = image_fidelity(png(a), png(b))
+    mse = np.mean(((a - b) / 255.0) ** 2)
+    assert abs(p - 10 * np.log10(1 / mse)) < 1e-9 and 0 < s < 1
+    assert image_fidelity(png(a), png(a))[0] == float("inf")
+    assert all(np.isnan(v) for v in image_fidelity(png(a), b"junk"))
+    assert all(np.isnan(v) for v in image_fidelity(png(a), png(a[:8])))
+    scores = fidelity_scores([png(a), png(a)], [None, png(b)])
+    assert np.isnan(scores["recon_psnr"][0]) and scores["recon_psnr"][1] == p
 
 
 @pytest.mark.parametrize(

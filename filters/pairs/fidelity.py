@@ -7,10 +7,17 @@ input, so the filter drops the pair as ``poor_inversion`` (filters.pairs.select)
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+POOR_INVERSION = "poor_inversion"
+FIDELITY_COLUMNS = ("recon_psnr", "recon_ssim")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
@@ -43,3 +50,33 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
     cov = filt(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
+
+
+def _pixels(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+def image_fidelity(real: bytes, reconstruction: bytes) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of the stored reconstruction vs the stored real image, as a training loader sees
+    them; NaN, NaN when either does not decode or their sizes differ."""
+    try:
+        a, b = _pixels(real), _pixels(reconstruction)
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    if a.shape != b.shape:
+        return math.nan, math.nan
+    return psnr(b, a), ssim(b, a)
+
+
+def fidelity_scores(reals: Sequence[bytes | None], recons: Sequence[bytes | None]) -> dict[str, np.ndarray]:
+    """recon_psnr / recon_ssim per candidate; NaN where there is no reconstruction (generated pairs)."""
+    pairs = [image_fidelity(a, b) if a and b else (math.nan, math.nan) for a, b in zip(reals, recons, strict=True)]
+    return {"recon_psnr": np.array([p for p, _ in pairs], np.float64),
+            "recon_ssim": np.array([s for _, s in pairs], np.float64)}
+
+
+def poor_inversion(psnr_db: float, ssim_v: float, min_psnr: float | None, min_ssim: float | None) -> bool:
+    """A real-image candidate whose reconstruction misses a threshold (NaN = generated: never poor)."""
+    return bool((min_psnr is not None and psnr_db < min_psnr) or (min_ssim is not None and ssim_v < min_ssim))

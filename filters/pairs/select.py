@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from filters.pairs.fidelity import POOR_INVERSION, poor_inversion
+
 if TYPE_CHECKING:
     from pipeline.settings.filter import FilterConfig
 
@@ -30,10 +32,13 @@ class Thresholds:
     sim_direction: float = 0.2
     sim_0: float = 0.2
     sim_1: float = 0.2
+    recon_psnr: float | None = None  # real-image pairs only (NaN scores = generated: not checked)
+    recon_ssim: float | None = None
 
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> Thresholds:
-        return cls(cfg.min_sim_image, cfg.min_sim_direction, cfg.min_sim_0, cfg.min_sim_1)
+        return cls(cfg.min_sim_image, cfg.min_sim_direction, cfg.min_sim_0, cfg.min_sim_1,
+                   cfg.min_reconstruction_psnr, cfg.min_reconstruction_ssim)
 
     def items(self) -> list[tuple[str, float]]:
         """Check order: the first failing criterion names the drop."""
@@ -46,7 +51,12 @@ class Thresholds:
 
 
 def threshold_reason(scores: Mapping[str, float], th: Thresholds) -> str | None:
-    """None if the candidate passes every threshold, else `below_<score>` (or bad_image)."""
+    """None if the candidate passes every threshold, else `poor_inversion` (a real-image candidate whose
+    reconstruction misses its threshold: checked first, the edit was made on another picture),
+    `below_<score>` or bad_image."""
+    psnr_db, ssim_v = float(scores.get("recon_psnr", math.nan)), float(scores.get("recon_ssim", math.nan))
+    if poor_inversion(psnr_db, ssim_v, th.recon_psnr, th.recon_ssim):
+        return POOR_INVERSION
     values = [float(scores[name]) for name, _ in th.items()]
     if any(math.isnan(v) for v in values):
         return BAD_IMAGE
@@ -65,9 +75,8 @@ def select(
 ) -> tuple[list[str | None], list[int | None]]:
     """(reason per candidate — None = kept —, rank by sim_direction among passing candidates)."""
     n = len(pair_ids)
-    reasons: list[str | None] = [
-        threshold_reason({k: scores[k][i] for k, _ in th.items()}, th) for i in range(n)
-    ]
+    keys = [k for k, _ in th.items()] + [k for k in ("recon_psnr", "recon_ssim") if k in scores]
+    reasons: list[str | None] = [threshold_reason({k: scores[k][i] for k in keys}, th) for i in range(n)]
     ranks: list[int | None] = [None] * n
     passing: dict[str, list[int]] = defaultdict(list)
     for i in range(n):

@@ -30,6 +30,11 @@ class FilterConfig(Strict):
     min_sim_direction: float = Field(0.2, ge=-1, le=1, description="cos(I1-I0, T1-T0): edit follows text")
     min_sim_0: float = Field(0.2, ge=-1, le=1, description="cos(I0, T0): input image matches caption")
     min_sim_1: float = Field(0.2, ge=-1, le=1, description="cos(I1, T1): edited image matches caption")
+    min_reconstruction_psnr: float | None = Field(
+        20.0, ge=0, le=100, description="real-image pairs (render.source=real): PSNR dB of the reconstruction vs "
+        "the real image, else poor_inversion; null = no check",
+    )
+    min_reconstruction_ssim: float | None = Field(None, ge=-1, le=1, description="the same for SSIM")
     top_k: int | None = Field(4, ge=1, description="kept candidates per pair, by sim_direction; null = all")
     cache_scores: bool = Field(
         True, description="reuse OUT/filter/_scores when only thresholds/top_k change"
