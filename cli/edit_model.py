@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from cli.render_model import PROFILES, quiet_libraries, resolve_model
+from cli.render_model import PROFILE_NAMES, quiet_libraries, resolve_model
 from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def edit_set_from_args(args: argparse.Namespace) -> EditSet | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``edit-model`` options (wired into the ``editgen`` CLI)."""
 
-    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILE_NAMES))
     parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (the solve is float64 either way)")
     parser.add_argument("--dtype", default="float32", help="dtype the model is loaded, edited and saved in; "

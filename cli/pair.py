@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.render_model import PROFILES, quiet_libraries, resolve_model
+from cli.render_model import PROFILE_NAMES, profile_render, quiet_libraries, resolve_model
 from p2p.controls import MODES, BlendConfig, EditControl, parse_window
 from pipeline.settings.render import check_values
 
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default="ddim", help="ddim, euler, euler_a, dpmpp_2m, ...")
     parser.add_argument("--negative-prompt")
     parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
-    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILE_NAMES))
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
@@ -144,11 +144,11 @@ def _self_max_res(text: str) -> int | None:
 
 def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
     """(steps, height, width) from the flags or the profile, within the render config's limits."""
-    prof = PROFILES[args.profile]
-    steps = args.steps if args.steps is not None else prof["steps"]
+    prof = profile_render(args.profile)
+    steps = args.steps if args.steps is not None else prof.steps
     if steps < 1:
         raise UsageError("--steps must be >= 1")
-    height, width = _size(args.size) if args.size else (prof["size"], prof["size"])
+    height, width = _size(args.size) if args.size else (prof.height, prof.width)
     try:  # the same rules as the render config: finite guidance, sizes and steps within limits
         check_values(PAIR_FLAGS, guidance_range=(args.guidance, args.guidance), height=height, width=width,
                      steps=steps, seed=args.seed)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from p2p.models import TINY_MODELS, quiet_libraries, resolve_model
 from pipeline.errors import ConfigError
 from pipeline.settings.render import RenderConfig
 from pipeline.stage import Partition, Stage, with_status
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("editgen")
 
-TINY_MODELS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
 OUTPUT_FIELDS = [
     ("candidate", pa.int32()),
     ("input_image", pa.binary()),
@@ -46,16 +46,6 @@ OUTPUT_FIELDS = [
     ("render_mode", pa.string()),
     ("candidates_drawn", pa.int32()),
 ]
-
-
-def resolve_model(model: str) -> tuple[str, str | None]:
-    """(loadable path or hub id, tiny variant or None). Tiny models are built once into the cache."""
-    variant = TINY_MODELS.get(model)
-    if variant is None:
-        return model, None
-    from tiny.sd import build_tiny_sd
-
-    return str(build_tiny_sd(variant=variant)), variant
 
 
 def blend_words(row: dict[str, Any]) -> list[str]:
@@ -114,7 +104,7 @@ class RenderStage(Stage[RenderConfig]):
 
         from p2p.generate import load_pipeline
 
-        _quiet_libraries()
+        quiet_libraries()
         s = self.settings
         threads = s.torch_threads or max(1, int(self.resources().num_cpus or 1))
         torch.set_num_threads(threads)
@@ -454,15 +444,3 @@ def _baked_edits(model_path: str) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         return None
-
-
-def _quiet_libraries() -> None:
-    """Per-component loading bars from diffusers/transformers would flood worker logs."""
-    try:
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-    except (ImportError, AttributeError):
-        pass

@@ -1,0 +1,33 @@
+"""Which diffusion model a name means: a hub id, a local diffusers folder, or a tiny random test model.
+
+One place for the render stage and the hand-run tools (`editgen pair`, `editgen edit-model`), so the
+same `render.model` value loads the same weights everywhere.
+"""
+
+from __future__ import annotations
+
+#: `render.model` names that build a random-weight test model in code (tiny.sd) instead of loading one.
+TINY_MODELS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(loadable path or hub id, tiny variant or None). Tiny models are built once into the cache."""
+    variant = TINY_MODELS.get(model)
+    if variant is None:
+        return model, None
+    from tiny.sd import build_tiny_sd
+
+    return str(build_tiny_sd(variant=variant)), variant
+
+
+def quiet_libraries() -> None:
+    """No per-component loading bars or library chatter from diffusers/transformers: they would flood
+    worker logs and bury a tool's own one-line errors."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
