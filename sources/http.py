@@ -203,7 +203,7 @@ class Fetcher:
             d.retry_after = _retry_after(resp.headers.get("Retry-After")) if transient else None
             d.fail(HTTP_ERROR, f"HTTP {resp.status_code} {resp.reason or ''}".strip(), retry=transient)
             return
-        if opted_out(resp.raw.headers.getlist("X-Robots-Tag"), self.s.user_agent_token, self.directives):
+        if opted_out(resp.raw.headers.getlist("X-Robots-Tag"), self.s.robots_name, self.directives):
             d.fail(OPTED_OUT, "X-Robots-Tag: " + "; ".join(resp.raw.headers.getlist("X-Robots-Tag")))
             return
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()

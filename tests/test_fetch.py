@@ -230,7 +230,10 @@ def captions_parquet(path: Path, server: ImageServer, names: list[str]) -> Path:
 
 
 def test_through_the_runner_with_resume(ray_session, server, tmp_path):
+    from cli.chain_check import check_chain
     from cli.status import collect
+    from pipeline.config import out_config
+    from pipeline.storage import Storage
 
     names = ["photo.png", "photo.jpg", "exif6.jpg", "wide.png", "missing.png", "noai.png", "pixel.png"]
     data = captions_parquet(tmp_path / "captions.parquet", server, names)
@@ -251,3 +254,19 @@ def test_through_the_runner_with_resume(ray_session, server, tmp_path):
     assert list(status)[:3] == ["ingest", "fetch", "instruct"] and status["fetch"]["rows_out"] == 4
     again = run_pipeline(cfg, str(out), to_stage="instruct")
     assert [s.computed for s in again.stages] == [0, 0, 0]
+    storage = Storage(str(out))  # validate's chain check links instruct to fetch, not ingest
+    assert check_chain(storage, stage_names(out_config(storage))[:3], {}, [])[0] == []
+    wrong, _ = check_chain(storage, ["ingest", "instruct"], {}, [])
+    assert any("instruct partition" in line and "ingest partition" in line for line in wrong), wrong
+
+
+def test_tools_read_the_graph_from_out(tmp_path):
+    """status and validate walk the graph of the run that wrote OUT (its config.yaml), a section that no
+    longer validates falling back to its defaults."""
+    from pipeline.config import out_config
+    from pipeline.storage import Storage
+
+    storage = Storage(str(tmp_path))
+    assert stage_names(out_config(storage)) == stage_names()  # no config.yaml: the defaults
+    storage.write_text("render:\n  source: real\ninstruct:\n  max_attempts: '***'\n", "config.yaml")
+    assert stage_names(out_config(storage))[:3] == ["ingest", "fetch", "instruct"]

@@ -36,8 +36,8 @@ class FetchConfig(Strict):
     backoff: float = Field(0.5, ge=0, le=60, description="retry k waits backoff * 2**k * a jitter in [0.5, 1.5) "
                            "drawn from the URL (deterministic)")
     user_agent: str = Field(DEFAULT_USER_AGENT, min_length=1, max_length=512, pattern=r"^[\x20-\x7e]+$")
-    user_agent_token: str = Field("editgen", pattern=r"^[a-z0-9_.-]+$", max_length=64,
-                                  description="our name in `X-Robots-Tag: <token>: noai` directives")
+    robots_name: str = Field("editgen", pattern=r"^[a-z0-9_.-]+$", max_length=64,
+                                  description="our name in `X-Robots-Tag: <name>: noai` directives")
     disallowed_header_directives: list[Directive] = Field(
         default_factory=lambda: list(DEFAULT_DISALLOWED),
         description="X-Robots-Tag directives that opt an image out (case-insensitive)",
