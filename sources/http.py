@@ -88,13 +88,15 @@ def check_url(url: object) -> str | None:
 
 def check_public(url: str) -> None:
     """Raise BlockedAddress when the URL's host resolves to an address that is not globally routable.
-    A host that does not resolve passes: requests then reports the DNS failure as a connection error."""
+    A host that does not resolve is a connection error right away (requests would only resolve it again)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        return
+    except UnicodeError as exc:
+        raise requests.exceptions.InvalidURL(f"bad host name {host!r}: {exc}") from None
+    except OSError as exc:  # socket.gaierror: DNS failed
+        raise requests.exceptions.ConnectionError(f"cannot resolve {host}: {exc}") from None
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not ip.is_global:
