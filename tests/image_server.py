@@ -5,8 +5,9 @@
         server.count("flaky.png")            # requests seen for that path
 
 Every image is generated in code (no network, no files) and identical on every run, so a URL's bytes
-are stable. `ROUTES` lists what each path does: the good images the fetch stage keeps and the failure
-each drop reason is tested with. `add_image(name, image)` serves more (e.g. for a real-image render test).
+are stable. `_routes()` lists what each path does: the good images the fetch stage keeps and the
+failure each drop reason is tested with. `add_image(name, image)` serves more (e.g. for a real-image
+render test); `captions_parquet` writes an ingest input whose URLs point at the server.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 
@@ -91,7 +95,7 @@ def _routes() -> dict[str, Reply]:
 
 
 class ImageServer:
-    """Serves `ROUTES` (and `add_image`s) on 127.0.0.1 until `close()` (or the `with` block ends)."""
+    """Serves `_routes()` (and `add_image`s) on 127.0.0.1 until `close()` (or the `with` block ends)."""
 
     def __init__(self, flaky_failures: int = 1, port: int = 0) -> None:
         self.routes = _routes()
@@ -160,3 +164,14 @@ class ImageServer:
                 return
 
         return Handler
+
+
+def captions_parquet(path: Path, server: ImageServer, names: list[str]) -> Path:
+    """An ingest input (TEXT, URL parquet): one distinct English caption per served name, in order."""
+    things = ["red bicycle", "small wooden boat", "green apple", "old stone bridge", "yellow taxi",
+              "white cat", "blue door", "snowy mountain"]
+    pq.write_table(pa.table({
+        "TEXT": [f"a photo of a {things[i % len(things)]} on a sunny day number {i}" for i in range(len(names))],
+        "URL": [server.url(n) for n in names],
+    }), path)
+    return path

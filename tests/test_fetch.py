@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import socket
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,7 +20,7 @@ from pipeline.runner import run_pipeline, stage_hashes
 from sources.http import opted_out
 from sources.image import prepare_image
 from stages.fetch import FetchStage, SystemicFetchError
-from tests.image_server import ImageServer, encode, gradient
+from tests.image_server import ImageServer, captions_parquet, encode, gradient
 
 FAST = {"timeout": 0.5, "max_seconds": 5, "retries": 1, "backoff": 0.01, "max_bytes": 4096,
         "max_pixels": 1_000_000, "threads": 8}
@@ -217,16 +216,6 @@ def test_fetch_flags_without_real_source(flag, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "render.source=real" in err[0], err
     assert not (tmp_path / "out" / "fetch").exists()
-
-
-def captions_parquet(path: Path, server: ImageServer, names: list[str]) -> Path:
-    things = ["red bicycle", "small wooden boat", "green apple", "old stone bridge", "yellow taxi",
-              "white cat", "blue door", "snowy mountain"]
-    pq.write_table(pa.table({
-        "TEXT": [f"a photo of a {things[i % len(things)]} on a sunny day number {i}" for i in range(len(names))],
-        "URL": [server.url(n) for n in names],
-    }), path)
-    return path
 
 
 def test_through_the_runner_with_resume(ray_session, server, tmp_path):
