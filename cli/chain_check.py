@@ -100,7 +100,9 @@ def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], filter_recs: di
 
 def check_chain(storage: Storage, stage_order: list[str], manifest: dict[str, Any],
                 shard_keys: list[str]) -> tuple[list[str], list[str]]:
-    """(problems, notes) for the chain ingest -> ... -> filter -> shards."""
+    """(problems, notes) for the chain ingest -> ... -> filter -> shards. `stage_order` is the graph
+    under the run's config (`pipeline.registry.stage_names(cfg)`): a conditional stage such as fetch is
+    in it only when that run had it, so each stage is linked to the upstream it really read."""
     problems: list[str] = []
     notes: list[str] = []
     prev_name, prev = None, {}

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from pipeline.config import out_config
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
@@ -18,7 +19,7 @@ from pipeline.storage import Storage
 def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     storage = Storage(out, storage_options or {})
     stages = []
-    for name in stage_names():
+    for name in stage_names(out_config(storage)):  # the graph OUT's last run used (fetch in or out)
         meta = read_stage_meta(storage, name)
         if meta is None:
             stages.append({"stage": name, "present": False})

@@ -116,9 +116,12 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
     problems, manifest, keys = _validate_shards(storage, workers)
     if manifest is None or not chain:
         return problems, []
+    from pipeline.config import out_config
     from pipeline.registry import stage_names
 
-    chain_problems, notes = check_chain(storage, stage_names(), manifest, keys)
+    # The graph of the run that wrote OUT (OUT/config.yaml): with render.source=real fetch sits between
+    # ingest and instruct, and instruct's partitions must match fetch's, not ingest's.
+    chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys)
     return problems + chain_problems, notes
 
 

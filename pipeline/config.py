@@ -11,19 +11,23 @@ import json
 import re
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.settings.base import Strict
+from pipeline.settings.fetch import FetchConfig
 from pipeline.settings.filter import FilterConfig
 from pipeline.settings.ingest import IngestConfig
 from pipeline.settings.instruct import InstructConfig
 from pipeline.settings.render import RenderConfig
 from pipeline.settings.run import RayConfig, RunConfig
 from pipeline.settings.shard import ShardConfig
+
+if TYPE_CHECKING:
+    from pipeline.storage import Storage
 
 #: Keys whose values are secrets: never written to OUT/config.yaml or logs. Matched as whole words of the
 #: key (HF_TOKEN, api_key, aws_secret_access_key), so `max_tokens` stays visible; a key ending in `_env`
@@ -50,6 +54,7 @@ class EditgenConfig(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig, description="only used with render.source=real")
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
@@ -200,6 +205,29 @@ def _redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return _URL_USERINFO.sub("***@", obj)
     return obj
+
+
+def out_config(storage: Storage) -> EditgenConfig:
+    """The config of OUT's last run (OUT/config.yaml), for tools that read OUT without one (status,
+    validate) and must walk the same stage graph. Sections that no longer validate (a redacted secret,
+    a key renamed since) fall back to their defaults; no file at all means the defaults."""
+    try:
+        data = yaml.safe_load(storage.read_text("config.yaml")) or {}
+    except (FileNotFoundError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
+        return EditgenConfig()
+    if not isinstance(data, dict):
+        return EditgenConfig()
+    try:
+        return EditgenConfig.model_validate(data)
+    except ValidationError:
+        good = {}
+        for key, value in data.items():
+            try:
+                EditgenConfig.model_validate({key: value})
+                good[key] = value
+            except ValidationError:
+                continue
+        return EditgenConfig.model_validate(good)
 
 
 def config_to_yaml(cfg: EditgenConfig) -> str:

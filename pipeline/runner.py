@@ -38,7 +38,7 @@ from pipeline.records import (
     write_record,
     write_stage_meta,
 )
-from pipeline.registry import load_stage_class, stage_names, upstream_of
+from pipeline.registry import inactive_reason, load_stage_class, stage_names, upstream_of
 from pipeline.stage import PartitionSpec, PlanContext, Stage, Step
 from pipeline.storage import Storage
 
@@ -48,9 +48,10 @@ log = logging.getLogger("editgen")
 def stage_hashes(cfg: EditgenConfig) -> dict[str, str]:
     """Each stage's hash: its section, the config it reads, its version, chained from its upstream's."""
     hashes: dict[str, str] = {}
-    for name in stage_names():
+    names = stage_names(cfg)
+    for i, name in enumerate(names):
         cls = load_stage_class(name)
-        up = upstream_of(name)
+        up = names[i - 1] if i else None
         hashes[name] = section_hash(cfg, name, hashes.get(up, "") if up else "", cls.version, cls.config_reads(cfg))
     return hashes
 
@@ -60,10 +61,16 @@ def stage_complete(storage: Storage, name: str, stage_hash: str) -> bool:
     return bool(meta and meta.get("complete") and meta.get("stage_hash") == stage_hash)
 
 
-def select_stages(only: str | None, from_stage: str | None, to_stage: str | None) -> list[str]:
-    names = stage_names()
+def select_stages(only: str | None, from_stage: str | None, to_stage: str | None,
+                  cfg: EditgenConfig | None = None) -> list[str]:
+    """The stages a run computes, in order, from the graph under `cfg` (a conditional stage that is
+    not in it is refused with the setting that would bring it in)."""
+    names = stage_names(cfg)
     for flag, value in (("--only", only), ("--from", from_stage), ("--to", to_stage)):
         if value is not None and value not in names:
+            why = inactive_reason(value, cfg) if cfg is not None else None
+            if why:
+                raise UserError(f"{flag} {value}: {why} (stages now: {', '.join(names)})")
             raise UserError(f"{flag} {value}: unknown stage (stages: {', '.join(names)})")
     selected = [only] if only else names[names.index(from_stage):] if from_stage else names
     if to_stage:
@@ -71,10 +78,10 @@ def select_stages(only: str | None, from_stage: str | None, to_stage: str | None
     return selected
 
 
-def check_columns(stages: dict[str, Stage[Any]]) -> None:
+def check_columns(stages: dict[str, Stage[Any]], cfg: EditgenConfig | None = None) -> None:
     """Every column a stage needs comes from upstream: one an upstream stage adds, or needs itself (upstream
-    columns pass through). Checked from the declarations, before any work."""
-    names, have = stage_names(), {"id"}
+    columns pass through). Checked from the declarations of the graph under `cfg`, before any work."""
+    names, have = stage_names(cfg), {"id"}
     for i, name in enumerate(names):
         cls = load_stage_class(name)
         missing = [c for c in cls.input_columns if c not in have]
@@ -102,6 +109,7 @@ class Runner:
         self.progress = progress or Progress(enabled=False)
         self.executor = executor or RayExecutor(cfg.ray, cfg.run.worker_start_timeout_s)
         self.hashes = stage_hashes(cfg)
+        self.names = stage_names(cfg)  # the graph under this config (conditional stages in or out)
         self.lease: Lease | None = None
         self._ready = False
         self._stages: dict[str, Stage[Any]] = {}
@@ -110,7 +118,7 @@ class Runner:
         """Every run logs to OUT/logs/run-<time>.log (uploaded at the end for object stores)."""
         runlog = self.runlog = self.runlog or RunLog(self.cfg.run.log_level, console=False)
         try:
-            selected = select_stages(only, from_stage, to_stage)
+            selected = select_stages(only, from_stage, to_stage, self.cfg)
             self._prepare(selected, from_stage)
             results = []
             for name in selected:
@@ -127,9 +135,9 @@ class Runner:
 
     def _prepare(self, selected: list[str], from_stage: str | None) -> None:
         """Validate inputs before touching OUT (a bad input leaves nothing half-written), then take the lease."""
-        names = stage_names()
+        names = self.names
         self._stages = {name: load_stage_class(name)(self.cfg) for name in selected}
-        check_columns(self._stages)
+        check_columns(self._stages, self.cfg)
         for name in selected:
             replace = from_stage is not None and names.index(name) >= names.index(from_stage)
             self._stages[name].bind(self.storage, replace)
@@ -148,7 +156,7 @@ class Runner:
                 self.invalidate(name, reason=f"--from {from_stage}")
 
     def _check_upstream(self, name: str, selected: list[str]) -> None:
-        up = upstream_of(name)
+        up = upstream_of(name, self.cfg)
         if up and up not in selected and not stage_complete(self.storage, up, self.hashes[up]):
             raise UserError(
                 f"{name}: upstream stage {up!r} is missing or out of date in {self.out} "
@@ -181,7 +189,7 @@ class Runner:
         h = self.hashes[name]
         note = self._begin(name, h)
         t0 = time.perf_counter()
-        up = upstream_of(name)
+        up = upstream_of(name, self.cfg)
         upstream = read_records(self.storage, up) if up else []
         ctx = PlanContext(self.cfg, self.storage, upstream, up, stage_hash=h, tasks=self.executor)
         counts: list[tuple[int, int]] = []  # (planned, computed) per step

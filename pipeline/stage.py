@@ -131,7 +131,16 @@ class Stage(Generic[SettingsT]):
         #: Set by the worker per partition: call with the input rows done so far (live progress).
         self.progress: Callable[[float], None] = lambda _rows: None
 
+    #: When a conditional stage is in the graph, in words for error messages ("render.source=real").
+    active_when: ClassVar[str] = ""
+
     # ---- configuration -------------------------------------------------------------------
+    @classmethod
+    def active(cls, config: EditgenConfig) -> bool:
+        """Is the stage in the graph under `config`? Default: always. A conditional stage (fetch) says
+        False otherwise, and the registry links its neighbours directly, as if it did not exist."""
+        return True
+
     @classmethod
     def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:
         """Config outside its own section this stage reads under `config` (override when it depends

@@ -1,13 +1,15 @@
-"""The stage graph: ingest -> instruct -> render -> filter -> shard.
+"""The stage graph: ingest -> [fetch] -> instruct -> render -> filter -> shard.
 
 One thin class per stage (`stages/<name>.py`); the runner finds them by name through
 `pipeline.registry`, so a stage whose module is absent is simply not in the graph. Adding a stage is one
-line here (see docs/architecture.md).
+line here (see docs/architecture.md). A conditional stage (fetch: only with render.source=real) says so
+in `Stage.active(cfg)`; without it its neighbours link directly.
 """
 
 #: Stage name -> "module:Class", in data-flow order.
 REGISTRY: dict[str, str] = {
     "ingest": "stages.ingest:IngestStage",
+    "fetch": "stages.fetch:FetchStage",
     "instruct": "stages.instruct:InstructStage",
     "render": "stages.render:RenderStage",
     "filter": "stages.filter:FilterStage",

@@ -24,8 +24,9 @@ def graph(monkeypatch):
     """Pretend render is in the graph (its module may not exist yet); filter/shard are real."""
     import pipeline.runner as runner
 
-    monkeypatch.setattr(runner, "stage_names", lambda: list(GRAPH))
-    monkeypatch.setattr(runner, "upstream_of", lambda n: GRAPH[GRAPH.index(n) - 1] if GRAPH.index(n) else None)
+    monkeypatch.setattr(runner, "stage_names", lambda cfg=None: list(GRAPH))
+    monkeypatch.setattr(runner, "upstream_of",
+                        lambda n, cfg=None: GRAPH[GRAPH.index(n) - 1] if GRAPH.index(n) else None)
     return runner
 
 

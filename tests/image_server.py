@@ -1,0 +1,177 @@
+"""A local image server for tests: 127.0.0.1, an ephemeral port, one daemon thread per request.
+
+    with ImageServer() as server:
+        url = server.url("photo.png")        # server.base_url + "/photo.png"
+        server.count("flaky.png")            # requests seen for that path
+
+Every image is generated in code (no network, no files) and identical on every run, so a URL's bytes
+are stable. `_routes()` lists what each path does: the good images the fetch stage keeps and the
+failure each drop reason is tested with. `add_image(name, image)` serves more (e.g. for a real-image
+render test); `captions_parquet` writes an ingest input whose URLs point at the server.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "image/png"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # before the status line: a read timeout for the client
+    length: bool = True  # send Content-Length (False: the body ends when the connection closes)
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth RGB picture (compresses like a photo, decodes to known-ish colours)."""
+    img = Image.new("RGB", (width, height))
+    img.putdata([((x * 255 // max(1, width - 1) + seed) % 256, (y * 255 // max(1, height - 1)) % 256,
+                  (seed * 37) % 256) for y in range(height) for x in range(width)])
+    return img
+
+
+def halves(width: int, height: int, left: tuple[int, int, int], right: tuple[int, int, int]) -> Image.Image:
+    """Left half one colour, right half another: shows which way an image was turned."""
+    img = Image.new("RGB", (width, height), right)
+    img.paste(left, (0, 0, width // 2, height))
+    return img
+
+
+def exif_rotated_jpeg() -> bytes:
+    """96x64 as stored, red left / blue right, EXIF orientation 6 (shown turned 90° clockwise): upright it
+    is 64x96 with red on top and blue below."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(halves(96, 64, (255, 0, 0), (0, 0, 255)), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _routes() -> dict[str, Reply]:
+    png = encode(gradient(96, 64))
+    jpeg = encode(gradient(120, 80, seed=3), "JPEG", quality=90)
+    noise = encode(Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3)))
+    return {
+        "photo.png": Reply(body=png),
+        "photo.jpg": Reply(body=jpeg, content_type="image/jpeg"),
+        "wide.png": Reply(body=encode(gradient(128, 32, seed=5))),
+        "octet.png": Reply(body=png, content_type="application/octet-stream"),
+        "exif6.jpg": Reply(body=exif_rotated_jpeg(), content_type="image/jpeg"),
+        "redirect": Reply(status=302, headers={"Location": "/photo.png"}, content_type="text/html"),
+        "missing.png": Reply(status=404, body=b"not found", content_type="text/html"),
+        "slow.png": Reply(body=png, delay_s=3.0),
+        "page.html": Reply(body=b"<html><body>an image page</body></html>", content_type="text/html"),
+        "text.png": Reply(body=b"this is not an image, whatever its name says" * 4),
+        "truncated.jpg": Reply(body=jpeg[: len(jpeg) // 2], content_type="image/jpeg"),
+        "noai.png": Reply(body=png, headers={"X-Robots-Tag": "noai"}),
+        "noimageai-ours.png": Reply(body=png, headers={"X-Robots-Tag": "editgen: noimageai, nofollow"}),
+        "noai-other-bot.png": Reply(body=png, headers={"X-Robots-Tag": "otherbot: noai"}),
+        "pixel.png": Reply(body=encode(Image.new("RGB", (1, 1), (10, 20, 30)))),
+        "large.png": Reply(body=noise),  # ~12 KB: over a small fetch.max_bytes, by Content-Length
+        "large-stream.png": Reply(body=noise, length=False),  # the same, cut while streaming
+        "many-pixels.png": Reply(body=encode(Image.new("L", (1100, 1000), 128))),  # 1.1 MP, a 5 KB file
+        "flaky.png": Reply(body=png),  # 503 for the first `flaky_failures` requests, then 200
+        "error.png": Reply(status=500, body=b"internal error", content_type="text/plain"),
+    }
+
+
+class ImageServer:
+    """Serves `_routes()` (and `add_image`s) on 127.0.0.1 until `close()` (or the `with` block ends)."""
+
+    def __init__(self, flaky_failures: int = 1, port: int = 0) -> None:
+        self.routes = _routes()
+        self.flaky_failures = flaky_failures
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="image-server", daemon=True)
+        self._thread.start()
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def count(self, name: str) -> int:
+        with self._lock:
+            return self.counts[name]
+
+    def add_image(self, name: str, image: Image.Image | bytes, fmt: str = "PNG") -> str:
+        """Serve `image` (a PIL image, encoded as `fmt`, or ready bytes) at /name; returns its URL."""
+        body = image if isinstance(image, bytes) else encode(image, fmt)
+        ctype = "image/jpeg" if fmt.upper() in ("JPEG", "JPG") else f"image/{fmt.lower()}"
+        self.routes[name] = Reply(body=body, content_type=ctype)
+        return self.url(name)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> ImageServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reply(self, name: str) -> Reply:
+        with self._lock:
+            self.counts[name] += 1
+            seen = self.counts[name]
+        if name == "flaky.png" and seen <= self.flaky_failures:
+            return Reply(status=503, body=b"busy", content_type="text/plain", headers={"Retry-After": "0"})
+        return self.routes.get(name) or Reply(status=404, body=b"no such image", content_type="text/plain")
+
+    def _handler(self) -> Callable[..., BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                reply = server._reply(self.path.lstrip("/").split("?")[0])
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                if reply.length:
+                    self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading (a body over its limit)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+                return
+
+        return Handler
+
+
+def captions_parquet(path: Path, server: ImageServer, names: list[str]) -> Path:
+    """An ingest input (TEXT, URL parquet): one distinct English caption per served name, in order."""
+    things = ["red bicycle", "small wooden boat", "green apple", "old stone bridge", "yellow taxi",
+              "white cat", "blue door", "snowy mountain"]
+    pq.write_table(pa.table({
+        "TEXT": [f"a photo of a {things[i % len(things)]} on a sunny day number {i}" for i in range(len(names))],
+        "URL": [server.url(n) for n in names],
+    }), path)
+    return path

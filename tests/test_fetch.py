@@ -1,0 +1,261 @@
+"""The fetch stage against a local image server (tests/image_server.py): every drop reason and the exact
+accounting, EXIF orientation, retries, the resize modes, determinism, the systemic network-down check,
+the config-aware graph (fetch only with render.source=real, hashes untouched otherwise), config errors,
+and one run through the runner with resume."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cli.main import main as cli_main
+from pipeline.config import build_config
+from pipeline.registry import stage_names
+from pipeline.runner import run_pipeline, stage_hashes
+from sources.http import opted_out
+from sources.image import prepare_image
+from stages.fetch import FetchStage, SystemicFetchError
+from tests.image_server import ImageServer, captions_parquet, encode, gradient
+
+FAST = {"timeout": 0.5, "max_seconds": 5, "retries": 1, "backoff": 0.01, "max_bytes": 4096,
+        "max_pixels": 1_000_000, "threads": 8}
+#: path -> (drop reason or None for kept, HTTP status, requests the server sees)
+EXPECTED = {
+    "photo.png": (None, 200, 2),  # once itself, once as the redirect's target
+    "photo.jpg": (None, 200, 1),
+    "octet.png": (None, 200, 1),
+    "exif6.jpg": (None, 200, 1),
+    "redirect": (None, 200, 1),
+    "noai-other-bot.png": (None, 200, 1),
+    "flaky.png": (None, 200, 2),  # 503, then 200 on the retry
+    "missing.png": ("fetch_http_error", 404, 1),  # a 4xx is never retried
+    "error.png": ("fetch_http_error", 500, 2),  # a 5xx is, retries times
+    "slow.png": ("fetch_timeout", None, 2),
+    "page.html": ("fetch_not_image", 200, 1),
+    "text.png": ("fetch_not_image", 200, 1),
+    "truncated.jpg": ("fetch_decode_error", 200, 1),
+    "noai.png": ("fetch_opted_out", 200, 1),
+    "noimageai-ours.png": ("fetch_opted_out", 200, 1),
+    "pixel.png": ("fetch_too_small", 200, 1),
+    "large.png": ("fetch_too_large", 200, 1),
+    "large-stream.png": ("fetch_too_large", 200, 1),
+    "many-pixels.png": ("fetch_too_large", 200, 1),
+}
+BAD_URLS = [None, "", "ftp://example.com/a.png", "not a url", "http://"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as s:
+        yield s
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def real_cfg(**fetch):
+    return build_config(profile="tiny", extra={"render": {"source": "real"}, "fetch": {**FAST, **fetch},
+                                               "run": {"progress": False}})
+
+
+def fetch_table(urls: list[str | None], **fetch) -> pa.Table:
+    stage = FetchStage(real_cfg(**fetch))
+    try:
+        table = pa.table({"id": [f"r{i}" for i in range(len(urls))], "url": pa.array(urls, pa.string()),
+                          "caption": [f"caption {i}" for i in range(len(urls))]})
+        return stage.process_partition(table)
+    finally:
+        stage.teardown()
+
+
+@pytest.fixture(scope="module")
+def fetched(server) -> tuple[pa.Table, dict[str, int]]:
+    urls = [server.url(n) for n in EXPECTED] + BAD_URLS + [f"http://127.0.0.1:{closed_port()}/gone.png"]
+    before = {n: server.count(n) for n in EXPECTED}
+    server.flaky_failures = server.count("flaky.png") + 1  # its next request answers 503
+    table = fetch_table(urls)
+    return table, {n: server.count(n) - before[n] for n in EXPECTED}
+
+
+def test_every_row_kept_or_dropped_with_its_reason(fetched):
+    table, counts = fetched
+    rows = table.to_pylist()
+    assert len(rows) == len(EXPECTED) + len(BAD_URLS) + 1
+    for name, row in zip(EXPECTED, rows, strict=False):
+        reason, status, requests = EXPECTED[name]
+        assert (row["drop_reason"], row["http_status"], counts[name]) == (reason, status, requests), (name, row)
+        assert row["status"] == ("kept" if reason is None else "dropped")
+        assert (row["image"] is not None) == (reason is None) and (row["fetch_error"] is None) == (reason is None)
+    tail = rows[len(EXPECTED):]
+    assert [r["drop_reason"] for r in tail] == ["fetch_bad_url"] * len(BAD_URLS) + ["fetch_connection_error"]
+    assert all(r["http_status"] is None for r in tail)
+    assert sum(r["status"] == "kept" for r in rows) == 7
+    assert [r["caption"] for r in rows] == [f"caption {i}" for i in range(len(rows))]  # inputs pass through
+
+
+def test_kept_images_are_resized_encoded_and_hashed(fetched):
+    import hashlib
+
+    table, _ = fetched
+    for row in table.to_pylist():
+        if row["status"] != "kept":
+            continue
+        img = Image.open(io.BytesIO(row["image"]))
+        assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (64, 64))
+        assert (row["image_format"], row["image_width"], row["image_height"]) == ("jpeg", 64, 64)
+        assert row["image_sha256"] == hashlib.sha256(row["image"]).hexdigest()
+    photo = table.to_pylist()[0]
+    assert (photo["original_width"], photo["original_height"]) == (96, 64)
+
+
+def test_exif_orientation_is_applied(fetched):
+    row = next(r for r in fetched[0].to_pylist() if r["url"].endswith("exif6.jpg"))
+    assert (row["original_width"], row["original_height"]) == (64, 96)  # stored 96x64, shown turned
+    img = Image.open(io.BytesIO(row["image"])).convert("RGB")
+    top, bottom = img.getpixel((32, 4)), img.getpixel((32, 59))
+    assert top[0] > 200 and top[2] < 60, top  # red on top: rotated 90° clockwise, as EXIF 6 says
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+def test_same_bytes_twice(server):
+    urls = [server.url(n) for n in ("photo.png", "photo.jpg", "exif6.jpg")]
+    a, b = fetch_table(urls), fetch_table(urls)
+    assert a["image"].to_pylist() == b["image"].to_pylist()
+    assert a["image_sha256"].to_pylist() == b["image_sha256"].to_pylist()
+
+
+@pytest.mark.parametrize(("mode", "source", "want"), [
+    ("center_crop", (128, 32), (64, 48)),
+    ("border", (128, 32), (64, 48)),
+    ("keep_ratio", (128, 32), (64, 16)),
+    ("keep_ratio", (96, 64), (64, 40)),  # 64 x 42.7, rounded down to multiples of 8
+    ("keep_ratio", (30, 40), (32, 48)),  # scaled up to fit, 36 -> 32
+])
+def test_resize_modes(mode, source, want):
+    cfg = real_cfg(resize_mode=mode, border_color=[0, 255, 0])
+    out = prepare_image(encode(gradient(*source)), cfg.fetch, (64, 48))
+    assert out.reason is None and (out.width, out.height) == want
+    img = Image.open(io.BytesIO(out.data))
+    assert img.size == want
+    if mode == "border":  # 128x32 fitted to 64x16, padded above and below with the border colour
+        r, g, b = img.convert("RGB").getpixel((32, 2))
+        assert g > 200 and r < 40 and b < 40
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_encode_formats(fmt):
+    out = prepare_image(encode(gradient(80, 80)), real_cfg(encode_format=fmt).fetch, (64, 64))
+    assert Image.open(io.BytesIO(out.data)).format == fmt.upper()
+
+
+def test_opt_out_header_forms():
+    bad = {"noai", "noimageai", "noindex", "noimageindex"}
+    assert opted_out(["noai"], "editgen", bad) and opted_out(["NoIndex, nofollow"], "editgen", bad)
+    assert opted_out(["editgen: noimageai"], "editgen", bad)
+    assert not opted_out(["otherbot: noai"], "editgen", bad)
+    assert not opted_out(["nofollow", "unavailable_after: 25 Jun 2030 15:00:00 PST"], "editgen", bad)
+    assert opted_out(["otherbot: noai", "noindex"], "editgen", bad)  # header lines are read one by one
+
+
+def test_network_down_fails_the_partition():
+    port = closed_port()
+    urls = [f"http://127.0.0.1:{port}/{i}.png" for i in range(4)] + [None]
+    with pytest.raises(SystemicFetchError, match=r"4 of 4 URLs could not be connected to"):
+        fetch_table(urls, retries=0)
+
+
+def test_private_addresses_are_refused_unless_allowed(server):
+    table = fetch_table([server.url("photo.png")], block_private_addresses=True)
+    row = table.to_pylist()[0]
+    assert row["drop_reason"] == "fetch_bad_url" and "non-public address" in row["fetch_error"]
+
+
+def test_graph_is_config_aware():
+    generated, real = build_config(profile="tiny"), real_cfg()
+    assert stage_names(generated) == stage_names() == ["ingest", "instruct", "render", "filter", "shard"]
+    assert stage_names(real) == ["ingest", "fetch", "instruct", "render", "filter", "shard"]
+    assert "fetch" not in stage_hashes(generated)
+    same_fetch = build_config(profile="tiny", overrides=["fetch.threads=3", "fetch.quality=50"])
+    assert stage_hashes(same_fetch) == stage_hashes(generated)  # fetch settings matter only when it runs
+    a, b = stage_hashes(real), stage_hashes(real_cfg(quality=50))
+    assert a["ingest"] == b["ingest"] and all(a[n] != b[n] for n in ("fetch", "instruct", "render", "shard"))
+    taller = stage_hashes(build_config(profile="tiny", overrides=["render.source=real", "render.height=128"]))
+    assert taller["fetch"] != a["fetch"]  # the target size is read from render
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("fetch.threads=0", "fetch.threads"),
+    ("fetch.timeout=-1", "fetch.timeout"),
+    ("fetch.resize_mode=stretch", "fetch.resize_mode"),
+    ("fetch.encode_format=gif", "fetch.encode_format"),
+    ("fetch.quality=101", "fetch.quality"),
+    ("fetch.border_color=[0,0,300]", "fetch.border_color"),
+    ("fetch.disallowed_header_directives=[no ai]", "fetch.disallowed_header_directives"),
+    ("fetch.max_failed_fraction=2", "fetch.max_failed_fraction"),
+    ("fetch.resources.num_gpus=1", "fetch.resources: fetch runs on CPUs only"),
+    ("fetch.proxy=x", "unknown key 'fetch.proxy'"),
+])
+def test_bad_fetch_config_is_one_line_exit_2(override, words, capsys):
+    assert cli_main(["config", "--profile", "tiny", "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("editgen: config: ") and words in err[0], err
+
+
+@pytest.mark.parametrize("flag", ["--only", "--from", "--to"])
+def test_fetch_flags_without_real_source(flag, tmp_path, capsys):
+    rc = cli_main(["run", "--profile", "tiny", "--input", str(tmp_path / "x.parquet"), "--out",
+                   str(tmp_path / "out"), flag, "fetch", "-q", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "render.source=real" in err[0], err
+    assert not (tmp_path / "out" / "fetch").exists()
+
+
+def test_through_the_runner_with_resume(ray_session, server, tmp_path):
+    from cli.chain_check import check_chain
+    from cli.status import collect
+    from pipeline.config import out_config
+    from pipeline.storage import Storage
+
+    names = ["photo.png", "photo.jpg", "exif6.jpg", "wide.png", "missing.png", "noai.png", "pixel.png"]
+    data = captions_parquet(tmp_path / "captions.parquet", server, names)
+    cfg = build_config(profile="tiny", extra={
+        "ingest": {"input": [str(data)], "rows_per_partition": 4}, "render": {"source": "real"},
+        "fetch": FAST, "run": {"progress": False}})
+    out = tmp_path / "out"
+    res = run_pipeline(cfg, str(out), to_stage="instruct")
+    assert [s.name for s in res.stages] == ["ingest", "fetch", "instruct"]
+    ingest, fetch, instruct = res.stages
+    assert (fetch.partitions, fetch.computed, fetch.rows_in) == (2, 2, ingest.rows_out) and ingest.rows_out == 7
+    assert fetch.rows_out == 4 and fetch.dropped == {"fetch_http_error": 1, "fetch_opted_out": 1,
+                                                     "fetch_too_small": 1}
+    assert instruct.rows_in == 4
+    part = pq.read_table(out / "instruct" / "part-00000.parquet")
+    assert {"image", "image_sha256", "http_status", "instruction"} <= set(part.column_names)  # passed through
+    status = {s["stage"]: s for s in collect(str(out))["stages"]}
+    assert list(status)[:3] == ["ingest", "fetch", "instruct"] and status["fetch"]["rows_out"] == 4
+    again = run_pipeline(cfg, str(out), to_stage="instruct")
+    assert [s.computed for s in again.stages] == [0, 0, 0]
+    storage = Storage(str(out))  # validate's chain check links instruct to fetch, not ingest
+    assert check_chain(storage, stage_names(out_config(storage))[:3], {}, [])[0] == []
+    wrong, _ = check_chain(storage, ["ingest", "instruct"], {}, [])
+    assert any("instruct partition" in line and "ingest partition" in line for line in wrong), wrong
+
+
+def test_tools_read_the_graph_from_out(tmp_path):
+    """status and validate walk the graph of the run that wrote OUT (its config.yaml), a section that no
+    longer validates falling back to its defaults."""
+    from pipeline.config import out_config
+    from pipeline.storage import Storage
+
+    storage = Storage(str(tmp_path))
+    assert stage_names(out_config(storage)) == stage_names()  # no config.yaml: the defaults
+    storage.write_text("render:\n  source: real\ninstruct:\n  max_attempts: '***'\n", "config.yaml")
+    assert stage_names(out_config(storage))[:3] == ["ingest", "fetch", "instruct"]
