@@ -6,9 +6,10 @@ under its caption (``render.inversion``: DDIM, null-text or negative-prompt inve
 per-step unconditional embeddings for every row of the group. Row 0 (the source caption) is therefore
 the *reconstruction*; the edit rows are the edits. The shard's ``input`` is the real image itself.
 
-Everything is deterministic, so a record plus the image bytes (checked by SHA-256) regenerates the
-candidate exactly: the inversion is recomputed rather than stored (null-text's 50 embeddings of 77x768
-floats would be ~12 MB per pair).
+Everything is deterministic, so a record plus the image regenerates the candidate exactly: the inversion
+is recomputed rather than stored (null-text's 50 embeddings of 77x768 floats would be ~12 MB per pair).
+The record names the image by a SHA-256 of its decoded RGB pixels, so any lossless copy serves: the
+fetch partition's bytes or the shard's ``input`` member.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def decode_image(data: bytes) -> Image.Image:
         return im.convert("RGB")
 
 
-def image_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def pixels_sha256(image: Image.Image) -> str:
+    """SHA-256 of the RGB pixels and their shape: the same for every lossless encoding of the image."""
+    arr = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return hashlib.sha256(f"{arr.shape}".encode() + arr.tobytes()).hexdigest()
 
 
 def pixels_of(image: Image.Image) -> torch.Tensor:
@@ -79,9 +82,9 @@ def _mask(p2p: P2PPipeline, src: RealSource, request: RenderRequest, config: Inv
     return mask, int(round(blend_start * request.steps))
 
 
-def source_settings(config: InversionConfig, sha256: str, blend_start: float) -> dict[str, Any]:
+def source_settings(config: InversionConfig, pixels_sha: str, blend_start: float) -> dict[str, Any]:
     """What a record stores about its real source: enough to recompute the inversion exactly."""
-    return {"image_sha256": sha256, "inversion": config.model_dump(mode="json"), "blend_start": blend_start}
+    return {"pixels_sha256": pixels_sha, "inversion": config.model_dump(mode="json"), "blend_start": blend_start}
 
 
 def render_real(p2p: P2PPipeline, records: Sequence[Mapping[str, Any]], src: RealSource,
@@ -116,11 +119,14 @@ def candidate_input(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
 
 def regenerate_real(record: Mapping[str, Any], image: bytes, p2p: P2PPipeline,
                     image_format: str = "png") -> CandidateOutput:
-    """Re-render a real-image record from the image bytes it names (same bytes as the original)."""
+    """Re-render a real-image record from the image it names (any lossless copy: the fetched bytes or the
+    shard's input member); same bytes as the original render on the same device/dtype."""
     meta = record[SOURCE_KEY]
-    if image_sha256(image) != meta["image_sha256"]:
-        raise ValueError(f"image sha256 {image_sha256(image)[:12]} is not the record's {meta['image_sha256'][:12]}")
+    picture = decode_image(image)
+    got = pixels_sha256(picture)
+    if got != meta["pixels_sha256"]:
+        raise ValueError(f"image pixels sha256 {got[:12]} are not the record's {meta['pixels_sha256'][:12]}")
     config = InversionConfig.model_validate(meta["inversion"])
-    src = prepare_source(p2p, decode_image(image), record["source_prompt"], int(record["steps"]),
-                         float(record["guidance"]), config)
+    src = prepare_source(p2p, picture, record["source_prompt"], int(record["steps"]), float(record["guidance"]),
+                         config)
     return render_real(p2p, [record], src, image_format)[0]

@@ -33,7 +33,7 @@ log = logging.getLogger("editgen")
 
 OUTPUT_FIELDS = [
     pa.field("image", pa.binary()),
-    pa.field("image_format", pa.string()),
+    pa.field("fetch_format", pa.string()),
     pa.field("image_width", pa.int64()),
     pa.field("image_height", pa.int64()),
     pa.field("original_width", pa.int64()),
@@ -158,7 +158,7 @@ class FetchStage(Stage[FetchConfig]):
         data = [im.data if r.reason is None else None for r, im in zip(results, images, strict=True)]
         cols: dict[str, list[Any]] = {
             "image": data,
-            "image_format": [fmt if d is not None else None for d in data],
+            "fetch_format": [fmt if d is not None else None for d in data],
             "image_width": [im.width if d is not None else None for im, d in zip(images, data, strict=True)],
             "image_height": [im.height if d is not None else None for im, d in zip(images, data, strict=True)],
             "original_width": [im.original_width for im in images],

@@ -34,11 +34,14 @@ META_CLIP = b"editgen.clip_key"
 
 
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
-                    clip_model_id: str) -> pa.Table:
+                    clip_model_id: str, real: bool = False) -> pa.Table:
     """Render rows + scores -> filter output rows (scores, reconstruction fidelity, rank, clip model id,
-    status). Fidelity is computed here, not cached: real-image rows only, and cheap next to CLIP."""
+    status). Fidelity is computed here, not cached: only for real-image runs (`real`: render.source=real,
+    whose every partition then has the fidelity columns), and cheap next to CLIP."""
     scores = dict(scores)
-    if "reconstruction" in table.column_names and table["reconstruction"].null_count < table.num_rows:
+    if real:
+        if "reconstruction" not in table.column_names:
+            raise ConfigError("render.source=real: the render output has no reconstruction column")
         scores.update(fidelity_scores(table["input_image"].to_pylist(), table["reconstruction"].to_pylist()))
     reasons, ranks = select(
         table["id"].to_pylist(),
@@ -116,7 +119,8 @@ class FilterStage(Stage[FilterConfig]):
         """All candidates of a pair are in one partition, so top-k runs over the whole partition; scores
         are cached per render partition (`part`: its id and checksum)."""
         scores = self.partition_scores(table, part)
-        return apply_selection(table, scores, self.settings, self.spec.model_id())
+        real = self.config.render.source == "real"  # already in the hash chain through render's hash
+        return apply_selection(table, scores, self.settings, self.spec.model_id(), real)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         return self.process_partition(batch)

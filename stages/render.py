@@ -246,7 +246,9 @@ class RenderStage(Stage[RenderConfig]):
                 cols["candidates_drawn"].append(drawn)
                 reasons.append(None)
         order = sorted(range(len(take)), key=lambda j: (take[j], cols["candidate"][j]))
-        out = table.take(pa.array([take[j] for j in order], pa.int64()))
+        # real sources: the fetched bytes are not copied onto every candidate (input_image has its pixels)
+        out = table.drop_columns([c for c in ("image",) if c in table.column_names])
+        out = out.take(pa.array([take[j] for j in order], pa.int64()))
         for name, typ in OUTPUT_FIELDS:
             out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
         self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + time.perf_counter() - t0
@@ -347,7 +349,7 @@ class RealImages:
 
     def __init__(self, settings: RenderConfig) -> None:
         self.settings = settings
-        self.images: dict[str, bytes] = {}
+        self.images: dict[str, Any] = {}  # pair id -> decoded PIL image
         self.sources: dict[tuple[str, float], Any] = {}
         self.forward_rows = 0
         self.backward_rows = 0
@@ -369,22 +371,22 @@ class RealImages:
             space.guidance_range = (g, g)
 
     def attach(self, recs: list[dict[str, Any]], row: dict[str, Any], pair_id: str) -> None:
-        from p2p.real import SOURCE_KEY, image_sha256, source_settings
+        from p2p.real import SOURCE_KEY, decode_image, pixels_sha256, source_settings
 
-        data = row["image"]
-        self.images[pair_id] = data
-        meta = source_settings(self.settings.inversion, image_sha256(data), self.settings.blend_start)
+        if pair_id not in self.images:
+            self.images[pair_id] = decode_image(row["image"])
+        meta = source_settings(self.settings.inversion, pixels_sha256(self.images[pair_id]), self.settings.blend_start)
         for r in recs:
             r[SOURCE_KEY] = meta
 
     def render(self, p2p: Any, records: list[dict[str, Any]]) -> list[Any]:
-        from p2p.real import decode_image, prepare_source, render_real
+        from p2p.real import prepare_source, render_real
 
         s, outs = self.settings, []
         for rec in records:
             key = (rec["pair_id"], float(rec["guidance"]))
             if key not in self.sources:
-                self.sources[key] = prepare_source(p2p, decode_image(self.images[rec["pair_id"]]),
+                self.sources[key] = prepare_source(p2p, self.images[rec["pair_id"]],
                                                    rec["source_prompt"], int(rec["steps"]), key[1], s.inversion)
                 cost = self.sources[key].cost
                 self.forward_rows += cost.forward_rows

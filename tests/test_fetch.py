@@ -110,7 +110,7 @@ def test_kept_images_are_resized_encoded_and_hashed(fetched):
             continue
         img = Image.open(io.BytesIO(row["image"]))
         assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (64, 64))
-        assert (row["image_format"], row["image_width"], row["image_height"]) == ("jpeg", 64, 64)
+        assert (row["fetch_format"], row["image_width"], row["image_height"]) == ("jpeg", 64, 64)
         assert row["image_sha256"] == hashlib.sha256(row["image"]).hexdigest()
     photo = table.to_pylist()[0]
     assert (photo["original_width"], photo["original_height"]) == (96, 64)

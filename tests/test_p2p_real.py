@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from p2p.candidates import sample_candidates
-from p2p.real import SOURCE_KEY, decode_image, image_sha256, prepare_source, render_real, source_settings
+from p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real, source_settings
 from p2p.regenerate import regenerate
 from pipeline.settings.render import InversionConfig
 
@@ -46,7 +46,7 @@ def _records(p2p, edit: str, n: int, config: InversionConfig, image: bytes, **sp
     recs = sample_candidates("pair-1", SRC, edit, n, model=p2p.model, dtype="float32", space=sp, blend=blend,
                              reweight=reweight)
     for r in recs:
-        r[SOURCE_KEY] = source_settings(config, image_sha256(image), 0.2)
+        r[SOURCE_KEY] = source_settings(config, pixels_sha256(decode_image(image)), 0.2)
     return recs
 
 
@@ -120,8 +120,13 @@ def test_regenerate_from_record_and_image_is_bit_identical(p2p, photo):
     again = regenerate(stored, p2p, image=photo)
     assert (again.input_image, again.edited_image, again.reconstruction) == \
         (out.input_image, out.edited_image, out.reconstruction)
+    assert regenerate(stored, p2p, image=out.input_image).edited_image == out.edited_image  # the shard's copy
+    other = np.asarray(decode_image(photo)).copy()
+    other[0, 0, 0] ^= 1
+    buf = io.BytesIO()
+    Image.fromarray(other).save(buf, format="PNG")
     with pytest.raises(ValueError, match="sha256"):
-        regenerate(stored, p2p, image=photo + b"x")
+        regenerate(stored, p2p, image=buf.getvalue())
     with pytest.raises(ValueError, match="source image"):
         regenerate(stored, p2p)
 
@@ -152,7 +157,8 @@ def test_render_stage_with_real_source(tmp_path, photo):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(r["input_image"]))), real)
         assert r["reconstruction"] and r["edited_image"] != r["reconstruction"]
         params = json.loads(r["params"])
-        assert params[SOURCE_KEY]["image_sha256"] == image_sha256(photo) and params["guidance"] == 7.5
+        assert params[SOURCE_KEY]["pixels_sha256"] == pixels_sha256(decode_image(photo))
+        assert params["guidance"] == 7.5 and "image" not in r
     # one inversion per pair (guidance fixed), not per candidate: 2 pairs x (3 + 3 * (2 + k)) rows at most
     assert 2 * 3 < stage.metrics["inversion_forward_rows"] <= 2 * (3 + 3 * 4)
     again = regenerate(json.loads(out[1]["params"]), stage.p2p, image=photo)
