@@ -8,12 +8,12 @@ full render record; ``p2p.regenerate.regenerate`` reproduces the images from it)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.pair_real import RealImageError, check_real_args, render_real_pair, write_outputs
 from cli.render_model import PROFILE_NAMES, profile_render, quiet_libraries, resolve_model
 from p2p.controls import MODES, BlendConfig, EditControl, parse_window
 from pipeline.settings.render import check_values
@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cli.edit_model import add_edit_flags
 
     add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
+    parser.add_argument("--image", metavar="PATH_OR_URL", help="edit this real image instead of generating one: "
+                        "resized like the fetch stage, inverted (--inversion), then edited with P2P")
+    parser.add_argument("--inversion", default="negative_prompt", choices=("ddim", "null_text", "negative_prompt"))
+    parser.add_argument("--inner-steps", type=int, default=10, help="null_text: Adam steps per denoising step")
+    parser.add_argument("--mask", default="none", choices=("none", "local_blend", "diffedit"),
+                        help="real images: keep the reconstruction outside this mask (local_blend needs --blend-words)")
+    parser.add_argument("--resize-mode", default="center_crop", choices=("center_crop", "border", "keep_ratio"))
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -210,7 +217,9 @@ def main(args: argparse.Namespace) -> int:
         if args.dtype not in ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16"):
             raise UsageError(f"unknown --dtype {args.dtype!r}")
         edits = _model_edits(args)
-    except UsageError as exc:
+        if args.image:
+            request = check_real_args(args, request)
+    except (UsageError, RealImageError) as exc:
         return _fail(str(exc))
 
     from p2p.candidates import render_records, request_to_record
@@ -239,6 +248,11 @@ def main(args: argparse.Namespace) -> int:
     if variant:
         extra["tiny_variant"] = variant
     record = request_to_record(request, model=model, dtype=dtype_name(p2p.dtype), **extra)
+    if args.image:
+        try:
+            return render_real_pair(args, p2p, record, modes)
+        except RealImageError as exc:
+            return _fail(str(exc))
     if args.explicit:
         from p2p.candidates import candidate_output
         from p2p.generate import render_one
@@ -247,18 +261,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         out = render_records(p2p, [record], image_format=args.format)[0]
 
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    ext = "png" if out.image_format == "png" else "jpg"
-    (folder / f"input.{ext}").write_bytes(out.input_image)
-    (folder / f"edited.{ext}").write_bytes(out.edited_image)
-    files = [f"input.{ext}", f"edited.{ext}"]
-    if out.mask is not None:
-        (folder / "mask.png").write_bytes(out.mask)
-        files.append("mask.png")
-    params = dict(record, modes=modes, files=files, explicit=bool(args.explicit))
-    (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {', '.join(files)} and params.json to {folder} (mode: {modes[0]})")
+    files = write_outputs(Path(args.out), out, dict(record, explicit=bool(args.explicit)), modes)
+    print(f"wrote {', '.join(files)} and params.json to {args.out} (mode: {modes[0]})")
     return 0
 
 

@@ -20,7 +20,8 @@ run the same step through generate's loop with :func:`step_embeddings` supplying
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,12 +211,31 @@ def null_text_optimize(
     sched = ddim_scheduler(p2p, steps)
     x, emb = trajectory[-1], uncond_emb.detach()
     inv = Inversion("null_text", list(trajectory), [])
-    for i in range(steps):
-        emb, used, loss_v, x = _optimize_step(p2p, sched, i, x, trajectory[steps - i - 1], cond_emb, emb, guidance, cfg)
-        inv.uncond.append(emb)
-        inv.inner_used.append(used)
-        inv.losses.append(loss_v)
+    with deterministic_backward(p2p.device):
+        for i in range(steps):
+            emb, used, loss_v, x = _optimize_step(p2p, sched, i, x, trajectory[steps - i - 1], cond_emb, emb,
+                                                  guidance, cfg)
+            inv.uncond.append(emb)
+            inv.inner_used.append(used)
+            inv.losses.append(loss_v)
     return inv
+
+
+@contextmanager
+def deterministic_backward(device: torch.device) -> Iterator[None]:
+    """One CPU thread for the optimisation: with several, the UNet's backward reduces in a
+    scheduling-dependent order (measured: two runs at 2 threads gave different embeddings), and a record
+    regenerates only if its inversion is recomputed bit for bit. On CUDA, cuBLAS/cuDNN backward is
+    deterministic only under torch.use_deterministic_algorithms (docs/real_images.md)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def negative_prompt_inversion(

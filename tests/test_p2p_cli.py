@@ -124,3 +124,42 @@ def test_main_truncated_edit_exits_2(cache, tmp_path, capsys, monkeypatch):
     assert _main(blend) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "['ball'] lie past the 77-token truncation" in err[0], err
+
+
+def test_pair_image_edits_a_real_photo(cache, tmp_path, capsys, monkeypatch):
+    """--image (a file and a URL of the tests' image server): input is the resized photo, reconstruction
+    and edit are written, params regenerate the images with the input file (issue 13 item 6)."""
+    import numpy as np
+
+    from p2p.regenerate import regenerate
+    from sources.image import prepare_image
+    from tests.image_server import ImageServer, encode, gradient
+
+    monkeypatch.setenv("EDITGEN_CACHE", str(cache))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(gradient(96, 80, seed=2), "JPEG", quality=95))
+    out = tmp_path / "real"
+    argv = [*BASE, "--image", str(photo), "--steps", "3", "--inversion", "null_text", "--inner-steps", "2",
+            "--mask", "diffedit", "--device", "cpu", "--out", str(out)]
+    assert _main(argv) == 0, capsys.readouterr().err
+    files = {p.name for p in out.iterdir()}
+    assert files == {"input.png", "reconstruction.png", "edited.png", "mask.png", "params.json"}
+    from pipeline.settings.fetch import FetchConfig
+
+    want = prepare_image(photo.read_bytes(), FetchConfig(encode_format="png", min_side=8), (64, 64))
+    got = np.asarray(Image.open(out / "input.png"))
+    assert np.array_equal(got, np.asarray(Image.open(__import__("io").BytesIO(want.data)).convert("RGB")))
+    params = json.loads((out / "params.json").read_text())
+    assert params["real_source"]["inversion"]["method"] == "null_text" and "psnr" in params["reconstruction"]
+    again = regenerate(params, device="cpu", image=(out / "input.png").read_bytes())
+    assert again.edited_image == (out / "edited.png").read_bytes()
+    with ImageServer() as server:
+        assert _main([*BASE, "--image", server.url("photo.png"), "--steps", "2", "--device", "cpu",
+                      "--out", str(tmp_path / "url")]) == 0
+        assert _main([*BASE, "--image", server.url("missing.png"), "--steps", "2", "--device", "cpu",
+                      "--out", str(tmp_path / "404")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fetch_http_error" in err[0], err
+    assert _main([*BASE, "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "n")]) == 2
+    assert _main([*BASE, "--image", str(photo), "--scheduler", "euler", "--out", str(tmp_path / "e")]) == 2
+    assert "must be ddim" in capsys.readouterr().err
