@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from output.compute_report import compute_report, format_report
 from pipeline.config import out_config
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
@@ -47,7 +48,17 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
             "metrics": metrics,
         })
     lease = _lease_state(storage)
-    return {"out": out, "stages": stages, "lease": lease, "live": _live(storage) if lease else None}
+    return {"out": out, "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
+            "compute": _compute(stages)}
+
+
+def _compute(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Render's UNet work over the samples kept so far (shard's, else filter's kept rows)."""
+    by_name = {s["stage"]: s for s in stages if s.get("present")}
+    if "render" not in by_name:
+        return None
+    kept_from = by_name.get("shard") or by_name.get("filter")
+    return compute_report(by_name["render"]["metrics"], int(kept_from["rows_out"]) if kept_from else 0)
 
 
 def _live(storage: Storage) -> dict[str, Any] | None:
@@ -78,6 +89,8 @@ def render_table(status: dict[str, Any]) -> Table:
             caption += (f"\n{live['stage']}: {live['partitions_done']}/{live['partitions_total']} partitions done, "
                         f"in flight {live['partitions_in_flight']}, {live['rows_done']:.0f}/{live['rows_total']} rows, "
                         f"{live['rows_per_s']:.2f} rows/s{eta}")
+    if status.get("compute"):
+        caption = "\n".join(c for c in (caption, format_report(status["compute"])) if c)
     table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)

@@ -21,13 +21,14 @@ import math
 import re
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from output.compute_report import compute_report
 from pipeline.faults import fault_delay_s
 from pipeline.storage import Storage
 
@@ -290,8 +291,10 @@ def write_dataset(
     workers: int = 2,
     config_hash: str = "",
     upstream_key: str = "",
+    render_metrics: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary."""
+    """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary.
+    ``render_metrics`` (the render partitions' summed metrics) put compute per kept sample in the manifest."""
     limits: dict[str, Any] = {
         "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers,
     }
@@ -318,6 +321,9 @@ def write_dataset(
         manifest["rejected"] = _set_summary(rejected_shards, gen)
     if model_edits:
         manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
+    report = compute_report(render_metrics, manifest["samples"]) if render_metrics else None
+    if report is not None:
+        manifest["compute"] = report
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, SHARDS_DIR, MANIFEST)  # the publication point
     remove_other_generations(storage, gen)

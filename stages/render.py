@@ -91,6 +91,8 @@ class RenderStage(Stage[RenderConfig]):
         self.model_edits: dict[str, Any] | None = None
         self.baked_edits: dict[str, Any] | None = None
         self.real = RealImages(self.settings) if self.settings.source == "real" else None
+        self.on_gpu = False
+        self._flops: dict[tuple[int, int], int] = {}
 
     def preflight(self) -> None:
         s = self.settings
@@ -117,6 +119,8 @@ class RenderStage(Stage[RenderConfig]):
         dtype = s.dtype if s.dtype != "auto" else ("float16" if device == "cuda" else "float32")
         self.p2p = load_pipeline(self.model_path, device, dtype, s.scheduler, s.compile)
         self.dtype = dtype
+        self.on_gpu = device == "cuda"
+        self.flops_at(s.height, s.width)  # measured once per model and size (cached on disk), at load
         self.model_edits = self._apply_model_edits()
         if self.real is not None and self.p2p.is_sdxl:
             raise ConfigError("render.source=real: inversion supports SD 1.x/2.x models only, not SDXL")
@@ -141,6 +145,26 @@ class RenderStage(Stage[RenderConfig]):
         log.info("render: %d model edits on %d layers in %.2fs (checksum %s)", len(edits.edits),
                  report.layers, report.seconds, report.checksum)
         return report.describe()
+
+    def flops_at(self, height: int, width: int) -> int:
+        """UNet FLOPs per row per step at this size (torch's FLOP counter on one step; p2p.compute)."""
+        if (height, width) not in self._flops:
+            from p2p.compute import pipeline_flops
+
+            self._flops[(height, width)] = pipeline_flops(self.p2p, height, width).total
+        return self._flops[(height, width)]
+
+    def _account(self, rec: dict[str, Any]) -> None:
+        """The candidate's UNet work into its record (`compute`) and the partition's metrics; a real
+        image's inversion is charged to the first candidate that used it."""
+        from p2p.compute import record_compute
+
+        inv_rows = float(rec.pop("_inversion_row_steps", 0.0))
+        c = record_compute(rec, self.flops_at(int(rec["height"]), int(rec["width"])), inversion_row_steps=inv_rows)
+        rec["compute"] = {"unet_row_steps": c.unet_row_steps, "unet_flops": c.unet_flops,
+                          "flops_per_row_step": c.flops_per_row}
+        for key, value in (("unet_row_steps", c.unet_row_steps), ("unet_flops", c.unet_flops)):
+            self.metrics[key] = self.metrics.get(key, 0.0) + value
 
     # ---------------------------------------------------------------------------------------
     def _records(self, row: dict[str, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -232,6 +256,7 @@ class RenderStage(Stage[RenderConfig]):
                 continue
             for o in outs:
                 rec = o.record
+                self._account(rec)
                 take.append(i)
                 cols["candidate"].append(int(rec["candidate"]))
                 cols["input_image"].append(o.input_image)
@@ -252,6 +277,8 @@ class RenderStage(Stage[RenderConfig]):
         for name, typ in OUTPUT_FIELDS:
             out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
         self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + time.perf_counter() - t0
+        if self.on_gpu:
+            self.metrics["gpu_seconds"] = self.metrics["render_seconds"]
         self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + sum(1 for r in reasons if r is None)
         if self.real is not None:
             self.metrics.update(self.real.metrics())
@@ -391,6 +418,7 @@ class RealImages:
                 cost = self.sources[key].cost
                 self.forward_rows += cost.forward_rows
                 self.backward_rows += cost.backward_rows
+                rec = dict(rec, _inversion_row_steps=cost.forward_rows + 2 * cost.backward_rows)  # bwd ~ 2 fwd
             outs += render_real(p2p, [rec], self.sources[key], s.image_format, s.jpeg_quality)
         return outs
 

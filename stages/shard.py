@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, read_manifest, write_dataset
-from pipeline.records import GlobalSummary, combined_key
+from pipeline.records import GlobalSummary, combined_key, read_records, read_stage_meta, sum_records
 from pipeline.settings.shard import ShardConfig
 from pipeline.stage import PlanContext, Stage, part_name
 from pipeline.storage import FileInfo, Storage
@@ -43,6 +43,7 @@ class ShardStage(Stage[ShardConfig]):
             workers=cfg.resources.concurrency,
             config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
+            render_metrics=render_metrics(ctx.storage),
         )
         summary["markers"] = self._markers(ctx.storage)
         seconds = time.perf_counter() - t0
@@ -79,6 +80,16 @@ class ShardStage(Stage[ShardConfig]):
         except (FileNotFoundError, ValueError, KeyError):
             return False
         return True
+
+
+def render_metrics(storage: Storage) -> dict[str, float] | None:
+    """The current render partitions' summed metrics (UNet row-steps, FLOPs, GPU seconds) for the
+    manifest's compute per kept sample; read from the records, never from the partitions."""
+    meta = read_stage_meta(storage, "render")
+    if not meta:
+        return None
+    records = [r for r in read_records(storage, "render") if r.get("stage_hash") == meta.get("stage_hash")]
+    return sum_records(records)[1]
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:

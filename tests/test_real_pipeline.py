@@ -79,6 +79,23 @@ def test_shards_hold_the_served_images_after_resize(real_run):
         assert meta["recon_psnr"] is not None and "image" not in meta
 
 
+def test_manifest_and_status_report_compute_per_kept_sample(real_run):
+    from cli.status import collect, render_table
+    from tests.support import manifest
+
+    out, _, result, _, _ = real_run
+    report = manifest(out)["compute"]
+    shard = next(s for s in result.stages if s.name == "shard")
+    assert report["kept_samples"] == shard.rows_out > 0
+    assert report["unet_row_steps_per_kept"] == report["unet_row_steps"] / report["kept_samples"]
+    assert report["inversion_row_steps"] > 0  # the inversions are charged too
+    assert report["unet_row_steps"] > report["candidates"] * 4 * 3  # 2 prompts x CFG x 3 steps, + inversion
+    assert report["gpu_seconds"] is None  # CPU run: no GPU seconds are invented
+    status = collect(str(out))
+    assert status["compute"]["unet_flops"] == report["unet_flops"]
+    assert "compute per kept sample" in str(render_table(status).caption)
+
+
 def test_poor_inversion_drops_with_its_reason(real_run, tmp_path):
     out, cfg, _, _, _ = real_run
     strict = cfg.model_copy(update={"filter": cfg.filter.model_copy(update={"min_reconstruction_psnr": 99.0})})

@@ -119,3 +119,23 @@ def test_only_render_after_instruct_and_early_stop(ray_session, rendered, tmp_pa
     rows = [r for r in read_stage(copy, "render") if r["status"] == "kept"]
     # every candidate passes these thresholds, so each pair stops after its first candidate
     assert rows and all(r["candidates_drawn"] == 1 for r in rows)
+
+
+def test_compute_is_recorded_per_candidate_and_partition(rendered):
+    """Issue 15 item 1: FLOPs per row-step measured at load, row-steps and FLOPs per candidate in its
+    record and summed in the partition's metrics."""
+    from p2p.compute import rows_per_candidate
+
+    out, _ = rendered
+    rows = [r for r in read_stage(out, "render") if r["status"] == "kept"]
+    flops = set()
+    for r in rows:
+        c = json.loads(r["params"])["compute"]
+        steps = json.loads(r["params"])["steps"]
+        assert c["unet_row_steps"] == rows_per_candidate(True, 1) * steps == 4 * steps
+        assert c["unet_flops"] == c["unet_row_steps"] * c["flops_per_row_step"] > 0
+        flops.add(c["flops_per_row_step"])
+    assert len(flops) == 1
+    records = [json.loads(p.read_text()) for p in sorted((out / "render" / "_done").glob("part-*.json"))]
+    total = sum(r["metrics"].get("unet_row_steps", 0) for r in records)
+    assert total == sum(json.loads(r["params"])["compute"]["unet_row_steps"] for r in rows)
