@@ -206,3 +206,25 @@ def test_prepared_latents_are_the_seeded_noise_or_the_given_start(p2p):
     assert torch.equal(drawn, z * sched.init_noise_sigma)
     given, _ = prepare_latents(p2p, [req], [(0, 1)], sched, [torch.ones_like(z)])
     assert torch.equal(given, torch.ones_like(z) * sched.init_noise_sigma)
+
+
+@pytest.fixture(scope="module")
+def p2p_dpm(tmp_path_factory):
+    from p2p.generate import make_scheduler
+    from tests.support import tiny_pipeline
+
+    p2p = tiny_pipeline(tmp_path_factory, "sd", "dpmpp_2m")
+    p2p.pipe.scheduler = make_scheduler("dpmpp_2m", p2p.base_scheduler_config)  # for the plain diffusers call
+    return p2p
+
+
+def test_dpm_solver_keeps_zero_windows_and_identical_prompts(p2p_dpm):
+    """The production profiles' DPM-Solver++ (2M): P2P windows are fractions of the steps, so they
+    transfer; zero windows still give the plain generation and identical prompts the source (issue 15)."""
+    zero = render_one(p2p_dpm, request(EditControl(EDIT, cross_replace=0.0, self_replace=0.0), scheduler="dpmpp_2m"))
+    assert torch.equal(zero.latents, plain(p2p_dpm, [SRC, EDIT]))
+    same = render_one(p2p_dpm, request(EditControl(SRC, mode="replace", cross_replace=1.0, self_replace=1.0),
+                                       scheduler="dpmpp_2m"))
+    assert torch.equal(same.latents[0], same.latents[1])
+    edited = render_one(p2p_dpm, request(EditControl(EDIT, cross_replace=0.8, self_replace=0.4), scheduler="dpmpp_2m"))
+    assert torch.equal(edited.latents[0], zero.latents[0]) and not torch.equal(edited.latents[1], zero.latents[1])
