@@ -62,7 +62,7 @@ demo-real: venv
 # driver starts vLLM actors under the LLM venv's interpreter; the LLM venv runs the llm-marked tests.
 test: venv venv-llm chromium lint
 	EDITGEN_LLM_PYTHON=$(abspath $(VENV_LLM))/bin/python $(VENV)/bin/python -m pytest -m "not llm" -p no:cacheprovider
-	$(VENV_LLM)/bin/python -m pytest -m llm -p no:cacheprovider tests/test_llm_*.py tests/test_instruct_*.py
+	$(VENV_LLM)/bin/python -m pytest -m llm -p no:cacheprovider tests/llm tests/stages/test_instruct_runner.py tests/stages/test_instruct_stage.py tests/prompts
 
 bench: venv venv-llm
 	$(VENV)/bin/python bench/run_all.py --llm-python $(VENV_LLM)/bin/python --json bench-results.json

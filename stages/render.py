@@ -276,13 +276,16 @@ class RenderStage(Stage[RenderConfig]):
         out = out.take(pa.array([take[j] for j in order], pa.int64()))
         for name, typ in OUTPUT_FIELDS:
             out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
-        self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + time.perf_counter() - t0
+        self._finish_metrics(time.perf_counter() - t0, sum(1 for r in reasons if r is None))
+        return with_status(out, [reasons[j] for j in order])
+
+    def _finish_metrics(self, seconds: float, candidates: int) -> None:
+        self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + seconds
         if self.on_gpu:
             self.metrics["gpu_seconds"] = self.metrics["render_seconds"]
-        self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + sum(1 for r in reasons if r is None)
+        self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + candidates
         if self.real is not None:
             self.metrics.update(self.real.metrics())
-        return with_status(out, [reasons[j] for j in order])
 
     @staticmethod
     def _drop(i: int, reason: str, take: list[int], cols: dict[str, list[Any]], reasons: list[str | None]) -> None:

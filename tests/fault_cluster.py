@@ -1,4 +1,4 @@
-"""A throwaway multi-node Ray cluster on this machine, driven over stdin/stdout (tests/test_faults.py).
+"""A throwaway multi-node Ray cluster on this machine, driven over stdin/stdout (tests/pipeline/test_faults.py).
 
 One process can only be connected to one Ray cluster and the test session already has its own, so the
 cluster lives in this helper process and the pipeline joins it from a CLI subprocess (--ray-address).

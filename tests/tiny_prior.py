@@ -5,7 +5,7 @@ the reverse DDIM flow *expands* (by up to sqrt(a_0 / a_T): 8.4 at 10 steps, 13.2
 inversion residual is amplified up to ~70-170x in MSE; a trained SD contracts towards its data instead. Adding
 ``sqrt(1 - a_t) * x``, the exact MMSE noise predictor for unit-Gaussian latents, restores that
 property while keeping all of the UNet's dependence on the latent, the timestep and the caption (and
-the gradient null-text inversion follows). Used by tests/test_p2p_inversion.py and
+the gradient null-text inversion follows). Used by tests/p2p/test_p2p_inversion.py and
 bench/bench_inversion.py; never by production code.
 """
 

@@ -1,4 +1,4 @@
-"""Write the bad-input corpus of tests/test_bad_inputs.py into tests/data/bad_inputs/.
+"""Write the bad-input corpus of tests/pipeline/test_bad_inputs.py into tests/data/bad_inputs/.
 
     python tests/data/make_bad_inputs.py            # (re)write the committed small files
     python tests/data/make_bad_inputs.py DIR --large  # also the 1 MB-caption files (tests write them to tmp)
@@ -6,7 +6,7 @@
 Every file is deterministic. Whole-input problems (nothing usable: empty, wrong schema, TEXT not a string
 column) must end a run with one line and exit code 2; row problems (bad encoding, junk, duplicates, huge
 or nested values) must become per-row drop reasons with exact accounting. The expected outcome of each
-file lives in tests/test_bad_inputs.py.
+file lives in tests/pipeline/test_bad_inputs.py.
 """
 
 from __future__ import annotations

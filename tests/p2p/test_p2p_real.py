@@ -1,7 +1,7 @@
 """Prompt-to-Prompt on real images (issue 13 items 2-3) through p2p.real on the tiny SD model, CPU.
 
 The inversion's own invariants (DDIM reconstruction bound, null-text beating DDIM at guidance 7.5,
-negative-prompt's definition, DiffEdit's mask) are in tests/test_p2p_inversion.py; here: the render from
+negative-prompt's definition, DiffEdit's mask) are in tests/p2p/test_p2p_inversion.py; here: the render from
 an inverted latent. Identical prompts reproduce the reconstruction exactly, every P2P mode runs from
 the inverted latent, masks keep latents outside them equal to the reconstruction's (bit for bit), and a
 record plus the image bytes regenerates the candidate bit for bit.

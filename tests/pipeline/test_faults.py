@@ -496,7 +496,7 @@ def test_disk_full_fails_cleanly_then_resumes(baseline, ray_address, tmp_path):
         assert_nothing_corrupt(out)
 
 
-# ---- an LLM server that fails (per-request behaviour: tests/test_llm_openai.py) -----------------------
+# ---- an LLM server that fails (per-request behaviour: tests/llm/test_llm_openai.py) -----------------------
 FAST_LLM = ["instruct.backend=openai", "instruct.model=served", "instruct.openai.timeout_s=0.5",
             "instruct.openai.max_retries=2", "instruct.openai.backoff_s=0.01", "instruct.openai.backoff_max_s=0.05",
             "instruct.openai.max_concurrency=4"]

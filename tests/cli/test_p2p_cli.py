@@ -14,7 +14,7 @@ from PIL import Image
 
 from cli import pair as pair_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ["--profile", "tiny", "--prompt", "a photo of a cat on a bench", "--edit-prompt", "a photo of a dog on a bench"]
 
 
