@@ -1,8 +1,9 @@
 """Re-render one stored candidate record, generated or real-image, bit for bit on the same device/dtype.
 
-A generated record holds every input of its render; a real-image record (``render.source=real``) also
-names its source photograph by SHA-256, so the image bytes must be given back (the shard's ``input``
-member or the fetch partition's ``image``) and the inversion is recomputed deterministically.
+A generated record holds every input of its render (a shared-source one, its whole group's edits); a
+real-image record (``render.source=real``) also names its source photograph by a SHA-256 of its pixels,
+so the image must be given back (the shard's ``input`` member or the fetch partition's ``image``) and
+the inversion is recomputed deterministically.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from p2p.candidates import CandidateOutput, pipeline_for_record, render_records
 from p2p.generate import P2PPipeline
 from p2p.real import SOURCE_KEY, regenerate_real
+from p2p.shared import KEY as SHARED_KEY
+from p2p.shared import render_shared
 
 
 def regenerate(
@@ -32,4 +35,6 @@ def regenerate(
         if image is None:
             raise ValueError("a real-image record regenerates only with its source image (image=...)")
         return regenerate_real(record, image, p2p, image_format)
+    if SHARED_KEY in record:  # the whole shared-source group, from the group edits the record carries
+        return render_shared(p2p, [record], image_format)[0]
     return render_records(p2p, [record], image_format=image_format)[0]

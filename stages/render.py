@@ -160,7 +160,9 @@ class RenderStage(Stage[RenderConfig]):
         from p2p.compute import record_compute
 
         inv_rows = float(rec.pop("_inversion_row_steps", 0.0))
-        c = record_compute(rec, self.flops_at(int(rec["height"]), int(rec["width"])), inversion_row_steps=inv_rows)
+        share = int((rec.get("shared_source") or {}).get("size", 1))
+        c = record_compute(rec, self.flops_at(int(rec["height"]), int(rec["width"])), share=share,
+                           inversion_row_steps=inv_rows)
         rec["compute"] = {"unet_row_steps": c.unet_row_steps, "unet_flops": c.unet_flops,
                           "flops_per_row_step": c.flops_per_row}
         for key, value in (("unet_row_steps", c.unet_row_steps), ("unet_flops", c.unet_flops)):
@@ -169,6 +171,7 @@ class RenderStage(Stage[RenderConfig]):
     # ---------------------------------------------------------------------------------------
     def _records(self, row: dict[str, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
         from p2p.candidates import CandidateSpace, sample_candidates
+        from p2p.shared import share_sources
 
         s = self.settings
         space = CandidateSpace(
@@ -185,11 +188,13 @@ class RenderStage(Stage[RenderConfig]):
                 blend = {"words": words, "threshold": s.blend_threshold, "start": s.blend_start}
         pair_id = row["id"] if s.seed == 0 else f"{row['id']}/{s.seed}"
         kind = row.get("edit_kind")
-        recs = sample_candidates(
-            pair_id, row["caption"], row["edited_caption"], start + n, model=self.model_path,
+        k = s.shared_sources
+        upto = -(-(start + n) // k) * k  # whole shared-source groups (candidates is a multiple of k)
+        recs = share_sources(sample_candidates(
+            pair_id, row["caption"], row["edited_caption"], upto, model=self.model_path,
             dtype=self.dtype, space=space, edit_kind=kind if kind in ("replace", "refine") else None, blend=blend,
             profile="tiny" if self.variant else None,
-        )[start:]
+        ), k)[start:upto]
         for r in recs:
             # CPU float reductions depend on the thread count: part of what makes a re-render exact.
             r["torch_threads"] = self.threads
@@ -213,6 +218,10 @@ class RenderStage(Stage[RenderConfig]):
         s = self.settings
         if self.real is not None:
             return self.real.render(self.p2p, records)
+        if s.shared_sources > 1:
+            from p2p.shared import render_shared
+
+            return render_shared(self.p2p, records, s.image_format, s.jpeg_quality)
         return render_records(self.p2p, records, image_format=s.image_format, max_rows=s.max_rows_per_batch,
                               jpeg_quality=s.jpeg_quality)
 
@@ -279,6 +288,12 @@ class RenderStage(Stage[RenderConfig]):
         self._finish_metrics(time.perf_counter() - t0, sum(1 for r in reasons if r is None))
         return with_status(out, [reasons[j] for j in order])
 
+    def _chunk_size(self) -> int:
+        """Records per render call: `resources.batch_size`, whole shared-source groups."""
+        k = self.settings.shared_sources
+        size = max(1, self.resources().batch_size)
+        return max(k, size - size % k)
+
     def _finish_metrics(self, seconds: float, candidates: int) -> None:
         self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + seconds
         if self.on_gpu:
@@ -296,7 +311,7 @@ class RenderStage(Stage[RenderConfig]):
 
     def _render_all(self, pairs: list[tuple[int, list[dict[str, Any]]]]) -> list[tuple[int, Any, int]]:
         """All candidates of all pairs, in chunks of `resources.batch_size` records."""
-        size = max(1, self.resources().batch_size)
+        size = self._chunk_size()
         flat = [(i, r) for i, recs in pairs for r in recs]
         by_pair: dict[int, list[Any]] = {i: [] for i, _ in pairs}
         failed: dict[int, Exception] = {}
@@ -338,7 +353,7 @@ class RenderStage(Stage[RenderConfig]):
         s = self.settings
         es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,
                                    min_candidates=s.early_stop_min_candidates)
-        size = max(1, self.resources().batch_size)
+        size = self._chunk_size()
         done: dict[int, list[Any]] = {i: [] for i in idx}
         failed: dict[int, Exception] = {}
         drawn = {i: 0 for i in idx}

@@ -87,6 +87,11 @@ class RenderConfig(Strict):
         0, ge=0, le=100_000, description="pack several pairs into one UNet batch (faster on GPU; 0 = one pair "
         "per batch, which keeps bit-exact regeneration from a record)"
     )
+    shared_sources: int = Field(
+        1, ge=1, le=64, description="k candidates of a pair share one source image (same seed and guidance, "
+        "their own P2P windows) in one group: 2(1+k) UNet rows per k candidates instead of 4k; candidates must "
+        "be a multiple of k (p2p/shared.py)",
+    )
     early_stop: bool = Field(False, description="score candidates as they finish and stop a pair once "
                              "filter.top_k pass filter thresholds")
     early_stop_min_candidates: int = Field(0, ge=0)
@@ -116,6 +121,12 @@ class RenderConfig(Strict):
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
         if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
             raise ValueError("p_range must lie within [0, 1]")
+        if self.candidates % self.shared_sources:
+            raise ValueError(f"candidates ({self.candidates}) must be a multiple of shared_sources "
+                             f"({self.shared_sources})")
+        if self.source == "real" and self.shared_sources > 1:
+            raise ValueError("shared_sources > 1 is for generated sources (a real image's inversion is already "
+                             "shared by its candidates)")
         if self.source == "real" and self.scheduler != "ddim":
             raise ValueError(f"source=real inverts the image with DDIM: scheduler must be ddim (got {self.scheduler})")
         return self

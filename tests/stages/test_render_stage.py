@@ -139,3 +139,30 @@ def test_compute_is_recorded_per_candidate_and_partition(rendered):
     records = [json.loads(p.read_text()) for p in sorted((out / "render" / "_done").glob("part-*.json"))]
     total = sum(r["metrics"].get("unet_row_steps", 0) for r in records)
     assert total == sum(json.loads(r["params"])["compute"]["unet_row_steps"] for r in rows)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_shared_sources_in_the_stage(early):
+    """render.shared_sources=2: candidates come in groups of 2 with one source image, cost 2(1+2)/2 rows
+    per candidate per step; with early stop a pair draws whole groups (issue 15 item 3)."""
+    import pyarrow as pa
+
+    from stages.render import RenderStage
+
+    over = ["render.shared_sources=2", "render.candidates=4", "render.steps=3", "render.resources.num_cpus=1",
+            f"render.early_stop={str(early).lower()}", "filter.top_k=1"]
+    stage = RenderStage(tiny_cfg(*over))
+    stage.setup()
+    table = pa.table({"id": ["p1", "p2"], "caption": ["a photo of a cat on a bench"] * 2,
+                      "edited_caption": ["a photo of a dog on a bench", "a photo of a cat on a sofa"],
+                      "edit_kind": ["replace", "replace"], "changed_words": [["cat", "dog"], ["bench", "sofa"]],
+                      "source_words": [["cat"], ["bench"]], "target_words": [["dog"], ["sofa"]]})
+    rows = [r for r in stage.process_partition(table).to_pylist() if r["status"] == "kept"]
+    for pid in ("p1", "p2"):
+        mine = sorted((r for r in rows if r["id"] == pid), key=lambda r: r["candidate"])
+        assert len(mine) in ((2, 4) if early else (4,)) and len(mine) % 2 == 0
+        for a, b in zip(mine[::2], mine[1::2], strict=True):
+            assert a["input_image"] == b["input_image"]  # edits may coincide: 3 steps leave few distinct windows
+            assert json.loads(a["params"])["shared_source"]["members"] == [a["candidate"], b["candidate"]]
+        for r in mine:
+            assert json.loads(r["params"])["compute"]["unet_row_steps"] == 2 * (1 + 2) / 2 * 3
