@@ -215,8 +215,10 @@ def render_records(
 ) -> list[CandidateOutput]:
     """Render candidate records (in input order). Each record is one batch with all its edited rows;
     ``max_rows > 0`` packs compatible records (same size/steps/scheduler) into shared batches of up to
-    that many rows per CFG half -- faster on a GPU, but GEMM kernels may then differ from the
-    one-record layout ``regenerate`` uses, so bitwise regeneration is only promised for ``max_rows=0``.
+    that many rows per CFG half -- faster on a GPU. Packed rows are not independent of their batch
+    neighbours (GEMM kernels and reductions differ with the batch size: ~1e-5 on CPU), so a packed
+    record stores its batch (``packed``: its position and the batch's render inputs) and ``regenerate``
+    replays that batch: bit-exact either way on the same device and dtype.
     """
     for r in records:
         if r.get("model", p2p.model) != p2p.model:
@@ -226,9 +228,31 @@ def render_records(
     requests = [record_to_request(r) for r in records]
     outputs: list[CandidateOutput | None] = [None] * len(records)
     for idx in plan_batches(requests, max_rows):
-        for i, res in zip(idx, render(p2p, [requests[i] for i in idx]), strict=True):
-            outputs[i] = candidate_output(dict(records[i]), res, image_format, jpeg_quality)
+        batch = [render_inputs(records[i]) for i in idx] if len(idx) > 1 else None
+        for pos, (i, res) in enumerate(zip(idx, render(p2p, [requests[i] for i in idx]), strict=True)):
+            rec = dict(records[i])
+            if batch is not None:
+                rec[PACKED] = {"position": pos, "batch": batch}
+            outputs[i] = candidate_output(rec, res, image_format, jpeg_quality)
     return [o for o in outputs if o is not None]
+
+
+#: Record key of a candidate rendered in a packed batch: {position, batch: [render inputs of each group]}.
+PACKED = "packed"
+_RENDER_KEYS = ("format", "source_prompt", "edits", "seed", "steps", "guidance", "height", "width", "scheduler",
+                "negative_prompt")
+
+
+def render_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a record that determine its render (what a packed batch stores of each member)."""
+    return {k: record[k] for k in _RENDER_KEYS if k in record}
+
+
+def replay_packed(p2p: P2PPipeline, record: Mapping[str, Any], image_format: str = "png") -> CandidateOutput:
+    """Re-render a packed record's whole batch in its stored order and return its own row."""
+    meta = record[PACKED]
+    results = render(p2p, [record_to_request(b) for b in meta["batch"]])
+    return candidate_output(dict(record), results[int(meta["position"])], image_format)
 
 
 _PIPELINES: dict[tuple[str, str, str], P2PPipeline] = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from p2p.candidates import CandidateOutput, pipeline_for_record, render_records
+from p2p.candidates import PACKED, CandidateOutput, pipeline_for_record, render_records, replay_packed
 from p2p.generate import P2PPipeline
 from p2p.real import SOURCE_KEY, regenerate_real
 from p2p.shared import KEY as SHARED_KEY
@@ -35,6 +35,8 @@ def regenerate(
         if image is None:
             raise ValueError("a real-image record regenerates only with its source image (image=...)")
         return regenerate_real(record, image, p2p, image_format)
+    if PACKED in record:  # rendered in a packed batch: replay the batch (neighbours change the rounding)
+        return replay_packed(p2p, record, image_format)
     if SHARED_KEY in record:  # the whole shared-source group, from the group edits the record carries
         return render_shared(p2p, [record], image_format)[0]
     return render_records(p2p, [record], image_format=image_format)[0]

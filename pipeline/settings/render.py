@@ -84,8 +84,8 @@ class RenderConfig(Strict):
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
     max_rows_per_batch: int = Field(
-        0, ge=0, le=100_000, description="pack several pairs into one UNet batch (faster on GPU; 0 = one pair "
-        "per batch, which keeps bit-exact regeneration from a record)"
+        0, ge=0, le=100_000, description="pack several pairs into one UNet batch of up to N rows per CFG half "
+        "(GPU profiles: 16); a packed record stores its batch and regenerate replays it (0 = one pair per batch)"
     )
     shared_sources: int = Field(
         1, ge=1, le=64, description="k candidates of a pair share one source image (same seed and guidance, "
