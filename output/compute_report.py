@@ -21,7 +21,7 @@ def compute_report(render_metrics: Mapping[str, float], kept: int) -> dict[str, 
     row_steps = float(render_metrics["unet_row_steps"])
     flops = float(render_metrics.get("unet_flops", 0.0))
     candidates = int(render_metrics.get("candidates", 0))
-    gpu = render_metrics.get("gpu_seconds")
+    gpu = None if render_metrics.get("gpu_seconds") is None else float(render_metrics["gpu_seconds"])
 
     def per(value: float | None) -> float | None:
         return None if value is None or kept <= 0 else value / kept
@@ -29,9 +29,9 @@ def compute_report(render_metrics: Mapping[str, float], kept: int) -> dict[str, 
     per_kept = per(row_steps)
     return {
         "kept_samples": int(kept), "candidates": candidates, "unet_row_steps": row_steps, "unet_flops": flops,
-        "gpu_seconds": None if gpu is None else float(gpu),
+        "gpu_seconds": gpu,
         "unet_row_steps_per_kept": per_kept, "unet_flops_per_kept": per(flops),
-        "candidates_per_kept": per(float(candidates)), "gpu_seconds_per_kept": per(None if gpu is None else float(gpu)),
+        "candidates_per_kept": per(float(candidates)), "gpu_seconds_per_kept": per(gpu),
         "inversion_row_steps": float(render_metrics.get("inversion_forward_rows", 0.0))
         + 2 * float(render_metrics.get("inversion_backward_rows", 0.0)),
         "vs_instructpix2pix": None if per_kept is None else per_kept / IP2P_ROW_STEPS_PER_KEPT,

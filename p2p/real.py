@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from filters.pairs.fidelity import psnr, ssim
+from filters.pairs.fidelity import image_pixels, psnr, ssim
 from p2p import inversion as inv
 from p2p.candidates import CandidateOutput, candidate_output, encode_image, record_to_request
 from p2p.generate import P2PPipeline, RenderRequest, Start, render
@@ -56,11 +56,6 @@ def pixels_sha256(image: Image.Image) -> str:
     return hashlib.sha256(f"{arr.shape}".encode() + arr.tobytes()).hexdigest()
 
 
-def pixels_of(image: Image.Image) -> torch.Tensor:
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-
-
 def prepare_source(p2p: P2PPipeline, image: Image.Image, caption: str, steps: int, guidance: float,
                    config: InversionConfig) -> RealSource:
     """Encode and invert ``image`` under ``caption`` (the DDIM grid of ``steps``; null-text optimises for
@@ -68,7 +63,7 @@ def prepare_source(p2p: P2PPipeline, image: Image.Image, caption: str, steps: in
     latent = inv.encode_image(p2p, image)
     result = inv.invert(p2p, latent, caption, steps, guidance, config)
     cost = inv.inversion_cost(config.method, steps, config.inner_steps, result.inner_used or None)
-    return RealSource(pixels_of(image), latent, result, cost)
+    return RealSource(image_pixels(image, np.float32), latent, result, cost)
 
 
 def _mask(p2p: P2PPipeline, src: RealSource, request: RenderRequest, config: InversionConfig,

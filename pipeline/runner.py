@@ -38,7 +38,7 @@ from pipeline.records import (
     write_record,
     write_stage_meta,
 )
-from pipeline.registry import inactive_reason, load_stage_class, stage_names, upstream_of
+from pipeline.registry import inactive_reason, load_stage_class, stage_names
 from pipeline.stage import PartitionSpec, PlanContext, Stage, Step
 from pipeline.storage import Storage
 
@@ -155,8 +155,13 @@ class Runner:
             for name in names[names.index(from_stage):]:
                 self.invalidate(name, reason=f"--from {from_stage}")
 
+    def upstream(self, name: str) -> str | None:
+        """The stage before `name` in this run's graph (walked once, in __init__)."""
+        i = self.names.index(name)
+        return self.names[i - 1] if i else None
+
     def _check_upstream(self, name: str, selected: list[str]) -> None:
-        up = upstream_of(name, self.cfg)
+        up = self.upstream(name)
         if up and up not in selected and not stage_complete(self.storage, up, self.hashes[up]):
             raise UserError(
                 f"{name}: upstream stage {up!r} is missing or out of date in {self.out} "
@@ -189,7 +194,7 @@ class Runner:
         h = self.hashes[name]
         note = self._begin(name, h)
         t0 = time.perf_counter()
-        up = upstream_of(name, self.cfg)
+        up = self.upstream(name)
         upstream = read_records(self.storage, up) if up else []
         ctx = PlanContext(self.cfg, self.storage, upstream, up, stage_hash=h, tasks=self.executor)
         counts: list[tuple[int, int]] = []  # (planned, computed) per step

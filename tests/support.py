@@ -67,13 +67,13 @@ def tiny_pipeline(tmp_path_factory: Any, variant: str = "sd", scheduler: str = "
 
 
 def plain_generation(p2p: Any, prompts: list[str], *, steps: int, size: int, seed: int,
-                     output_type: str = "latent") -> Any:
+                     output_type: str = "latent", guidance: float = 7.5) -> Any:
     """A plain diffusers pipeline call (default attention processors) from our seeded shared noise."""
     from p2p.generate import initial_noise
 
     z, _ = initial_noise(seed, (1, 4, size // 8, size // 8))
     return p2p.pipe(prompts, latents=z.expand(len(prompts), -1, -1, -1), num_inference_steps=steps,
-                    guidance_scale=7.5, height=size, width=size, output_type=output_type).images
+                    guidance_scale=guidance, height=size, width=size, output_type=output_type).images
 
 
 # ---- synthetic stage outputs and their shards ------------------------------------------------

@@ -52,10 +52,15 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
     return float(s.mean())
 
 
+def image_pixels(image: Image.Image, dtype: np.dtype | type = np.float64) -> torch.Tensor:
+    """An image as (1, 3, H, W) RGB in [0, 1], the layout psnr/ssim take."""
+    arr = np.asarray(image.convert("RGB"), dtype=dtype) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].contiguous()
+
+
 def _pixels(data: bytes) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+        return image_pixels(im)
 
 
 def image_fidelity(real: bytes, reconstruction: bytes) -> tuple[float, float]:

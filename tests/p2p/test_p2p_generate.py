@@ -177,16 +177,7 @@ def test_stochastic_sampler_shares_noise_within_group(p2p):
 
 def test_without_cfg_source_row_equals_plain(p2p):
     res = render_one(p2p, request(EditControl(EDIT), guidance=1.0))
-    z, _ = initial_noise(SEED, (1, 4, SIZE // 8, SIZE // 8))
-    ref = p2p.pipe(
-        [SRC, EDIT],
-        latents=z.expand(2, -1, -1, -1),
-        num_inference_steps=STEPS,
-        guidance_scale=1.0,
-        height=SIZE,
-        width=SIZE,
-        output_type="latent",
-    ).images
+    ref = plain_generation(p2p, [SRC, EDIT], steps=STEPS, size=SIZE, seed=SEED, guidance=1.0)
     assert torch.equal(res.latents[0], ref[0]) and not torch.allclose(res.latents[1], ref[1], atol=1e-3)
 
 

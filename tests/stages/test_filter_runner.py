@@ -24,9 +24,7 @@ def graph(monkeypatch):
     """Pretend render is in the graph (its module may not exist yet); filter/shard are real."""
     import pipeline.runner as runner
 
-    monkeypatch.setattr(runner, "stage_names", lambda cfg=None: list(GRAPH))
-    monkeypatch.setattr(runner, "upstream_of",
-                        lambda n, cfg=None: GRAPH[GRAPH.index(n) - 1] if GRAPH.index(n) else None)
+    monkeypatch.setattr(runner, "stage_names", lambda cfg=None: list(GRAPH))  # upstream links follow from it
     return runner
 
 
