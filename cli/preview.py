@@ -82,9 +82,11 @@ def load_thresholds(storage: Storage) -> Thresholds:
     """The run's thresholds from OUT/config.yaml (defaults when absent)."""
     import yaml
 
+    from pipeline import safe_yaml
+
     try:
-        cfg = (yaml.safe_load(storage.read_text("config.yaml")) or {}).get("filter", {})
-    except (FileNotFoundError, ValueError, AttributeError):
+        cfg = (safe_yaml.load(storage.read_text("config.yaml")) or {}).get("filter", {})
+    except (FileNotFoundError, ValueError, AttributeError, yaml.YAMLError):
         return Thresholds()
     d = Thresholds()
     return Thresholds(

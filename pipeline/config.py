@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError
 
+from pipeline import safe_yaml
 from pipeline.errors import ConfigError
 from pipeline.settings.base import Strict
 from pipeline.settings.fetch import FetchConfig
@@ -37,6 +38,8 @@ SECRET_KEY_PARTS = (
     "authorization", "credentials?",
 )
 _SECRET_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + "|".join(SECRET_KEY_PARTS) + r")(?:$|[^a-z0-9])")
+#: A config file is a few KB; reading a multi-GB one (a wrong path) whole would exhaust memory first.
+MAX_CONFIG_BYTES = 16 * 2**20
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
 #: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
@@ -68,7 +71,7 @@ def profile_names() -> list[str]:
 
 def _read_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -97,6 +100,9 @@ def load_file(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {p.stat().st_size} bytes is not a config file (at most "
+                              f"{MAX_CONFIG_BYTES // 2**20} MiB; long term lists belong in a blocklist file)")
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
@@ -115,7 +121,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if len(parts) < 2 or any(not p for p in parts):
         raise ConfigError(f"--set {item!r}: key must look like section.key (e.g. ingest.limit=100)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml.load(raw) if raw.strip() else ""
+    except safe_yaml.YamlBombError as exc:
+        raise ConfigError(f"--set {key.strip()}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -212,7 +220,7 @@ def out_config(storage: Storage) -> EditgenConfig:
     validate) and must walk the same stage graph. Sections that no longer validate (a redacted secret,
     a key renamed since) fall back to their defaults; no file at all means the defaults."""
     try:
-        data = yaml.safe_load(storage.read_text("config.yaml")) or {}
+        data = safe_yaml.load(storage.read_text("config.yaml")) or {}
     except (FileNotFoundError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return EditgenConfig()
     if not isinstance(data, dict):

@@ -58,6 +58,8 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
 
     import yaml
 
+    from pipeline import safe_yaml
+
     options: dict[str, Any] = {}
     raw_env = os.environ.get(OPTIONS_ENV, "").strip()
     if raw_env:
@@ -78,7 +80,9 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise OutputError(f"--storage-option {item!r}: {part} is already a value, not a mapping")
         try:
-            node[leaf] = yaml.safe_load(value) if value.strip() else ""
+            node[leaf] = safe_yaml.load(value) if value.strip() else ""
+        except safe_yaml.YamlBombError as exc:
+            raise OutputError(f"--storage-option {key.strip()}: {exc.problem}") from None
         except yaml.YAMLError:
             node[leaf] = value
     return options

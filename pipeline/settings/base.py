@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic_core import CoreSchema
 
 #: Seeds: numpy and torch take any non-negative integer below 2**63 (a negative one raises mid-run).
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
-class Strict(BaseModel):
+#: Core-schema types validated strictly wherever they occur (fields, tuple items, list items, unions).
+STRICT_TYPES = ("int", "float", "bool")
+
+
+def _strict_numbers(schema: Any) -> Any:
+    """Mark every int/float/bool validator in a core schema strict, in place.
+
+    Lax pydantic takes `true` as 1, `yes` (YAML's true) as 1, `1.0` as 1 and "8" as 8, so a typo'd
+    `--set render.steps=true` rendered one step. Strict: an int is an int (never a bool, a float or a
+    string), a float is an int or a float (never a bool or a string: YAML's `1` stays a valid float),
+    a bool is a bool. Other types (tuples from YAML lists, literals) keep their usual validation."""
+    if isinstance(schema, dict):
+        if schema.get("type") in STRICT_TYPES:
+            schema["strict"] = True
+        for value in schema.values():
+            _strict_numbers(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _strict_numbers(value)
+    return schema
+
+
+class StrictTypes(BaseModel):
+    """Numbers and booleans are validated strictly in every subclass (see `_strict_numbers`)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: type[BaseModel], handler: GetCoreSchemaHandler) -> CoreSchema:
+        return _strict_numbers(handler(source))
+
+
+class Strict(StrictTypes):
     """Base for every config section: unknown keys and wrong types are errors, never ignored; NaN and
     infinity are never valid settings (a NaN guidance scale silently writes NaN images)."""
 

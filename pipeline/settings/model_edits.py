@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from pipeline.settings.base import StrictTypes
 
 
-class _Edit(BaseModel):
+class _Edit(StrictTypes):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # a NaN weight or λ solves to NaN
 
 
