@@ -170,6 +170,34 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _check_text(node: Any, key: str) -> None:
+    """Every string of the config must be UTF-8 text: a file name of other bytes given on the command line
+    (Python spells its bytes as lone surrogates), or a YAML "\\ud800", could be neither hashed nor written to
+    OUT/config.yaml, and would fail the run later with a traceback."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_text(k, key)
+            _check_text(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _check_text(v, f"{key}.{i}")
+    elif isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = node.encode("utf-8", "surrogateescape" if _escapable(node) else "backslashreplace")
+            raise ConfigError(f"config: {key or 'key'}: not UTF-8 text ({shown!r}: a file name of other bytes, "
+                              "or a lone surrogate escape)") from None
+
+
+def _escapable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def build_config(
     profile: str | None = None,
     files: list[str] | None = None,
@@ -187,6 +215,7 @@ def build_config(
     for item in overrides or []:
         parts, value = parse_override(item)
         _set_path(data, parts, value)
+    _check_text(data, "")
     try:
         return EditgenConfig.model_validate(data)
     except ValidationError as exc:

@@ -7,19 +7,19 @@ values) never raise: the row is kept with a `raw_error` so ingest drops it with 
 
 from __future__ import annotations
 
-import csv
 import json
 import posixpath
-import sys
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.storage import open_filesystem
+from sources.textrows import MAX_LINE_BYTES, LongLine, iter_text_rows
 
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -35,6 +35,8 @@ RAW_SCHEMA = pa.schema([
 ])
 #: A caption longer than this is certainly junk: keep only a prefix in memory (it is dropped as too_long).
 MAX_KEEP_CHARS = 100_000
+#: URLs are cut to this many characters.
+MAX_URL_CHARS = 4096
 GLOB_CHARS = set("*?[")
 
 
@@ -97,36 +99,76 @@ def discover(inputs: list[str], forced_format: str = "auto") -> list[InputFile]:
     return files
 
 
-def _decode(value: object) -> tuple[str | None, str | None]:
-    """(text, error) for one raw cell."""
+#: Lone surrogates: JSON can spell them (`"\\ud800"`, or a pair in the wrong order) and csv's
+#: surrogateescape makes them of invalid bytes; such a str cannot be encoded, so arrow cannot write it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+Cell = tuple[str | None, str | None]  # (text, drop reason)
+
+
+def _utf8_text(value: str, limit: int) -> Cell:
+    """A str cell, cut to `limit` characters: invalid_utf8 if it holds a lone surrogate."""
+    value = value[:limit]
+    if not value.isascii() and _SURROGATE.search(value):
+        return None, "invalid_utf8"
+    return value, None
+
+
+def _utf8_bytes(value: bytes, limit: int) -> Cell:
+    """A bytes cell decoded, at most `limit` characters read: invalid_utf8 if it is not UTF-8 (a character
+    cut in two by the limit is not an error: the text is over-long and is dropped as too_long anyway)."""
+    raw = bytes(value[: limit * 4])
+    try:
+        return raw.decode("utf-8")[:limit], None
+    except UnicodeDecodeError as exc:
+        if len(raw) == limit * 4 and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+            return raw[: exc.start].decode("utf-8")[:limit], None
+        return None, "invalid_utf8"
+
+
+def _decode(value: object) -> Cell:
+    """(text, error) for one raw text cell."""
     if value is None:
         return None, None
     if isinstance(value, str):
-        return value[:MAX_KEEP_CHARS], None
+        return _utf8_text(value, MAX_KEEP_CHARS)
     if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value[: MAX_KEEP_CHARS * 4]).decode("utf-8"), None
-        except UnicodeDecodeError:
-            return None, "invalid_utf8"
-    if isinstance(value, int | float | bool):
-        return None, "not_text"
+        return _utf8_bytes(value, MAX_KEEP_CHARS)
     return None, "not_text"
 
 
-def _url_value(value: object) -> str | None:
+def _url_value(value: object) -> Cell:
+    """(url, error) for one raw URL cell: a URL that is not valid text fails its row (invalid_utf8), as a
+    caption does; a non-text URL (a number, a nested value) is no URL."""
     if isinstance(value, str):
-        return value[:4096]
-    if isinstance(value, bytes):
-        return value[:4096].decode("utf-8", "replace")
-    return None
+        return _utf8_text(value, MAX_URL_CHARS)
+    if isinstance(value, bytes | bytearray):
+        return _utf8_bytes(value, MAX_URL_CHARS)
+    return None, None
 
 
-def _table(name: str, texts: list[tuple[str | None, str | None]], urls: list[str | None],
-           row_start: int = 0) -> pa.Table:
+def _row(text: Cell, url: Cell) -> tuple[Cell, str | None]:
+    """((text, error), url) of a row: a bad URL fails the row, its text kept for tracing."""
+    if url[1] and not text[1]:
+        return (text[0], url[1]), None
+    return text, url[0]
+
+
+def _printable(name: str) -> str:
+    """A file name as valid text: a name of non-UTF-8 bytes (os gives it surrogate-escaped) would fail
+    every partition of its file when written; its bytes are spelled as \\xNN instead."""
+    if name.isascii() or not _SURROGATE.search(name):
+        return name
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
+
+
+def _table(name: str, texts: list[Cell], urls: list[str | None], row_start: int = 0) -> pa.Table:
     n = len(texts)
     return pa.table(
         {
-            "source": pa.array([name] * n, pa.string()),
+            "source": pa.array([_printable(name)] * n, pa.string()),
             "source_row": pa.array(range(row_start, row_start + n), pa.int64()),
             "text": pa.array([t for t, _ in texts], pa.large_string()),
             "url": pa.array(urls, pa.string()),
@@ -154,46 +196,11 @@ def _open_text(url: str) -> Any:
     return open_input(url, compression="infer")
 
 
-def iter_text_rows(fh: Any, fmt: str, at_start: bool) -> Iterator[tuple[int, Any]]:
-    """(bytes consumed after this row, row) over a text stream: a line (bytes) for txt/jsonl, a record
-    (list of str) for csv/tsv. At the file start a BOM is skipped, and for csv/tsv the header is the first
-    row yielded. Blank jsonl lines and empty csv records are not rows. One definition of "row", shared by
-    the planner's scan (which records offsets) and the worker's read (which seeks to one)."""
-    pos = 0
-    first = at_start
-
-    def lines() -> Iterator[bytes]:
-        nonlocal pos, first
-        for line in fh:
-            pos += len(line)
-            if first:
-                first = False
-                if line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-            yield line
-
-    if fmt in ("csv", "tsv"):
-        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        decoded = (ln.decode("utf-8", errors="surrogateescape") for ln in lines())
-        for record in csv.reader(decoded, delimiter="," if fmt == "csv" else "\t"):
-            if record:
-                yield pos, record
-        return
-    for line in lines():
-        if line.endswith(b"\n"):
-            line = line[:-1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if fmt == "jsonl" and not line.strip():
-            continue
-        yield pos, line
-
-
-def txt_row(line: bytes) -> tuple[tuple[str | None, str | None], str | None]:
+def txt_row(line: bytes) -> tuple[Cell, str | None]:
     return _decode(bytes(line)), None
 
 
-def jsonl_row(line: bytes, text_col: str, url_col: str | None) -> tuple[tuple[str | None, str | None], str | None]:
+def jsonl_row(line: bytes, text_col: str, url_col: str | None) -> tuple[Cell, str | None]:
     """((text, error), url) of one non-blank JSON line."""
     try:
         obj = json.loads(line.decode("utf-8"))
@@ -203,23 +210,24 @@ def jsonl_row(line: bytes, text_col: str, url_col: str | None) -> tuple[tuple[st
         return (None, "invalid_json"), None
     if not isinstance(obj, dict):
         return (None, "invalid_json"), None
-    return _decode(obj.get(text_col)), (_url_value(obj.get(url_col)) if url_col else None)
+    return _row(_decode(obj.get(text_col)), _url_value(obj.get(url_col)) if url_col else (None, None))
 
 
-def csv_row(record: list[str], ti: int, ui: int | None) -> tuple[tuple[str | None, str | None], str | None]:
+def csv_row(record: list[str], ti: int, ui: int | None) -> tuple[Cell, str | None]:
+    """((text, error), url) of one csv record (its invalid bytes are surrogate-escaped: invalid_utf8)."""
     value = record[ti] if ti < len(record) else None
-    text: tuple[str | None, str | None] = (None, None)
-    if value is not None:
-        try:
-            value.encode("utf-8")
-            text = (value[:MAX_KEEP_CHARS], None)
-        except UnicodeEncodeError:
-            text = (None, "invalid_utf8")
     u = record[ui] if ui is not None and ui < len(record) else None
-    return text, (u.encode("utf-8", "replace").decode("utf-8")[:4096] if u else None)
+    return _row(_decode(value), _url_value(u or None))
 
 
-def csv_columns(url: str, header: list[str], text_col: str, url_col: str | None) -> tuple[int, int | None]:
+def long_row(line: LongLine) -> tuple[Cell, str | None]:
+    """An over-long line (any text format): dropped as too_long, its first bytes kept for tracing."""
+    return (line.text(), "too_long"), None
+
+
+def csv_columns(url: str, header: list[str] | LongLine, text_col: str, url_col: str | None) -> tuple[int, int | None]:
+    if isinstance(header, LongLine):
+        raise InputError(f"{url}: the header row is longer than {MAX_LINE_BYTES} bytes (is this a csv file?)")
     for col in [text_col] + ([url_col] if url_col else []):
         if col not in header:
             raise InputError(
@@ -265,16 +273,33 @@ def read_parquet_rows(url: str, name: str, text_col: str, url_col: str | None, g
     with open_input(url) as fh:
         table = pq.ParquetFile(fh).read_row_groups(list(groups), columns=cols)
     table = table.slice(row_start - group_start, n_rows)
-    texts = [_decode(v) for v in table[text_col].to_pylist()]
-    urls = [_url_value(v) for v in table[url_col].to_pylist()] if url_col else [None] * len(texts)
-    return _table(name, texts, urls, row_start)
+    texts = [_decode(v) for v in _raw_values(table[text_col], MAX_KEEP_CHARS)]
+    if not url_col:
+        return _table(name, texts, [None] * len(texts), row_start)
+    rows = [_row(t, _url_value(u)) for t, u in zip(texts, _raw_values(table[url_col], MAX_URL_CHARS), strict=True)]
+    return _table(name, [t for t, _ in rows], [u for _, u in rows], row_start)
+
+
+def _raw_values(column: pa.ChunkedArray, limit: int) -> list[object]:
+    """A column's values for _decode: text as bytes, cut to `limit` characters' worth in arrow. A parquet
+    string column is not checked for UTF-8 when read, and converting one invalid value to str raised
+    (failing the partition on every attempt); as bytes, each is decoded and judged on its own."""
+    typ = column.type
+    if pa.types.is_dictionary(typ):
+        column, typ = column.cast(typ.value_type), typ.value_type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        column = column.cast(pa.large_binary() if pa.types.is_large_string(typ) else pa.binary())
+        typ = column.type
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        column = pc.binary_slice(column, 0, limit * 4)
+    return column.to_pylist()
 
 
 def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | None, offset: int, skip: int,
                    row_start: int, n_rows: int) -> pa.Table:
     """Rows [row_start, row_start + n_rows) of a text file: seek to a row boundary the scan recorded
     (`offset`, which is `skip` rows before row_start) and parse from there."""
-    texts: list[tuple[str | None, str | None]] = []
+    texts: list[Cell] = []
     urls: list[str | None] = []
     with _open_text(url) as fh:
         ti, ui = 0, None
@@ -284,12 +309,12 @@ def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | 
         if offset:
             fh.seek(offset)
         rows = iter_text_rows(fh, fmt, offset == 0 and fmt not in ("csv", "tsv"))
-        for i, (_pos, row) in enumerate(rows):
+        for i, (_pos, row) in enumerate(rows if n_rows > 0 else ()):
             if i < skip:
                 continue
-            if len(texts) == n_rows:
-                break
-            if fmt == "txt":
+            if isinstance(row, LongLine):
+                text, u = long_row(row)
+            elif fmt == "txt":
                 text, u = txt_row(row)
             elif fmt == "jsonl":
                 text, u = jsonl_row(row, text_col, url_col)
@@ -297,4 +322,6 @@ def read_text_rows(url: str, name: str, fmt: str, text_col: str, url_col: str | 
                 text, u = csv_row(row, ti, ui)
             texts.append(text)
             urls.append(u)
+            if len(texts) == n_rows:  # stop here: reading on would read the next row (perhaps a long one)
+                break
     return _table(name, texts, urls, row_start)

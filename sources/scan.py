@@ -1,10 +1,10 @@
 """One streaming pass over a text input (jsonl/csv/tsv/txt): row count, seek points, whole-file checks.
 
-Text formats have no footer to plan from, so the planner reads each text file once, in constant memory,
-and records the byte offset of every STRIDE-th row. A worker then seeks to the nearest recorded offset and
-parses only its own rows. The scan also raises the whole-input errors (no header, missing column, not JSON
-lines, no record with the text field) before anything is written. Results are cached in OUT by file
-identity, so a resume does not scan again.
+Text formats have no footer to plan from, so the planner reads each text file once, in constant memory
+(no line is held past sources.textrows.MAX_LINE_BYTES), and records the byte offset of every STRIDE-th
+row. A worker then seeks to the nearest recorded offset and parses only its own rows. The scan also
+raises the whole-input errors (no header, missing column, not JSON lines, no record with the text field)
+before anything is written. Results are cached in OUT by file identity, so a resume does not scan again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.errors import InputError
-from sources.inputs import _open_text, csv_columns, iter_text_rows
+from sources.inputs import _open_text, csv_columns
+from sources.textrows import LongLine, iter_text_rows
 
 #: A seek point every this many rows: a worker skips at most STRIDE - 1 rows to reach its first one.
 STRIDE = 1024
@@ -27,8 +28,14 @@ class TextInfo:
     checkpoints: list[int] = field(default_factory=list)
 
 
-def _jsonl_progress(line: bytes, text_col: str, state: list[bool]) -> None:
-    """state = [saw an object, saw the text field]; parsing stops once both are seen."""
+def _jsonl_progress(line: bytes | LongLine, text_col: str, state: list[bool]) -> None:
+    """state = [saw an object, saw the text field]; parsing stops once both are seen. An over-long line
+    is judged by its prefix (an object that names the field), never parsed."""
+    if isinstance(line, LongLine):
+        if line.prefix.lstrip().startswith(b"{"):
+            state[0] = True
+            state[1] = json.dumps(text_col, ensure_ascii=False).encode("utf-8", "replace") in line.prefix
+        return
     try:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

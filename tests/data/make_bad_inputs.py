@@ -1,7 +1,7 @@
 """Write the bad-input corpus of tests/pipeline/test_bad_inputs.py into tests/data/bad_inputs/.
 
     python tests/data/make_bad_inputs.py            # (re)write the committed small files
-    python tests/data/make_bad_inputs.py DIR --large  # also the 1 MB-caption files (tests write them to tmp)
+    python tests/data/make_bad_inputs.py DIR --large  # also the 1-2 MB-line files (tests write them to tmp)
 
 Every file is deterministic. Whole-input problems (nothing usable: empty, wrong schema, TEXT not a string
 column) must end a run with one line and exit code 2; row problems (bad encoding, junk, duplicates, huge
@@ -27,7 +27,11 @@ GOOD = [
 ]
 #: Latin-1 bytes that are not valid UTF-8 ("café crème au lait" with é/è as single bytes).
 LATIN1 = "a café crème with milk foam on a table".encode("latin-1")
+#: A surrogate code point spelled in UTF-8 bytes (CESU-8): not valid UTF-8 either.
+SURROGATE_BYTES = b"a red car \xed\xa0\x80 parked outside"
 HUGE_CHARS = 1_000_000
+#: Lines over the readers' line bound (sources.textrows.MAX_LINE_BYTES, 1 MiB): never held whole.
+LONG_BYTES = 2 * 2**20 + 5
 
 
 def _jsonl(rows: list[object]) -> bytes:
@@ -44,6 +48,21 @@ def _bytes(data: bytes) -> Callable[[Path], None]:
 
 def _table(columns: dict[str, pa.Array]) -> Callable[[Path], None]:
     return lambda p: _parquet(p, pa.table(columns))
+
+
+def _invalid_utf8_strings(path: Path) -> None:
+    """A parquet *string* column holding bytes that are not UTF-8, as other writers can leave it (arrow
+    validates its own strings, so the values are written valid and patched in place, same length)."""
+    swaps = {"a café crème on a table": b"a caf\xe9  cr\xe8 me on a table",
+             "http://x.invalid/caf\u00e9.jpg": b"http://x.invalid/caf\xe9 .jpg"}
+    table = pa.table({"TEXT": pa.array([GOOD[0], "a café crème on a table", GOOD[1]]),
+                      "URL": pa.array(["http://x.invalid/0", "http://x.invalid/1", "http://x.invalid/café.jpg"])})
+    pq.write_table(table, path, compression="none", use_dictionary=False, write_statistics=False)
+    data = path.read_bytes()
+    for good, bad in swaps.items():
+        assert data.count(good.encode()) == 1 and len(good.encode()) == len(bad), good
+        data = data.replace(good.encode(), bad)
+    path.write_bytes(data)
 
 
 SMALL: dict[str, Callable[[Path], None]] = {
@@ -138,6 +157,24 @@ SMALL: dict[str, Callable[[Path], None]] = {
     ),
     "nul_bytes.csv": _bytes(b"TEXT,URL\n" + GOOD[0].encode() + b",u1\na red\x00car on the road,u2\n"),
     "bom_crlf.csv": _bytes(b"\xef\xbb\xbfTEXT,URL\r\n" + GOOD[0].encode() + b",u1\r\n" + GOOD[1].encode() + b",u2\r\n"),
+    # JSON can spell code points that no UTF-8 text holds: a lone surrogate, a pair in the wrong order.
+    # In TEXT or URL the row is dropped (invalid_utf8); in a field the readers do not keep, nothing happens.
+    "lone_surrogate.jsonl": _bytes(b"".join(line + b"\n" for line in [
+        b'{"TEXT": "a red car parked on a quiet street", "URL": "http://x.invalid/0"}',
+        b'{"TEXT": "\\ud800"}',
+        b'{"TEXT": "a small dog \\udc00\\ud800 running through the park"}',
+        b'{"TEXT": "an old stone bridge over a river in autumn", "URL": "http://x.invalid/\\udfff.jpg"}',
+        b'{"TEXT": "a white house near the lake at sunset", "URL": "\\ud83d"}',
+        b'{"TEXT": "a green tractor \\ud83d\\ude9c working in a wide field"}',
+        b'{"TEXT": {"nested": "\\ud800"}}',
+        b'{"id": "\\ud800", "\\udc00": 1, "TEXT": "a blue boat on a calm lake", "URL": {"href": "\\ud800"}}',
+    ])),
+    "surrogate_bytes.txt": _bytes(GOOD[0].encode() + b"\n" + SURROGATE_BYTES + b"\n" + GOOD[1].encode() + b"\n"),
+    "bad_utf8_url.csv": _bytes(
+        b"TEXT,URL\n" + GOOD[0].encode() + b",http://x.invalid/0\n" + GOOD[1].encode() + b",http://x.invalid/caf\xe9\n"
+        + GOOD[2].encode() + b",http://x.invalid/\xed\xa0\x80\n" + SURROGATE_BYTES + b",http://x.invalid/3\n"
+    ),
+    "invalid_utf8_strings.parquet": _invalid_utf8_strings,
 }
 
 LARGE: dict[str, Callable[[Path], None]] = {
@@ -146,6 +183,15 @@ LARGE: dict[str, Callable[[Path], None]] = {
     "huge_caption.csv": _bytes(b"TEXT,URL\n" + GOOD[0].encode() + b",u\n" + b"word " * (HUGE_CHARS // 5) + b",u2\n"),
     "huge_caption.txt": _bytes(GOOD[0].encode() + b"\n" + b"x" * HUGE_CHARS + b"\n"),
     "huge_caption.parquet": _table({"TEXT": pa.array([GOOD[0], "y" * HUGE_CHARS]), "URL": pa.array(["u", "u2"])}),
+    # lines over the line bound, in the middle and last without a newline
+    "long_line.txt": _bytes(GOOD[0].encode() + b"\n" + b"x" * LONG_BYTES + b"\n" + GOOD[1].encode() + b"\n"
+                            + b"z" * LONG_BYTES),
+    "long_line.jsonl": _bytes(_jsonl([{"TEXT": GOOD[0]}, {"TEXT": "a red car " * (LONG_BYTES // 10), "URL": "u"},
+                                      {"TEXT": GOOD[1]}])),
+    "long_line.csv": _bytes(b"TEXT,URL\n" + GOOD[0].encode() + b",u\n" + b'"' + b"word, " * (LONG_BYTES // 6)
+                            + b'",u2\n' + GOOD[1].encode() + b",u3\n"),
+    "long_line.tsv": _bytes(b"URL\tTEXT\n" + b"u\t" + GOOD[0].encode() + b"\nu2\t" + b"w\t" * (LONG_BYTES // 2)
+                            + b"\n" + b"u3\t" + GOOD[1].encode() + b"\n"),
 }
 
 
@@ -161,7 +207,7 @@ def write_all(directory: Path, large: bool = False) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", default=str(HERE))
-    parser.add_argument("--large", action="store_true", help="also the 1 MB-caption files")
+    parser.add_argument("--large", action="store_true", help="also the 1-2 MB-line files")
     args = parser.parse_args(argv)
     for p in write_all(Path(args.directory), args.large):
         print(p)

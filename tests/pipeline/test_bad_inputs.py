@@ -9,6 +9,7 @@ row: rows_in = kept + dropped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import InputError
 from tests.data import make_bad_inputs
 from tests.support import ROOT, cli_env
 
@@ -41,6 +43,9 @@ WHOLE_INPUT = {
     "not_captions.xml": "unknown input format",
 }
 
+#: A file name of bytes that are not UTF-8 (written at test time), and how the `source` column spells it.
+NON_UTF8_NAME = "caps-\\xff.txt"
+NON_UTF8_FILE = os.fsdecode(b"caps-\xff.txt")
 #: file -> (rows, {drop reason: rows}) with dedup off (the duplicates file has its own test)
 ROW_PROBLEMS = {
     "wrong_types.jsonl": (9, {"not_text": 4, "empty": 2, "invalid_json": 1}),
@@ -61,6 +66,17 @@ ROW_PROBLEMS = {
     "huge_caption.csv": (2, {"too_long": 1}),
     "huge_caption.txt": (2, {"too_long": 1}),
     "huge_caption.parquet": (2, {"too_long": 1}),
+    # issue 19 item 8: text no UTF-8 can hold, in TEXT or URL, in every reader
+    "lone_surrogate.jsonl": (8, {"invalid_utf8": 4, "not_text": 1}),
+    "surrogate_bytes.txt": (3, {"invalid_utf8": 1}),
+    "bad_utf8_url.csv": (4, {"invalid_utf8": 3}),
+    "invalid_utf8_strings.parquet": (3, {"invalid_utf8": 2}),
+    NON_UTF8_NAME: (2, {}),
+    # issue 19 item 9: lines over the line bound (2 MiB) in every text format
+    "long_line.txt": (4, {"too_long": 2}),
+    "long_line.jsonl": (3, {"too_long": 1}),
+    "long_line.csv": (3, {"too_long": 1}),
+    "long_line.tsv": (3, {"too_long": 1}),
 }
 INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
 
@@ -121,9 +137,13 @@ def row_run(tmp_path_factory, ray_address) -> Path:
     tmp = tmp_path_factory.mktemp("bad_rows")
     large = tmp / "large"
     make_bad_inputs.write_all(large, large=True)
+    (large / "names").mkdir()  # found by listing a folder (named on the command line, it is a config error)
+    (large / "names" / NON_UTF8_FILE).write_bytes(f"{make_bad_inputs.GOOD[0]}\n{make_bad_inputs.GOOD[2]}\n".encode())
     inputs = []
     for name in ROW_PROBLEMS:
-        inputs += ["--input", str(large / name if name.startswith("huge_") else CORPUS / name)]
+        path = large / "names" if name == NON_UTF8_NAME else large / name if name.startswith(("huge_", "long_")) \
+            else CORPUS / name
+        inputs += ["--input", str(path)]
     out = tmp / "out"
     proc = run(*inputs, "--set", "ingest.dedup_captions=false", "--set", "ingest.dedup_urls=false", out=out,
                ray_address=ray_address)
@@ -171,9 +191,13 @@ def test_kept_captions_are_clean(row_run):
 
 
 def test_huge_captions_stay_small_on_disk(row_run):
-    """A 1 MB caption is dropped as too_long and only a prefix of it is kept for tracing."""
+    """A 1 MB caption or a 2 MiB line is dropped as too_long and only a prefix of it is kept for tracing."""
     huge = [r for r in ingest_rows(row_run) if r["drop_reason"] == "too_long"]
-    assert len(huge) == 4 and all(len(r["caption_raw"] or "") <= 2048 for r in huge)
+    assert len(huge) == 9 and all(0 < len(r["caption_raw"] or "") <= 2048 for r in huge)
+    prefixes = sorted((r["source"], r["caption_raw"][:12]) for r in huge if r["source"].startswith("long_line"))
+    assert prefixes == [("long_line.csv", '"word, word,'), ("long_line.jsonl", '{"TEXT": "a '),
+                        ("long_line.tsv", "u2\tw\tw\tw\tw\tw"), ("long_line.txt", "x" * 12),
+                        ("long_line.txt", "z" * 12)]
     assert sum(p.stat().st_size for p in (row_run / "ingest").rglob("*.parquet")) < 1_000_000
 
 
@@ -199,3 +223,91 @@ def test_duplicate_rows_and_same_named_files(ray_address, tmp_path):
     st = status(out)
     assert st["rows_in"] == 8 == st["rows_out"] + st["rows_dropped"]
     assert st["dropped"] == {"duplicate_caption": 3, "duplicate_url": 1, "invalid_utf8": 1}
+
+
+def test_unencodable_text_and_urls_are_dropped_not_fatal(row_run):
+    """Lone surrogates (JSON escapes), surrogate bytes, latin-1 and invalid UTF-8 in a parquet *string* column:
+    the row is dropped as invalid_utf8 whether the TEXT or the URL holds it (used to fail the partition on
+    every attempt); a correct pair is text, and fields the readers do not keep do not matter."""
+    rows = {(r["source"], r["source_row"]): r for r in ingest_rows(row_run)}
+    lone = [rows["lone_surrogate.jsonl", i] for i in range(8)]
+    assert [r["drop_reason"] for r in lone] == [None, "invalid_utf8", "invalid_utf8", "invalid_utf8", "invalid_utf8",
+                                                None, "not_text", None]
+    assert lone[5]["caption"] == "a green tractor \U0001f69c working in a wide field"
+    assert lone[3]["caption_raw"] == "an old stone bridge over a river in autumn" and lone[3]["url"] is None
+    assert lone[7]["url"] is None and lone[7]["caption"] == "a blue boat on a calm lake"
+    parquet = [rows["invalid_utf8_strings.parquet", i]["drop_reason"] for i in range(3)]
+    assert parquet == [None, "invalid_utf8", "invalid_utf8"]
+    assert rows[NON_UTF8_NAME, 0]["status"] == "kept"
+
+
+BIG_MIB = 64
+MEASURE = r"""
+import json, sys
+import pyarrow as pa
+from sources.inputs import read_text_rows
+from sources.scan import scan_text
+pa.table({"a": pa.array(["x"], pa.large_string())})  # arrow's allocator takes ~35 MiB on first use, any size
+
+
+def rss(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+
+side, files = sys.argv[1], json.loads(sys.argv[2])
+try:  # reset the peak to now, so imports do not count (Linux >= 4.0); else the measure only overstates
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = rss("VmRSS")
+out = {}
+for path, fmt, rows, offset in files:
+    url_col = None if fmt == "txt" else "URL"
+    if side == "driver":
+        info = scan_text(path, fmt, "TEXT", url_col)
+        out[fmt] = [info.rows, info.checkpoints[0]]
+    else:
+        table = read_text_rows(path, "big", fmt, "TEXT", url_col, offset, 0, 0, rows)
+        out[fmt] = [table["raw_error"].to_pylist(), max(len(t or "") for t in table["text"].to_pylist())]
+print(json.dumps({"peak_mib": (rss("VmHWM") - base) / 1024, "out": out}))
+"""
+
+
+def _peak(side: str, files: list) -> dict:
+    proc = subprocess.run([sys.executable, "-c", MEASURE, side, json.dumps(files)], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_a_line_without_newlines_costs_bounded_memory(tmp_path):
+    """A 64 MiB caption with no newline (txt, jsonl, csv): the driver's scan and the worker's read each hold
+    at most a bounded prefix of it (the old readers held ~4x the line: 256 MiB here); the row is too_long."""
+    good = make_bad_inputs.GOOD[0].encode()
+    body = b"a red car " * (BIG_MIB * 2**20 // 10)
+    files = {"txt": good + b"\n" + body + b"\n" + good + b"\n",
+             "jsonl": b'{"TEXT": "' + good + b'"}\n{"URL": "u", "TEXT": "' + body + b'"}\n{"TEXT": "' + good + b'"}\n',
+             "csv": b"TEXT,URL\n" + good + b",u\n" + body + b",u2\n" + good + b",u3\n"}
+    for fmt, data in files.items():
+        (tmp_path / f"big.{fmt}").write_bytes(data)
+    driver = _peak("driver", [[str(tmp_path / f"big.{fmt}"), fmt, 0, 0] for fmt in files])
+    assert driver["out"] == {"txt": [3, 0], "jsonl": [3, 0], "csv": [3, 9]}
+    worker = _peak("worker", [[str(tmp_path / f"big.{fmt}"), fmt, 3, driver["out"][fmt][1]] for fmt in files])
+    for fmt in files:
+        assert worker["out"][fmt] == [[None, "too_long", None], 8192], fmt
+    print(f"peak memory over a {BIG_MIB} MiB line: driver scan +{driver['peak_mib']:.1f} MiB, "
+          f"worker read +{worker['peak_mib']:.1f} MiB")
+    assert driver["peak_mib"] < 16 and worker["peak_mib"] < 16, (driver, worker)
+
+
+def test_csv_quoted_field_past_the_line_bound_is_one_line(tmp_path):
+    """A quoted csv field that runs across lines into an over-long one cannot be parsed in bounded memory
+    without losing the parser's place: the file is refused with one line naming the row."""
+    from sources.scan import scan_text
+
+    bad = tmp_path / "quoted.csv"
+    bad.write_bytes(b'TEXT,URL\na red car,u\n"a field that opens\n' + b"w " * 2**20 + b'\nand closes",u2\n')
+    with pytest.raises(InputError, match=r"quoted.csv: row 3: malformed ','-separated data \(a quoted field makes a "
+                                         r"record longer than 1048576 bytes\)"):
+        scan_text(str(bad), "csv", "TEXT", "URL")

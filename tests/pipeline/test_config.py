@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -340,3 +341,13 @@ def test_cli_yaml_bomb_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "aliases expand to more than 10000" in lines[0], proc.stderr
     assert not out.exists()
+
+
+def test_strings_that_are_not_utf8_name_the_key():
+    """A file name of non-UTF-8 bytes on the command line, or a lone surrogate in YAML, could be neither
+    hashed nor written to OUT/config.yaml: one line naming the key (it used to be a traceback mid-run)."""
+    name = os.fsdecode(b"/data/caps-\xff.txt")
+    with pytest.raises(ConfigError, match=re.escape("config: ingest.input.1: not UTF-8 text (b'/data/caps-\\xff.txt'")):
+        build_config(extra={"ingest": {"input": ["ok.txt", name]}})
+    with pytest.raises(ConfigError, match=re.escape("config: ingest.text_column: not UTF-8 text")):
+        build_config(overrides=['ingest.text_column="\\ud800"'])
