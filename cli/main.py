@@ -194,10 +194,27 @@ def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+#: Commands whose OUT (and export-hf's DEST) must be a directory or not exist yet.
+OUT_COMMANDS = ("run", "status", "validate", "preview", "export-hf")
+
+
+def check_out_paths(args: argparse.Namespace) -> None:
+    """An existing regular file named as OUT (or DEST) is one line and exit 2, before any work."""
+    if args.command not in OUT_COMMANDS:
+        return
+    from pipeline.storage import Storage
+
+    options = storage_options(args)
+    for attr, what in (("out", "output directory"), ("dest", "export directory")):
+        if getattr(args, attr, None):
+            Storage(getattr(args, attr), options).check_not_a_file(what)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_out_paths(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"editgen: {exc}", file=sys.stderr)

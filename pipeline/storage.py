@@ -305,6 +305,25 @@ class Storage:
                     n += 1
         return n
 
+    def check_not_a_file(self, what: str = "output directory") -> None:
+        """OUT (or a folder above it) that is an existing regular file is one line, not a NotADirectoryError
+        traceback from whichever read or write reaches it first."""
+        if self.local:
+            path = os.path.abspath(self.root_path)
+            while not os.path.lexists(path) and os.path.dirname(path) != path:
+                path = os.path.dirname(path)
+            if os.path.exists(path) and not os.path.isdir(path):
+                if path == os.path.abspath(self.root_path):
+                    raise OutputError(f"{self.root}: is a file, not an {what}")
+                raise OutputError(f"{self.root}: cannot be an {what}: {path} is a file")
+            return
+        try:
+            is_file = self.fs.isfile(self.root_path)
+        except (OSError, ValueError):  # unreachable, forbidden, a bad bucket name: the command says so itself
+            return
+        if is_file:
+            raise OutputError(f"{self.root}: is an object (a file), not an {what}")
+
     def check_writable(self) -> None:
         """Fail early, before any work, if OUT cannot be written."""
         probe = self.path(f"{TMP_MARK}probe-{uuid.uuid4().hex}")

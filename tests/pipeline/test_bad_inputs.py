@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputError
+from pipeline.storage import Storage
 from tests.data import make_bad_inputs
 from tests.support import ROOT, cli_env
 
@@ -311,3 +312,33 @@ def test_csv_quoted_field_past_the_line_bound_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"quoted.csv: row 3: malformed ','-separated data \(a quoted field makes a "
                                          r"record longer than 1048576 bytes\)"):
         scan_text(str(bad), "csv", "TEXT", "URL")
+
+
+@pytest.mark.parametrize("command", ["run", "status", "validate", "preview", "export-hf", "export-hf-dest", "nested"])
+def test_out_naming_a_regular_file_is_one_line(tmp_path, capsys, command):
+    """OUT (or export-hf's DEST, or a folder above OUT) that is an existing regular file: one line, exit 2,
+    nothing written (each used to end in a NotADirectoryError traceback)."""
+    from cli.main import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory\n")
+    args = {"run": ["run", "--input", str(CORPUS / "bom_crlf.csv"), "--out", str(afile), "-q"],
+            "status": ["status", str(afile)], "validate": ["validate", str(afile)], "preview": ["preview", str(afile)],
+            "export-hf": ["export-hf", str(afile), str(tmp_path / "dest")],
+            "export-hf-dest": ["export-hf", str(tmp_path), str(afile)],
+            "nested": ["run", "--input", str(CORPUS / "bom_crlf.csv"), "--out", str(afile / "sub" / "out")]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    want = (f"{afile / 'sub' / 'out'}: cannot be an output directory: {afile} is a file" if command == "nested"
+            else f"{afile}: is a file, not an {'export' if command == 'export-hf-dest' else 'output'} directory")
+    assert err == [f"editgen: {want}"]
+    assert afile.read_text() == "not a directory\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_out_naming_an_object_store_file_is_one_line():
+    """The same on an object store (fsspec's memory store stands in for S3: same fs.isfile call)."""
+    store = Storage("memory://i19-out-file")
+    store.fs.pipe_file(store.root_path, b"x")
+    with pytest.raises(OutputError, match=r"memory://i19-out-file: is an object \(a file\), not an output directory"):
+        store.check_not_a_file()
+    Storage("memory://i19-out-dir").check_not_a_file()
