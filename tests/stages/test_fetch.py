@@ -6,7 +6,11 @@ and one run through the runner with resume."""
 from __future__ import annotations
 
 import io
+import ipaddress
+import os
 import socket
+import threading
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,10 +21,11 @@ from cli.main import main as cli_main
 from pipeline.config import build_config
 from pipeline.registry import stage_names
 from pipeline.runner import run_pipeline, stage_hashes
+from sources.addresses import BlockedAddress, check_public, refusal
 from sources.http import opted_out
 from sources.image import prepare_image
 from stages.fetch import FetchStage, SystemicFetchError
-from tests.image_server import ImageServer, captions_parquet, encode, gradient
+from tests.image_server import DripServer, ImageServer, captions_parquet, encode, gradient
 
 FAST = {"timeout": 0.5, "max_seconds": 5, "retries": 1, "backoff": 0.01, "max_bytes": 4096,
         "max_pixels": 1_000_000, "threads": 8}
@@ -259,3 +264,109 @@ def test_tools_read_the_graph_from_out(tmp_path):
     assert stage_names(out_config(storage)) == stage_names()  # no config.yaml: the defaults
     storage.write_text("render:\n  source: real\ninstruct:\n  max_attempts: '***'\n", "config.yaml")
     assert stage_names(out_config(storage))[:3] == ["ingest", "fetch", "instruct"]
+
+
+# ---- hostile servers (issue 19 item 2): one deadline for connect + TLS + headers + body + redirects ----
+DEADLINE = {"timeout": 2.0, "max_seconds": 0.8, "retries": 0}  # each drip (0.2 s) and hop well within timeout
+
+
+@pytest.mark.parametrize("name", ["drip-body.png", "drip-headers.png", "hop/5", "tls"])
+def test_a_dripping_server_is_cut_at_max_seconds(server, name):
+    """Bytes dripped into the body or the header block, slow redirects, a TLS handshake that never
+    ends: each read is in time, the whole request is not. The old code kept the body drip after ~50 s,
+    never ended the header drip, ended the TLS one at `timeout` (2 s) and the redirects after 1.5 s."""
+    stage = FetchStage(real_cfg(**DEADLINE))
+    stage.setup()  # the session, its TLS context and the pools exist before the clock starts
+    try:
+        with DripServer() as tls:
+            url = f"https://127.0.0.1:{tls.port}/photo.png" if name == "tls" else server.url(name)
+            hops = [server.count(f"hop/{i}") for i in range(6)]
+            table = pa.table({"id": ["r0"], "url": [url]})
+            t0 = time.monotonic()
+            out = stage.process_partition(table)
+            took = time.monotonic() - t0
+            row = out.to_pylist()[0]
+    finally:
+        stage.teardown()
+    assert row["drop_reason"] == "fetch_timeout" and "fetch.max_seconds=0.8" in row["fetch_error"], row
+    assert 0.75 < took < 0.8 + 0.45, took
+    if name == "hop/5":  # the deadline falls in the second hop
+        assert sum(server.count(f"hop/{i}") - n for i, n in enumerate(hops)) == 2
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_thread_or_socket_outlives_the_stage(server):
+    """Timed-out, refused and finished requests leave no socket and no thread behind once the worker is
+    torn down (the drips' server threads end as their client hangs up)."""
+    names = ["drip-body.png", "drip-headers.png", "hop/3", "photo.png", "redirect", "missing.png"]
+    urls = [server.url(n) for n in names] + [f"http://localhost:{server.httpd.server_address[1]}/photo.png"]
+
+    def settled(threads: int, fds: int) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if threading.active_count() <= threads and _open_fds() <= fds:
+                return True
+            time.sleep(0.1)
+        return False
+
+    threads, fds = threading.active_count(), _open_fds()
+    for _ in range(2):
+        rows = fetch_table(urls, **DEADLINE).to_pylist()
+        assert [r["drop_reason"] for r in rows][:3] == ["fetch_timeout"] * 3 and rows[3]["status"] == "kept"
+    assert settled(threads, fds), (threading.enumerate(), _open_fds(), fds)
+
+
+# ---- SSRF (issue 19 item 6): an address is judged by where it goes, IPv4 inside IPv6 included ----
+REFUSED = [
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+    "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fe80::1%1", "fc00::1", "fd12:3456::1", "fec0::1",
+    "ff02::1", "2001:db8::1",
+    "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:10.0.0.1", "::ffff:a9fe:a9fe",  # IPv4-mapped
+    "::ffff:0:10.0.0.1", "::ffff:0:a9fe:a9fe",  # IPv4-translated (SIIT)
+    "::10.0.0.1", "::a00:1", "::127.0.0.1", "::a9fe:a9fe",  # IPv4-compatible
+    "64:ff9b::10.0.0.1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1",  # NAT64 well-known
+    "64:ff9b:1::a00:1", "64:ff9b:1::808:808", "64:ff9b:1:ffff::1",  # local-use NAT64: all of it
+    "2002:a00:1::", "2002:a9fe:a9fe::1", "2002:7f00:1:1::1", "2002:c0a8:101::",  # 6to4
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1 (inverted)
+    "2001:0:a00:1:8000:63bf:f7f7:f7f7",  # Teredo, server 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    "2001:470:1::5efe:a00:1", "2001:470:1::200:5efe:a9fe:a9fe", "fe80::5efe:808:808",  # ISATAP
+]
+ALLOWED = ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:82a::200e",
+           "64:ff9b::808:808", "64:ff9b::93.184.216.34", "2002:808:808::1", "2001:470:1::5efe:808:808"]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_non_public_addresses_are_refused_in_every_form(address):
+    assert refusal(ipaddress.ip_address(address)), address
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_public_addresses_pass(address):
+    """Not everything is refused: public hosts, and NAT64 / 6to4 forms of public IPv4 (in a DNS64
+    network every IPv4-only host resolves to 64:ff9b::/96)."""
+    assert refusal(ipaddress.ip_address(address)) is None
+
+
+def test_one_private_answer_among_public_ones_refuses_the_host():
+    check_public("public.example", ["93.184.216.34", "2606:4700:4700::1111"])
+    with pytest.raises(BlockedAddress, match=r"rebind\.example resolves to non-public address 64:ff9b::a9fe:a9fe"):
+        check_public("rebind.example", ["93.184.216.34", "64:ff9b::a9fe:a9fe"])
+
+
+def test_private_spellings_are_refused_through_the_fetch_path(server):
+    """Every spelling of the test server's own address, literal or looked up (localhost), is refused
+    before any connection, with block_private_addresses on; the server never sees a request."""
+    port = server.httpd.server_address[1]
+    hosts = ["127.0.0.1", "localhost", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "[::1]",
+             "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::127.0.0.1]", "[64:ff9b::7f00:1]",
+             "[2002:7f00:1::]", "[::ffff:0:127.0.0.1]", "[64:ff9b:1::7f00:1]"]
+    before = server.count("photo.png")
+    rows = fetch_table([f"http://{h}:{port}/photo.png" for h in hosts], block_private_addresses=True).to_pylist()
+    for host, row in zip(hosts, rows, strict=True):
+        assert row["drop_reason"] == "fetch_bad_url" and "non-public address" in row["fetch_error"], (host, row)
+    assert server.count("photo.png") == before
+
