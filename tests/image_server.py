@@ -16,8 +16,10 @@ from __future__ import annotations
 import io
 import random
 import socketserver
+import struct
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +75,20 @@ def exif_rotated_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(halves(96, 64, (255, 0, 0), (0, 0, 255)), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def png_bomb(width: int, height: int, mode: str = "RGBA") -> bytes:
+    """A valid PNG of width x height black pixels (RGBA or RGB, 8 bits), written row by row so that
+    making it never holds the decoded image: a small file (zlib shrinks zeros ~1000x) that decodes huge."""
+    color_type, channels = {"RGB": (2, 3), "RGBA": (6, 4)}[mode]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, row = zlib.compressobj(9), bytes(1 + width * channels)  # filter byte 0 + the row's zeros
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _routes() -> dict[str, Reply]:
