@@ -13,9 +13,12 @@ render test); `captions_parquet` writes an ingest input whose URLs point at the 
 
 from __future__ import annotations
 
+import datetime
 import io
+import ipaddress
 import random
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -131,14 +134,16 @@ class _Server(ThreadingHTTPServer):
 class ImageServer:
     """Serves `_routes()` (and `add_image`s) on 127.0.0.1 until `close()` (or the `with` block ends)."""
 
-    def __init__(self, flaky_failures: int = 1, port: int = 0) -> None:
+    def __init__(self, flaky_failures: int = 1, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.routes = _routes()
         self.flaky_failures = flaky_failures
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.closing = threading.Event()  # ends every drip
         self.httpd = _Server(("127.0.0.1", port), self._handler())
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:  # HTTPS (see `tls_context`); the handshake runs as each connection is accepted
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="image-server", daemon=True)
         self._thread.start()
 
@@ -224,6 +229,38 @@ def drip(write: Callable[[bytes], object], data: bytes, gap: float, stop: thread
             write(data[i:i + 1])
         except OSError:  # the client gave up: this thread ends too
             return
+
+
+def tls_context(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context whose certificate (for 127.0.0.1) is signed by a CA made here, and that CA's
+    PEM file: a client trusting it gets a verified connection, any other client a verification error."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+             ca: bool) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(cert("test CA", ca_key, "test CA", ca_key, True).public_bytes(pem))
+    (folder / "server.pem").write_bytes(cert("127.0.0.1", key, "test CA", ca_key, False).public_bytes(pem)
+                                        + key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem")
+    return context, folder / "ca.pem"
 
 
 class DripServer:

@@ -33,7 +33,15 @@ from sources.budget import DecodeBudget
 from sources.http import opted_out
 from sources.image import prepare_image
 from stages.fetch import FetchStage, SystemicFetchError
-from tests.image_server import DripServer, ImageServer, captions_parquet, encode, gradient, png_bomb
+from tests.image_server import (
+    DripServer,
+    ImageServer,
+    captions_parquet,
+    encode,
+    gradient,
+    png_bomb,
+    tls_context,
+)
 
 FAST = {"timeout": 0.5, "max_seconds": 5, "retries": 1, "backoff": 0.01, "max_bytes": 4096,
         "max_pixels": 1_000_000, "threads": 8}
@@ -300,6 +308,34 @@ def test_a_dripping_server_is_cut_at_max_seconds(server, name):
     assert 0.75 < took < 0.8 + 0.45, took
     if name == "hop/5":  # the deadline falls in the second hop
         assert sum(server.count(f"hop/{i}") - n for i, n in enumerate(hops)) == 2
+
+
+def test_https_is_verified_and_bound_by_the_deadline(tmp_path):
+    """TLS runs on the adapter's own context and deadline-bound socket class: a certificate from an
+    unknown CA is still refused; once the CA is trusted the image comes through, and a body dripped
+    over TLS is cut at max_seconds like one over plain HTTP."""
+    pytest.importorskip("cryptography")
+    context, ca = tls_context(tmp_path)
+    stage = FetchStage(real_cfg(**DEADLINE))
+    stage.setup()
+    try:
+        with ImageServer(tls=context) as https:
+            table = pa.table({"id": ["a", "b"], "url": [https.url("photo.png"), https.url("drip-body.png")]})
+            rows = stage.process_partition(table).to_pylist()
+            for row in rows:
+                assert row["drop_reason"] == "fetch_connection_error", row
+                assert "CERTIFICATE_VERIFY_FAILED" in row["fetch_error"], row
+            assert stage.fetcher is not None
+            pool_kw = stage.fetcher.session.get_adapter("https://").poolmanager.connection_pool_kw
+            pool_kw["ssl_context"].load_verify_locations(ca)
+            t0 = time.monotonic()
+            rows = stage.process_partition(table).to_pylist()
+            took = time.monotonic() - t0
+    finally:
+        stage.teardown()
+    assert rows[0]["status"] == "kept" and rows[0]["image_width"] == 64, rows[0]
+    assert rows[1]["drop_reason"] == "fetch_timeout" and "fetch.max_seconds=0.8" in rows[1]["fetch_error"], rows[1]
+    assert took < 0.8 + 0.45, took
 
 
 def _open_fds() -> int:
