@@ -94,6 +94,7 @@ def prepare_image(data: bytes, settings: FetchConfig, size: tuple[int, int],
         try:
             with budget.reserve(cost):
                 resized = resize(decode(img), settings, target)
+                img.close()  # its decoded pixels go before their bytes are given back to the budget
             out.data = encode(resized, settings.encode_format, settings.quality)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
             return _fail(out, DECODE_ERROR, f"{type(exc).__name__}: {exc}")
