@@ -4,27 +4,28 @@ half; `sources.image` is the other).
 Behaviour follows img2dataset's downloader, rebuilt on requests (img2dataset itself cannot be installed
 beside this stack, docs/fetch.md): a user agent that names the tool, X-Robots-Tag opt-outs honoured for
 every crawler or for our token, retries with backoff on connection errors, timeouts, 5xx and 429 (never
-on other 4xx). Beyond it: bodies are streamed and cut at `max_bytes`, a whole attempt has a deadline, and
-redirects are followed by hand so every hop is checked (scheme, and non-public addresses when
-`block_private_addresses`). One `Fetcher` (one requests.Session, its connection pool sized to the
-worker's threads) per worker; `fetch` is safe to call from many threads.
+on other 4xx). Beyond it: bodies are streamed and cut at `max_bytes`; a whole attempt (DNS, connect,
+TLS, headers, body, every redirect hop) ends by `max_seconds` however slowly the server drips; redirects
+are followed by hand so every hop's URL is checked; and with `block_private_addresses` every address a
+connection goes to is checked (`sources.netguard`, `sources.addresses`). One `Fetcher` (one
+requests.Session, its connection pool and resolver pool sized to the worker's threads) per worker;
+`fetch` is safe to call from many threads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.cookiejar
-import ipaddress
-import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from pipeline.settings.fetch import FetchConfig
+from sources.addresses import BlockedAddress
+from sources.netguard import ConnectPolicy, GuardedAdapter, deadline_scope
 
 BAD_URL = "fetch_bad_url"
 HTTP_ERROR = "fetch_http_error"
@@ -66,10 +67,6 @@ class Download:
         return self
 
 
-class BlockedAddress(ValueError):
-    """A URL (or a redirect) whose host resolves to a loopback, private or link-local address."""
-
-
 def check_url(url: object) -> str | None:
     """Why `url` cannot be fetched (missing, not http(s), no host), or None."""
     if not isinstance(url, str) or not url.strip():
@@ -84,23 +81,6 @@ def check_url(url: object) -> str | None:
     if not parts.hostname:
         return "URL has no host"
     return None
-
-
-def check_public(url: str) -> None:
-    """Raise BlockedAddress when the URL's host resolves to an address that is not globally routable.
-    A host that does not resolve is a connection error right away (requests would only resolve it again)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except UnicodeError as exc:
-        raise requests.exceptions.InvalidURL(f"bad host name {host!r}: {exc}") from None
-    except OSError as exc:  # socket.gaierror: DNS failed
-        raise requests.exceptions.ConnectionError(f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not ip.is_global:
-            raise BlockedAddress(f"{host} resolves to non-public address {ip} (fetch.block_private_addresses)")
 
 
 def opted_out(values: list[str], token: str, directives: set[str]) -> bool:
@@ -145,12 +125,15 @@ class Fetcher:
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": settings.user_agent, "Accept": "image/*,*/*;q=0.5"})
         self.session.cookies.set_policy(_NoCookies())
-        adapter = HTTPAdapter(pool_connections=settings.threads, pool_maxsize=settings.threads, max_retries=0)
+        self.session.trust_env = False  # no env proxy (it would resolve names past the guard), no .netrc logins
+        self.policy = ConnectPolicy(settings.block_private_addresses, settings.threads)
+        adapter = GuardedAdapter(self.policy, settings.threads)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
+        self.policy.close()
 
     def fetch(self, url: str) -> Download:
         """The URL's body after up to `retries` retries of transient failures, or why not."""
@@ -167,8 +150,17 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def _attempt(self, url: str) -> Download:
-        d = Download(url)
+        """One try within one deadline: every socket call of every hop is bounded by it (sources.netguard)."""
         deadline = time.monotonic() + self.s.max_seconds
+        with deadline_scope(deadline):
+            d = self._attempt_within(url, deadline)
+        if d.reason in (TIMEOUT, CONNECTION) and time.monotonic() >= deadline:
+            d.fail(TIMEOUT, f"request took over fetch.max_seconds={self.s.max_seconds:g} ({d.error})",
+                   retry=True, unreachable=d.unreachable)
+        return d
+
+    def _attempt_within(self, url: str, deadline: float) -> Download:
+        d = Download(url)
         try:
             resp = self._get(url, deadline)
         except Exception as exc:  # noqa: BLE001 - every failure becomes this row's reason
@@ -182,10 +174,9 @@ class Fetcher:
         return d
 
     def _get(self, url: str, deadline: float) -> requests.Response:
-        """GET with redirects followed by hand, each hop checked before it is requested."""
+        """GET with redirects followed by hand, each hop's URL checked before it is requested (its address
+        is checked by the connection, sources.netguard)."""
         for _ in range(self.s.max_redirects + 1):
-            if self.s.block_private_addresses:
-                check_public(url)
             if time.monotonic() > deadline:
                 raise requests.exceptions.Timeout(f"redirects took over fetch.max_seconds={self.s.max_seconds:g}")
             resp = self.session.get(url, stream=True, timeout=self.s.timeout, allow_redirects=False)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pipeline.settings.base import Resources
 from pipeline.settings.fetch import FetchConfig
 from pipeline.stage import Partition, Stage, with_status
+from sources.budget import DecodeBudget
 from sources.http import BAD_URL, Download, Fetcher
 from sources.image import Prepared, prepare_image
 
@@ -75,7 +76,7 @@ def check_unreachable(max_fraction: float, results: list[Fetched]) -> None:
 
 class FetchStage(Stage[FetchConfig]):
     name = "fetch"
-    version = "1"
+    version = "2"  # 2: web image formats only, decoded-bytes budget, PNG text cap (issue 19)
     active_when = "render.source=real"
     input_columns = ("url",)
     output_columns = tuple(f.name for f in OUTPUT_FIELDS)
@@ -84,6 +85,7 @@ class FetchStage(Stage[FetchConfig]):
         super().__init__(config)
         self.fetcher: Fetcher | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.budget: DecodeBudget | None = None
 
     @classmethod
     def active(cls, config: EditgenConfig) -> bool:
@@ -103,9 +105,10 @@ class FetchStage(Stage[FetchConfig]):
 
     # ---- worker side -----------------------------------------------------------------------
     def setup(self) -> None:
-        """One HTTP session and thread pool per worker, reused by all its partitions."""
+        """One HTTP session, thread pool and decoded-bytes budget per worker, shared by its partitions."""
         self.fetcher = Fetcher(self.settings)
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="fetch")
+        self.budget = DecodeBudget(self.settings.decode_memory_bytes)
 
     def teardown(self) -> None:
         if self.pool is not None:
@@ -119,7 +122,7 @@ class FetchStage(Stage[FetchConfig]):
         assert self.fetcher is not None
         done = Fetched(self.fetcher.fetch(url))
         if done.download.reason is None and done.download.data is not None:
-            done.image = prepare_image(done.download.data, self.settings, self.size)
+            done.image = prepare_image(done.download.data, self.settings, self.size, self.budget)
             done.download.data = None  # the stored image replaces the body
         return done
 

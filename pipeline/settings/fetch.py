@@ -51,6 +51,11 @@ class FetchConfig(Strict):
                            "row is fetch_too_large")
     max_pixels: int = Field(89_478_485, ge=1, le=PILLOW_PIXEL_LIMIT,
                             description="decompression-bomb guard: width * height above this is fetch_too_large")
+    decode_memory_bytes: int = Field(
+        2**30, ge=2**20, le=2**40, description="decoded-pixel bytes a worker's threads may hold at once: each "
+        "decode reserves its peak, estimated from the header (size, mode, format), and waits for it; an image "
+        "that alone needs more is fetch_too_large (docs/fetch.md)",
+    )
     min_side: int = Field(64, ge=1, le=4096, description="shorter side of the original below this: fetch_too_small")
     resize_mode: Literal["center_crop", "border", "keep_ratio"] = Field(
         "center_crop", description="to render.width x render.height: center_crop fills and crops, border fits "

@@ -6,21 +6,42 @@ and one run through the runner with resume."""
 from __future__ import annotations
 
 import io
+import ipaddress
+import json
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, PngImagePlugin
 
 from cli.main import main as cli_main
 from pipeline.config import build_config
 from pipeline.registry import stage_names
 from pipeline.runner import run_pipeline, stage_hashes
+from sources.addresses import BlockedAddress, check_public, refusal
+from sources.budget import DecodeBudget
 from sources.http import opted_out
 from sources.image import prepare_image
 from stages.fetch import FetchStage, SystemicFetchError
-from tests.image_server import ImageServer, captions_parquet, encode, gradient
+from tests.image_server import (
+    DripServer,
+    ImageServer,
+    captions_parquet,
+    encode,
+    gradient,
+    png_bomb,
+    tls_context,
+)
 
 FAST = {"timeout": 0.5, "max_seconds": 5, "retries": 1, "backoff": 0.01, "max_bytes": 4096,
         "max_pixels": 1_000_000, "threads": 8}
@@ -259,3 +280,352 @@ def test_tools_read_the_graph_from_out(tmp_path):
     assert stage_names(out_config(storage)) == stage_names()  # no config.yaml: the defaults
     storage.write_text("render:\n  source: real\ninstruct:\n  max_attempts: '***'\n", "config.yaml")
     assert stage_names(out_config(storage))[:3] == ["ingest", "fetch", "instruct"]
+
+
+# ---- hostile servers (issue 19 item 2): one deadline for connect + TLS + headers + body + redirects ----
+DEADLINE = {"timeout": 2.0, "max_seconds": 0.8, "retries": 0}  # each drip (0.2 s) and hop well within timeout
+
+
+@pytest.mark.parametrize("name", ["drip-body.png", "drip-headers.png", "hop/5", "tls"])
+def test_a_dripping_server_is_cut_at_max_seconds(server, name):
+    """Bytes dripped into the body or the header block, slow redirects, a TLS handshake that never
+    ends: each read is in time, the whole request is not. The old code kept the body drip after ~50 s,
+    never ended the header drip, ended the TLS one at `timeout` (2 s) and the redirects after 1.5 s."""
+    stage = FetchStage(real_cfg(**DEADLINE))
+    stage.setup()  # the session, its TLS context and the pools exist before the clock starts
+    try:
+        with DripServer() as tls:
+            url = f"https://127.0.0.1:{tls.port}/photo.png" if name == "tls" else server.url(name)
+            hops = [server.count(f"hop/{i}") for i in range(6)]
+            table = pa.table({"id": ["r0"], "url": [url]})
+            t0 = time.monotonic()
+            out = stage.process_partition(table)
+            took = time.monotonic() - t0
+            row = out.to_pylist()[0]
+    finally:
+        stage.teardown()
+    assert row["drop_reason"] == "fetch_timeout" and "fetch.max_seconds=0.8" in row["fetch_error"], row
+    assert 0.75 < took < 0.8 + 0.45, took
+    if name == "hop/5":  # the deadline falls in the second hop
+        assert sum(server.count(f"hop/{i}") - n for i, n in enumerate(hops)) == 2
+
+
+def test_https_is_verified_and_bound_by_the_deadline(tmp_path):
+    """TLS runs on the adapter's own context and deadline-bound socket class: a certificate from an
+    unknown CA is still refused; once the CA is trusted the image comes through, and a body dripped
+    over TLS is cut at max_seconds like one over plain HTTP."""
+    pytest.importorskip("cryptography")
+    context, ca = tls_context(tmp_path)
+    stage = FetchStage(real_cfg(**DEADLINE))
+    stage.setup()
+    try:
+        with ImageServer(tls=context) as https:
+            table = pa.table({"id": ["a", "b"], "url": [https.url("photo.png"), https.url("drip-body.png")]})
+            rows = stage.process_partition(table).to_pylist()
+            for row in rows:
+                assert row["drop_reason"] == "fetch_connection_error", row
+                assert "CERTIFICATE_VERIFY_FAILED" in row["fetch_error"], row
+            assert stage.fetcher is not None
+            pool_kw = stage.fetcher.session.get_adapter("https://").poolmanager.connection_pool_kw
+            pool_kw["ssl_context"].load_verify_locations(ca)
+            t0 = time.monotonic()
+            rows = stage.process_partition(table).to_pylist()
+            took = time.monotonic() - t0
+    finally:
+        stage.teardown()
+    assert rows[0]["status"] == "kept" and rows[0]["image_width"] == 64, rows[0]
+    assert rows[1]["drop_reason"] == "fetch_timeout" and "fetch.max_seconds=0.8" in rows[1]["fetch_error"], rows[1]
+    assert took < 0.8 + 0.45, took
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_thread_or_socket_outlives_the_stage(server):
+    """Timed-out, refused and finished requests leave no socket and no thread behind once the worker is
+    torn down (the drips' server threads end as their client hangs up)."""
+    names = ["drip-body.png", "drip-headers.png", "hop/3", "photo.png", "redirect", "missing.png"]
+    urls = [server.url(n) for n in names] + [f"http://localhost:{server.httpd.server_address[1]}/photo.png"]
+
+    def settled(threads: int, fds: int) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if threading.active_count() <= threads and _open_fds() <= fds:
+                return True
+            time.sleep(0.1)
+        return False
+
+    threads, fds = threading.active_count(), _open_fds()
+    for _ in range(2):
+        rows = fetch_table(urls, **DEADLINE).to_pylist()
+        assert [r["drop_reason"] for r in rows][:3] == ["fetch_timeout"] * 3 and rows[3]["status"] == "kept"
+    assert settled(threads, fds), (threading.enumerate(), _open_fds(), fds)
+
+
+# ---- SSRF (issue 19 item 6): an address is judged by where it goes, IPv4 inside IPv6 included ----
+REFUSED = [
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+    "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fe80::1%1", "fc00::1", "fd12:3456::1", "fec0::1",
+    "ff02::1", "2001:db8::1",
+    "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:10.0.0.1", "::ffff:a9fe:a9fe",  # IPv4-mapped
+    "::ffff:0:10.0.0.1", "::ffff:0:a9fe:a9fe",  # IPv4-translated (SIIT)
+    "::10.0.0.1", "::a00:1", "::127.0.0.1", "::a9fe:a9fe",  # IPv4-compatible
+    "64:ff9b::10.0.0.1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1",  # NAT64 well-known
+    "64:ff9b:1::a00:1", "64:ff9b:1::808:808", "64:ff9b:1:ffff::1",  # local-use NAT64: all of it
+    "2002:a00:1::", "2002:a9fe:a9fe::1", "2002:7f00:1:1::1", "2002:c0a8:101::",  # 6to4
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1 (inverted)
+    "2001:0:a00:1:8000:63bf:f7f7:f7f7",  # Teredo, server 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    "2001:470:1::5efe:a00:1", "2001:470:1::200:5efe:a9fe:a9fe", "fe80::5efe:808:808",  # ISATAP
+]
+ALLOWED = ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:82a::200e",
+           "64:ff9b::808:808", "64:ff9b::93.184.216.34", "2002:808:808::1", "2001:470:1::5efe:808:808"]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_non_public_addresses_are_refused_in_every_form(address):
+    assert refusal(ipaddress.ip_address(address)), address
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_public_addresses_pass(address):
+    """Not everything is refused: public hosts, and NAT64 / 6to4 forms of public IPv4 (in a DNS64
+    network every IPv4-only host resolves to 64:ff9b::/96)."""
+    assert refusal(ipaddress.ip_address(address)) is None
+
+
+def test_one_private_answer_among_public_ones_refuses_the_host():
+    check_public("public.example", ["93.184.216.34", "2606:4700:4700::1111"])
+    with pytest.raises(BlockedAddress, match=r"rebind\.example resolves to non-public address 64:ff9b::a9fe:a9fe"):
+        check_public("rebind.example", ["93.184.216.34", "64:ff9b::a9fe:a9fe"])
+
+
+def test_private_spellings_are_refused_through_the_fetch_path(server):
+    """Every spelling of the test server's own address, literal or looked up (localhost), is refused
+    before any connection, with block_private_addresses on; the server never sees a request."""
+    port = server.httpd.server_address[1]
+    hosts = ["127.0.0.1", "localhost", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "[::1]",
+             "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::127.0.0.1]", "[64:ff9b::7f00:1]",
+             "[2002:7f00:1::]", "[::ffff:0:127.0.0.1]", "[64:ff9b:1::7f00:1]"]
+    before = server.count("photo.png")
+    rows = fetch_table([f"http://{h}:{port}/photo.png" for h in hosts], block_private_addresses=True).to_pylist()
+    for host, row in zip(hosts, rows, strict=True):
+        assert row["drop_reason"] == "fetch_bad_url" and "non-public address" in row["fetch_error"], (host, row)
+    assert server.count("photo.png") == before
+
+
+# ---- memory bombs (issue 19 item 9): decoded bytes are budgeted per worker, refused from the header ----
+BOMB_SETTINGS = {"max_pixels": 20_000_000, "decode_memory_bytes": 64 * 2**20, "max_bytes": 1_000_000}
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """4000 x 4000 RGBA, 62 KB: under max_pixels, 64 MB decoded (~150 MB with its matte)."""
+    data = png_bomb(4000, 4000)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # a valid PNG: only its size is hostile
+    return data
+
+
+@pytest.mark.parametrize(("limit", "words"), [
+    ({}, "fetch.decode_memory_bytes=67108864"),  # under max_pixels, over what a worker may decode
+    ({"max_pixels": 10_000_000}, "fetch.max_pixels=10000000"),  # the old check decoded the PNG first
+])
+def test_a_png_bomb_is_refused_from_its_header(bomb, limit, words):
+    """Refused from its header, before a single pixel buffer exists (Pillow creates none; Python
+    allocates well under a megabyte). PngImageFile.getexif used to decode the whole image to look for
+    an EXIF chunk after the pixels, so even the max_pixels check came after a full decode."""
+    cfg = real_cfg(**{**BOMB_SETTINGS, **limit}).fetch
+    stats = Image.core.get_stats()
+    tracemalloc.start()
+    try:
+        out = prepare_image(bomb, cfg, (64, 64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.reason == "fetch_too_large" and out.data is None and words in out.error, out
+    assert (out.original_width, out.original_height) == (4000, 4000)
+    after = Image.core.get_stats()
+    assert (after["new_count"], after["allocated_blocks"]) == (stats["new_count"], stats["allocated_blocks"])
+    assert peak < 2**20, peak
+
+
+def test_a_png_bomb_is_dropped_through_the_stage(server, bomb):
+    url = server.add_image("bomb.png", bomb)
+    row = fetch_table([url, server.url("photo.png")], **BOMB_SETTINGS).to_pylist()
+    assert row[0]["drop_reason"] == "fetch_too_large" and "decode_memory_bytes" in row[0]["fetch_error"]
+    assert row[1]["status"] == "kept"
+
+
+def test_png_text_chunks_are_capped():
+    """Pillow inflates a PNG's text chunks as it opens it (up to 64 MB an image by default): fetch caps
+    them at 4 MB, so 5.4 MB of zTXt (a few KB of file) is a decode error, not 64 MB x threads."""
+    info = PngImagePlugin.PngInfo()
+    for i in range(6):  # each under Pillow's 1 MB a chunk
+        info.add_text(f"Comment{i}", "a" * 900_000, zip=True)
+    data = encode(gradient(80, 80), pnginfo=info)
+    assert len(data) < 20_000
+    out = prepare_image(data, real_cfg().fetch, (64, 64))
+    assert out.reason == "fetch_decode_error" and "text chunks" in out.error, out
+
+
+@pytest.mark.parametrize(("fmt", "reason"), [
+    ("PNG", None), ("JPEG", None), ("GIF", None), ("WEBP", None), ("BMP", None), ("TIFF", None),
+    ("PPM", "fetch_not_image"), ("TGA", "fetch_not_image"), ("PCX", "fetch_not_image"),
+    ("SGI", "fetch_not_image"), ("EPS", "fetch_not_image"), ("ICO", "fetch_not_image"),
+])
+def test_only_web_image_formats_are_decoded(fmt, reason):
+    """Pillow opens some forty formats (EPS through Ghostscript among them); fetch only the web's."""
+    out = prepare_image(encode(gradient(80, 80), fmt), real_cfg().fetch, (64, 64))
+    assert out.reason == reason, out
+    if reason:
+        assert "not an image in a format fetch decodes" in out.error
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_an_animation_gives_its_first_frame(fmt):
+    red, blue = Image.new("RGB", (80, 80), (255, 0, 0)), Image.new("RGB", (80, 80), (0, 0, 255))
+    data = encode(red, fmt, save_all=True, append_images=[blue] * 3)
+    out = prepare_image(data, real_cfg(encode_format="png").fetch, (64, 64))
+    r, g, b = Image.open(io.BytesIO(out.data)).convert("RGB").getpixel((32, 32))
+    assert r > 200 and b < 50, (r, g, b)
+
+
+def test_the_budget_makes_threads_wait_in_line():
+    """Reservations wait (first come, first served) rather than exceed the budget, and are given back
+    however the block ends."""
+    budget = DecodeBudget(100)
+    order: list[str] = []
+    first = budget.reserve(60)
+    first.__enter__()
+
+    def take(name: str, nbytes: int) -> None:
+        with budget.reserve(nbytes):
+            order.append(name)
+            time.sleep(0.05)
+
+    big = threading.Thread(target=take, args=("big", 80))
+    big.start()
+    time.sleep(0.1)
+    small = threading.Thread(target=take, args=("small", 10))  # fits now, but waits behind big
+    small.start()
+    time.sleep(0.1)
+    assert order == [] and budget.free == 40
+    first.__exit__(None, None, None)
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"] and budget.free == 100 and budget.peak == 90
+    assert not budget.fits(101)
+    with pytest.raises(RuntimeError), budget.reserve(100):
+        raise RuntimeError("a decode that fails")
+    assert budget.free == 100
+
+
+#: Runs in a child process whose glibc returns large frees to the system at once (MALLOC_MMAP_THRESHOLD_),
+#: so RSS follows what is really held. Each measurement forks: a forked child's peak RSS starts afresh.
+MEMORY_PROBE = r"""
+import json, os, resource, sys, threading
+from pipeline.settings.fetch import FetchConfig
+from sources.budget import DecodeBudget
+from sources.image import decode_cost, open_image, prepare_image, scale_for_output, target_size, upright_size
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def forked(work):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        base = rss()
+        result = work()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        os.write(write, json.dumps([peak, result]).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    return json.loads(os.read(read, 1 << 16))
+
+mode, budget, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cfg, size = FetchConfig(max_pixels=50_000_000, min_side=8, decode_memory_bytes=budget), (256, 256)
+bodies = [open(p, "rb").read() for p in paths]
+if mode == "each":
+    out = []
+    for data in bodies:
+        img = open_image(data)
+        stored, upright = img.size, upright_size(img)
+        target = target_size(cfg, *upright, size)
+        scale_for_output(img, cfg, target, upright)
+        peak, reason = forked(lambda: prepare_image(data, cfg, size).reason)
+        out.append([peak, decode_cost(img, stored, target), reason])
+else:
+    shared = DecodeBudget(budget)
+    def run():
+        reasons = []
+        threads = [threading.Thread(target=lambda d=d: reasons.append(prepare_image(d, cfg, size, shared).reason))
+                   for d in bodies]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        return [reasons, shared.peak]
+    out = forked(run)
+print(json.dumps(out))
+"""
+
+
+def _probe(mode: str, budget: int, paths: list[Path]) -> Any:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode, str(budget), *map(str, paths)],
+                          capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory) -> dict[str, Path]:
+    """One 2.4 MP image per decode path the cost model distinguishes, as files for the probe."""
+    tmp_path = tmp_path_factory.mktemp("kinds")
+    grey = Image.linear_gradient("L").resize((1600, 1500))
+    rgb = Image.merge("RGB", [grey, grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT), grey])
+    rgba = Image.merge("RGBA", [*rgb.split(), grey.transpose(Image.Transpose.FLIP_TOP_BOTTOM)])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    kinds = {
+        "png-rgb": encode(rgb), "png-rgba": encode(rgba), "png-la": encode(Image.merge("LA", [grey, grey])),
+        "png-p-transparent": encode(rgb.quantize(64), transparency=3), "png-grey": encode(grey),
+        "png-16bit": encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)),
+        "png-exif-rotated": encode(rgba, exif=exif.tobytes()), "png-icc": encode(rgb, icc_profile=icc),
+        "jpeg-progressive-444": encode(rgb, "JPEG", quality=90, progressive=True, subsampling=0),
+        "jpeg-cmyk": encode(rgb.convert("CMYK"), "JPEG"), "webp": encode(rgba, "WEBP"),
+        "webp-animated": encode(rgb, "WEBP", save_all=True, append_images=[rgb.rotate(5)]),
+        "gif-animated": encode(rgb.quantize(128), "GIF", save_all=True, append_images=[rgb.quantize(64)]),
+        "tiff": encode(rgb, "TIFF", compression="tiff_deflate"), "bmp": encode(rgb, "BMP"),
+    }
+    for name, data in kinds.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in kinds}
+
+
+def test_decode_cost_bounds_the_real_peak(kinds):
+    """The header estimate is an upper bound of the memory a decode really takes (peak RSS of a child
+    process), for every mode, format and step the model counts; and not wildly above it for the
+    common PNG/GIF/BMP cases, so the budget is not wasted."""
+    measured = _probe("each", 2**30, list(kinds.values()))
+    for name, (peak, cost, reason) in zip(kinds, measured, strict=True):
+        assert reason is None, (name, reason)
+        assert peak <= cost, f"{name}: peak {peak / 2**20:.1f} MiB > estimate {cost / 2**20:.1f} MiB"
+        if name.startswith(("png-rgb", "png-rgba", "gif", "bmp")):
+            assert cost < 2 * peak, f"{name}: estimate {cost / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB"
+
+
+def test_concurrent_decodes_stay_within_the_budget(kinds):
+    """Eight threads decoding eight RGBA PNGs at once hold no more than the budget (about two and a
+    half decodes' worth), though without it they take far more; every image is still kept."""
+    paths = [kinds["png-rgba"]] * 8
+    one = _probe("each", 2**30, paths[:1])[0][1]
+    budget = int(2.5 * one)
+    peak, (reasons, reserved) = _probe("threads", budget, paths)
+    assert reasons == [None] * 8 and one * 2 <= reserved <= budget
+    assert peak <= budget, f"peak {peak / 2**20:.1f} MiB > budget {budget / 2**20:.1f} MiB"
+    free_peak, _ = _probe("threads", 100 * one, paths)
+    assert free_peak > 1.5 * budget, f"without the budget: {free_peak / 2**20:.1f} MiB"
