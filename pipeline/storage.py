@@ -267,6 +267,29 @@ class Storage:
         finally:
             self._fresh()
 
+    def replace_if_match(self, data: bytes, etag: str, *parts: str) -> bool | None:
+        """Overwrite a file only if the store still holds the version `etag` (a conditional PUT,
+        If-Match, on S3 APIs): True written, False changed or removed since; None where the store has
+        no conditional overwrite (local disks, other fsspec stores): the caller must serialise itself."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        if self.local or not {"s3", "s3a"} & set(protocols):
+            return None
+        final = self.path(*parts)
+        try:
+            self.fs.pipe_file(final, data, IfMatch=f'"{etag}"')
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+            if code == "PreconditionFailed":
+                return False
+            if code == "NotImplemented":
+                return None
+            raise OutputError(_describe_os_error(exc, final)) from None
+        finally:
+            self._fresh()
+
     def write_text(self, text: str, *parts: str) -> None:
         self.write_bytes(text.encode("utf-8"), *parts)
 

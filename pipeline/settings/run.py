@@ -10,6 +10,10 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.settings.base import Strict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: A lease's TTL when its holder records none (leases written before TTLs were recorded).
+LEASE_TTL_DEFAULT_S = 120.0
+#: run.lease_ttl_s must be at least this many heartbeats (see RunConfig._lease_timing).
+LEASE_TTL_MIN_HEARTBEATS = 3
 
 
 def physical_memory() -> int | None:
@@ -59,10 +63,23 @@ class RunConfig(Strict):
         "restarting) fails after this long instead of waiting forever; covers model loading at start"
     )
     lease_ttl_s: float = Field(
-        120.0, gt=0, description="a run's lease on OUT whose heartbeat is older than this is stale and is "
-        "taken over by the next run (a dead driver on the same host is detected at once)"
+        LEASE_TTL_DEFAULT_S, gt=0, description="recorded in this run's lease on OUT: once the lease has gone "
+        f"unrenewed this long (on the store's clock) another run may take it over; at least "
+        f"{LEASE_TTL_MIN_HEARTBEATS}x lease_heartbeat_s (a dead driver in the same PID namespace is detected "
+        "at once)"
     )
     lease_heartbeat_s: float = Field(10.0, gt=0, description="how often a run renews its lease on OUT")
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> RunConfig:
+        """A TTL close to the heartbeat lets a second driver take the lease of a live one whose renewal
+        is merely late (a slow store, a pause)."""
+        floor = LEASE_TTL_MIN_HEARTBEATS * self.lease_heartbeat_s
+        if self.lease_ttl_s < floor * (1 - 1e-9):  # 0.3 s is 3x 0.1 s, whatever floats say
+            raise ValueError(f"lease_ttl_s: must be at least {LEASE_TTL_MIN_HEARTBEATS}x run.lease_heartbeat_s "
+                             f"({floor:g}s), so a live run may miss two renewals without losing its lease "
+                             f"(got {self.lease_ttl_s:g})")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
