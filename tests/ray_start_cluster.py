@@ -29,6 +29,7 @@ class StartedCluster:
     address: str
     token: str
     pids: list[int]
+    temp_dir: str  # every node's session files (logs, runtime envs) live under it until teardown
 
 
 def _ray_bin() -> str:
@@ -69,7 +70,7 @@ def ray_start_cluster(env: dict[str, str], log_dir: Path, worker_cpus: int = 2) 
             _wait_for_nodes(address, node_env, 1, log)
             procs.append(subprocess.Popen(worker, env=node_env, stdout=out, stderr=out, start_new_session=True))
             _wait_for_nodes(address, node_env, 2, log)
-        yield StartedCluster(address, token, [p.pid for p in procs])
+        yield StartedCluster(address, token, [p.pid for p in procs], temp_dir)
     finally:
         for proc in reversed(procs):
             _stop_group(proc)
