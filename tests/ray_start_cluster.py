@@ -3,7 +3,7 @@
 Each node is its own `ray start --block` process in its own session, so teardown signals exactly the
 process groups this helper started (never `ray stop`, which would end every Ray on the machine). The
 head has no CPUs, so every stage actor runs on the worker node, whose environment is the one given
-here: a test that strips credentials from it proves that they reach workers through the runtime env.
+here: a test that strips credentials from it proves that they reach workers from the driver.
 Token auth is on (RAY_AUTH_MODE=token with a fresh token), as on a shared cluster.
 """
 
