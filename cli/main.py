@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import StageFailed, UserError
+from pipeline.redact import redact_text
 
 if TYPE_CHECKING:
     from pipeline.records import RunResult
@@ -67,10 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.stop()
     progress.console.print(summary_table(result))
     if result.lease_note:
-        progress.console.print(f"lease: {result.lease_note}")
+        progress.console.print(redact_text(f"lease: {result.lease_note}"))
     for s in result.stages:
         if s.note:
-            progress.console.print(f"{s.name}: {s.note}")
+            progress.console.print(redact_text(f"{s.name}: {s.note}"))
     return 0
 
 
@@ -78,7 +79,7 @@ def summary_table(result: RunResult) -> Any:
     """The end-of-run table: per stage partitions, rows, drops and speed."""
     from rich.table import Table
 
-    table = Table(title=f"editgen run: {result.out}")
+    table = Table(title=f"editgen run: {redact_text(result.out)}")
     for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "rows/s", "top drop reasons"):
         table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left",
                          no_wrap=col != "top drop reasons")
@@ -134,7 +135,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line and exit code 2, like every other user error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: {message}\n")
+        self.exit(2, f"{self.prog}: {redact_text(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         check_out_paths(args)
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"editgen: {exc}", file=sys.stderr)
+        print(f"editgen: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except StageFailed as exc:
-        print(f"editgen: {exc}", file=sys.stderr)
+        print(f"editgen: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("editgen: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -12,6 +12,7 @@ from pipeline.config import out_config
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
 from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
+from pipeline.redact import redact_url
 from pipeline.registry import stage_names
 from pipeline.settings.run import RunConfig
 from pipeline.storage import Storage
@@ -48,7 +49,7 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
             "metrics": metrics,
         })
     lease = _lease_state(storage)
-    return {"out": out, "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
+    return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
             "compute": _compute(stages)}
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from output.shard_writer import MANIFEST, SHARDS_DIR
 from pipeline.errors import InputError
+from pipeline.redact import redact_url
 from pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -114,7 +115,7 @@ def export_hf(
     if dst.local:
         _swap_local(dst, stage, split)
     marker = {"split": split, "files": [f"data/{f}" for f in files], "rows": written, "rejected": rejected,
-              "source": src.url(SHARDS_DIR, MANIFEST), "source_manifest_sha256": source_sha}
+              "source": redact_url(src.url(SHARDS_DIR, MANIFEST)), "source_manifest_sha256": source_sha}
     dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{split}.json")
     for name in dst.listdir("data"):
         if name.startswith(f"{split}-") and name not in files:

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from output.compute_report import compute_report
 from pipeline.faults import fault_delay_s
+from pipeline.redact import redact_text, redact_url
 from pipeline.storage import Storage
 
 SHARDS_DIR = "shards"
@@ -77,11 +78,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: Columns that say where a sample came from (or why fetching it failed): published without credentials.
+LOCATOR_COLUMNS = ("url", "source", "fetch_error")
+
+
 def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
     """Every non-binary column (captions, seed, scores, model ids, url, source, row id, status...),
     with `params` (the P2P parameters as JSON text) expanded into an object."""
     meta = {k: v for k, v in row.items() if not isinstance(v, bytes | bytearray)}
     meta.pop("mask", None)
+    for col in LOCATOR_COLUMNS:  # ingest already redacts them; a shard never trusts that alone
+        if isinstance(meta.get(col), str):
+            meta[col] = redact_url(meta[col]) if col != "fetch_error" else redact_text(meta[col], known=False)
     params = meta.get("params")
     if isinstance(params, str):
         try:

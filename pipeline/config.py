@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 
 from pipeline import safe_yaml
 from pipeline.errors import ConfigError
+from pipeline.redact import REDACTED, is_secret_key, redact_text
 from pipeline.settings.base import Strict
 from pipeline.settings.fetch import FetchConfig
 from pipeline.settings.filter import FilterConfig
@@ -30,14 +31,6 @@ from pipeline.settings.shard import ShardConfig
 if TYPE_CHECKING:
     from pipeline.storage import Storage
 
-#: Keys whose values are secrets: never written to OUT/config.yaml or logs. Matched as whole words of the
-#: key (HF_TOKEN, api_key, aws_secret_access_key), so `max_tokens` stays visible; a key ending in `_env`
-#: holds the NAME of an environment variable (instruct.openai.api_key_env), not the secret.
-SECRET_KEY_PARTS = (
-    r"api[_-]?key", r"access[_-]?key", r"private[_-]?key", "token", "secret", "passwords?", "passwd",
-    "authorization", "credentials?",
-)
-_SECRET_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + "|".join(SECRET_KEY_PARTS) + r")(?:$|[^a-z0-9])")
 #: A config file is a few KB; reading a multi-GB one (a wrong path) whole would exhaust memory first.
 MAX_CONFIG_BYTES = 16 * 2**20
 #: Keys that change scheduling only, never results: excluded from stage hashes.
@@ -222,25 +215,15 @@ def build_config(
         raise ConfigError(_format_validation_error(exc)) from None
 
 
-#: `scheme://user:password@host`: credentials inside a URL (a base_url, an input URL) are secrets too.
-_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s]+@")
-
-
-def _is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return not k.endswith("_env") and _SECRET_KEY.search(k) is not None
-
-
 def _redact(obj: Any) -> Any:
+    """Secret-named keys blanked, URL credentials and secret-looking parameters in every string blanked
+    (pipeline.redact decides what a secret looks like)."""
     if isinstance(obj, dict):
-        return {
-            k: ("***" if _is_secret_key(str(k)) and v else _redact(v))
-            for k, v in obj.items()
-        }
+        return {k: (REDACTED if is_secret_key(str(k)) and v else _redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_redact(v) for v in obj]
     if isinstance(obj, str):
-        return _URL_USERINFO.sub("***@", obj)
+        return redact_text(obj)
     return obj
 
 

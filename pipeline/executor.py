@@ -250,7 +250,7 @@ class _ActorPool:
     """One step's partitions over a pool of StageWorker actors (see the module docstring)."""
 
     def __init__(self, ray: Any, job: MapJob, todo: list[PartitionSpec], monitor: Monitor, timeout: float) -> None:
-        from pipeline.ray_runtime import fit_concurrency, with_worker_env
+        from pipeline.ray_runtime import fit_concurrency, remote_actor
 
         self.ray, self.job, self.monitor, self.timeout = ray, job, monitor, timeout
         res = job.resources
@@ -258,8 +258,8 @@ class _ActorPool:
         self.n = fit_concurrency(job.stage, want, res.num_cpus, res.num_gpus, quiet=res.concurrency == 0)
         options: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": -1,
                                    "max_task_retries": 0}
-        options.update(with_worker_env(dict(job.ray_options)))
-        self.actor_cls = ray.remote(StageWorker).options(**options)
+        options.update(job.ray_options)
+        self.actor_cls = remote_actor(StageWorker, options, job.config_json)
         self.board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
         self.total = len(todo)
         self.pending = deque(todo)

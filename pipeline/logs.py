@@ -1,4 +1,8 @@
-"""Logging: a log file per run under OUT/logs/, and concise console output."""
+"""Logging: a log file per run under OUT/logs/, and concise console output.
+
+No secret reaches either: every record is redacted when it is made (pipeline.redact: URL credentials,
+secret parameters, the values of the secret variables forwarded to workers), whatever logger made it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
+from pipeline.ray_runtime import worker_env
+from pipeline.redact import install_log_redaction, register_secrets
 from pipeline.storage import Storage
 
 FMT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -19,6 +25,8 @@ class RunLog:
     """Logs to a local file; for object-store outputs the file is uploaded to OUT/logs at the end."""
 
     def __init__(self, level: str = "INFO", console: bool = True) -> None:
+        register_secrets(worker_env()[1].values())  # the credentials this run forwards to its workers
+        install_log_redaction()
         self.logger = logging.getLogger("editgen")
         self.logger.setLevel(level.upper())
         self.logger.propagate = False

@@ -1,16 +1,22 @@
-"""Ray bootstrap: join a cluster when an address is given, otherwise start a local Ray on demand."""
+"""Ray bootstrap: join a cluster when an address is given, otherwise start a local Ray on demand; and the
+worker environment every actor and task gets (the driver's credentials, fault hooks), secrets in memory
+only, never in a runtime_env (Ray writes those into its session logs on every node)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.redact import env_names, install_log_redaction, is_secret_env, register_secrets
 from pipeline.settings.run import RayConfig
 from pipeline.storage import store_env
 
@@ -32,6 +38,11 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> dict[str, Any]:
     }
     if cfg.runtime_env:
         kwargs["runtime_env"] = cfg.runtime_env
+        for name, value in (cfg.runtime_env.get("env_vars") or {}).items():
+            if is_secret_env(str(name), str(value)):
+                log.warning("ray.runtime_env sets %s, which looks like a secret: Ray writes runtime envs in clear "
+                            "text into its session logs on every node; set it in the driver's environment "
+                            "instead (docs/faults.md, Secrets)", name)
     if addr:
         log.info("joining Ray cluster at %s", addr)
         with native_stderr() as captured:
@@ -120,22 +131,104 @@ def fit_concurrency(stage: str, want: int, num_cpus: float, num_gpus: float, qui
     return n
 
 
-def remote_task(fn: Callable[..., Any], num_cpus: float = 1, max_retries: int = 2) -> Any:
-    """`fn` as a Ray task that carries the worker environment (see `with_worker_env`): a task on a node
-    without the driver's credentials could not read the input or OUT."""
+def remote_task(fn: Callable[..., Any], num_cpus: float = 1, max_retries: int = 2) -> _EnvTask:
+    """`fn` as a Ray task that carries the worker environment (see `worker_env`): a task on a node
+    without the driver's credentials could not read the input or OUT. Call it as `task.remote(*args)`."""
     import ray
 
-    return ray.remote(fn).options(num_cpus=num_cpus, max_retries=max_retries, **with_worker_env({}))
+    call = ray.remote(_call_with_env).options(num_cpus=num_cpus, max_retries=max_retries, **with_worker_env({}))
+    return _EnvTask(call, fn, worker_env()[1])
 
 
-def with_worker_env(options: dict[str, Any]) -> dict[str, Any]:
-    """Actor options whose runtime_env carries EDITGEN_* and the object-store client variables (AWS_*,
-    ...): a worker on another node has none of the driver's environment, and without them it could not
-    read or write OUT. A stage's own runtime_env values win."""
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("EDITGEN_")}
-    env_vars.update(store_env())
+def remote_actor(cls: type, options: dict[str, Any], config_json: str = "{}") -> _EnvActorClass:
+    """`cls` as a Ray actor class whose every instance (and every restart of one) gets the worker
+    environment: plain variables in its runtime_env, secret ones, with the variables the config names
+    (`instruct.openai.api_key_env`), as a constructor argument. Create actors with `.remote(*args)`."""
+    import ray
+
+    names = env_names(json.loads(config_json))
+    actor = ray.remote(_env_subclass(cls)).options(**with_worker_env(options, names))
+    return _EnvActorClass(actor, worker_env(names)[1])
+
+
+def worker_env(names: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables a worker on another node needs: EDITGEN_*, the object-store client
+    variables (AWS_*, ...) and the variables named in `names`. Secret ones (pipeline.redact.is_secret_env,
+    and every variable the config names) must never enter a runtime_env: Ray writes runtime_envs in clear
+    text into its session logs on every node. They travel as call arguments, in memory only."""
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith("EDITGEN_")}
+    forwarded.update(store_env())
+    named = {k: os.environ[k] for k in names if k in os.environ}
+    plain = {k: v for k, v in forwarded.items() if k not in named and not is_secret_env(k, v)}
+    secret = {k: v for k, v in {**forwarded, **named}.items() if k not in plain}
+    return plain, secret
+
+
+def with_worker_env(options: dict[str, Any], names: Iterable[str] = ()) -> dict[str, Any]:
+    """Actor or task options whose runtime_env carries the worker environment's plain variables (regions,
+    endpoints, fault hooks), never a secret one. A stage's own runtime_env values win."""
+    env_vars = worker_env(names)[0]
     if not env_vars:
         return options
     runtime_env = dict(options.pop("runtime_env", {}) or {})
     runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
     return {**options, "runtime_env": runtime_env}
+
+
+#: Names of the secret variables `apply_worker_env` set in this (worker) process.
+_applied: set[str] = set()
+
+
+def apply_worker_env(secrets: dict[str, str]) -> None:
+    """On a worker, before anything touches storage or an API: set the driver's secret variables (received
+    in memory), drop those an earlier call set that this one does not carry (a worker process is reused,
+    and must hold exactly its driver's credentials), and redact them from every log record."""
+    for name in _applied - secrets.keys():
+        os.environ.pop(name, None)
+    os.environ.update(secrets)
+    _applied.clear()
+    _applied.update(secrets)
+    register_secrets(secrets.values())
+    install_log_redaction()
+
+
+def _call_with_env(secrets: dict[str, str], fn: Callable[..., Any], *args: Any) -> Any:
+    apply_worker_env(secrets)
+    return fn(*args)
+
+
+@dataclass(frozen=True)
+class _EnvTask:
+    """A remote function that hands the secret variables to every call."""
+
+    call: Any
+    fn: Callable[..., Any]
+    secrets: dict[str, str]
+
+    def remote(self, *args: Any) -> Any:
+        return self.call.remote(self.secrets, self.fn, *args)
+
+
+@dataclass(frozen=True)
+class _EnvActorClass:
+    """An actor class that hands the secret variables to every constructor call."""
+
+    actor: Any
+    secrets: dict[str, str]
+
+    def remote(self, *args: Any) -> Any:
+        return self.actor.remote(self.secrets, *args)
+
+
+@functools.cache
+def _env_subclass(cls: type) -> type:
+    """`cls` whose constructor first applies the secret variables it is given. Defined here, not importable
+    by name, so Ray ships it by value (and reports it under `cls`'s name)."""
+
+    class WithEnv(cls):  # type: ignore[valid-type, misc]
+        def __init__(self, secrets: dict[str, str], *args: Any, **kwargs: Any) -> None:
+            apply_worker_env(secrets)
+            super().__init__(*args, **kwargs)
+
+    WithEnv.__name__ = cls.__name__
+    return WithEnv

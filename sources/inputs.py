@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.redact import redact_url
 from pipeline.storage import open_filesystem
 from sources.textrows import MAX_LINE_BYTES, LongLine, iter_text_rows
 
@@ -92,11 +93,21 @@ def discover(inputs: list[str], forced_format: str = "auto") -> list[InputFile]:
                 # Row ids hash (name, row): two different files with the same relative name (a/caps.jsonl
                 # and b/caps.jsonl given separately) would share ids, and samples would collide downstream.
                 # The first keeps its short name (ids as in a run over it alone); later ones get their URL.
+                # A URL is a name only without its credentials (ids and the `source` column are published).
                 if rel in names:
-                    rel = url
+                    rel = _unique(redact_url(url), names)
                 names.add(rel)
                 files.append(InputFile(url=url, name=rel, fmt=fmt))
     return files
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name (2)`, `name (3)`...: URLs that differ only in their credentials name distinct files."""
+    n, out = 1, name
+    while out in taken:
+        n += 1
+        out = f"{name} ({n})"
+    return out
 
 
 #: Lone surrogates: JSON can spell them (`"\\ud800"`, or a pair in the wrong order) and csv's

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipeline.redact import redact_text
 from pipeline.settings.base import Resources
 from pipeline.settings.fetch import FetchConfig
 from pipeline.stage import Partition, Stage, with_status
 from sources.budget import DecodeBudget
 from sources.http import BAD_URL, Download, Fetcher
 from sources.image import Prepared, prepare_image
+from sources.secret_urls import real_urls
 
 if TYPE_CHECKING:
     from pipeline.config import EditgenConfig
@@ -70,8 +72,13 @@ def check_unreachable(max_fraction: float, results: list[Fetched]) -> None:
     if down and len(down) > max_fraction * len(tried):
         raise SystemicFetchError(
             f"{len(down)} of {len(tried)} URLs could not be connected to (fetch.max_failed_fraction="
-            f"{max_fraction:g}): is the network down? first: {down[0].url}: {down[0].error}"
+            f"{max_fraction:g}): is the network down? first: {redact_text(f'{down[0].url}: {down[0].error}')}"
         )
+
+
+def _error_text(error: str | None) -> str | None:
+    """A download error as published: HTTP libraries echo the URL, credentials included."""
+    return redact_text(error, known=False) if error else error
 
 
 class FetchStage(Stage[FetchConfig]):
@@ -131,7 +138,7 @@ class FetchStage(Stage[FetchConfig]):
             self.setup()
         assert self.pool is not None
         t0 = time.perf_counter()
-        urls = table.column("url").to_pylist()
+        urls = real_urls(table, self.config.ingest, part.storage if part is not None else None)
         step = self.resources().batch_size
         results: list[Fetched] = []
         for i in range(0, len(urls), step):
@@ -168,7 +175,7 @@ class FetchStage(Stage[FetchConfig]):
             "original_height": [im.original_height for im in images],
             "image_sha256": [hashlib.sha256(d).hexdigest() if d is not None else None for d in data],
             "http_status": [r.download.status for r in results],
-            "fetch_error": [r.download.error or (r.image.error if r.image else None) for r in results],
+            "fetch_error": [_error_text(r.download.error or (r.image.error if r.image else None)) for r in results],
         }
         for f in OUTPUT_FIELDS:
             if f.name in table.column_names:

@@ -26,6 +26,7 @@ from filters.captions.lang import LanguageGuess, load_language_model
 from filters.captions.rules import check_captions
 from pipeline.errors import InputError
 from pipeline.records import GlobalSummary, PartitionRecord
+from pipeline.redact import redact_text, redact_url
 from pipeline.settings.ingest import IngestConfig
 from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, part_name, with_status
 from pipeline.storage import Storage
@@ -57,7 +58,7 @@ class IngestWork:
 
 class IngestStage(Stage[IngestConfig]):
     name = "ingest"
-    version = "2"  # 2: <script>/<style> elements are removed with their content
+    version = "3"  # 2: <script>/<style> elements are removed with their content; 3: url credentials redacted
     output_columns = ("source", "source_row", "url", "caption", "caption_raw", "language", "language_confidence")
 
     def __init__(self, config: Any) -> None:
@@ -104,7 +105,7 @@ class IngestStage(Stage[IngestConfig]):
             old = json.loads(storage.read_text(self.name, INPUT_FILE))
         except (FileNotFoundError, ValueError):
             return
-        if old.get("files") != [f.url for f in files] and not self._replace:
+        if [redact_url(u) for u in old.get("files", [])] != published_urls(files) and not self._replace:
             raise InputError(
                 f"{storage.root}: was built from --input {' '.join(old.get('input', []))} "
                 f"({len(old.get('files', []))} files); --input {' '.join(self.settings.input)} is a different "
@@ -112,11 +113,14 @@ class IngestStage(Stage[IngestConfig]):
             )
 
     def _record_input(self, storage: Storage, files: list[FileMeta]) -> None:
-        """OUT/ingest/_input.json: which files this OUT is built from (rewritten only when that changes)."""
-        text = json.dumps({"input": self.settings.input, "files": [f.url for f in files]}, indent=1)
+        """OUT/ingest/_input.json: which files this OUT is built from (rewritten only when that changes),
+        without the credentials of any input URL."""
+        urls = published_urls(files)
+        text = json.dumps({"input": [redact_text(i, known=False) for i in self.settings.input], "files": urls},
+                          indent=1)
         try:
             old = json.loads(storage.read_text(self.name, INPUT_FILE))
-            if old.get("files") == [f.url for f in files]:
+            if old.get("files") == urls:
                 return
         except (FileNotFoundError, ValueError):
             pass
@@ -221,7 +225,7 @@ class IngestStage(Stage[IngestConfig]):
         s = self.settings
         if not self._terms:
             self.setup()
-        texts, errors = batch["text"].to_pylist(), batch["raw_error"].to_pylist()
+        texts, errors, urls = batch["text"].to_pylist(), batch["raw_error"].to_pylist(), batch["url"].to_pylist()
         captions, reasons, todo = [], [], []
         for i, (text, err) in enumerate(zip(texts, errors, strict=True)):
             if err:
@@ -248,15 +252,29 @@ class IngestStage(Stage[IngestConfig]):
                            pa.string()),
             "source": batch["source"],
             "source_row": batch["source_row"],
-            "url": batch["url"],
+            "url": pa.array([redact_url(u) if u else u for u in urls], pa.string()),
             "caption": pa.array(captions, pa.string()),
             "caption_raw": pa.array([t[:RAW_KEEP_CHARS] if t else t for t in texts], pa.string()),
             "language": pa.array([g.lang if g else None for g in guesses], pa.string()),
             "language_confidence": pa.array([round(g.confidence, 4) if g else None for g in guesses], pa.float32()),
             "caption_key": pa.array([caption_key(c) for c in captions], pa.string()),
-            "url_key": pa.array([url_key(u) for u in batch["url"].to_pylist()], pa.string()),
+            "url_key": pa.array([private_url_key(u) for u in urls], pa.string()),
         })
         return with_status(out, reasons)
+
+
+def published_urls(files: list[FileMeta]) -> list[str]:
+    """The input files' URLs as OUT may show them (no credentials)."""
+    return [redact_url(f.url) for f in files]
+
+
+def private_url_key(url: str | None) -> str | None:
+    """The URL dedup key. A URL with credentials is kept by its digest: its redacted form would make
+    `?key=a` and `?key=b` duplicates, and its clear form would put the credentials in OUT/ingest/_pre."""
+    key = url_key(url)
+    if key is None or redact_url(key) == key:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def raw_rows_key(table: pa.Table) -> str:

@@ -3,7 +3,7 @@
 Each node is its own `ray start --block` process in its own session, so teardown signals exactly the
 process groups this helper started (never `ray stop`, which would end every Ray on the machine). The
 head has no CPUs, so every stage actor runs on the worker node, whose environment is the one given
-here: a test that strips credentials from it proves that they reach workers through the runtime env.
+here: a test that strips credentials from it proves that they reach workers from the driver.
 Token auth is on (RAY_AUTH_MODE=token with a fresh token), as on a shared cluster.
 """
 
@@ -29,6 +29,7 @@ class StartedCluster:
     address: str
     token: str
     pids: list[int]
+    temp_dir: str  # every node's session files (logs, runtime envs) live under it until teardown
 
 
 def _ray_bin() -> str:
@@ -69,7 +70,7 @@ def ray_start_cluster(env: dict[str, str], log_dir: Path, worker_cpus: int = 2) 
             _wait_for_nodes(address, node_env, 1, log)
             procs.append(subprocess.Popen(worker, env=node_env, stdout=out, stderr=out, start_new_session=True))
             _wait_for_nodes(address, node_env, 2, log)
-        yield StartedCluster(address, token, [p.pid for p in procs])
+        yield StartedCluster(address, token, [p.pid for p in procs], temp_dir)
     finally:
         for proc in reversed(procs):
             _stop_group(proc)

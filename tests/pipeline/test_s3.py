@@ -1,8 +1,9 @@
 """Input and OUT on a real S3 API (a moto server on 127.0.0.1), as a cluster job runs editgen.
 
 Credentials and the endpoint exist only in the driver's environment (AWS_*): the Ray nodes are started
-without them, so every worker that reads or writes the store got them through the runtime env. Each
-faulty run is compared with one clean run, byte for byte, after ONE rerun: nothing lost, nothing twice.
+without them, so every worker that reads or writes the store got them from the driver (plain settings in
+the runtime env, secrets in memory: pipeline.ray_runtime.worker_env). Each faulty run is compared with one
+clean run, byte for byte, after ONE rerun: nothing lost, nothing twice.
 """
 
 from __future__ import annotations
