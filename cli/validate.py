@@ -20,10 +20,13 @@ from typing import Any
 
 from cli.chain_check import check_chain
 from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
+from pipeline.records import shape_problem
 from pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
 MAX_LINES_PER_SHARD = 10
+#: What every manifest shard entry holds.
+ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
 
 
 def _decodes(data: bytes) -> bool:
@@ -83,7 +86,8 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != entry["sha256"]:
-        problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest")
+        problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest (damaged; "
+                        "`editgen run --set run.verify_checksums=full` re-hashes every shard and rewrites it)")
     count, keys, sample_lines = 0, set(), []
     try:
         with storage.open(SHARDS_DIR, name) as f:
@@ -121,8 +125,26 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
 
     # The graph of the run that wrote OUT (OUT/config.yaml): with render.source=real fetch sits between
     # ingest and instruct, and instruct's partitions must match fetch's, not ingest's.
-    chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys)
+    chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys, workers)
     return problems + chain_problems, notes
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed manifest is not the shape the shard stage writes (None: it is)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if not isinstance(manifest.get("generation", ""), str):
+        return "'generation' is not a string"
+    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
+    for label, part in sets:
+        entries = part.get("shards") if isinstance(part, dict) else None
+        if not isinstance(entries, list):
+            return f"'{label}shards' is not a list"
+        for i, entry in enumerate(entries):
+            why = shape_problem(entry, ENTRY_FIELDS, tuple(ENTRY_FIELDS))
+            if why is not None:
+                return f"{label}shards[{i}]: {why}"
+    return None
 
 
 def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[str, Any] | None, list[str]]:
@@ -133,6 +155,9 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
         return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"], None, []
     except ValueError as exc:
         return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"], None, []
+    why = manifest_problem(manifest)
+    if why is not None:
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})"], None, []
     problems: list[str] = []
     kept_keys: list[str] = []
     sets = [("", manifest)]
@@ -192,5 +217,5 @@ def main(args: argparse.Namespace) -> int:
     if others:
         print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
               "re-shard; the next run removes them)", file=sys.stderr)
-    print(f"valid: {len(m['shards'])} shards, {m['samples']} samples, {m['bytes']} bytes")
+    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples, {m.get('bytes')} bytes")
     return 0

@@ -133,7 +133,7 @@ def _filter_cfg(tmp_path, **over):
 def _run_partition(stage, storage, pid, sha):
     from pipeline.stage import Partition, PartitionSpec
 
-    part = Partition(PartitionSpec(pid=pid, input_key=sha), storage, "filter")
+    part = Partition(PartitionSpec(pid=pid, input_key=sha, input_sha=sha), storage, "filter")  # as planned
     return stage.process_partition(stage.load_input(part, "render"), part)
 
 
