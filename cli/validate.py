@@ -19,14 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cli.chain_check import check_chain
-from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
-from pipeline.records import shape_problem
+from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, manifest_problem, sample_key
 from pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
 MAX_LINES_PER_SHARD = 10
-#: What every manifest shard entry holds.
-ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
 
 
 def _decodes(data: bytes) -> bool:
@@ -127,24 +124,6 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
     # ingest and instruct, and instruct's partitions must match fetch's, not ingest's.
     chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys, workers)
     return problems + chain_problems, notes
-
-
-def manifest_problem(manifest: Any) -> str | None:
-    """Why a parsed manifest is not the shape the shard stage writes (None: it is)."""
-    if not isinstance(manifest, dict):
-        return f"a JSON {type(manifest).__name__}, not an object"
-    if not isinstance(manifest.get("generation", ""), str):
-        return "'generation' is not a string"
-    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
-    for label, part in sets:
-        entries = part.get("shards") if isinstance(part, dict) else None
-        if not isinstance(entries, list):
-            return f"'{label}shards' is not a list"
-        for i, entry in enumerate(entries):
-            why = shape_problem(entry, ENTRY_FIELDS, tuple(ENTRY_FIELDS))
-            if why is not None:
-                return f"{label}shards[{i}]: {why}"
-    return None
 
 
 def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[str, Any] | None, list[str]]:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from output.compute_report import compute_report
 from pipeline.faults import fault_delay_s
-from pipeline.records import read_verified
+from pipeline.records import read_verified, shape_problem
 from pipeline.storage import Storage
 
 SHARDS_DIR = "shards"
@@ -360,3 +360,29 @@ def remove_other_generations(storage: Storage, keep: str) -> None:
 
 def read_manifest(storage: Storage) -> dict[str, Any]:
     return json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+
+
+#: What every manifest shard entry holds.
+ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed manifest is not the shape `write_dataset` writes (None: it is); readers (validate,
+    export-hf) say so in one line instead of failing on a field."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if not isinstance(manifest.get("generation", ""), str):
+        return "'generation' is not a string"
+    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
+    for label, part in sets:
+        entries = part.get("shards") if isinstance(part, dict) else None
+        if not isinstance(entries, list):
+            return f"'{label}shards' is not a list"
+        why = shape_problem(part, {"samples": (int,), "bytes": (int,)})
+        if why is not None:
+            return f"{label}{why}"
+        for i, entry in enumerate(entries):
+            why = shape_problem(entry, ENTRY_FIELDS, tuple(ENTRY_FIELDS))
+            if why is not None:
+                return f"{label}shards[{i}]: {why}"
+    return None

@@ -83,14 +83,16 @@ def flip(path: Path, offset: int, mask: int = 0x01) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def silent_text_flip(path: Path, column: str) -> int:
-    """Offset of a byte in `column`'s dictionary page whose flip still parses, changes only that column's
-    text, and so would pass as data without a checksum; flips it."""
+def silent_flip(path: Path, column: str, dictionary_page: bool = True) -> int:
+    """Offset of a byte in `column` (its dictionary page, or its whole chunk) whose flip still parses and
+    changes only that column's values, so it would pass as data without a checksum; flips it."""
     data = path.read_bytes()
     good = pq.read_table(path)
     meta = pq.ParquetFile(path).metadata.row_group(0)
     chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
-    for offset in range(chunk.dictionary_page_offset, chunk.data_page_offset):
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    end = chunk.data_page_offset if dictionary_page else start + chunk.total_compressed_size
+    for offset in range(start, end):
         bad = bytearray(data)
         bad[offset] ^= 0x01
         try:
@@ -100,7 +102,7 @@ def silent_text_flip(path: Path, column: str) -> int:
         if t.drop_columns([column]).equals(good.drop_columns([column])) and not t[column].equals(good[column]):
             flip(path, offset)
             return offset
-    raise AssertionError(f"no silent flip in {path}'s {column} dictionary page")
+    raise AssertionError(f"no silent flip in {path}'s {column}")
 
 
 def record(out: Path, stage_dir: str, pid: int) -> Path:
@@ -139,7 +141,7 @@ def test_flipped_instruction_fails_render_then_rerun_recomputes_it(baseline, ray
     instruction (the issue's silent case); render reads the file hashed, so it stops instead."""
     out = copy(baseline, tmp_path / "out", ("ingest", "instruct"))
     victim = out / "instruct" / "part-00001.parquet"
-    silent_text_flip(victim, "instruction")
+    silent_flip(victim, "instruction")
     assert pq.read_table(victim).num_rows == pq.read_table(baseline / "instruct" / "part-00001.parquet").num_rows
 
     proc = run_cli(out, ray_address)
@@ -219,7 +221,7 @@ def test_validate_finds_a_flipped_byte_in_any_partition_and_shard(baseline, tmp_
     assert validate.validate(str(out)) == []
     victims = [out / "ingest" / "_pre" / "part-00000.parquet", out / "instruct" / "part-00001.parquet",
                out / "render" / "part-00000.parquet", out / "filter" / "part-00001.parquet"]
-    silent_text_flip(victims[1], "instruction")
+    silent_flip(victims[1], "instruction")
     for path in (victims[0], victims[2], victims[3], shard_path(out, 0)):
         flip(path, path.stat().st_size // 2)
     parser = argparse.ArgumentParser()
@@ -234,6 +236,38 @@ def test_validate_finds_a_flipped_byte_in_any_partition_and_shard(baseline, tmp_
     # nothing was invalidated by the check: validate only reads
     assert all(record(out, d, 0).exists() and record(out, d, 1).exists()
                for d in ("ingest/_pre", "instruct", "render", "filter"))
+
+
+def test_export_hf_checks_each_shard_and_the_manifest(baseline, tmp_path):
+    from output.export_hf import export_hf
+    from pipeline.errors import InputError
+
+    out = copy(baseline, tmp_path / "out", ("shards",))
+    assert export_hf(str(out), str(tmp_path / "ok")) > 0
+    flip(shard_path(out, 1), shard_path(out, 1).stat().st_size // 2)
+    with pytest.raises(InputError, match=r"edits-000001\.tar: sha256 does not match the manifest \(damaged\)"):
+        export_hf(str(out), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf" / "export-train.json").exists()
+    for bad in ('{"shards": [{"name": 3}]}', "[1]", '{"shards": [], "samples": "4"}', "\udcff"):
+        (out / "shards" / "manifest.json").write_bytes(bad.encode("utf-8", "surrogateescape"))
+        with pytest.raises(InputError, match="not an editgen manifest"):
+            export_hf(str(out), str(tmp_path / "hf"))
+
+
+def test_filter_score_cache_is_checked(baseline, tmp_path):
+    """The filter stage's own score cache: a flipped score is a miss (scored again), never a score."""
+    from pipeline.storage import Storage
+    from stages.filter import META_CLIP, META_INPUT, read_cached_scores
+
+    out = copy(baseline, tmp_path / "out", ("filter",))
+    path = out / "filter" / "_scores" / "part-00000.parquet"
+    cached = pq.read_table(path)
+    meta = cached.schema.metadata
+    args = (Storage(str(out)), "filter", 0, meta[META_INPUT].decode(), meta[META_CLIP].decode(),
+            cached.select(["id", "candidate"]))
+    assert read_cached_scores(*args) is not None
+    silent_flip(path, "sim_direction", dictionary_page=False)
+    assert read_cached_scores(*args) is None
 
 
 # ---- stray files and JSON of the wrong shape: ignored or one line, never a traceback ----------------------
