@@ -1,21 +1,38 @@
 """The accounting chain behind a dataset: every stage complete, every row kept or dropped, every
-partition of a stage computed from the same partition of its upstream, and the shards holding exactly
-the filter stage's kept candidates, each once.
+partition of a stage computed from the same partition of its upstream, every finished partition (each
+step's: ingest/_pre too) still holding the bytes its record's sha256 names, and the shards holding
+exactly the filter stage's kept candidates, each once.
 
 Intact shards are not enough: a run that planned from a stale listing can publish a smaller dataset
-whose tars and manifest agree with each other. These checks read completion records (and the id
-columns of the filter partitions) fresh from storage, so such a dataset fails with a line that says
-what is missing.
+whose tars and manifest agree with each other, and a flipped byte in a partition passes size checks.
+These checks read completion records and hash every partition fresh from storage (the filter
+partitions' id columns are parsed from the very bytes hashed), so such a dataset fails with a line that
+says what is missing or damaged. `validate` only reads: the resume check trusts unchanged size and
+mtime, so the line says how to make a run re-hash and recompute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from output.shard_writer import sample_key
-from pipeline.records import GLOBAL_RECORD, combined_key, read_record, read_records, read_stage_meta
+from pipeline.records import (
+    DONE_DIR,
+    GLOBAL_RECORD,
+    STAGE_FILE,
+    combined_key,
+    part_name,
+    read_checked,
+    read_record,
+    read_records,
+    read_stage_meta,
+)
 from pipeline.storage import Storage
 
 #: Stages whose output rows are not their input rows one for one (render: N candidates per pair).
@@ -26,8 +43,10 @@ MAX_EXAMPLES = 5
 def _map_records(storage: Storage, name: str) -> tuple[list[str], dict[int, dict[str, Any]]]:
     """(problems, {partition: record}) of one map stage, judged against its _stage.json."""
     meta = read_stage_meta(storage, name)
+    if meta is None and storage.exists(name, STAGE_FILE):
+        return [f"{name}/{STAGE_FILE}: damaged (not the JSON object editgen writes; rerun `editgen run`)"], {}
     if meta is None:
-        return [f"{name}: stage has not run (no {name}/_stage.json)"], {}
+        return [f"{name}: stage has not run (no {name}/{STAGE_FILE})"], {}
     problems = [] if meta.get("complete") else [f"{name}: stage incomplete (rerun `editgen run`)"]
     records = {r["partition"]: r for r in read_records(storage, name) if r.get("stage_hash") == meta.get("stage_hash")}
     missing = [p for p in range(int(meta.get("partitions", 0))) if p not in records]
@@ -62,23 +81,53 @@ def _link(name: str, up: str, recs: dict[int, dict[str, Any]], up_recs: dict[int
     return problems
 
 
-def filter_kept_keys(storage: Storage, records: dict[int, dict[str, Any]]) -> list[str]:
-    """Sample keys of every kept candidate in the filter partitions (id columns only)."""
-    keys: list[str] = []
-    for pid in sorted(records):
-        fname = records[pid].get("file") or f"part-{pid:05d}.parquet"
-        table = storage.read_table("filter", fname, columns=["id", "candidate", "status"])
-        table = table.filter(pc.equal(table["status"], "kept"))
-        keys += [sample_key(str(i), int(c)) for i, c in zip(table["id"].to_pylist(),
-                                                              table["candidate"].to_pylist(), strict=True)]
-    return keys
+#: What `validate` says of a damaged partition: a plain rerun trusts its unchanged size and mtime.
+RECOMPUTE = "`editgen run --set run.verify_checksums=full` re-hashes every partition and recomputes it"
 
 
-def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], filter_recs: dict[int, dict[str, Any]],
+def check_files(storage: Storage, stage_dir: str, records: dict[int, dict[str, Any]], workers: int = 2,
+                parse: Callable[[bytes], Any] | None = None) -> tuple[list[str], dict[int, Any]]:
+    """(problems, {pid: parse(bytes)}) for the finished partitions of one step directory: each file read
+    once, hashed against its record's sha256 and, when intact, parsed from the same bytes."""
+    def one(pid: int) -> tuple[str | None, Any]:
+        fname = records[pid].get("file") or part_name(pid)
+        try:
+            data, why = read_checked(storage, stage_dir, fname, records[pid].get("sha256"))
+        except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
+            return f"{stage_dir}/_done/part-{pid:05d}.json: unsafe file name {fname!r} (not read)", None
+        if data is None:
+            return f"{stage_dir}/{fname}: {why.removeprefix('is ')} ({RECOMPUTE})", None
+        return None, parse(data) if parse is not None else None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = dict(zip(sorted(records), pool.map(one, sorted(records)), strict=True))
+    return [p for p, _ in found.values() if p], {pid: v for pid, (p, v) in found.items() if p is None}
+
+
+def kept_keys(data: bytes) -> list[str]:
+    """Sample keys of the kept candidates in one filter partition's bytes (id columns only)."""
+    table = pq.read_table(pa.BufferReader(data), columns=["id", "candidate", "status"])
+    table = table.filter(pc.equal(table["status"], "kept"))
+    return [sample_key(str(i), int(c)) for i, c in zip(table["id"].to_pylist(), table["candidate"].to_pylist(),
+                                                        strict=True)]
+
+
+def _step_files(storage: Storage, name: str, meta_hash: str | None, workers: int) -> list[str]:
+    """The partitions of a stage's earlier steps (ingest/_pre), hashed against their records."""
+    problems: list[str] = []
+    for sub in storage.listdir(name):
+        if sub.startswith("_") and sub != DONE_DIR and storage.exists(name, sub, DONE_DIR):
+            recs = {r["partition"]: r for r in read_records(storage, f"{name}/{sub}")
+                    if r.get("stage_hash") == meta_hash}
+            problems += check_files(storage, f"{name}/{sub}", recs, workers)[0]
+    return problems
+
+
+def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], kept: dict[int, list[str]],
                      shard_keys: list[str]) -> list[str]:
     rec = read_record(storage, "shard", GLOBAL_RECORD) or {}
     dropped = sum(rec.get("dropped", {}).values())
-    want = filter_kept_keys(storage, filter_recs)
+    want = [k for pid in sorted(kept) for k in kept[pid]]
     problems = []
     if len(want) != len(shard_keys) + dropped:
         problems.append(f"shards: {len(shard_keys)} samples (+{dropped} dropped by shard) but the filter stage "
@@ -99,21 +148,27 @@ def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], filter_recs: di
 
 
 def check_chain(storage: Storage, stage_order: list[str], manifest: dict[str, Any],
-                shard_keys: list[str]) -> tuple[list[str], list[str]]:
+                shard_keys: list[str], workers: int = 2) -> tuple[list[str], list[str]]:
     """(problems, notes) for the chain ingest -> ... -> filter -> shards. `stage_order` is the graph
     under the run's config (`pipeline.registry.stage_names(cfg)`): a conditional stage such as fetch is
     in it only when that run had it, so each stage is linked to the upstream it really read."""
     problems: list[str] = []
     notes: list[str] = []
     prev_name, prev = None, {}
+    kept: dict[int, list[str]] = {}
     for name in [n for n in stage_order if n != "shard"]:
         found, recs = _map_records(storage, name)
         problems += found
         if prev_name is not None:
             problems += _link(name, prev_name, recs, prev)
+        problems += _step_files(storage, name, (read_stage_meta(storage, name) or {}).get("stage_hash"), workers)
+        damaged, kept = check_files(storage, name, recs, workers, kept_keys if name == "filter" else None)
+        problems += damaged
         prev_name, prev = name, recs
     if prev_name != "filter":
         return problems, notes
+    if len(kept) < len(prev):
+        return problems, notes  # a damaged filter partition: its keys are unknown, its line says so
     current = combined_key([prev[p]["sha256"] for p in sorted(prev)])
     if manifest.get("upstream_key") != current:
         meta = read_stage_meta(storage, "shard") or {}
@@ -121,4 +176,4 @@ def check_chain(storage: Storage, stage_order: list[str], manifest: dict[str, An
                 "has not finished since (rerun `editgen run` to publish the current one)")
         (notes if not meta.get("complete") else problems).append(line)
         return problems, notes
-    return problems + _shard_vs_filter(storage, manifest, prev, shard_keys), notes
+    return problems + _shard_vs_filter(storage, manifest, kept, shard_keys), notes

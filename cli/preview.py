@@ -4,6 +4,10 @@ OUT/preview.html shows a grid of before/after pairs (thumbnails under OUT/previe
 captions, CLIP scores and drop reasons, plus PNG plots of score distributions (kept vs dropped, with
 the thresholds) and of drop reasons per stage (from OUT/<stage>/_done/*.json). All text from the data
 is HTML-escaped: captions come from the web and from an LLM.
+
+Only committed filter partitions are shown (those with a completion record), each read checked against
+its record's sha256; one that does not match (damaged, or rewritten by a live run right now) is left
+out with one line on stderr. Records of the wrong shape count as absent (pipeline.records).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import html
 import io
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -22,9 +27,12 @@ import pyarrow.parquet as pq
 from filters.pairs.clip_score import SCORE_COLUMNS
 from filters.pairs.select import Thresholds
 from output.shard_writer import sample_key
+from pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
 from pipeline.stage import KEPT
 from pipeline.storage import Storage, parse_storage_options
 from stages import REGISTRY
+
+log = logging.getLogger("editgen")
 
 PREVIEW_DIR = "preview"
 PAGE = "preview.html"
@@ -63,13 +71,8 @@ def stage_drops(storage: Storage) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for stage in _stage_order(storage):
         agg: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "dropped": {}}
-        for name in storage.listdir(stage, "_done"):
-            if not name.endswith(".json"):
-                continue
-            try:
-                rec = json.loads(storage.read_text(stage, "_done", name))
-            except ValueError:
-                continue
+        glob = read_record(storage, stage, GLOBAL_RECORD)
+        for rec in read_records(storage, stage, checksums=False) + ([glob] if glob else []):
             agg["rows_in"] += int(rec.get("rows_in", 0))
             agg["rows_out"] += int(rec.get("rows_out", 0))
             for reason, n in (rec.get("dropped") or {}).items():
@@ -95,15 +98,29 @@ def load_thresholds(storage: Storage) -> Thresholds:
     )
 
 
+def read_filter(storage: Storage, rec: dict[str, Any], columns: list[str]) -> pa.Table | None:
+    """Those columns (the ones it has) of one committed filter partition, read checked against its
+    record; None (and a line on stderr) when it does not match."""
+    fname = rec.get("file") or part_name(rec["partition"])
+    try:
+        data, why = read_checked(storage, "filter", fname, rec.get("sha256"))
+    except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
+        data, why = None, "is named by a damaged record"
+    if data is None:
+        log.warning("filter/%s %s; not shown", fname, why)
+        return None
+    f = pa.BufferReader(data)
+    return pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names])
+
+
 def filter_rows(storage: Storage) -> pa.Table | None:
     """Scores and text of every filtered candidate (no images), with its partition file."""
     tables = []
-    for name in storage.listdir("filter"):
-        if name.startswith("part-") and name.endswith(".parquet"):
-            with storage.open("filter", name) as f:
-                present = pq.read_schema(f).names
-            t = storage.read_table("filter", name, columns=[c for c in META_COLUMNS if c in present])
-            tables.append(t.append_column("_file", pa.array([name] * t.num_rows, pa.string())))
+    for rec in read_records(storage, "filter"):
+        t = read_filter(storage, rec, META_COLUMNS)
+        if t is not None:
+            t = t.append_column("_part", pa.array([str(rec["partition"])] * t.num_rows, pa.string()))
+            tables.append(t)
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
@@ -128,11 +145,15 @@ def _thumbnail(data: bytes) -> bytes:
 
 def write_thumbnails(storage: Storage, rows: list[dict[str, Any]], assets: str = PREVIEW_DIR) -> None:
     """Adds `thumbs` (relative paths) to each row; reads only the picked rows' images."""
-    by_file: dict[str, list[dict[str, Any]]] = {}
+    by_part: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_file.setdefault(r["_file"], []).append(r)
-    for fname, picked in by_file.items():
-        t = storage.read_table("filter", fname, columns=["id", "candidate", "input_image", "edited_image"])
+        by_part.setdefault(r["_part"], []).append(r)
+    records = {str(rec["partition"]): rec for rec in read_records(storage, "filter")}
+    for pid, picked in by_part.items():
+        t = read_filter(storage, records[pid], ["id", "candidate", "input_image", "edited_image"]) if pid in records \
+            else None
+        if t is None:  # changed since its scores were read (a live run): shown without images
+            continue
         pairs = zip(t["id"].to_pylist(), t["candidate"].to_pylist(), strict=True)
         index = {pair: n for n, pair in enumerate(pairs)}
         for r in picked:

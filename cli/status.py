@@ -1,4 +1,7 @@
-"""`editgen status OUT`: what each stage has done, read from completion records only."""
+"""`editgen status OUT`: what each stage has done, read from completion records only.
+
+Every file it reads may be damaged: records and `_stage.json` of the wrong shape count as absent
+(pipeline.records, with a warning), a damaged `_progress.json` as no live progress."""
 
 from __future__ import annotations
 
@@ -11,7 +14,15 @@ from output.compute_report import compute_report, format_report
 from pipeline.config import out_config
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
-from pipeline.records import GLOBAL_RECORD, read_record, read_records, read_stage_meta, sum_records
+from pipeline.records import (
+    GLOBAL_RECORD,
+    STAGE_FILE,
+    read_record,
+    read_records,
+    read_stage_meta,
+    shape_problem,
+    sum_records,
+)
 from pipeline.redact import redact_url
 from pipeline.registry import stage_names
 from pipeline.settings.run import RunConfig
@@ -24,7 +35,7 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     for name in stage_names(out_config(storage)):  # the graph OUT's last run used (fetch in or out)
         meta = read_stage_meta(storage, name)
         if meta is None:
-            stages.append({"stage": name, "present": False})
+            stages.append({"stage": name, "present": False, "damaged": storage.exists(name, STAGE_FILE)})
             continue
         records = read_records(storage, name)
         glob = read_record(storage, name, GLOBAL_RECORD)
@@ -62,12 +73,22 @@ def _compute(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return compute_report(by_name["render"]["metrics"], int(kept_from["rows_out"]) if kept_from else 0)
 
 
+#: The fields of OUT/_progress.json the table shows (pipeline.live_progress.progress_record).
+LIVE_FIELDS: dict[str, tuple[type, ...]] = {
+    "stage": (str,), "partitions_done": (int,), "partitions_total": (int,), "partitions_in_flight": (list,),
+    "rows_done": (int, float), "rows_total": (int, float), "rows_per_s": (int, float),
+    "eta_s": (int, float, type(None)),
+}
+
+
 def _live(storage: Storage) -> dict[str, Any] | None:
-    """What the running driver last published: stage, partitions in flight, rows/s, ETA."""
+    """What the running driver last published: stage, partitions in flight, rows/s, ETA (None when
+    absent or not of that shape)."""
     try:
-        return json.loads(storage.read_text(PROGRESS_FILE))
+        live = json.loads(storage.read_text(PROGRESS_FILE))
     except (FileNotFoundError, ValueError):
         return None
+    return live if shape_problem(live, LIVE_FIELDS, tuple(LIVE_FIELDS)) is None else None
 
 
 def _lease_state(storage: Storage) -> dict[str, Any] | None:
@@ -97,7 +118,8 @@ def render_table(status: dict[str, Any]) -> Table:
         table.add_column(col)
     for s in status["stages"]:
         if not s["present"]:
-            table.add_row(s["stage"], "not run", "", "", "", "", "", "")
+            state = f"damaged {STAGE_FILE} (rerun)" if s.get("damaged") else "not run"
+            table.add_row(s["stage"], state, "", "", "", "", "", "")
             continue
         state = "complete" if s["complete"] else "incomplete"
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items(), key=lambda kv: -kv[1]))

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cli.chain_check import check_chain
-from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, sample_key
+from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, manifest_problem, sample_key
 from pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
@@ -83,7 +83,8 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != entry["sha256"]:
-        problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest")
+        problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest (damaged; "
+                        "`editgen run --set run.verify_checksums=full` re-hashes every shard and rewrites it)")
     count, keys, sample_lines = 0, set(), []
     try:
         with storage.open(SHARDS_DIR, name) as f:
@@ -121,7 +122,7 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
 
     # The graph of the run that wrote OUT (OUT/config.yaml): with render.source=real fetch sits between
     # ingest and instruct, and instruct's partitions must match fetch's, not ingest's.
-    chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys)
+    chain_problems, notes = check_chain(storage, stage_names(out_config(storage)), manifest, keys, workers)
     return problems + chain_problems, notes
 
 
@@ -133,6 +134,9 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
         return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"], None, []
     except ValueError as exc:
         return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"], None, []
+    why = manifest_problem(manifest)
+    if why is not None:
+        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})"], None, []
     problems: list[str] = []
     kept_keys: list[str] = []
     sets = [("", manifest)]
@@ -192,5 +196,5 @@ def main(args: argparse.Namespace) -> int:
     if others:
         print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
               "re-shard; the next run removes them)", file=sys.stderr)
-    print(f"valid: {len(m['shards'])} shards, {m['samples']} samples, {m['bytes']} bytes")
+    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples, {m.get('bytes')} bytes")
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from output.shard_writer import MANIFEST, SHARDS_DIR
+from output.shard_writer import MANIFEST, SHARDS_DIR, manifest_problem
 from pipeline.errors import InputError
 from pipeline.redact import redact_url
 from pipeline.storage import TMP_MARK, Storage
@@ -44,13 +44,34 @@ SCHEMA = pa.schema(
 )
 
 
-def iter_shard_samples(storage: Storage, names: list[str]) -> Iterator[dict[str, Any]]:
-    """Samples (webdataset's grouping of tar members by key) from shards, in manifest order."""
+class _Hashing:
+    """A file read front to back (tarfile's stream mode), hashing every byte it hands out."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def iter_shard_samples(storage: Storage, entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Samples (webdataset's grouping of tar members by key) from manifest entries, in order; each tar is
+    hashed as it streams and checked against the manifest's sha256 at its end, before anything is
+    published (the export's marker is written last), so a damaged shard fails the export in one line."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    for name in names:
+    for entry in entries:
+        name = entry["name"]
         with storage.open(SHARDS_DIR, name) as f:
-            yield from group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f))
+            src = _Hashing(f)
+            yield from group_by_keys({**d, "__url__": name} for d in tar_file_iterator(src))
+            while src.read(1 << 20):  # the end-of-archive blocks tarfile leaves unread
+                pass
+        if src.h.hexdigest() != entry["sha256"]:
+            raise InputError(f"{storage.url(SHARDS_DIR, name)}: sha256 does not match the manifest (damaged); "
+                             "nothing exported (`editgen run --set run.verify_checksums=full` rewrites it)")
 
 
 def _row(sample: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +94,15 @@ def _source(src: Storage, rejected: bool) -> tuple[dict[str, Any], str]:
         text = src.read_text(SHARDS_DIR, MANIFEST)
     except FileNotFoundError:
         raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)") from None
-    manifest = json.loads(text)
+    except ValueError:  # not UTF-8
+        text = ""
+    try:
+        manifest = json.loads(text)
+        why = manifest_problem(manifest)
+    except ValueError:
+        why = "not JSON"
+    if why is not None:
+        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})")
     if rejected and "rejected" not in manifest:
         raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
     shards = manifest.get("rejected", {}) if rejected else manifest
@@ -99,12 +128,12 @@ def export_hf(
                          "letters, digits and _ and at least 1 row per file")
     src, dst = Storage(out, storage_options or {}), Storage(dest, storage_options or {})
     shards, source_sha = _source(src, rejected)
-    names = [s["name"] for s in shards.get("shards", [])]
+    entries = shards.get("shards", [])
     n_files = max(1, -(-int(shards["samples"]) // rows_per_file))
     tag = hashlib.sha256(f"{source_sha}\n{rows_per_file}\n{rejected}".encode()).hexdigest()[:8]
     stage = Storage(dst.path(f"{TMP_MARK}export-{uuid.uuid4().hex[:8]}")) if dst.local else dst
     files, written, buf = [], 0, []
-    for sample in iter_shard_samples(src, names):
+    for sample in iter_shard_samples(src, entries):
         buf.append(_row(sample))
         if len(buf) >= rows_per_file:
             files.append(_write_part(stage, buf, split, tag, len(files), n_files))

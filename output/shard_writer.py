@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from output.compute_report import compute_report
 from pipeline.faults import fault_delay_s
+from pipeline.records import read_verified, shape_problem
 from pipeline.redact import redact_text, redact_url
 from pipeline.storage import Storage
 
@@ -215,9 +216,12 @@ class ShardSetWriter:
         self.storage.write_bytes(data, self.subdir, name)
         return ShardInfo(name, count, len(data), hashlib.sha256(data).hexdigest())
 
-    def close(self) -> list[ShardInfo]:
+    def close(self, flush: bool = True) -> list[ShardInfo]:
+        """Write the last shard (not when `flush` is False: the row stream failed, and a short tar must
+        not land on a published one's name) and wait for every write."""
         try:
-            self._flush()
+            if flush:
+                self._flush()
             while self._inflight:
                 self.shards.append(self._inflight.pop(0).result())
         finally:
@@ -225,14 +229,17 @@ class ShardSetWriter:
         return self.shards
 
 
-def iter_rows(storage: Storage, parts: Iterable[tuple[str, str]], batch_rows: int = 256) -> Iterator[dict]:
-    """Rows of parquet files in file order, streamed by record batch (a partition may not fit in RAM)."""
+def iter_rows(storage: Storage, parts: Iterable[tuple[str, str, str | None]], batch_rows: int = 256) -> Iterator[dict]:
+    """Rows of finished partitions (directory, file, sha256 from its record) in file order. Each file is
+    read once and checked against its sha256 before a row of it is used (pipeline.errors.DamagedInput
+    names a damaged one); its rows are then decoded a record batch at a time from those bytes, so memory
+    holds one partition's encoded bytes, not its decoded rows."""
     import pyarrow.parquet as pq
 
-    for directory, fname in parts:
-        with storage.fs.open(storage.path(directory, fname), "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
-                yield from pa.Table.from_batches([batch]).to_pylist()
+    for directory, fname, sha256 in parts:
+        data = read_verified(storage, directory, fname, sha256, "shard")
+        for batch in pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=batch_rows):
+            yield from pa.Table.from_batches([batch]).to_pylist()
 
 
 def generation_name(config_hash: str, upstream_key: str, prefix: str) -> str:
@@ -312,11 +319,12 @@ def write_dataset(
     kept = ShardSetWriter(storage, prefix, **limits)
     rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
     model_edits: dict[str, Any] = {}
+    complete = False
     try:
         rows_in = _add_rows(rows, kept, rejected, dropped, model_edits)
-    finally:
-        kept_shards = kept.close()
-        rejected_shards = rejected.close() if rejected is not None else []
+        complete = True
+    finally:  # a failed row stream (a damaged partition) writes no short last tar
+        kept_shards, rejected_shards = kept.close(complete), rejected.close(complete) if rejected else []
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "config_hash": config_hash,
@@ -360,3 +368,29 @@ def remove_other_generations(storage: Storage, keep: str) -> None:
 
 def read_manifest(storage: Storage) -> dict[str, Any]:
     return json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+
+
+#: What every manifest shard entry holds.
+ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed manifest is not the shape `write_dataset` writes (None: it is); readers (validate,
+    export-hf) say so in one line instead of failing on a field."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if not isinstance(manifest.get("generation", ""), str):
+        return "'generation' is not a string"
+    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
+    for label, part in sets:
+        entries = part.get("shards") if isinstance(part, dict) else None
+        if not isinstance(entries, list):
+            return f"'{label}shards' is not a list"
+        why = shape_problem(part, {"samples": (int,), "bytes": (int,)})
+        if why is not None:
+            return f"{label}{why}"
+        for i, entry in enumerate(entries):
+            why = shape_problem(entry, ENTRY_FIELDS, tuple(ENTRY_FIELDS))
+            if why is not None:
+                return f"{label}shards[{i}]: {why}"
+    return None

@@ -33,3 +33,10 @@ class StageFailed(Exception):
 
 class ContractError(UserError):
     """A stage broke its declared contract: a column it needs, or promised to add, is missing."""
+
+
+class DamagedInput(StageFailed, UserError):
+    """A finished partition (or side file) whose bytes no longer match the checksum its completion record
+    holds: bit rot, a bad disk or object store. Exit code 1 (StageFailed): the reader has already
+    invalidated that record, so rerunning the same command recomputes it. A UserError too, so that a
+    worker's failure ends the stage at once: a retry would read the same damaged bytes."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.records import GlobalSummary, PartitionRecord, part_name
+from pipeline.records import GlobalSummary, PartitionRecord, part_name, read_record, read_verified_table, record_name
 from pipeline.settings.base import Resources, Strict
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class PartitionSpec:
     rows_in: int = 0
     payload: Any = None  # step-specific, e.g. the source segments an ingest worker reads
     attempt: int = 0
+    #: sha256 of the finished upstream partition it reads (from that partition's record, at planning):
+    #: the worker checks the bytes it reads against it. None: the worker reads the record itself.
+    input_sha: str | None = None
 
 
 @dataclass
@@ -53,6 +56,17 @@ class Partition:
     spec: PartitionSpec
     storage: Storage
     stage_dir: str  # where the runner writes this step's partitions, e.g. "ingest/_pre"
+
+    def read_upstream(self, upstream_dir: str, columns: list[str] | None = None) -> pa.Table:
+        """The same-numbered finished partition of `upstream_dir`, read once and checked against its
+        record's sha256 before it is parsed: a flipped byte fails this partition with one line naming
+        the damaged file (pipeline.errors.DamagedInput), whose record is removed so a rerun recomputes it."""
+        pid, sha = self.spec.pid, self.spec.input_sha
+        if sha is None:
+            rec = read_record(self.storage, upstream_dir, record_name(pid))
+            sha = rec.get("sha256") if rec else None
+        reader = self.stage_dir.split("/")[0]
+        return read_verified_table(self.storage, upstream_dir, part_name(pid), sha, reader, columns)
 
 
 class TaskRunner:
@@ -175,7 +189,8 @@ class Stage(Generic[SettingsT]):
     def plan(self, ctx: PlanContext) -> list[PartitionSpec]:
         """Default: one partition per upstream partition, keyed by the upstream file's checksum."""
         return [
-            PartitionSpec(pid=r["partition"], input_key=r["sha256"], rows_in=r["rows_out"])
+            PartitionSpec(pid=r["partition"], input_key=r["sha256"], rows_in=r.get("rows_out", 0),
+                          input_sha=r["sha256"])
             for r in ctx.upstream_records
         ]
 
@@ -192,10 +207,11 @@ class Stage(Generic[SettingsT]):
         """Load models and other heavy resources; called once per worker."""
 
     def load_input(self, part: Partition, upstream_dir: str | None) -> pa.Table:
-        """Default: the upstream partition's kept rows, without upstream bookkeeping columns."""
+        """Default: the upstream partition's kept rows, without upstream bookkeeping columns (read
+        verified: `Partition.read_upstream`)."""
         if upstream_dir is None:
             raise ValueError(f"{self.name}: no upstream to read from")
-        return kept_rows(part.storage.read_table(upstream_dir, part_name(part.spec.pid)))
+        return kept_rows(part.read_upstream(upstream_dir))
 
     def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         """Default: the batch function over slices of `resources.batch_size` rows. Override when rows

@@ -8,6 +8,7 @@ candidate with its scores and a status, so rejected candidates stay available (s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -31,6 +32,13 @@ log = logging.getLogger("editgen")
 SCORES_DIR = "_scores"
 META_INPUT = b"editgen.render_sha256"
 META_CLIP = b"editgen.clip_key"
+#: A digest of the cached scores: a flipped bit in a score is a cache miss, never a different score.
+META_SCORES = b"editgen.scores_sha256"
+
+
+def _scores_digest(scores: dict[str, np.ndarray]) -> bytes:
+    data = b"".join(np.asarray(scores[c], dtype=np.float32).tobytes() for c in SCORE_COLUMNS)
+    return hashlib.sha256(data).hexdigest().encode()
 
 
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
@@ -171,7 +179,12 @@ def read_cached_scores(
     )
     if not same_rows:
         return None
-    return {c: cached[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in SCORE_COLUMNS}
+    scores = {c: cached[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in SCORE_COLUMNS}
+    if meta.get(META_SCORES) != _scores_digest(scores):
+        log.warning("%s/%s/%s: cached scores damaged (or unchecked); scoring again", stage_dir, SCORES_DIR,
+                    part_name(pid))
+        return None
+    return scores
 
 
 def write_cached_scores(
@@ -185,6 +198,6 @@ def write_cached_scores(
 ) -> None:
     cols = {"id": table["id"], "candidate": table["candidate"]}
     cols.update({c: pa.array(np.asarray(scores[c], dtype=np.float32), pa.float32()) for c in SCORE_COLUMNS})
-    meta = {META_INPUT: input_key.encode(), META_CLIP: clip_key.encode()}
+    meta = {META_INPUT: input_key.encode(), META_CLIP: clip_key.encode(), META_SCORES: _scores_digest(scores)}
     out = pa.table(cols).replace_schema_metadata(meta)
     storage.write_table(out, stage_dir, SCORES_DIR, part_name(pid))

@@ -25,10 +25,10 @@ from filters.captions.clean import caption_key, clean_caption, url_key
 from filters.captions.lang import LanguageGuess, load_language_model
 from filters.captions.rules import check_captions
 from pipeline.errors import InputError
-from pipeline.records import GlobalSummary, PartitionRecord
+from pipeline.records import GlobalSummary, PartitionRecord, part_pid
 from pipeline.redact import redact_text, redact_url
 from pipeline.settings.ingest import IngestConfig
-from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, part_name, with_status
+from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, with_status
 from pipeline.storage import Storage
 from sources.inputs import RAW_SCHEMA, discover
 from sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
@@ -154,7 +154,8 @@ class IngestStage(Stage[IngestConfig]):
         digests: dict[int, str] = {}
         if records and (s.dedup_captions or s.dedup_urls):
             pids, buckets = [r["partition"] for r in records], self._planned_buckets
-            calls = [(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions, s.dedup_urls)
+            shas = {r["partition"]: r["sha256"] for r in records}  # a keys file found damaged: rebuilt, verified
+            calls = [(storage.root, storage.storage_options, pids, b, buckets, s.dedup_captions, s.dedup_urls, shas)
                      for b in range(buckets)]
             digests = ctx.tasks.map_reduce(dd.bucket_conflicts, calls, dd.resolve,
                                            (storage.root, storage.storage_options))
@@ -168,28 +169,31 @@ class IngestStage(Stage[IngestConfig]):
         return not record.get("digests") or ctx.storage.exists(self.name, dd.DEDUP_DIR, dd.DROPS_FILE)
 
     def plan_publish(self, ctx: PlanContext) -> list[PartitionSpec]:
-        """One partition per clean partition, keyed by its checksum and its drop digest."""
+        """One partition per clean partition, keyed by its checksum and its drop digest (the payload: the
+        worker checks the drops it reads against it)."""
         digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
         specs = []
         for r in ctx.steps[""]:
             digest = digests.get(str(r["partition"]), "")
             specs.append(PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digest),
-                                       rows_in=r.get("rows_in", 0), payload=bool(digest)))
+                                       rows_in=r.get("rows_in", 0), payload=digest, input_sha=r["sha256"]))
         return specs
 
     def load_pre(self, part: Partition, upstream_dir: str | None) -> pa.Table:
-        """The whole clean partition, dropped rows included (they stay in the output with their reason)."""
+        """The whole clean partition, dropped rows included (they stay in the output with their reason);
+        read verified against its record."""
         assert upstream_dir is not None
-        return part.storage.read_table(upstream_dir, part_name(part.spec.pid))
+        return part.read_upstream(upstream_dir)
 
     def publish(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         assert part is not None
-        drops = dd.read_drops(part.storage, part.spec.pid, self.name) if part.spec.payload else {}
+        drops = dd.read_drops(part.storage, part.spec.pid, self.name, part.spec.payload) if part.spec.payload else {}
         return dd.apply_drops(table, part.spec.pid, drops)
 
     def _remove_keys_from(self, storage: Storage, n: int) -> None:
         for fname in storage.listdir(self.name, dd.KEYS_DIR):
-            if fname.startswith("part-") and int(fname[5:10]) >= n:
+            pid = part_pid(fname, "arrow")
+            if pid is not None and pid >= n:
                 storage.remove(self.name, dd.KEYS_DIR, fname)
 
     # ---- worker ---------------------------------------------------------------------------

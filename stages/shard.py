@@ -31,7 +31,7 @@ class ShardStage(Stage[ShardConfig]):
         records = sorted(ctx.upstream_records, key=lambda r: r["partition"])
         upstream_key = combined_key([r["sha256"] for r in records])
         cfg = self.settings
-        parts = [(ctx.upstream_dir, r.get("file") or part_name(r["partition"])) for r in records]
+        parts = [(ctx.upstream_dir, r.get("file") or part_name(r["partition"]), r["sha256"]) for r in records]
         t0 = time.perf_counter()
         summary = write_dataset(
             ctx.storage,
@@ -77,7 +77,7 @@ class ShardStage(Stage[ShardConfig]):
                     hashlib.sha256(storage.read_bytes(SHARDS_DIR, e["name"])).hexdigest() != e["sha256"]
                 ):
                     return False
-        except (FileNotFoundError, ValueError, KeyError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # a manifest of the wrong shape
             return False
         return True
 

@@ -130,10 +130,12 @@ def _filter_cfg(tmp_path, **over):
     return build_config(extra={"filter": filt})
 
 
-def _run_partition(stage, storage, pid, sha):
-    from pipeline.stage import Partition, PartitionSpec
+def _run_partition(stage, storage, pid, key):
+    from pipeline.stage import Partition, PartitionSpec, part_name
+    from pipeline.storage import sha256_bytes
 
-    part = Partition(PartitionSpec(pid=pid, input_key=sha), storage, "filter")
+    sha = sha256_bytes(storage.read_bytes("render", part_name(pid)))  # what its record holds: the read checks it
+    part = Partition(PartitionSpec(pid=pid, input_key=key, input_sha=sha), storage, "filter")
     return stage.process_partition(stage.load_input(part, "render"), part)
 
 

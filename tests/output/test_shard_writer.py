@@ -124,7 +124,8 @@ def test_export_rejected_and_missing_images(tmp_path):
     images = t["edited_image"].to_pylist()
     images[kept_idx] = None
     t = t.set_column(t.column_names.index("edited_image"), "edited_image", pa.array(images, pa.binary()))
-    storage.write_table(t, "filter", part_name(0))
+    sha, nbytes = storage.write_table(t, "filter", part_name(0))
+    records[0].update(sha256=sha, bytes=nbytes)  # the stage's record of what it wrote (the shard stage checks it)
     summary = write_shards(tmp_path, records, export_rejected=True)
     manifest = read_manifest(storage)
     total = sum(storage.read_table("filter", part_name(p)).num_rows for p in range(2))
@@ -139,8 +140,8 @@ def test_export_rejected_and_missing_images(tmp_path):
 def test_iter_rows_streams_in_file_order(tmp_path):
     storage = Storage(str(tmp_path))
     t = render_table(5, 2, 16)
-    storage.write_table(t, "x", "part-00000.parquet")
-    rows = list(iter_rows(storage, [("x", "part-00000.parquet")], batch_rows=3))
+    sha, _ = storage.write_table(t, "x", "part-00000.parquet")
+    rows = list(iter_rows(storage, [("x", "part-00000.parquet", sha)], batch_rows=3))
     assert [(r["id"], r["candidate"]) for r in rows] == list(zip(t["id"].to_pylist(), t["candidate"].to_pylist(),
                                                                     strict=True))
     assert isinstance(rows[0]["input_image"], bytes) and io.BytesIO(rows[0]["input_image"]).read(4) == b"\x89PNG"

@@ -274,8 +274,9 @@ def test_preview_escapes_every_field_and_links_only_http(tmp_path):
     reasons = [r if r is None else evil for r in t["drop_reason"].to_pylist()]
     t = t.set_column(t.column_names.index("drop_reason"), "drop_reason", pa.array(reasons, pa.string()))
     storage = Storage(str(tmp_path))
-    storage.write_table(t, "filter", part_name(0))
-    write_record(storage, "filter", {"partition": 0, "rows_in": n, "rows_out": 1, "dropped": {evil: n - 1}})
+    sha, nbytes = storage.write_table(t, "filter", part_name(0))
+    write_record(storage, "filter", {"partition": 0, "rows_in": n, "rows_out": 1, "dropped": {evil: n - 1},
+                                     "sha256": sha, "bytes": nbytes})
     parser = argparse.ArgumentParser()
     preview.add_arguments(parser)
     assert preview.main(parser.parse_args([str(tmp_path), "--limit", "10", "--rejected", "10"])) == 0
