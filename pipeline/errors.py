@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2, no traceback."""
@@ -33,3 +35,13 @@ class StageFailed(Exception):
 
 class ContractError(UserError):
     """A stage broke its declared contract: a column it needs, or promised to add, is missing."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver was told to stop (SIGTERM). A KeyboardInterrupt, so it unwinds like Ctrl-C: no `except
+    Exception` swallows it and every finally runs (actors killed, lease released, log written). Ray turns a
+    signal handler's exception inside its waits into a plain KeyboardInterrupt, so `received` keeps the
+    signal's name for whoever catches that."""
+
+    exit_code = 143
+    received: ClassVar[str | None] = None

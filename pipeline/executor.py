@@ -20,13 +20,16 @@ Another executor (Ray Data, a local process pool) would implement the same three
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -264,7 +267,8 @@ class RayExecutor:
 
         from pipeline.ray_runtime import ensure_ray
 
-        ensure_ray(self.ray_config)
+        with contextlib.nullcontext() if ray.is_initialized() else own_sigterm():
+            ensure_ray(self.ray_config)
         if self.boards is None:
             self.boards = BoardHolder(ray)
         return ray
@@ -354,6 +358,31 @@ class RayExecutor:
         if self.boards is not None:
             self.boards.close()
             self.boards = None
+
+
+@contextlib.contextmanager
+def own_sigterm() -> Iterator[None]:
+    """Keep the caller's own SIGTERM handler (the CLI's orderly stop) through ray.init, which replaces it
+    twice: at its start with a Python handler that exits at once (exit 15, no cleanup), and when its C++
+    core starts with a failure handler that prints a native stack and aborts (exit 134). For this driver
+    process only (its workers keep Ray's handlers): both are switched off while Ray starts, and the
+    caller's handler is put back after. Without a handler of the caller's own, Ray's stay."""
+    before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not callable(before):
+        yield
+        return
+    from ray._private import ray_constants, utils
+
+    saved = ray_constants.__dict__.get("RAY_DISABLE_FAILURE_SIGNAL_HANDLER"), utils.__dict__.get("set_sigterm_handler")
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the driver's core worker starts
+    utils.set_sigterm_handler = lambda _handler: None  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = saved[0]
+        if saved[1] is not None:
+            utils.set_sigterm_handler = saved[1]  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, before)
 
 
 class _ActorPool:

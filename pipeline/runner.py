@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from pipeline.config import EditgenConfig, config_to_yaml, section_hash
-from pipeline.errors import ContractError, UserError
+from pipeline.errors import ContractError, Terminated, UserError
 from pipeline.executor import Executor, MapJob, RayExecutor, StageTasks
 from pipeline.lease import Lease
 from pipeline.live_progress import LiveMonitor
@@ -127,6 +127,9 @@ class Runner:
                 results.append(self.run_stage(name))
             self.check_lease()
             return RunResult(out=self.out, stages=results, lease_note=self.lease.taken_over or "")
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (pipeline.errors.Terminated)
+            log.warning("run stopped (%s); rerunning the same command resumes it", Terminated.received or "SIGINT")
+            raise
         finally:
             self.executor.close()  # before the lease goes: nothing of this run is left working on OUT
             if self._ready:

@@ -1,10 +1,11 @@
-"""No run hangs forever (issue 19 item 1; docs/faults.md).
+"""No run hangs forever, and a terminated driver stops in order (issue 19 items 1 and 10; docs/faults.md).
 
 A worker is frozen for real (EDITGEN_FAULT_STOP: it SIGSTOPs itself mid-partition, alive and silent as a
 stuck CUDA call or a hung NFS read leaves it): the runner kills it once its partition passes its progress
 deadline and redoes the partition elsewhere, or fails the stage with one line when every attempt freezes;
-plain tasks and the progress board itself are watched the same way. Every process a test freezes is
-SIGKILLed by pid at the end, whatever happened.
+plain tasks and the progress board itself are watched the same way. `editgen run` told SIGTERM (or
+SIGINT) mid-render stops with one line, no native stack, its lease released, and a rerun matches a clean
+run byte for byte. Every process a test freezes is SIGKILLed by pid at the end, whatever happened.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.errors import StageFailed
 from pipeline.runner import run_pipeline, stage_hashes
 from pipeline.settings.base import Resources
 from pipeline.watchdog import Deadline
-from tests.support import ROOT, cli_env, error_line, freeze_always, freeze_once, total
+from tests.support import ROOT, cli_env, error_line, freeze_always, freeze_once, total, wait_until
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
 #: 12 captions in 4 partitions of 3; 2 candidates of 2 steps per pair (as tests/pipeline/test_faults.py).
@@ -121,6 +122,13 @@ def clean(tmp_path_factory, ray_session) -> Path:
     result = run_pipeline(config(), str(out), to_stage="instruct")
     assert [s.partitions for s in result.stages] == [4, 4]
     return out
+
+
+@pytest.fixture(scope="module")
+def clean_render(clean) -> Path:
+    """The clean run, rendered too (only the slow tests need it)."""
+    assert run_pipeline(config(), str(clean), only="render").stages[0].partitions == 4
+    return clean
 
 
 # ---- the deadline itself ------------------------------------------------------------------------
@@ -230,3 +238,57 @@ def test_frozen_progress_board_is_replaced(clean, freeze, monkeypatch, tmp_path)
     log = run_log(out)
     assert "the progress board did not answer" in log and "made no progress" not in log
     assert parts(out, "instruct") == parts(clean, "instruct")
+
+
+# ---- the driver told to stop -------------------------------------------------------------------
+NATIVE = ("SIGTERM received", "Fatal Python error", "Traceback", "*** ", "Aborted", "core dumped")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,line", [
+    (signal.SIGTERM, 143, "editgen: terminated (SIGTERM); rerun the same command to resume"),
+    (signal.SIGINT, 130, "editgen: interrupted; rerun the same command to resume"),
+])
+def test_signal_mid_render_stops_cleanly_then_resumes(sig, code, line, clean_render, ray_address, tmp_path):
+    """SIGTERM (or SIGINT) to `editgen run` mid-render: exit 143 (130), one line, no native stack dump or
+    traceback, the lease released and the stop in the run log; a rerun is byte-identical to a clean run."""
+    clean, out = clean_render, tmp_path / "out"
+    copy_stages(clean, out, "ingest", "instruct")
+    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=2"}
+    proc = subprocess.Popen(cli(out, ray_address, args=("--to", "render")), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(list((out / "render" / "_done").glob("part-*.json"))) >= 1, proc, timeout=240)
+    os.kill(proc.pid, sig)
+    t0 = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == code, stderr[-3000:]
+    assert error_line(subprocess.CompletedProcess(proc.args, code, stdout, stderr)) == line
+    assert not any(mark in stderr for mark in NATIVE), stderr[-3000:]
+    assert not (out / "_lease.json").exists() and not (out / "_progress.json").exists()
+    assert "run stopped" in run_log(out) and not stage_complete(out, "render")
+    done = parts(out, "render")
+    assert 1 <= len(done) < 4
+    assert run_pipeline(config(), str(out), only="render").stages[0].computed == 4 - len(done)
+    assert parts(out, "render") == parts(clean, "render")
+    assert not list(out.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_local_ray_stops_cleanly(clean, tmp_path):
+    """The same with the Ray the driver starts itself (no --ray-address), told to stop while Ray starts:
+    ray.init installs SIGTERM handlers of its own (exit 15 at once; a native stack dump and exit 134 once
+    its core runs); the driver's orderly stop must win throughout."""
+    out = tmp_path / "out"
+    copy_stages(clean, out, "ingest")
+    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "instruct=2", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cli(out, None, args=("--only", "instruct")), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: "starting a local Ray" in run_log(out), proc)
+    time.sleep(2)  # inside ray.init, the window where Ray's handlers used to be in charge
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert error_line(subprocess.CompletedProcess(proc.args, 143, stdout, stderr)).startswith("editgen: terminated")
+    assert not any(mark in stderr for mark in NATIVE), stderr[-3000:]
+    assert not (out / "_lease.json").exists()
