@@ -1,19 +1,24 @@
 """`editgen` command line: run, status, config, pair, preview, validate.
 
-Exit codes: 0 success, 1 a stage failed or validation found problems, 2 bad config / input / output.
+Exit codes: 0 success, 1 a stage failed or validation found problems, 2 bad config / input / output,
+130 interrupted (SIGINT), 143 terminated (SIGTERM); both stop in order and a rerun resumes.
 User errors print one line (`editgen: <what and where>`), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import StageFailed, UserError
+from pipeline.errors import StageFailed, Terminated, UserError
 from pipeline.redact import redact_text
 
 if TYPE_CHECKING:
@@ -211,9 +216,39 @@ def check_out_paths(args: argparse.Namespace) -> None:
             Storage(getattr(args, attr), options).check_not_a_file(what)
 
 
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM: unwind the main thread like Ctrl-C (actors killed, lease released, log written) instead
+    of dying mid-write; further SIGTERMs are ignored so that cleanup runs to its end."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Terminated.received = signal.Signals(signum).name
+    raise Terminated(Terminated.received)
+
+
+@contextlib.contextmanager
+def _orderly_sigterm() -> Iterator[None]:
+    """SIGTERM handled by `_terminate` while a command runs (in the main thread only, where signal
+    handlers live; tests call main() in-process, so the previous handler comes back after). Ray's own
+    SIGTERM handlers, installed by ray.init, are undone by pipeline.executor.own_sigterm."""
+    Terminated.received = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _orderly_sigterm():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors as one line and an exit code."""
     try:
         check_out_paths(args)
         return int(args.func(args) or 0)
@@ -223,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as exc:
         print(f"editgen: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (which Ray may hand on as a plain KeyboardInterrupt)
+        if Terminated.received:
+            print(f"editgen: terminated ({Terminated.received}); rerun the same command to resume", file=sys.stderr)
+            return Terminated.exit_code
         print("editgen: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2, no traceback."""
@@ -40,3 +42,13 @@ class DamagedInput(StageFailed, UserError):
     holds: bit rot, a bad disk or object store. Exit code 1 (StageFailed): the reader has already
     invalidated that record, so rerunning the same command recomputes it. A UserError too, so that a
     worker's failure ends the stage at once: a retry would read the same damaged bytes."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver was told to stop (SIGTERM). A KeyboardInterrupt, so it unwinds like Ctrl-C: no `except
+    Exception` swallows it and every finally runs (actors killed, lease released, log written). Ray turns a
+    signal handler's exception inside its waits into a plain KeyboardInterrupt, so `received` keeps the
+    signal's name for whoever catches that."""
+
+    exit_code = 143
+    received: ClassVar[str | None] = None

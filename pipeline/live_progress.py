@@ -3,7 +3,9 @@ report rows done as they go and the driver shows them (bar, rows/s, ETA) and pub
 OUT/_progress.json, which `editgen status` shows for a live run.
 
 The board is a tiny Ray actor: a worker's report is one fire-and-forget call, throttled to one every
-`REPORT_EVERY_S`; a lost report only makes the bar lag.
+`REPORT_EVERY_S`; a lost report only makes the bar lag. The same reports are the progress that keeps a
+partition within its deadline (pipeline.watchdog): the board counts them per key, so the driver can tell
+a partition that keeps reporting from a wedged one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
@@ -29,24 +32,57 @@ PROGRESS_FILE = "_progress.json"
 
 
 class ProgressBoard:
-    """Ray actor body: {partition: rows done so far} of the partitions being computed."""
+    """Ray actor body: per group (one step's partitions, one batch of tasks), {key: (rows done so far,
+    reports so far)} of the work in flight. Only counts and numbers: cheap to ask for once a second."""
 
     def __init__(self) -> None:
-        self.partial: dict[int, float] = {}
+        from pipeline.faults import stop_board_after
 
-    def report(self, pid: int, rows: float) -> None:
-        self.partial[pid] = rows
+        self.groups: dict[str, dict[int, tuple[float, int]]] = {}
+        self.asked = 0
+        self.stop_after = stop_board_after()
 
-    def clear(self, pid: int) -> None:
-        self.partial.pop(pid, None)
+    def report(self, group: str, key: int, rows: float) -> None:
+        entries = self.groups.setdefault(group, {})
+        entries[key] = (rows, entries.get(key, (0.0, 0))[1] + 1)
 
-    def snapshot(self) -> dict[int, float]:
-        return dict(self.partial)
+    def clear(self, group: str, key: int) -> None:
+        """Its rows are no longer in flight; its report count stays (counts only grow, so the driver
+        tells a new attempt's first report from an old one's)."""
+        entries = self.groups.get(group, {})
+        if key in entries:
+            entries[key] = (0.0, entries[key][1])
+
+    def forget(self, group: str) -> None:
+        self.groups.pop(group, None)
+
+    def state(self, group: str) -> dict[int, tuple[float, int]]:
+        self.asked += 1
+        if self.asked == self.stop_after:
+            from pipeline.faults import stop_here
+
+            stop_here()
+        return dict(self.groups.get(group, {}))
 
 
-def reporter(board: Any, pid: int) -> Callable[[float], None]:
-    """A throttled callback that posts rows done in partition `pid` to the board (no-op without one)."""
-    if board is None:
+@dataclass(frozen=True)
+class Beacon:
+    """What a worker or task reports its progress through: the board and its group (plain data, shipped
+    with each call, so a replaced board takes over from the next call on)."""
+
+    board: Any
+    group: str
+
+    def report(self, key: int, rows: float) -> None:
+        self.board.report.remote(self.group, key, float(rows))
+
+    def clear(self, key: int) -> None:
+        self.board.clear.remote(self.group, key)
+
+
+def reporter(beacon: Beacon | None, key: int, offset: float = 0.0) -> Callable[[float], None]:
+    """A throttled callback that posts rows done (plus `offset`) under `key` (no-op without a beacon)."""
+    if beacon is None:
         return lambda _rows: None
     last = [0.0]
 
@@ -54,7 +90,7 @@ def reporter(board: Any, pid: int) -> Callable[[float], None]:
         now = time.monotonic()
         if now - last[0] >= REPORT_EVERY_S:
             last[0] = now
-            board.report.remote(pid, float(rows))
+            beacon.report(key, offset + rows)
 
     return report
 

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from pipeline.config import EditgenConfig, config_to_yaml, section_hash
-from pipeline.errors import ContractError, UserError
-from pipeline.executor import Executor, MapJob, RayExecutor
+from pipeline.errors import ContractError, Terminated, UserError
+from pipeline.executor import Executor, MapJob, RayExecutor, StageTasks
 from pipeline.lease import Lease
 from pipeline.live_progress import LiveMonitor
 from pipeline.logs import RunLog
@@ -127,7 +127,11 @@ class Runner:
                 results.append(self.run_stage(name))
             self.check_lease()
             return RunResult(out=self.out, stages=results, lease_note=self.lease.taken_over or "")
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (pipeline.errors.Terminated)
+            log.warning("run stopped (%s); rerunning the same command resumes it", Terminated.received or "SIGINT")
+            raise
         finally:
+            self.executor.close()  # before the lease goes: nothing of this run is left working on OUT
             if self._ready:
                 runlog.publish(self.storage)
             if self.lease is not None:
@@ -196,7 +200,8 @@ class Runner:
         t0 = time.perf_counter()
         up = self.upstream(name)
         upstream = read_records(self.storage, up) if up else []
-        ctx = PlanContext(self.cfg, self.storage, upstream, up, stage_hash=h, tasks=self.executor)
+        ctx = PlanContext(self.cfg, self.storage, upstream, up, stage_hash=h,
+                          tasks=StageTasks(self.executor, name, stage.resources()))
         counts: list[tuple[int, int]] = []  # (planned, computed) per step
         done: list[Any] = []
         records: list[Any] = []
@@ -260,7 +265,7 @@ class Runner:
         write_stage_meta(self.storage, name, {"stage": name, "stage_hash": ctx.stage_hash, "complete": False,
                                               "partitions": len(specs)})
         remove_partitions_from(self.storage, base, len(specs))
-        todo = self._todo(base, specs, ctx.stage_hash)
+        todo = self._todo(base, specs, ctx.stage_hash, stage)
         task = self.progress.add_stage(_label(name, step), partitions=len(specs), rows=sum(s.rows_in for s in specs))
         todo_ids = {s.pid for s in todo}
         for spec in specs:
@@ -282,11 +287,11 @@ class Runner:
             log.info("%s: %d of the %d kept their output (their rows are unchanged)", name, reused, len(todo))
         return records, len(specs), len(todo) - reused  # type: ignore[return-value]
 
-    def _todo(self, base: str, specs: list[PartitionSpec], h: str) -> list[PartitionSpec]:
+    def _todo(self, base: str, specs: list[PartitionSpec], h: str, stage: Stage[Any]) -> list[PartitionSpec]:
         why_not = check_partitions(self.storage, base, {s.pid: s.input_key for s in specs}, h)
         if self.cfg.run.verify_checksums == "full":
             done = [s.pid for s in specs if s.pid not in why_not]
-            bad = self.executor.verify(self.out, self.storage_options, base, done)
+            bad = self.executor.verify(self.out, self.storage_options, base, done, stage.name, stage.resources())
             if bad:
                 log.warning("%s: %d finished partitions fail their checksum: recomputing them", base, len(bad))
             why_not.update({pid: "checksum mismatch" for pid in bad})

@@ -126,3 +126,29 @@ def shard_path(out: Path, index: int, rejected: bool = False) -> Path:
 def tar_files(out: Path) -> list[Path]:
     """Every tar under OUT/shards, whatever generation: what a `**/*.tar` glob would see."""
     return sorted((Path(out) / "shards").rglob("*.tar"))
+
+
+# ---- Ray task bodies that freeze (tests/pipeline/test_hangs.py; workers import them from here) -----------
+def freeze_once(marker: str, value: int) -> int:
+    """Freezes (a real SIGSTOP, via the fault hook) the first time it runs for `marker`; else value**2."""
+    from pipeline.faults import stop_here
+
+    if not os.path.exists(marker):
+        Path(marker).write_text("frozen once")
+        time.sleep(0.5)  # its start report is on its way: frozen while working, not before it began
+        stop_here()
+    return value * value
+
+
+def freeze_always(value: int) -> int:
+    """Freezes every time for value 1."""
+    from pipeline.faults import stop_here
+
+    if value == 1:
+        time.sleep(0.5)
+        stop_here()
+    return value
+
+
+def total(*values: int) -> int:
+    return sum(values)

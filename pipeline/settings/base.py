@@ -56,4 +56,18 @@ class Resources(Strict):
     concurrency: int = Field(1, ge=0, le=100_000,
                              description="number of actors (workers); 0 = as many as the cluster fits")
     batch_size: int = Field(256, ge=1, le=10_000_000, description="rows handed to the batch function at once")
-    max_retries: int = Field(3, ge=0, le=1000, description="re-runs of a partition after a worker crash")
+    max_retries: int = Field(3, ge=0, le=1000, description="re-runs of a partition after a worker crash "
+                             "or after its worker was killed for making no progress")
+    progress_timeout_s: float | None = Field(
+        None, gt=0, le=7 * 86400,
+        description="seconds a running partition (or task) may go without progress (a finished batch, a "
+        "reported row, its end) before its worker counts as wedged: the worker is killed and the partition "
+        "retried elsewhere (one attempt). None = automatic: progress_factor x the longest wait between "
+        "progress seen in this step of this run, at least progress_floor_s. Worker start-up (model loading) "
+        "is bounded by run.worker_start_timeout_s instead")
+    progress_floor_s: float = Field(600.0, gt=0, le=7 * 86400,
+                                    description="the automatic progress deadline's minimum (and its value "
+                                    "until a first batch or partition of the step has been timed)")
+    progress_factor: float = Field(10.0, ge=1, le=1000,
+                                   description="the automatic progress deadline in multiples of the longest "
+                                   "wait between progress seen so far in the step")
