@@ -56,6 +56,21 @@ class IngestWork:
     buckets: int
 
 
+def read_input_record(storage: Storage, stage_dir: str) -> dict[str, list[str]] | None:
+    """OUT/ingest/_input.json, or None when absent or damaged (not JSON, or not {"input": [str], "files":
+    [str]}): damaged bookkeeping is rewritten, never a traceback."""
+    try:
+        old = json.loads(storage.read_text(stage_dir, INPUT_FILE))
+    except (FileNotFoundError, ValueError):
+        return None
+    lists = [old.get(k, []) for k in ("input", "files")] if isinstance(old, dict) else [None]
+    ok = all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists)
+    if not ok:
+        log.warning("%s/%s: not an input record (damaged); rewriting it", stage_dir, INPUT_FILE)
+        return None
+    return old
+
+
 class IngestStage(Stage[IngestConfig]):
     name = "ingest"
     version = "3"  # 2: <script>/<style> elements are removed with their content; 3: url credentials redacted
@@ -101,9 +116,8 @@ class IngestStage(Stage[IngestConfig]):
 
     def _check_same_input(self, storage: Storage, files: list[FileMeta]) -> None:
         """A different input on an existing OUT would silently replace the dataset: refuse it."""
-        try:
-            old = json.loads(storage.read_text(self.name, INPUT_FILE))
-        except (FileNotFoundError, ValueError):
+        old = read_input_record(storage, self.name)
+        if old is None:
             return
         if [redact_url(u) for u in old.get("files", [])] != published_urls(files) and not self._replace:
             raise InputError(
@@ -118,12 +132,9 @@ class IngestStage(Stage[IngestConfig]):
         urls = published_urls(files)
         text = json.dumps({"input": [redact_text(i, known=False) for i in self.settings.input], "files": urls},
                           indent=1)
-        try:
-            old = json.loads(storage.read_text(self.name, INPUT_FILE))
-            if old.get("files") == urls:
-                return
-        except (FileNotFoundError, ValueError):
-            pass
+        old = read_input_record(storage, self.name)
+        if old is not None and old.get("files") == urls:
+            return
         storage.write_text(text, self.name, INPUT_FILE)
 
     def plan(self, ctx: PlanContext) -> list[PartitionSpec]:

@@ -287,6 +287,7 @@ def test_stray_files_and_damaged_stage_files_through_the_cli(baseline, ray_addre
     (out / "filter" / "_stage.json").write_text('{"stage_hash": 7, "complete": "yes", "partitions": 2}')
     (out / "shard" / "_done" / "global.json").write_text('["not", "a", "record"]')
     (out / "ingest" / "_dedup" / "_done" / "global.json").write_text('{"digests": ["x"]}')
+    (out / "ingest" / "_input.json").write_text('["not", "an", "input", "record"]')
     proc = tool("status", "--json", str(out))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     st = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
@@ -300,6 +301,7 @@ def test_stray_files_and_damaged_stage_files_through_the_cli(baseline, ray_addre
     proc = run_cli(out, ray_address)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_outputs(out, baseline)  # damaged stage files rewritten, global steps rerun, no partition redone
+    assert (out / "ingest" / "_input.json").read_bytes() == (baseline / "ingest" / "_input.json").read_bytes()
     assert stage_meta(out, "instruct") == stage_meta(baseline, "instruct")
     assert record(out, "instruct", 0).read_bytes() == record(baseline, "instruct", 0).read_bytes()
     for stage in ("ingest", "instruct", "render", "filter"):
