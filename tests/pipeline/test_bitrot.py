@@ -193,9 +193,10 @@ def test_shard_reads_filter_partitions_hashed_and_publishes_nothing_damaged(base
     assert_same_outputs(out, baseline)
 
 
-def test_ingest_checks_its_own_steps_files(baseline, ray_session, tmp_path):
+def test_ingest_checks_its_own_steps_files(baseline, ray_address, tmp_path):
     """ingest/_keys (dedup's input): a damaged bucket is rebuilt from the verified _pre partition and
-    rewritten; ingest/_pre (publish's input): damage fails publish, and the rerun recomputes it."""
+    rewritten; ingest/_pre (publish's input): damage fails publish (through the CLI: one line, exit 1, though
+    it is raised in a plain Ray task), and the rerun recomputes it."""
     out = copy(baseline, tmp_path / "out", ("ingest",))
     keys = out / "ingest" / "_keys" / "part-00000.arrow"
     key = pq.read_table(out / "ingest" / "_pre" / "part-00000.parquet")["caption_key"][0].as_py()
@@ -204,8 +205,11 @@ def test_ingest_checks_its_own_steps_files(baseline, ray_session, tmp_path):
     pre = out / "ingest" / "_pre" / "part-00001.parquet"
     flip(pre, pre.stat().st_size // 2)
     record(out, "ingest", 1).unlink()  # publish recomputes partition 1, reading _pre
-    with pytest.raises(DamagedInput, match=rf"ingest: {pre} is damaged"):
-        run_pipeline(config(), str(out), only="ingest")
+    proc = run_cli(out, ray_address, "--only", "ingest")
+    assert proc.returncode == DamagedInput.exit_code, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("editgen:")]
+    assert "Traceback" not in proc.stderr and "RayTaskError" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"editgen: ingest: {pre} is damaged"), proc.stderr[-3000:]
     assert keys.read_bytes() == (baseline / "ingest" / "_keys" / "part-00000.arrow").read_bytes()  # rebuilt
     assert not record(out, "ingest/_pre", 1).exists()
     result = run_pipeline(config(), str(out), only="ingest").stages[0]
