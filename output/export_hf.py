@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from output.shard_writer import MANIFEST, SHARDS_DIR, manifest_problem
+from output.manifest import MANIFEST, manifest_problem, manifest_url, parse_manifest, read_manifest_text
 from pipeline.errors import InputError
 from pipeline.redact import redact_url
 from pipeline.storage import TMP_MARK, Storage
@@ -57,20 +57,21 @@ class _Hashing:
 
 
 def iter_shard_samples(storage: Storage, entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Samples (webdataset's grouping of tar members by key) from manifest entries, in order; each tar is
-    hashed as it streams and checked against the manifest's sha256 at its end, before anything is
-    published (the export's marker is written last), so a damaged shard fails the export in one line."""
+    """Samples (webdataset's grouping of tar members by key) from manifest entries (tars named relative to
+    OUT), in order; each tar is hashed as it streams and checked against the manifest's sha256 at its end,
+    before anything is published (the export's marker is written last), so a damaged shard fails the
+    export in one line."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     for entry in entries:
         name = entry["name"]
-        with storage.open(SHARDS_DIR, name) as f:
+        with storage.open(name) as f:
             src = _Hashing(f)
             yield from group_by_keys({**d, "__url__": name} for d in tar_file_iterator(src))
             while src.read(1 << 20):  # the end-of-archive blocks tarfile leaves unread
                 pass
         if src.h.hexdigest() != entry["sha256"]:
-            raise InputError(f"{storage.url(SHARDS_DIR, name)}: sha256 does not match the manifest (damaged); "
+            raise InputError(f"{storage.url(name)}: sha256 does not match the manifest (damaged); "
                              "nothing exported (`editgen run --set run.verify_checksums=full` rewrites it)")
 
 
@@ -91,18 +92,18 @@ def _source(src: Storage, rejected: bool) -> tuple[dict[str, Any], str]:
     """(shard set to export, fingerprint of the published manifest); a set with nothing in it is an error
     rather than an empty export."""
     try:
-        text = src.read_text(SHARDS_DIR, MANIFEST)
+        text, where = read_manifest_text(src)
     except FileNotFoundError:
-        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)") from None
+        raise InputError(f"{manifest_url(src)}: missing (has the shard stage run?)") from None
     except ValueError:  # not UTF-8
-        text = ""
+        text, where = "", (MANIFEST,)
     try:
-        manifest = json.loads(text)
+        manifest = parse_manifest(text, where)
         why = manifest_problem(manifest)
     except ValueError:
         why = "not JSON"
     if why is not None:
-        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})")
+        raise InputError(f"{manifest_url(src)}: not an editgen manifest ({why})")
     if rejected and "rejected" not in manifest:
         raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
     shards = manifest.get("rejected", {}) if rejected else manifest
@@ -144,7 +145,7 @@ def export_hf(
     if dst.local:
         _swap_local(dst, stage, split)
     marker = {"split": split, "files": [f"data/{f}" for f in files], "rows": written, "rejected": rejected,
-              "source": redact_url(src.url(SHARDS_DIR, MANIFEST)), "source_manifest_sha256": source_sha}
+              "source": redact_url(manifest_url(src)), "source_manifest_sha256": source_sha}
     dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{split}.json")
     for name in dst.listdir("data"):
         if name.startswith(f"{split}-") and name not in files:

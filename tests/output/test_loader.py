@@ -1,4 +1,5 @@
-"""Training loader: paired crops (same resize/crop/flip on both images), DataLoader workers, HF export."""
+"""Training loader: paired crops (same resize/crop/flip on both images), DataLoader workers (never more
+than shards), diffusers' batch keys with a tokenizer, HF export."""
 
 from __future__ import annotations
 
@@ -123,3 +124,28 @@ def test_export_hf_parquet(shards, tmp_path):
     row = ds[0]
     assert row["input_image"].size == (W, H) and np.array_equal(np.asarray(row["input_image"]), coord_image())
     assert row["edit_prompt"].startswith("add a red box")
+
+
+def test_workers_capped_at_the_shard_count(shards, caplog):
+    """Two workers on one shard: the second would read nothing, so only one is started, with a line saying
+    why and how to get more shards; every sample is still read once."""
+    one = shard_urls(str(shards))[:1]
+    with caplog.at_level("WARNING", logger="editgen"):
+        dl = make_dataloader(one, batch_size=2, num_workers=2, resolution=16, shuffle_buffer=0)
+    assert dl.num_workers == 1
+    assert "1 shard(s) for this node, so 1 DataLoader worker(s) instead of 2" in caplog.text
+    assert "shard.samples_per_shard" in caplog.text
+    assert sum(len(b["edit_prompt"]) for b in dl) == 5
+
+
+def test_tokenizer_gives_the_keys_diffusers_loop_reads(shards):
+    from tiny.clip_tokenizer import load_clip_tokenizer
+
+    tok = load_clip_tokenizer()
+    dl = make_dataloader(str(shards), batch_size=3, num_workers=0, resolution=16, shuffle_buffer=0, tokenizer=tok)
+    batch = next(iter(dl))
+    assert set(batch) == {"original_pixel_values", "edited_pixel_values", "input_ids", "__key__"}  # + the sample key
+    assert batch["original_pixel_values"].shape == batch["edited_pixel_values"].shape == (3, 3, 16, 16)
+    assert batch["input_ids"].shape == (3, tok.model_max_length) and batch["input_ids"][0, 0] == tok.bos_token_id
+    for x0, x1 in zip(batch["original_pixel_values"], batch["edited_pixel_values"], strict=True):
+        assert_paired(x0, x1)
