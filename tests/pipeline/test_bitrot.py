@@ -244,7 +244,7 @@ def test_export_hf_checks_each_shard_and_the_manifest(baseline, tmp_path):
 
     out = copy(baseline, tmp_path / "out", ("shards",))
     shutil.copy2(baseline / "manifest.json", out / "manifest.json")
-    assert export_hf(str(out), str(tmp_path / "ok")) > 0
+    assert export_hf(str(out), str(tmp_path / "ok"))["train"] > 0
     flip(shard_path(out, 1), shard_path(out, 1).stat().st_size // 2)
     with pytest.raises(InputError, match=r"edits-000001\.tar: sha256 does not match the manifest \(damaged\)"):
         export_hf(str(out), str(tmp_path / "hf"))
