@@ -185,7 +185,7 @@ def _unlisted(storage: Storage, manifest: dict[str, Any], listed: set[str]) -> l
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="editgen output directory (checks OUT/shards)")
+    parser.add_argument("out", metavar="OUT", help="editgen output directory (checks the tars OUT/manifest.json lists)")
     parser.add_argument("--workers", type=int, default=2, help="shards checked in parallel")
     parser.add_argument("--shards-only", action="store_true",
                         help="check the shards against the manifest only, not the stage records behind them")

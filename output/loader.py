@@ -3,10 +3,11 @@
 Yields dicts with `input_image` and `edited_image` (float tensors, 3xRxR, in [-1, 1]) and
 `edit_prompt` (str); with `tokenizer=` (the model's CLIP tokenizer) the keys diffusers'
 train_instruct_pix2pix.py loop reads instead: `original_pixel_values`, `edited_pixel_values` (the same
-tensors) and `input_ids` (padded to the tokenizer's model_max_length, as that script tokenizes). That
-script itself does not take a DataLoader: it loads `--dataset_name`, which `editgen export-hf OUT DEST`
-writes (output/export_hf.py). One random resize/crop/flip is drawn per sample and applied to both
-images (they are stacked into one 6-channel tensor first), so the pair stays pixel-aligned.
+tensors) and `input_ids` (padded to the tokenizer's model_max_length, as that script tokenizes); webdataset
+adds each sample's `__key__`. That script itself does not take a DataLoader: it loads `--dataset_name`,
+which `editgen export-hf OUT DEST` writes (output/export_hf.py). One random resize/crop/flip is drawn
+per sample and applied to both images (they are stacked into one 6-channel tensor first), so the pair
+stays pixel-aligned.
 Shards are shuffled, split by node (torch.distributed rank) and by DataLoader worker: each worker reads
 whole shards, so `make_dataloader` uses at most as many workers as there are shards (and says so).
 
