@@ -49,7 +49,7 @@ demo: venv
 	$(VENV)/bin/editgen run --profile tiny --input examples/demo_captions.jsonl --out $(OUT)
 	$(VENV)/bin/editgen validate $(OUT)
 	$(VENV)/bin/editgen preview $(OUT)
-	@echo "Shards:   $(abspath $(OUT))/shards/  (manifest: $(abspath $(OUT))/shards/manifest.json)"
+	@echo "Shards:   $(abspath $(OUT))/shards/  (manifest: $(abspath $(OUT))/manifest.json; URLs: editgen shards $(OUT))"
 	@echo "Preview:  $(abspath $(OUT))/preview.html"
 	@echo "Status:   $(VENV)/bin/editgen status $(OUT)"
 

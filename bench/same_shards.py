@@ -3,11 +3,11 @@
     python bench/same_shards.py run OUT FINGERPRINT.json     # run the tiny pipeline into a fresh OUT
     python bench/same_shards.py compare BEFORE.json AFTER.json
 
-A fingerprint holds the sha256 of every tar under OUT/shards/ (named without its generation folder), the
-manifest with its generation-dependent fields (`config_hash`, `generation`, the folder in each shard name)
-set aside, and the sha256 of every stage's partition files. `compare` exits 1 on any difference in tars,
-manifest body or partitions, and reports the set-aside fields apart (they follow the shard stage's config
-hash, which is the only thing allowed to move).
+A fingerprint holds the sha256 of every tar under OUT/shards/ and OUT/rejected/ (named without its
+generation folder), the manifest with its generation-dependent fields (`config_hash`, `generation`, the
+folders in each shard name) set aside, and the sha256 of every stage's partition files. `compare` exits 1
+on any difference in tars, manifest body or partitions, and reports the set-aside fields apart (they
+follow the shard stage's config hash, which is the only thing allowed to move).
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def run(out: Path) -> None:
 
 def fingerprint(out: Path) -> dict[str, Any]:
     shards = out / "shards"
-    manifest = json.loads((shards / "manifest.json").read_text())
+    found = out / "manifest.json"  # the earlier layout: OUT/shards/manifest.json
+    manifest = json.loads((found if found.exists() else shards / "manifest.json").read_text())
     body = {k: v for k, v in manifest.items() if k not in GENERATION_FIELDS}
     for group in (body, body.get("rejected", {})):
         for entry in group.get("shards", []):
-            entry["name"] = entry["name"].split("/", 1)[-1]
-    tars = {p.name: _sha(p) for p in sorted(shards.rglob("*.tar"))}
+            entry["name"] = entry["name"].rsplit("/", 1)[-1]
+    tars = {p.name: _sha(p) for d in (shards, out / "rejected") for p in sorted(d.rglob("*.tar"))}
     parts = {f"{s}/{p.name}": _sha(p) for s in STAGES for p in sorted((out / s).glob("part-*.parquet"))}
     stage_meta = json.loads((out / "shard" / "_stage.json").read_text())
     return {

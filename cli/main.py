@@ -1,4 +1,4 @@
-"""`editgen` command line: run, status, config, pair, preview, validate.
+"""`editgen` command line: run, status, config, pair, edit-model, preview, validate, shards, export-hf.
 
 Exit codes: 0 success, 1 a stage failed or validation found problems, 2 bad config / input / output,
 130 interrupted (SIGINT), 143 terminated (SIGTERM); both stop in order and a rerun resumes.
@@ -77,7 +77,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in result.stages:
         if s.note:
             progress.console.print(redact_text(f"{s.name}: {s.note}"))
+    if any(s.name == "shard" for s in result.stages):
+        for line in where_shards(args.out, storage_options(args)):
+            progress.console.print(redact_text(line), markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def where_shards(out: str, options: dict[str, Any]) -> list[str]:
+    """The end-of-run lines saying where the published shards are (none when nothing is published)."""
+    import shlex
+
+    from output.manifest import manifest_url, read_manifest
+    from pipeline.storage import Storage
+
+    storage = Storage(out, options)
+    try:
+        m = read_manifest(storage)
+        folders = sorted({e["name"].rsplit("/", 1)[0] for e in m["shards"]})
+    except (FileNotFoundError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    where = ", ".join(storage.url(f) + "/" for f in folders) or "no folder (no kept samples)"
+    return [f"shards: {len(m['shards'])} tars, {m.get('samples')} samples in {where}; manifest {manifest_url(storage)}",
+            f"their URLs (webdataset, Ray Data, datasets): editgen shards {shlex.quote(out)}"]
 
 
 def summary_table(result: RunResult) -> Any:
@@ -178,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("edit-model", "cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
         ("preview", "cli.preview", "write OUT/preview.html"),
         ("validate", "cli.validate", "check shards against the manifest"),
-        ("export-hf", "cli.export_hf", "export kept samples as Hugging Face datasets parquet"),
+        ("shards", "cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
+        ("export-hf", "cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
     ):
         add, main = _delegate(module)
         p = sub.add_parser(name, help=help_text)
@@ -201,7 +223,7 @@ def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:
 
 
 #: Commands whose OUT (and export-hf's DEST) must be a directory or not exist yet.
-OUT_COMMANDS = ("run", "status", "validate", "preview", "export-hf")
+OUT_COMMANDS = ("run", "status", "validate", "preview", "shards", "export-hf")
 
 
 def check_out_paths(args: argparse.Namespace) -> None:

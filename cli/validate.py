@@ -19,7 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cli.chain_check import check_chain
-from output.shard_writer import GEN_PREFIX, MANIFEST, REQUIRED_JSON, SHARDS_DIR, manifest_problem, sample_key
+from output.manifest import (
+    GEN_PREFIX,
+    REJECTED_DIR,
+    SHARDS_DIR,
+    manifest_problem,
+    manifest_url,
+    parse_manifest,
+    read_manifest,
+    read_manifest_text,
+)
+from output.shard_writer import REQUIRED_JSON, sample_key
 from pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
@@ -69,17 +79,17 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
 
     name = entry["name"]
     try:
-        present = storage.exists(SHARDS_DIR, name)
-    except ValueError:  # pipeline.errors.UnsafePathError: a name that would leave OUT/shards
+        present = storage.exists(name)
+    except ValueError:  # pipeline.errors.UnsafePathError: a name that would leave OUT
         return [f"{name!r}: unsafe shard name in the manifest (not read)"], 0, set()
     if not present:
         return [f"{name}: listed in manifest but missing"], 0, set()
     problems: list[str] = []
-    size = storage.size(SHARDS_DIR, name)
+    size = storage.size(name)
     if size != entry["bytes"]:
         problems.append(f"{name}: {size} bytes, manifest says {entry['bytes']} (truncated or altered)")
     h = hashlib.sha256()
-    with storage.open(SHARDS_DIR, name) as f:
+    with storage.open(name) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != entry["sha256"]:
@@ -87,7 +97,7 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
                         "`editgen run --set run.verify_checksums=full` re-hashes every shard and rewrites it)")
     count, keys, sample_lines = 0, set(), []
     try:
-        with storage.open(SHARDS_DIR, name) as f:
+        with storage.open(name) as f:
             for sample in group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f)):
                 count += 1
                 key = sample["__key__"]
@@ -129,14 +139,14 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
 def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[str, Any] | None, list[str]]:
     """(problems, manifest, kept sample keys in shard order) for the published generation."""
     try:
-        manifest = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+        manifest = parse_manifest(*read_manifest_text(storage))
     except FileNotFoundError:
-        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)"], None, []
+        return [f"{manifest_url(storage)}: missing (has the shard stage run?)"], None, []
     except ValueError as exc:
-        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not valid JSON ({exc})"], None, []
+        return [f"{manifest_url(storage)}: not valid JSON ({exc})"], None, []
     why = manifest_problem(manifest)
     if why is not None:
-        return [f"{storage.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})"], None, []
+        return [f"{manifest_url(storage)}: not an editgen manifest ({why})"], None, []
     problems: list[str] = []
     kept_keys: list[str] = []
     sets = [("", manifest)]
@@ -168,14 +178,14 @@ def _unlisted(storage: Storage, manifest: dict[str, Any], listed: set[str]) -> l
     """Tars in the published generation (or loose in OUT/shards) that the manifest does not name.
     Other generations are an interrupted re-shard's or not yet removed: readers never see them."""
     gen = manifest.get("generation")
-    names = [n for n in storage.listdir(SHARDS_DIR) if n.endswith(".tar")]
-    if gen:
-        names += [f"{gen}/{n}" for n in storage.listdir(SHARDS_DIR, gen) if n.endswith(".tar")]
+    names = [f"{SHARDS_DIR}/{n}" for n in storage.listdir(SHARDS_DIR) if n.endswith(".tar")]
+    for folder in (SHARDS_DIR, REJECTED_DIR) if gen else ():
+        names += [f"{folder}/{gen}/{n}" for n in storage.listdir(folder, gen) if n.endswith(".tar")]
     return [f"{n}: shard not listed in the manifest" for n in names if n not in listed]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="editgen output directory (checks OUT/shards)")
+    parser.add_argument("out", metavar="OUT", help="editgen output directory (checks the tars OUT/manifest.json lists)")
     parser.add_argument("--workers", type=int, default=2, help="shards checked in parallel")
     parser.add_argument("--shards-only", action="store_true",
                         help="check the shards against the manifest only, not the stage records behind them")
@@ -191,8 +201,9 @@ def main(args: argparse.Namespace) -> int:
     if problems:
         print(f"invalid: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    m = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
-    others = [n for n in storage.listdir(SHARDS_DIR) if n.startswith(GEN_PREFIX) and n != m.get("generation")]
+    m = read_manifest(storage)
+    others = {n for d in (SHARDS_DIR, REJECTED_DIR) for n in storage.listdir(d)
+              if n.startswith(GEN_PREFIX) and n != m.get("generation")}
     if others:
         print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
               "re-shard; the next run removes them)", file=sys.stderr)

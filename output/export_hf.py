@@ -1,9 +1,35 @@
-"""Export editgen shards to Hugging Face `datasets` parquet (columns input_image, edit_prompt,
-edited_image) — the layout diffusers' train_instruct_pix2pix.py loads with `--dataset_name DIR`.
+"""Export editgen shards as a Hugging Face dataset folder in the hub layout:
+
+    DEST/README.md                               dataset card: its YAML header names every split
+    DEST/data/train-00000-of-00003.parquet       kept samples
+    DEST/data/rejected-00000-of-00001.parquet    filter-rejected candidates (shard.export_rejected)
+    DEST/export-<split>.json                     editgen's record of a split: its files, rows and source
+
+so `datasets.load_dataset(DEST)` returns every split and diffusers' train_instruct_pix2pix.py runs on
+`--dataset_name DEST` unmodified (it trains on `train` and takes the first three columns: input_image,
+edit_prompt, edited_image). Two more columns trace a row back: `key` (the shard sample key
+`<id>-cNNNN`) and `id` (the caption row's id, which names its source file and row).
+
+Splits: by default `train` (the kept samples; `--split` renames it) and `rejected` when the run
+published rejected shards; `rejected=True` exports only `rejected`, `rejected=False` only the kept one.
+An export rewrites only the splits it writes: another split's files are never deleted, and the card
+lists every split DEST holds. DEST must be new, empty (dot files aside, e.g. a cloned hub repo's .git)
+or an earlier export (it has an export-<split>.json); any other folder is refused. The card is editgen's
+and is rewritten by each export.
 
 Written with pyarrow alone (the `datasets` package is optional): images use the `datasets` Image feature
-storage layout, a struct {bytes, path}, and the schema carries the `huggingface` features metadata so
-`datasets.load_dataset("parquet", ...)` decodes them as images.
+storage layout, a struct {bytes, path}, and the schema carries the `huggingface` features metadata.
+
+Publication (file names are fixed, as the hub layout wants): nothing half-done is ever read as the
+export. On local disks the new `data` folder (the new split files plus hard links to the other splits'
+files) is assembled beside DEST and swapped in with two renames, so a reader lists the old files or the
+new ones (for an instant, none: it then fails rather than mixing); then each split's record and last
+the card are written, so a split appears in the card only once its files are in place. On object
+stores there is no rename: each file is one atomic PUT, written in place, then the records and the
+card, and last the split's stale files (a shorter export's surplus) are deleted. The limit: a reader
+listing `data/` while an export of the same split is under way may see some files of the previous
+export and some of the new one (each whole); read the split's export-<split>.json, written after its
+files, for the exact list, or export to a new DEST.
 """
 
 from __future__ import annotations
@@ -15,18 +41,21 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from output.shard_writer import MANIFEST, SHARDS_DIR, manifest_problem
+from output.manifest import MANIFEST, entries, manifest_problem, manifest_url, parse_manifest, read_manifest_text
 from pipeline.errors import InputError
 from pipeline.redact import redact_url
 from pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id")
 SCHEMA = pa.schema(
-    [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE)]
+    [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE),
+     ("key", pa.string()), ("id", pa.string())]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
@@ -36,12 +65,27 @@ SCHEMA = pa.schema(
                         "input_image": {"_type": "Image"},
                         "edit_prompt": {"dtype": "string", "_type": "Value"},
                         "edited_image": {"_type": "Image"},
+                        "key": {"dtype": "string", "_type": "Value"},
+                        "id": {"dtype": "string", "_type": "Value"},
                     }
                 }
             }
         ).encode()
     }
 )
+REJECTED_SPLIT = "rejected"
+CARD = "README.md"
+_MARKER = re.compile(r"export-(\w+)\.json")
+
+
+@dataclass
+class SplitSet:
+    """One split to write: its name, the shard set it comes from and that set's tars (manifest entries)."""
+
+    split: str
+    rejected: bool
+    tars: list[dict[str, Any]]
+    samples: int
 
 
 class _Hashing:
@@ -56,21 +100,22 @@ class _Hashing:
         return data
 
 
-def iter_shard_samples(storage: Storage, entries: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Samples (webdataset's grouping of tar members by key) from manifest entries, in order; each tar is
-    hashed as it streams and checked against the manifest's sha256 at its end, before anything is
-    published (the export's marker is written last), so a damaged shard fails the export in one line."""
+def iter_shard_samples(storage: Storage, tars: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Samples (webdataset's grouping of tar members by key) from manifest entries (tars named relative to
+    OUT), in order; each tar is hashed as it streams and checked against the manifest's sha256 at its end,
+    before anything is published (the split's record and the card are written last), so a damaged shard
+    fails the export in one line."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    for entry in entries:
+    for entry in tars:
         name = entry["name"]
-        with storage.open(SHARDS_DIR, name) as f:
+        with storage.open(name) as f:
             src = _Hashing(f)
             yield from group_by_keys({**d, "__url__": name} for d in tar_file_iterator(src))
             while src.read(1 << 20):  # the end-of-archive blocks tarfile leaves unread
                 pass
         if src.h.hexdigest() != entry["sha256"]:
-            raise InputError(f"{storage.url(SHARDS_DIR, name)}: sha256 does not match the manifest (damaged); "
+            raise InputError(f"{storage.url(name)}: sha256 does not match the manifest (damaged); "
                              "nothing exported (`editgen run --set run.verify_checksums=full` rewrites it)")
 
 
@@ -83,89 +128,150 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
                 return {"bytes": sample[f"{stem}.{ext}"], "path": f"{key}.{stem}.{ext}"}
         raise KeyError(f"{key}: no {stem} image")
 
+    meta = json.loads(sample["json"])
     return {"input_image": image("input"), "edit_prompt": sample["txt"].decode("utf-8"),
-            "edited_image": image("edited")}
+            "edited_image": image("edited"), "key": key, "id": str(meta["id"])}
 
 
-def _source(src: Storage, rejected: bool) -> tuple[dict[str, Any], str]:
-    """(shard set to export, fingerprint of the published manifest); a set with nothing in it is an error
-    rather than an empty export."""
+def _plan(src: Storage, manifest: dict[str, Any], split: str, rejected: bool | None) -> list[SplitSet]:
+    """The splits to write: kept as `split` unless rejected=True, rejected as `rejected` unless
+    rejected=False (by default only when the run published any). Nothing to write is an error."""
+    has_rejected = isinstance(manifest.get("rejected"), dict)
+    if rejected and not has_rejected:
+        raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
+    sets = []
+    if not rejected:
+        sets.append(SplitSet(split, False, entries(manifest), int(manifest.get("samples", 0))))
+    if rejected or (rejected is None and has_rejected):
+        part = manifest["rejected"]
+        sets.append(SplitSet(REJECTED_SPLIT, True, entries(manifest, True), int(part.get("samples", 0))))
+    if rejected is None:  # the default: an empty rejected set is left out, not an error
+        sets = [s for s in sets if s.samples or not s.rejected]
+    for s in sets:
+        if not s.samples:
+            what = "rejected samples" if s.rejected else "samples"
+            raise InputError(f"{src.root}: the published dataset has no {what}; nothing to export")
+    return sets
+
+
+def check_dest(dst: Storage) -> None:
+    """DEST is new, empty (dot files aside) or an earlier export; anything else is one line, exit 2."""
+    names = [n for n in dst.listdir() if not n.startswith(".")]
+    if names and not any(_MARKER.fullmatch(n) for n in names):
+        raise InputError(f"{dst.root}: exists and is not an editgen export (no export-<split>.json in it); "
+                         "export to a new or empty folder")
+
+
+def _source(src: Storage) -> tuple[dict[str, Any], str, str]:
+    """(manifest, its sha256, its URL without credentials) of OUT's published dataset."""
     try:
-        text = src.read_text(SHARDS_DIR, MANIFEST)
+        text, where = read_manifest_text(src)
     except FileNotFoundError:
-        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: missing (has the shard stage run?)") from None
+        raise InputError(f"{manifest_url(src)}: missing (has the shard stage run?)") from None
     except ValueError:  # not UTF-8
-        text = ""
+        text, where = "", (MANIFEST,)
     try:
-        manifest = json.loads(text)
+        manifest = parse_manifest(text, where)
         why = manifest_problem(manifest)
     except ValueError:
         why = "not JSON"
     if why is not None:
-        raise InputError(f"{src.path(SHARDS_DIR, MANIFEST)}: not an editgen manifest ({why})")
-    if rejected and "rejected" not in manifest:
-        raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
-    shards = manifest.get("rejected", {}) if rejected else manifest
-    if not int(shards.get("samples", 0)):
-        what = "rejected samples" if rejected else "samples"
-        raise InputError(f"{src.root}: the published dataset has no {what}; nothing to export")
-    return shards, hashlib.sha256(text.encode()).hexdigest()
+        raise InputError(f"{manifest_url(src)}: not an editgen manifest ({why})")
+    return manifest, hashlib.sha256(text.encode()).hexdigest(), redact_url(src.url(*where))
 
 
 def export_hf(
-    out: str, dest: str, rows_per_file: int = 1000, split: str = "train", rejected: bool = False,
+    out: str, dest: str, rows_per_file: int = 1000, split: str = "train", rejected: bool | None = None,
     storage_options: dict[str, Any] | None = None,
-) -> int:
-    """Write DEST/data/<split>-<tag>-NNNNN-of-NNNNN.parquet from OUT's published shards, then
-    DEST/export-<split>.json (the marker naming exactly those files), then remove the split's other files.
-
-    Nothing half-done is ever the export: on local disks the new `data` folder is assembled beside DEST
-    and swapped in by rename; on object stores the new files have names of their own (the tag), the
-    marker is written last, and only then do the previous files go. Returns rows written.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9_]+", split) or rows_per_file < 1:
+) -> dict[str, int]:
+    """Write DEST's splits from OUT's published shards (module doc); returns {split: rows written}."""
+    if not re.fullmatch(r"\w+", split, re.ASCII) or split == REJECTED_SPLIT or rows_per_file < 1:
         raise InputError(f"--split {split!r} / --rows-per-file {rows_per_file}: expected a split name of "
-                         "letters, digits and _ and at least 1 row per file")
+                         f"letters, digits and _ other than {REJECTED_SPLIT!r}, and at least 1 row per file")
     src, dst = Storage(out, storage_options or {}), Storage(dest, storage_options or {})
-    shards, source_sha = _source(src, rejected)
-    entries = shards.get("shards", [])
-    n_files = max(1, -(-int(shards["samples"]) // rows_per_file))
-    tag = hashlib.sha256(f"{source_sha}\n{rows_per_file}\n{rejected}".encode()).hexdigest()[:8]
-    stage = Storage(dst.path(f"{TMP_MARK}export-{uuid.uuid4().hex[:8]}")) if dst.local else dst
-    files, written, buf = [], 0, []
-    for sample in iter_shard_samples(src, entries):
+    manifest, source_sha, source_url = _source(src)
+    sets = _plan(src, manifest, split, rejected)
+    check_dest(dst)
+    stage = Storage(dst.path(f"{TMP_MARK}export-{uuid.uuid4().hex[:8]}"), storage_options or {}) \
+        if dst.local else dst
+    done = {s.split: _write_split(src, stage, s, rows_per_file) for s in sets}
+    if dst.local:
+        _swap_local(dst, stage, list(done))
+    for s in sets:
+        files, rows = done[s.split]
+        marker = {"split": s.split, "files": [f"data/{f}" for f in files], "rows": rows, "rejected": s.rejected,
+                  "rows_per_file": rows_per_file, "source": source_url, "source_manifest_sha256": source_sha}
+        dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{s.split}.json")
+    dst.write_text(dataset_card(_splits(dst)), CARD)
+    for s in sets:  # object stores: a shorter export's surplus files (local disks: gone with the swap)
+        for name in dst.listdir("data"):
+            if name.startswith(f"{s.split}-") and name not in done[s.split][0]:
+                dst.remove("data", name)
+    return {name: rows for name, (_files, rows) in done.items()}
+
+
+def _write_split(src: Storage, stage: Storage, s: SplitSet, rows_per_file: int) -> tuple[list[str], int]:
+    """data/<split>-NNNNN-of-NNNNN.parquet under `stage`; returns (file names, rows)."""
+    n_files = max(1, -(-s.samples // rows_per_file))
+    files: list[str] = []
+    written, buf = 0, []
+    for sample in iter_shard_samples(src, s.tars):
         buf.append(_row(sample))
         if len(buf) >= rows_per_file:
-            files.append(_write_part(stage, buf, split, tag, len(files), n_files))
+            files.append(_write_part(stage, buf, s.split, len(files), n_files))
             written, buf = written + len(buf), []
-    if buf:
-        files.append(_write_part(stage, buf, split, tag, len(files), n_files))
+    if buf or not files:
+        files.append(_write_part(stage, buf, s.split, len(files), n_files))
         written += len(buf)
-    if dst.local:
-        _swap_local(dst, stage, split)
-    marker = {"split": split, "files": [f"data/{f}" for f in files], "rows": written, "rejected": rejected,
-              "source": redact_url(src.url(SHARDS_DIR, MANIFEST)), "source_manifest_sha256": source_sha}
-    dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{split}.json")
-    for name in dst.listdir("data"):
-        if name.startswith(f"{split}-") and name not in files:
-            dst.remove("data", name)
-    return written
+    return files, written
 
 
-def _write_part(storage: Storage, rows: list[dict[str, Any]], split: str, tag: str, i: int, n: int) -> str:
-    name = f"{split}-{tag}-{i:05d}-of-{n:05d}.parquet"
+def _write_part(storage: Storage, rows: list[dict[str, Any]], split: str, i: int, n: int) -> str:
+    name = f"{split}-{i:05d}-of-{n:05d}.parquet"
     storage.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), "data", name)
     return name
 
 
-def _swap_local(dst: Storage, stage: Storage, split: str) -> None:
+def _splits(dst: Storage) -> list[str]:
+    """The splits DEST holds (those with a record), kept ones first."""
+    found = []
+    for name in dst.listdir():
+        m = _MARKER.fullmatch(name)
+        if m:
+            try:
+                rejected = bool(json.loads(dst.read_text(name)).get("rejected"))
+            except (ValueError, AttributeError):
+                rejected = False
+            found.append((rejected, m.group(1)))
+    return [split for _, split in sorted(found)]
+
+
+def dataset_card(splits: list[str]) -> str:
+    """README.md: the YAML header `datasets` reads (one config, a data_files glob per split) and a
+    short description of the columns."""
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split in splits:
+        lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
+    lines += ["---", "", "# editgen image-editing pairs", "",
+              "Instruction-based image edits made by editgen (Prompt-to-Prompt), in the InstructPix2Pix format.",
+              "Splits: " + ", ".join(f"`{s}`" for s in splits) + ".", "",
+              "| column | what |", "|---|---|",
+              "| `input_image` | the image before the edit |",
+              "| `edit_prompt` | the edit instruction |",
+              "| `edited_image` | the image after the edit |",
+              "| `key` | the WebDataset sample key in the editgen shards (`<id>-cNNNN`, N = candidate) |",
+              "| `id` | the caption row's id (source file and row) |", ""]
+    return "\n".join(lines)
+
+
+def _swap_local(dst: Storage, stage: Storage, splits: list[str]) -> None:
     """Local disks: the other splits' files join the staged folder (hard links), then two renames
     replace DEST/data; a reader sees the old set or the new one (or, for an instant, none), never both."""
     live, staged = dst.path("data"), stage.path("data")
     os.makedirs(staged, exist_ok=True)
     if os.path.isdir(live):
         for name in os.listdir(live):
-            if not name.startswith(f"{split}-") and not os.path.exists(os.path.join(staged, name)):
+            if not any(name.startswith(f"{s}-") for s in splits) and not os.path.exists(os.path.join(staged, name)):
                 os.link(os.path.join(live, name), os.path.join(staged, name))
         old = dst.path(f"{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
         os.rename(live, old)

@@ -1,9 +1,15 @@
-"""Training-side reader: editgen shards -> the batches diffusers' train_instruct_pix2pix.py expects.
+"""Training-side reader: editgen shards -> paired, augmented training samples for a loop of your own.
 
 Yields dicts with `input_image` and `edited_image` (float tensors, 3xRxR, in [-1, 1]) and
-`edit_prompt` (str). One random resize/crop/flip is drawn per sample and applied to both images
-(they are stacked into one 6-channel tensor first), so the pair stays pixel-aligned.
-Shards are shuffled, split by node (torch.distributed rank) and by DataLoader worker.
+`edit_prompt` (str); with `tokenizer=` (the model's CLIP tokenizer) the keys diffusers'
+train_instruct_pix2pix.py loop reads instead: `original_pixel_values`, `edited_pixel_values` (the same
+tensors) and `input_ids` (padded to the tokenizer's model_max_length, as that script tokenizes); webdataset
+adds each sample's `__key__`. That script itself does not take a DataLoader: it loads `--dataset_name`,
+which `editgen export-hf OUT DEST` writes (output/export_hf.py). One random resize/crop/flip is drawn
+per sample and applied to both images (they are stacked into one 6-channel tensor first), so the pair
+stays pixel-aligned.
+Shards are shuffled, split by node (torch.distributed rank) and by DataLoader worker: each worker reads
+whole shards, so `make_dataloader` uses at most as many workers as there are shards (and says so).
 
 OUT may be a local path or any fsspec URL (s3://...): the shard list is exactly what the manifest
 names (never a directory glob, which could see a generation being written or removed), and object-store
@@ -14,7 +20,7 @@ $EDITGEN_STORAGE_OPTIONS).
 from __future__ import annotations
 
 import importlib
-import json
+import logging
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -24,8 +30,10 @@ import webdataset as wds
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from output.shard_writer import MANIFEST, SHARDS_DIR
+from output.manifest import SHARDS_DIR, published_urls
 from pipeline.storage import Storage, open_filesystem, parse_storage_options
+
+log = logging.getLogger("editgen")
 
 COLUMNS = ("input_image", "edit_prompt", "edited_image")
 #: Object-store protocols whose shards webdataset should open through fsspec.
@@ -54,14 +62,13 @@ def shard_urls(source: str | Sequence[str], rejected: bool = False) -> list[str]
     if not isinstance(source, str):
         return list(source)
     options = parse_storage_options(None)
-    for base in (f"{source.rstrip('/')}/{SHARDS_DIR}", source):
-        storage = Storage(base, options)
+    base = source.rstrip("/")
+    roots = [base] + ([base.rsplit("/", 1)[0]] if base.endswith(f"/{SHARDS_DIR}") else [])
+    for root in roots:
         try:
-            m = json.loads(storage.read_text(MANIFEST))
+            return published_urls(Storage(root, options), rejected)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
-        entries = m.get("rejected", {}).get("shards", []) if rejected else m["shards"]
-        return [storage.url(s["name"]) for s in entries]
     return list(wds.shardlists.expand_urls(source))
 
 
@@ -108,17 +115,24 @@ def _member(sample: dict[str, Any], stem: str) -> Any:
 
 
 class _ToTraining:
-    """Picklable sample mapper (DataLoader workers may be spawned)."""
+    """Picklable sample mapper (DataLoader workers may be spawned); with a tokenizer, diffusers' keys."""
 
-    def __init__(self, resolution: int, max_upscale: float, center_crop: bool, random_flip: bool) -> None:
+    def __init__(self, resolution: int, max_upscale: float, center_crop: bool, random_flip: bool,
+                 tokenizer: Any = None) -> None:
         self.kw = {
             "resolution": resolution, "max_upscale": max_upscale,
             "center_crop": center_crop, "random_flip": random_flip,
         }
+        self.tokenizer = tokenizer
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         x0, x1 = paired_transform(_member(sample, "input"), _member(sample, "edited"), **self.kw)
-        return {"input_image": x0, "edit_prompt": sample["txt"], "edited_image": x1}
+        if self.tokenizer is None:
+            return {"input_image": x0, "edit_prompt": sample["txt"], "edited_image": x1}
+        tok = self.tokenizer
+        ids = tok(sample["txt"], max_length=tok.model_max_length, padding="max_length", truncation=True,
+                  return_tensors="pt").input_ids[0]
+        return {"original_pixel_values": x0, "edited_pixel_values": x1, "input_ids": ids}
 
 
 def instruct_pix2pix_dataset(
@@ -132,8 +146,10 @@ def instruct_pix2pix_dataset(
     random_flip: bool = True,
     seed: int = 0,
     rejected: bool = False,
+    tokenizer: Any = None,
 ) -> wds.WebDataset:
-    """An IterableDataset over editgen shards (OUT, OUT/shards, a list, or a brace pattern)."""
+    """An IterableDataset over editgen shards (OUT, OUT/shards, a list, or a brace pattern); `tokenizer`
+    (e.g. CLIPTokenizer) switches to diffusers' keys (module doc)."""
     urls = shard_urls(source, rejected=rejected)
     ds = wds.WebDataset(
         urls,
@@ -145,14 +161,34 @@ def instruct_pix2pix_dataset(
     )
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer)
-    return ds.decode("pil").map(_ToTraining(resolution, max_upscale, center_crop, random_flip))
+    return ds.decode("pil").map(_ToTraining(resolution, max_upscale, center_crop, random_flip, tokenizer))
+
+
+def node_shards(urls: Sequence[str]) -> int:
+    """How many of these shards this node reads (webdataset's split_by_node: every world_size-th)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return len(urls[dist.get_rank() :: dist.get_world_size()])
+    return len(urls)
 
 
 def make_dataloader(
-    source: str | Sequence[str], batch_size: int = 4, num_workers: int = 2, **kwargs: Any
+    source: str | Sequence[str], batch_size: int = 4, num_workers: int = 2, *, rejected: bool = False,
+    **kwargs: Any,
 ) -> torch.utils.data.DataLoader:
-    """DataLoader whose batches are {input_image: BxCxRxR, edited_image: ..., edit_prompt: [str]}."""
-    ds = instruct_pix2pix_dataset(source, **kwargs)
+    """DataLoader whose batches are {input_image: BxCxRxR, edited_image: ..., edit_prompt: [str]} (with
+    `tokenizer=`: {original_pixel_values, edited_pixel_values, input_ids}). A worker reads whole shards,
+    so workers beyond this node's shard count would get nothing: they are not started (a log line says
+    so and how to get more shards)."""
+    urls = shard_urls(source, rejected=rejected)
+    shards = node_shards(urls)
+    if num_workers > max(shards, 1):
+        log.warning("make_dataloader: %d shard(s) for this node, so %d DataLoader worker(s) instead of %d (each "
+                    "worker reads whole shards; more, smaller shards: --set shard.samples_per_shard=N)",
+                    shards, max(shards, 1), num_workers)
+        num_workers = max(shards, 1)
+    ds = instruct_pix2pix_dataset(urls, **kwargs)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False
     )

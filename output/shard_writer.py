@@ -1,4 +1,5 @@
-"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar plus OUT/shards/manifest.json.
+"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar (kept), OUT/rejected/gen-<G>/
+rejected-NNNNNN.tar (with shard.export_rejected) and OUT/manifest.json (the layout: output/manifest.py).
 
 Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers
 carry a fixed mtime/uid/gid/uname/mode, JSON is written with sorted keys, and nothing records the time
@@ -8,12 +9,14 @@ rename locally, one PUT on object stores), so readers never see half a shard.
 Publication is by generation: a dataset's tars go into their own folder `gen-<G>` (G from the shard
 config and upstream fingerprint, so an identical rerun lands in the same place), the manifest, which
 lists exactly those tars, is written last (one atomic write), and only then are other generations
-removed. Until the new manifest exists, readers (the loader, validate, export) see the previous
-complete dataset; a re-shard killed half-way never mixes two datasets.
+(and a manifest of the earlier layout, OUT/shards/manifest.json) removed. Until the new manifest
+exists, readers (the loader, validate, export) see the previous complete dataset; a re-shard killed
+half-way never mixes two datasets.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -29,21 +32,26 @@ from typing import Any
 import pyarrow as pa
 
 from output.compute_report import compute_report
+from output.manifest import (
+    GEN_PREFIX,
+    LEGACY_MANIFEST,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    REJECTED_DIR,
+    SHARDS_DIR,
+    entries,
+)
 from pipeline.faults import fault_delay_s
-from pipeline.records import read_verified, shape_problem
+from pipeline.records import read_verified
 from pipeline.redact import redact_text, redact_url
 from pipeline.storage import Storage
 
-SHARDS_DIR = "shards"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "editgen-webdataset/2"
-GEN_PREFIX = "gen-"
 REJECTED_PREFIX = "rejected"
 #: 2000-01-01T00:00:00Z: any fixed value makes tars reproducible; 0 upsets some extractors.
 TAR_MTIME = 946_684_800
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
-#: Image columns -> member suffix stem; `mask` is optional and always PNG.
+#: Image columns -> member suffix stem; `mask` (always PNG) is in every sample: see `sample_members`.
 IMAGE_MEMBERS = (("input_image", "input"), ("edited_image", "edited"))
 REQUIRED_JSON = ("id", "candidate", "instruction", "caption", "edited_caption", "seed")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -87,7 +95,7 @@ def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
     """Every non-binary column (captions, seed, scores, model ids, url, source, row id, status...),
     with `params` (the P2P parameters as JSON text) expanded into an object."""
     meta = {k: v for k, v in row.items() if not isinstance(v, bytes | bytearray)}
-    meta.pop("mask", None)
+    meta["mask"] = "region" if row.get("mask") else "whole_image"  # what mask.png is (sample_members)
     for col in LOCATOR_COLUMNS:  # ingest already redacts them; a shard never trusts that alone
         if isinstance(meta.get(col), str):
             meta[col] = redact_url(meta[col]) if col != "fetch_error" else redact_text(meta[col], known=False)
@@ -100,8 +108,37 @@ def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
     return _jsonable(meta)
 
 
+@functools.lru_cache(maxsize=8)
+def whole_image_mask(width: int, height: int) -> bytes:
+    """An all-white mask PNG (255 = may be edited): the mask of a sample whose edit had no region."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask(row: dict[str, Any]) -> bytes:
+    """The row's edit-region mask, or the whole-image mask at the input image's size."""
+    if row.get("mask"):
+        return bytes(row["mask"])
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(row["input_image"])) as img:  # reads the header only
+            return whole_image_mask(*img.size)
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ValueError("input_image does not decode") from None
+
+
 def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
-    """(key, [(member name, bytes)]) for one candidate row; raises ValueError on a missing image."""
+    """(key, [(member name, bytes)]) for one candidate row; raises ValueError on a missing image.
+
+    Every sample of a dataset has the same members (readers that build one schema per dataset, such as
+    Ray Data's read_webdataset, fail on a member only some samples have): `mask.png` is the edit region
+    where the renderer gave one (LocalBlend) and an all-white mask (the whole image) elsewhere, as the
+    JSON's `mask` field says; `reconstruction` is there for every sample of a real-image run and none
+    of a synthetic one (p2p.real gives every candidate one)."""
     key = sample_key(str(row["id"]), int(row["candidate"]))
     members: list[tuple[str, bytes]] = []
     for col, stem in IMAGE_MEMBERS:
@@ -109,8 +146,7 @@ def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
         if not data:
             raise ValueError(f"missing {col}")
         members.append((f"{key}.{stem}.{image_ext(data, row.get('image_format'))}", bytes(data)))
-    if row.get("mask"):
-        members.append((f"{key}.mask.png", bytes(row["mask"])))
+    members.append((f"{key}.mask.png", _mask(row)))
     recon = row.get("reconstruction")
     if recon:  # real-image pairs: the photograph re-rendered from its inversion (p2p.real)
         members.append((f"{key}.reconstruction.{image_ext(recon, row.get('image_format'))}", bytes(recon)))
@@ -248,12 +284,12 @@ def generation_name(config_hash: str, upstream_key: str, prefix: str) -> str:
     return f"{GEN_PREFIX}{digest[:12]}"
 
 
-def _set_summary(shards: list[ShardInfo], gen: str) -> dict[str, Any]:
-    """Manifest entries name each tar relative to OUT/shards (`gen-<G>/edits-NNNNNN.tar`)."""
+def _set_summary(shards: list[ShardInfo], folder: str) -> dict[str, Any]:
+    """Manifest entries name each tar relative to OUT (`shards/gen-<G>/edits-NNNNNN.tar`)."""
     return {
         "samples": sum(s.samples for s in shards),
         "bytes": sum(s.bytes for s in shards),
-        "shards": [{**asdict(s), "name": f"{gen}/{s.name}"} for s in shards],
+        "shards": [{**asdict(s), "name": f"{folder}/{s.name}"} for s in shards],
     }
 
 
@@ -315,9 +351,9 @@ def write_dataset(
     }
     dropped: dict[str, int] = {}
     gen = generation_name(config_hash, upstream_key, prefix)
-    limits["subdir"] = f"{SHARDS_DIR}/{gen}"
-    kept = ShardSetWriter(storage, prefix, **limits)
-    rejected = ShardSetWriter(storage, REJECTED_PREFIX, **limits) if export_rejected else None
+    kept_dir, rejected_dir = f"{SHARDS_DIR}/{gen}", f"{REJECTED_DIR}/{gen}"
+    kept = ShardSetWriter(storage, prefix, subdir=kept_dir, **limits)
+    rejected = ShardSetWriter(storage, REJECTED_PREFIX, subdir=rejected_dir, **limits) if export_rejected else None
     model_edits: dict[str, Any] = {}
     complete = False
     try:
@@ -331,18 +367,18 @@ def write_dataset(
         "upstream_key": upstream_key,
         "prefix": prefix,
         "generation": gen,
-        **_set_summary(kept_shards, gen),
+        **_set_summary(kept_shards, kept_dir),
     }
     if rejected is not None:
-        manifest["rejected"] = _set_summary(rejected_shards, gen)
+        manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
     if model_edits:
         manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
     report = compute_report(render_metrics, manifest["samples"]) if render_metrics else None
     if report is not None:
         manifest["compute"] = report
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
-    storage.write_text(text, SHARDS_DIR, MANIFEST)  # the publication point
-    remove_other_generations(storage, gen)
+    storage.write_text(text, MANIFEST)  # the publication point
+    remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})
     return {
         "rows_in": rows_in,
         "rows_out": manifest["samples"],
@@ -357,40 +393,17 @@ def write_dataset(
     }
 
 
-def remove_other_generations(storage: Storage, keep: str) -> None:
-    """After the manifest names `keep`: earlier generations (and tars of the pre-generation layout,
-    and temp files of killed writers) go, so a `*.tar` glob cannot pick them up either."""
-    storage.clean_temp(SHARDS_DIR)
-    for name in storage.listdir(SHARDS_DIR):
-        if name != keep and (name.startswith(GEN_PREFIX) or name.endswith(".tar")):
-            storage.remove(SHARDS_DIR, name)
-
-
-def read_manifest(storage: Storage) -> dict[str, Any]:
-    return json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
-
-
-#: What every manifest shard entry holds.
-ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
-
-
-def manifest_problem(manifest: Any) -> str | None:
-    """Why a parsed manifest is not the shape `write_dataset` writes (None: it is); readers (validate,
-    export-hf) say so in one line instead of failing on a field."""
-    if not isinstance(manifest, dict):
-        return f"a JSON {type(manifest).__name__}, not an object"
-    if not isinstance(manifest.get("generation", ""), str):
-        return "'generation' is not a string"
-    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
-    for label, part in sets:
-        entries = part.get("shards") if isinstance(part, dict) else None
-        if not isinstance(entries, list):
-            return f"'{label}shards' is not a list"
-        why = shape_problem(part, {"samples": (int,), "bytes": (int,)})
-        if why is not None:
-            return f"{label}{why}"
-        for i, entry in enumerate(entries):
-            why = shape_problem(entry, ENTRY_FIELDS, tuple(ENTRY_FIELDS))
-            if why is not None:
-                return f"{label}shards[{i}]: {why}"
-    return None
+def remove_other_generations(storage: Storage, keep: str, listed: set[str]) -> None:
+    """After OUT/manifest.json names `keep` and its tars (`listed`): the earlier layout's manifest (first,
+    so no reader follows it to tars about to go), earlier generations, tars of the pre-generation layout,
+    files in `keep`'s folders that it does not list (an earlier layout's rejected tars) and temp files of
+    killed writers go, so a glob over OUT/shards sees exactly the published kept tars."""
+    storage.remove(*LEGACY_MANIFEST)
+    for folder in (SHARDS_DIR, REJECTED_DIR):
+        storage.clean_temp(folder)
+        for name in storage.listdir(folder):
+            if name != keep and (name.startswith(GEN_PREFIX) or name.endswith(".tar")):
+                storage.remove(folder, name)
+        for name in storage.listdir(folder, keep):
+            if f"{folder}/{keep}/{name}" not in listed:
+                storage.remove(folder, keep, name)

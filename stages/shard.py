@@ -1,4 +1,5 @@
-"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest.
+"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest
+(OUT/shards/gen-<G>/*.tar, OUT/rejected/gen-<G>/*.tar, OUT/manifest.json: output/manifest.py).
 
 Global because shard numbering must see every partition in order to be deterministic. Runs on the
 driver; shards are encoded and uploaded by a small thread pool (`shard.resources.concurrency`).
@@ -12,7 +13,8 @@ import posixpath
 import time
 from typing import Any
 
-from output.shard_writer import MANIFEST, SHARDS_DIR, iter_rows, read_manifest, write_dataset
+from output.manifest import MANIFEST, read_manifest
+from output.shard_writer import iter_rows, write_dataset
 from pipeline.records import GlobalSummary, combined_key, read_records, read_stage_meta, sum_records
 from pipeline.settings.shard import ShardConfig
 from pipeline.stage import PlanContext, Stage, part_name
@@ -21,7 +23,7 @@ from pipeline.storage import FileInfo, Storage
 
 class ShardStage(Stage[ShardConfig]):
     name = "shard"
-    version = "1"
+    version = "2"  # 2: OUT/manifest.json, rejected tars under OUT/rejected, a mask in every sample
     is_global = True
     input_columns = ("candidate", "input_image", "edited_image")
 
@@ -61,7 +63,7 @@ class ShardStage(Stage[ShardConfig]):
         """Skip only if the manifest and every shard it lists are exactly what was written."""
         storage = ctx.storage
         try:
-            text = storage.read_bytes(SHARDS_DIR, MANIFEST)
+            text = storage.read_bytes(MANIFEST)
             if hashlib.sha256(text).hexdigest() != record.get("sha256"):
                 return False
             manifest = json.loads(text)
@@ -74,7 +76,7 @@ class ShardStage(Stage[ShardConfig]):
                     return False
                 known = markers.get(e["name"])
                 if (full or known is None or known != [info.etag, info.mtime]) and (
-                    hashlib.sha256(storage.read_bytes(SHARDS_DIR, e["name"])).hexdigest() != e["sha256"]
+                    hashlib.sha256(storage.read_bytes(e["name"])).hexdigest() != e["sha256"]
                 ):
                     return False
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # a manifest of the wrong shape
@@ -101,7 +103,6 @@ def _tar_infos(storage: Storage, manifest: dict[str, Any]) -> dict[str, FileInfo
     """{manifest name: FileInfo} from one listing per generation folder (not one request per tar)."""
     infos: dict[str, FileInfo] = {}
     for folder in sorted({posixpath.dirname(e["name"]) for e in _entries(manifest)}):
-        parts = (SHARDS_DIR, folder) if folder else (SHARDS_DIR,)
-        for name, info in storage.list_info(*parts).items():
+        for name, info in storage.list_info(folder).items():
             infos[f"{folder}/{name}" if folder else name] = info
     return infos

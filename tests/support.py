@@ -113,19 +113,20 @@ def write_shards(root: Path, records: list[dict], **shard: Any) -> dict:
 
 
 def manifest(out: Path) -> dict:
-    return json.loads((Path(out) / "shards" / "manifest.json").read_text())
+    return json.loads((Path(out) / "manifest.json").read_text())
 
 
 def shard_path(out: Path, index: int, rejected: bool = False) -> Path:
-    """Path of the index-th published (or rejected) shard (OUT/shards/gen-<G>/<prefix>-NNNNNN.tar)."""
+    """Path of the index-th published (or rejected) shard (OUT/shards/gen-<G>/<prefix>-NNNNNN.tar,
+    OUT/rejected/gen-<G>/rejected-NNNNNN.tar)."""
     m = manifest(out)
     entries = m["rejected"]["shards"] if rejected else m["shards"]
-    return Path(out) / "shards" / entries[index]["name"]
+    return Path(out) / entries[index]["name"]
 
 
-def tar_files(out: Path) -> list[Path]:
-    """Every tar under OUT/shards, whatever generation: what a `**/*.tar` glob would see."""
-    return sorted((Path(out) / "shards").rglob("*.tar"))
+def tar_files(out: Path, folder: str = "shards") -> list[Path]:
+    """Every tar under OUT/shards (or OUT/rejected), whatever generation: what a `**/*.tar` glob would see."""
+    return sorted((Path(out) / folder).rglob("*.tar"))
 
 
 # ---- Ray task bodies that freeze (tests/pipeline/test_hangs.py; workers import them from here) -----------

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cli.main import main
-from output.shard_writer import read_manifest, write_dataset
+from output.manifest import read_manifest
+from output.shard_writer import write_dataset
 from p2p.candidates import pipeline_for_record, render_records
 from p2p.generate import load_pipeline
 from pipeline.config import build_config

@@ -63,9 +63,9 @@ def test_missing_and_unlisted_shards(out, capsys):
     (out / "shards" / "loose.tar").write_bytes(b"")
     code, lines = run(out, capsys)
     assert code == 1
-    assert f"{gen}/edits-000000.tar: listed in manifest but missing" in lines
-    assert f"{gen}/edits-000099.tar: shard not listed in the manifest" in lines
-    assert "loose.tar: shard not listed in the manifest" in lines
+    assert f"shards/{gen}/edits-000000.tar: listed in manifest but missing" in lines
+    assert f"shards/{gen}/edits-000099.tar: shard not listed in the manifest" in lines
+    assert "shards/loose.tar: shard not listed in the manifest" in lines
 
 
 def test_other_generations_are_not_the_dataset(out, capsys):
@@ -101,7 +101,7 @@ def test_bad_image_and_missing_field_with_consistent_manifest(out, capsys):
         fixed.append((name, data))
     blob = build_tar(fixed)
     shard.write_bytes(blob)
-    manifest_path = out / "shards" / "manifest.json"
+    manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     entry = manifest["shards"][0]
     manifest["bytes"] += len(blob) - entry["bytes"]

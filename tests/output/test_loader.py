@@ -1,8 +1,7 @@
-"""Training loader: paired crops (same resize/crop/flip on both images), DataLoader workers, HF export."""
+"""Training loader: paired crops (same resize/crop/flip on both images), DataLoader workers (never more
+than shards), diffusers' batch keys with a tokenizer."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from output.export_hf import export_hf
 from output.loader import instruct_pix2pix_dataset, make_dataloader, paired_transform, shard_urls
 from tests.support import filter_partitions, write_shards
 from tiny.synthetic import encode
@@ -97,29 +95,26 @@ def test_dataset_from_shard_list(shards):
     assert len(items) == 5 and isinstance(items[0]["edit_prompt"], str)
 
 
-def test_export_hf_parquet(shards, tmp_path):
-    dest = tmp_path / "hf"
-    (dest / "data").mkdir(parents=True)
-    (dest / "data" / "train-00000-of-00009.parquet").write_bytes(b"stale")  # an older export's file
-    (dest / "data" / "test-00000-of-00001.parquet").write_bytes(b"other split")
-    n = export_hf(str(shards), str(dest), rows_per_file=10)
-    assert n == 24
-    marker = json.loads((dest / "export-train.json").read_text())
-    files = sorted((dest / "data").glob("train-*.parquet"))
-    assert [f"data/{f.name}" for f in files] == marker["files"] and marker["rows"] == 24
-    assert [f.name[-23:] for f in files] == [f"-{i:05d}-of-00003.parquet" for i in range(3)]
-    assert (dest / "data" / "test-00000-of-00001.parquet").read_bytes() == b"other split"
-    assert not list(dest.glob(".tmp-*"))
-    assert export_hf(str(shards), str(dest), rows_per_file=10) == 24  # again: same files, nothing added
-    assert sorted((dest / "data").glob("train-*.parquet")) == files
-    import pyarrow.parquet as pq
+def test_workers_capped_at_the_shard_count(shards, caplog):
+    """Two workers on one shard: the second would read nothing, so only one is started, with a line saying
+    why and how to get more shards; every sample is still read once."""
+    one = shard_urls(str(shards))[:1]
+    with caplog.at_level("WARNING", logger="editgen"):
+        dl = make_dataloader(one, batch_size=2, num_workers=2, resolution=16, shuffle_buffer=0)
+    assert dl.num_workers == 1
+    assert "1 shard(s) for this node, so 1 DataLoader worker(s) instead of 2" in caplog.text
+    assert "shard.samples_per_shard" in caplog.text
+    assert sum(len(b["edit_prompt"]) for b in dl) == 5
 
-    t = pq.read_table(files[0])
-    assert t.column_names == ["input_image", "edit_prompt", "edited_image"]
-    assert t.schema.field("input_image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    datasets = pytest.importorskip("datasets")
-    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    assert isinstance(ds.features["input_image"], datasets.Image) and len(ds) == 24
-    row = ds[0]
-    assert row["input_image"].size == (W, H) and np.array_equal(np.asarray(row["input_image"]), coord_image())
-    assert row["edit_prompt"].startswith("add a red box")
+
+def test_tokenizer_gives_the_keys_diffusers_loop_reads(shards):
+    from tiny.clip_tokenizer import load_clip_tokenizer
+
+    tok = load_clip_tokenizer()
+    dl = make_dataloader(str(shards), batch_size=3, num_workers=0, resolution=16, shuffle_buffer=0, tokenizer=tok)
+    batch = next(iter(dl))
+    assert set(batch) == {"original_pixel_values", "edited_pixel_values", "input_ids", "__key__"}  # + the sample key
+    assert batch["original_pixel_values"].shape == batch["edited_pixel_values"].shape == (3, 3, 16, 16)
+    assert batch["input_ids"].shape == (3, tok.model_max_length) and batch["input_ids"][0, 0] == tok.bos_token_id
+    for x0, x1 in zip(batch["original_pixel_values"], batch["edited_pixel_values"], strict=True):
+        assert_paired(x0, x1)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from PIL import Image
 
-from output.shard_writer import TAR_MTIME, iter_rows, read_manifest, sample_key
+from output.manifest import read_manifest
+from output.shard_writer import TAR_MTIME, iter_rows, sample_key
 from pipeline.stage import part_name
 from pipeline.storage import Storage
 from tests.support import filter_partitions, shard_path, tar_files, write_shards
@@ -50,8 +52,8 @@ def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
     assert summary["shards"] == len(manifest["shards"]) == -(-kept // 5)
     assert manifest["config_hash"] and manifest["bytes"] == sum(s["bytes"] for s in manifest["shards"])
     shards = tar_files(tmp_path)
-    assert [str(p.relative_to(tmp_path / "shards")) for p in shards] == [s["name"] for s in manifest["shards"]]
-    assert all(s["name"].startswith(manifest["generation"] + "/edits-") for s in manifest["shards"])
+    assert [str(p.relative_to(tmp_path)) for p in shards] == [s["name"] for s in manifest["shards"]]
+    assert all(s["name"].startswith(f"shards/{manifest['generation']}/edits-") for s in manifest["shards"])
     for p, entry in zip(shards, manifest["shards"], strict=True):
         data = p.read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
@@ -74,15 +76,27 @@ def test_shards_readable_by_webdataset_and_tarfile(tmp_path):
         assert field in meta, field
     assert meta["params"]["guidance_scale"] == 7.5 and meta["params"]["scheduler"] == "ddim"
     assert s["__key__"] == sample_key(meta["id"], meta["candidate"])
-    assert "input_image" not in meta and "mask" not in meta
+    assert "input_image" not in meta and meta["mask"] == "region"
 
 
-def test_jpeg_members_and_optional_mask(tmp_path):
-    records = make_filter_out(tmp_path, parts=1, fmt="jpeg", with_mask=False)
+def test_jpeg_members_and_a_mask_in_every_sample(tmp_path):
+    """Rows with and without a LocalBlend mask: every sample has the same members (Ray Data builds one
+    schema per dataset); a row without one gets an all-white mask at its image size."""
+    def half_masks(t: pa.Table) -> pa.Table:
+        masks = [m if i % 2 else None for i, m in enumerate(t["mask"].to_pylist())]
+        return t.set_column(t.column_names.index("mask"), "mask", pa.array(masks, pa.binary()))
+
+    records = make_filter_out(tmp_path, parts=1, fmt="jpeg", keep_fraction=1.0, size=24, edit=half_masks)
     write_shards(tmp_path, records)
-    with tarfile.open(shard_path(tmp_path, 0)) as tar:
-        names = tar.getnames()
-    assert any(n.endswith(".input.jpg") for n in names) and not any("mask" in n for n in names)
+    samples = list(wds.WebDataset(str(shard_path(tmp_path, 0)), shardshuffle=False))
+    assert len(samples) == 12 and {frozenset(k for k in s if not k.startswith("__")) for s in samples} == {
+        frozenset({"input.jpg", "edited.jpg", "mask.png", "txt", "json"})}
+    kinds = [json.loads(s["json"])["mask"] for s in samples]
+    assert kinds == ["whole_image", "region"] * 6
+    for s, kind in zip(samples, kinds, strict=True):
+        mask, image = Image.open(io.BytesIO(s["mask.png"])), Image.open(io.BytesIO(s["input.jpg"]))
+        assert mask.size == image.size == (24, 24) and mask.mode == "L"
+        assert (mask.getextrema() == (255, 255)) == (kind == "whole_image")
 
 
 def test_byte_identical_across_runs_and_concurrency(tmp_path):
@@ -92,13 +106,14 @@ def test_byte_identical_across_runs_and_concurrency(tmp_path):
     write_shards(a, recs_a, samples_per_shard=4, resources={"concurrency": 1})
     write_shards(b, recs_b, samples_per_shard=4, resources={"concurrency": 3})
     files_a = _shard_files(a)
-    assert files_a == _shard_files(b) and "shards/manifest.json" in files_a and len(files_a) > 3
+    assert files_a == _shard_files(b) and "manifest.json" in files_a and len(files_a) > 3
     write_shards(a, recs_a, samples_per_shard=4)  # rerun in place: same bytes again
     assert _shard_files(a) == files_a
 
 
 def _shard_files(out):
-    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()}
+    return {str(p.relative_to(out)): p.read_bytes() for p in [*(out / "shards").rglob("*"), out / "manifest.json"]
+            if p.is_file()}
 
 
 def test_size_limit_and_stale_shards(tmp_path):
@@ -110,7 +125,7 @@ def test_size_limit_and_stale_shards(tmp_path):
     write_shards(tmp_path, records, samples_per_shard=1000, max_shard_bytes=limit)
     manifest = read_manifest(Storage(str(tmp_path)))
     assert all(s["bytes"] <= limit for s in manifest["shards"]) and len(manifest["shards"]) > 1
-    on_disk = [str(p.relative_to(tmp_path / "shards")) for p in tar_files(tmp_path)]
+    on_disk = [str(p.relative_to(tmp_path)) for p in tar_files(tmp_path)]
     assert on_disk == [s["name"] for s in manifest["shards"]] and len(on_disk) < n_small
     assert manifest["generation"] != first_gen and not (tmp_path / "shards" / first_gen).exists()
     assert not list((tmp_path / "shards").rglob(".tmp-*"))

@@ -62,7 +62,7 @@ def outputs(out: Path, stages: tuple[str, ...] = STAGES) -> dict[str, bytes]:
         for p in sorted((out / stage).rglob("part-[0-9][0-9][0-9][0-9][0-9].*")):
             if "_done" not in p.parts:
                 files[str(p.relative_to(out))] = p.read_bytes()
-    for p in sorted((out / "shards").rglob("*")) if stages == STAGES else []:
+    for p in sorted([*(out / "shards").rglob("*"), out / "manifest.json"]) if stages == STAGES else []:
         if p.is_file():
             files[str(p.relative_to(out))] = p.read_bytes()
     return files
@@ -119,7 +119,7 @@ def baseline(tmp_path_factory, ray_session) -> Path:
     out = tmp_path_factory.mktemp("bitrot") / "baseline"
     result = run_pipeline(config(), str(out))
     assert [s.partitions for s in result.stages] == [2, 2, 2, 2, 1]
-    assert json.loads((out / "shards" / "manifest.json").read_text())["samples"] >= 2
+    assert json.loads((out / "manifest.json").read_text())["samples"] >= 2
     return out
 
 
@@ -184,7 +184,7 @@ def test_shard_reads_filter_partitions_hashed_and_publishes_nothing_damaged(base
     flip(victim, victim.stat().st_size // 3)
     with pytest.raises(DamagedInput, match=rf"shard: {victim} is damaged"):
         run_pipeline(config(), str(out))
-    assert not (out / "shards" / "manifest.json").exists()
+    assert not (out / "manifest.json").exists()
     for tar in (out / "shards").rglob("*.tar"):  # only whole tars of rows read before the damaged partition
         assert tar.read_bytes() == (baseline / tar.relative_to(out)).read_bytes(), tar
     assert not record(out, "filter", 1).exists() and not stage_meta(out, "filter")["complete"]
@@ -236,7 +236,7 @@ def test_validate_finds_a_flipped_byte_in_any_partition_and_shard(baseline, tmp_
         name = str(path.relative_to(out))
         assert any(ln.startswith(f"{name}: damaged: its sha256") and "verify_checksums=full" in ln
                    for ln in lines), (name, lines)
-    assert any(ln.startswith(f"{shard_path(out, 0).relative_to(out / 'shards')}: sha256") for ln in lines), lines
+    assert any(ln.startswith(f"{shard_path(out, 0).relative_to(out)}: sha256") for ln in lines), lines
     # nothing was invalidated by the check: validate only reads
     assert all(record(out, d, 0).exists() and record(out, d, 1).exists()
                for d in ("ingest/_pre", "instruct", "render", "filter"))
@@ -247,13 +247,14 @@ def test_export_hf_checks_each_shard_and_the_manifest(baseline, tmp_path):
     from pipeline.errors import InputError
 
     out = copy(baseline, tmp_path / "out", ("shards",))
-    assert export_hf(str(out), str(tmp_path / "ok")) > 0
+    shutil.copy2(baseline / "manifest.json", out / "manifest.json")
+    assert export_hf(str(out), str(tmp_path / "ok"))["train"] > 0
     flip(shard_path(out, 1), shard_path(out, 1).stat().st_size // 2)
     with pytest.raises(InputError, match=r"edits-000001\.tar: sha256 does not match the manifest \(damaged\)"):
         export_hf(str(out), str(tmp_path / "hf"))
     assert not (tmp_path / "hf" / "export-train.json").exists()
     for bad in ('{"shards": [{"name": 3}]}', "[1]", '{"shards": [], "samples": "4"}', "\udcff"):
-        (out / "shards" / "manifest.json").write_bytes(bad.encode("utf-8", "surrogateescape"))
+        (out / "manifest.json").write_bytes(bad.encode("utf-8", "surrogateescape"))
         with pytest.raises(InputError, match="not an editgen manifest"):
             export_hf(str(out), str(tmp_path / "hf"))
 

@@ -70,7 +70,7 @@ def outputs(out: Path) -> dict[str, bytes]:
     for stage in STAGES[:-1]:
         for p in sorted((out / stage).rglob("part-*.parquet")):
             files[str(p.relative_to(out))] = p.read_bytes()
-    for p in sorted((out / "shards").rglob("*")):
+    for p in sorted([*(out / "shards").rglob("*"), *(out / "rejected").rglob("*"), out / "manifest.json"]):
         if p.is_file():
             files[str(p.relative_to(out))] = p.read_bytes()
     return files
@@ -85,7 +85,7 @@ def assert_same_outputs(out: Path, baseline: Path) -> None:
 
 def shard_keys(out: Path) -> list[str]:
     keys = []
-    for tar in [out / "shards" / e["name"] for e in manifest(out)["shards"]]:
+    for tar in [out / e["name"] for e in manifest(out)["shards"]]:
         with tarfile.open(tar) as t:
             keys += [m.name[:-5] for m in t.getmembers() if m.name.endswith(".json")]
     return keys
@@ -130,7 +130,7 @@ def baseline(tmp_path_factory, ray_session) -> Path:
     result = run_pipeline(config(), str(out))
     assert [s.name for s in result.stages] == list(STAGES)
     assert all(s.partitions == PARTITIONS for s in result.stages[:-1])
-    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["samples"] >= 3 and len(manifest["shards"]) >= 2
     keys = shard_keys(out)
     assert len(keys) == len(set(keys)) and set(keys) == expected_keys(out)
@@ -177,7 +177,7 @@ def test_driver_sigkill_in_every_stage_then_resume_is_byte_identical(baseline, r
         if stage == "shard":
             assert not (out / "shard" / "_done" / "global.json").exists()
             assert len(list((out / "shards").glob("gen-*/edits-*.tar"))) < len(json.loads(
-                (baseline / "shards" / "manifest.json").read_text())["shards"])
+                (baseline / "manifest.json").read_text())["shards"])
         else:
             survivors[stage] = done_records(out, stage)
             assert 1 <= len(survivors[stage]) < PARTITIONS, f"{stage}: {sorted(survivors[stage])}"
@@ -379,7 +379,7 @@ def test_damaged_files_are_detected_and_recomputed(baseline, ray_session, tmp_pa
     # the recomputed render partition is identical, so filter partition 1 (its consumer) stays valid
     assert_same_outputs(out, baseline)
     # a shard altered in place (same size) and, separately, the manifest: the checksums tell
-    for victim in (shard_path(out, 1), out / "shards" / "manifest.json"):
+    for victim in (shard_path(out, 1), out / "manifest.json"):
         _alter(victim)
         shard = run_pipeline(config(), str(out), only="shard").stages[0]
         assert shard.computed == 1, victim

@@ -78,7 +78,7 @@ def published(s3: S3Server, out: str) -> dict[str, bytes]:
     files = {}
     for path in sorted(fs.find(root)):
         rel = path[len(root) + 1:]
-        if rel.endswith(".parquet") or rel.startswith("shards/"):
+        if rel.endswith(".parquet") or rel.startswith(("shards/", "rejected/")) or rel == "manifest.json":
             files[rel] = fs.cat_file(path)
     return files
 
@@ -90,7 +90,7 @@ def assert_same(s3: S3Server, out: str, baseline: str) -> None:
 
 
 def manifest_of(s3: S3Server, out: str) -> dict:
-    return json.loads(s3fs_of(s3).cat_file(f"{out.removeprefix('s3://')}/shards/manifest.json"))
+    return json.loads(s3fs_of(s3).cat_file(f"{out.removeprefix('s3://')}/manifest.json"))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_loader_streams_exactly_the_manifest_from_s3(s3, baseline, monkeypatch):
         monkeypatch.setenv(k, v)
     manifest = manifest_of(s3, baseline)
     urls = shard_urls(baseline)
-    assert urls == [f"{baseline}/shards/{e['name']}" for e in manifest["shards"]]
+    assert urls == [f"{baseline}/{e['name']}" for e in manifest["shards"]]
     keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
     assert len(keys) == len(set(keys)) == manifest["samples"]
     batches = list(make_dataloader(baseline, batch_size=2, num_workers=0, resolution=16))

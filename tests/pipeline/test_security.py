@@ -22,7 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from output.shard_writer import MANIFEST, SHARDS_DIR, sample_key, write_dataset
+from output.manifest import MANIFEST
+from output.shard_writer import sample_key, write_dataset
 from pipeline.config import build_config, config_to_yaml
 from pipeline.errors import ConfigError, UnsafePathError
 from pipeline.records import check_partitions, write_record
@@ -184,10 +185,10 @@ def test_hostile_ids_give_flat_member_names_that_extract_inside(tmp_path):
     assert summary["rows_out"] == len(HOSTILE_IDS) and summary["dropped"] == {}
     keys = [sample_key(i, 0) for i in HOSTILE_IDS]
     assert len(set(keys)) == len(keys)
-    manifest = json.loads(storage.read_text(SHARDS_DIR, MANIFEST))
+    manifest = json.loads(storage.read_text(MANIFEST))
     target = tmp_path / "extract"
     for entry in manifest["shards"]:
-        with tarfile.open(tmp_path / "out" / SHARDS_DIR / entry["name"]) as tar:
+        with tarfile.open(tmp_path / "out" / entry["name"]) as tar:
             for m in tar.getmembers():
                 pattern = r"[A-Za-z0-9_-]+-c\d{4}\.((input|edited)\.(png|jpg)|mask\.png|txt|json)"
                 assert re.fullmatch(pattern, m.name), m.name
@@ -227,7 +228,7 @@ def test_tampered_record_or_manifest_never_reaches_outside_out(tmp_path):
     manifest = {"shards": [{"name": "../../secret.txt", "bytes": 9, "sha256": rec["sha256"], "samples": 1}],
                 "samples": 1, "bytes": 9}
     text = json.dumps(manifest).encode()
-    storage.write_bytes(text, SHARDS_DIR, MANIFEST)
+    storage.write_bytes(text, MANIFEST)
     cfg = build_config()
     ctx = PlanContext(cfg, storage, [], "filter")
     assert ShardStage(cfg).global_output_valid(ctx, {"sha256": sha256_bytes(text)}) is False
