@@ -39,7 +39,7 @@ What each store guarantees for the lease's writes:
 - Other fsspec stores: check, write, read back. Two racing writers may both think they hold the lease
   until the loser's next heartbeat reads the winner's token (at most one heartbeat later).
 
-Read-only commands (status, validate, preview, export-hf) never need it.
+Read-only commands (status, validate, preview, shards, export-hf) never need it.
 """
 
 from __future__ import annotations
