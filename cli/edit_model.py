@@ -107,7 +107,8 @@ def edit_set_from_args(args: argparse.Namespace) -> EditSet | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``edit-model`` options (wired into the ``editgen`` CLI)."""
 
-    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILE_NAMES))
+    parser.add_argument("--profile", default="sd15", choices=PROFILE_NAMES,
+                        help="pipeline profile whose render model is edited (default %(default)s)")
     parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (the solve is float64 either way)")
     parser.add_argument("--dtype", default="float32", help="dtype the model is loaded, edited and saved in; "

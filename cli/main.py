@@ -1,4 +1,4 @@
-"""`editgen` command line: run, status, config, pair, edit-model, preview, validate, shards, export-hf.
+"""`editgen`: training data for instruction-based image editing, from captions to WebDataset shards.
 
 Exit codes: 0 success, 1 a stage failed or validation found problems, 2 bad config / input / output,
 130 interrupted (SIGINT), 143 terminated (SIGTERM); both stop in order and a rerun resumes.
@@ -11,10 +11,12 @@ import argparse
 import contextlib
 import importlib
 import json
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +27,16 @@ if TYPE_CHECKING:
     from pipeline.records import RunResult
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", help="named profile: tiny (offline CPU smoke), sd15, sdxl")
-    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+def _config_args(p: argparse.ArgumentParser, rerun: bool = False) -> None:
+    from pipeline.config import profile_names
+
+    recorded = "; omitted on an existing OUT: the config recorded there" if rerun else ""
+    p.add_argument("--profile", choices=profile_names(),
+                   help=f"named profile to start from: tiny (offline CPU smoke), sd15, sdxl{recorded}")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help=f"YAML config file, merged over the profile (repeatable; later files win){recorded}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one setting, e.g. --set ingest.limit=100 (repeatable)")
+                   help="override one setting, e.g. --set ingest.limit=100 (repeatable; applied last)")
 
 
 def add_storage_option(p: argparse.ArgumentParser) -> None:
@@ -165,33 +172,45 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="editgen", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="editgen", usage="editgen [-h] [--version] COMMAND ...",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"editgen {editgen_version()}",
+                        help="print editgen's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="editgen",
+                                help=argparse.SUPPRESS)  # listed with summaries in the description
 
-    run = sub.add_parser("run", help="run the pipeline (resumes where it stopped)")
-    _config_args(run)
-    run.add_argument("--input", action="append", help="input path/glob/dir/URL (repeatable)")
+    run = _command(sub, "run", "run the pipeline (resumes where it stopped)",
+                   "Run ingest -> [fetch] -> instruct -> render -> filter -> shard into OUT, resuming what an earlier "
+                   "run left. On an existing OUT, a run without --profile/--config starts from the config recorded "
+                   "in OUT (--set and --input apply on top) and says which stages a change recomputes, and why.")
+    _config_args(run, rerun=True)
+    run.add_argument("--input", action="append",
+                     help="input path/glob/dir/URL (repeatable); omitted on a rerun: the recorded input")
     run.add_argument("--out", required=True, help="output directory or URL (s3://...)")
-    run.add_argument("--limit", type=int, help="seeded sample of N input rows")
+    run.add_argument("--limit", type=int, help="seeded sample of N input rows (sets ingest.limit)")
     group = run.add_mutually_exclusive_group()
     group.add_argument("--only", metavar="STAGE", help="run just this stage")
     group.add_argument("--from", metavar="STAGE", help="recompute this stage and everything downstream")
     run.add_argument("--to", metavar="STAGE", help="stop after this stage")
     run.add_argument("--ray-address", help="join an existing Ray cluster (else RAY_ADDRESS, else local)")
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
-    run.add_argument("-q", "--quiet", action="store_true")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress display and no info lines: warnings, errors and the final table only")
     add_storage_option(run)
     run.set_defaults(func=cmd_run)
 
-    st = sub.add_parser("status", help="per-stage progress and row accounting of an output directory")
-    st.add_argument("out")
-    st.add_argument("--json", action="store_true")
+    st = _command(sub, "status", "per-stage progress and row accounting of an output directory",
+                  "What each stage of OUT has done (from its completion records), a stage whose upstream or config "
+                  "changed since it ran shown stale, and the live progress of a running `editgen run`.")
+    st.add_argument("out", metavar="OUT", help="editgen output directory or URL")
+    st.add_argument("--json", action="store_true", help="print the status as JSON (for scripts) instead of a table")
     add_storage_option(st)
     st.set_defaults(func=cmd_status)
 
-    cf = sub.add_parser("config", help="print the effective config")
+    cf = _command(sub, "config", "print the effective config",
+                  "Print the config a run with these flags would use (secrets redacted), or the profile names.")
     _config_args(cf)
-    cf.add_argument("--list-profiles", action="store_true")
+    cf.add_argument("--list-profiles", action="store_true", help="print the profile names, one per line, and exit")
     cf.set_defaults(func=cmd_config)
 
     for name, module, help_text in (
@@ -203,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export-hf", "cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
     ):
         add, main = _delegate(module)
-        p = sub.add_parser(name, help=help_text)
+        p = _command(sub, name, help_text, _module_doc(module) or help_text)
         if name not in ("pair", "edit-model"):
             add_storage_option(p)
         if add and main:
@@ -211,7 +230,44 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=main)
         else:
             p.set_defaults(func=_missing(name, module))
+    parser.description = _overview(sub)
     return parser
+
+
+def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (the top-level list) and its description (`editgen NAME -h`)."""
+    return sub.add_parser(name, help=help_text, description=description)
+
+
+def _module_doc(module: str) -> str:
+    """The first paragraph of a delegated tool's docstring: its `-h` description."""
+    mod = sys.modules.get(module)
+    doc = (mod.__doc__ or "") if mod else ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _overview(sub: Any) -> str:
+    """The top-level description: what editgen is, then every command with its one-line summary."""
+    width = max(len(a.dest) for a in sub._choices_actions)
+    lines = [f"  {a.dest:<{width}}  {a.help}" for a in sub._choices_actions]
+    return (f"{__doc__.splitlines()[0]}\n\ncommands:\n" + "\n".join(lines)
+            + "\n\n`editgen COMMAND -h` describes a command and its flags.")
+
+
+def editgen_version() -> str:
+    """The installed distribution's version, else (a source checkout not installed) pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("editgen")
+    except PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        match = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"))
+    except OSError:
+        match = None
+    return match[1] if match else "unknown"
 
 
 def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:

@@ -48,33 +48,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--self-max-res", default="32", help="inject self-attn only where query grid <= RES^2 tokens ('all')"
     )
     parser.add_argument("--blend-words", help="LocalBlend words (source and/or edit prompt), e.g. cat,dog")
-    parser.add_argument("--blend-threshold", type=float, default=0.3)
+    parser.add_argument("--blend-threshold", type=float, default=0.3,
+                        help="LocalBlend mask: attention above this fraction of its maximum (default %(default)s)")
     parser.add_argument("--blend-start", type=float, default=0.2, help="fraction of steps before blending")
     parser.add_argument("--blend-downscale", type=int, default=4, help="read cross-attn at latent/N")
     parser.add_argument("--reweight", action="append", default=[], metavar="WORD=FACTOR", help="repeatable")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed shared by both images (default %(default)s)")
     parser.add_argument("--steps", type=int, help="denoising steps (profile default)")
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default %(default)s)")
     parser.add_argument("--size", help="N or WIDTHxHEIGHT (profile default)")
     parser.add_argument("--scheduler", default="ddim", help="ddim, euler, euler_a, dpmpp_2m, ...")
-    parser.add_argument("--negative-prompt")
+    parser.add_argument("--negative-prompt", help="negative prompt of both images")
     parser.add_argument("--model", help="hub id or local diffusers folder (overrides the profile's)")
-    parser.add_argument("--profile", default="sd15", choices=sorted(PROFILE_NAMES))
+    parser.add_argument("--profile", default="sd15", choices=PROFILE_NAMES,
+                        help="pipeline profile whose render settings (model, size, steps) are the defaults "
+                        "(default %(default)s; --model tiny-sdxl for the tiny SDXL model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    parser.add_argument("--format", default="png", choices=("png", "jpeg"))
+    parser.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format (default %(default)s)")
     parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
     from cli.edit_model import add_edit_flags
 
     add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
     parser.add_argument("--image", metavar="PATH_OR_URL", help="edit this real image instead of generating one: "
                         "resized like the fetch stage, inverted (--inversion), then edited with P2P")
-    parser.add_argument("--inversion", default="negative_prompt", choices=("ddim", "null_text", "negative_prompt"))
+    parser.add_argument("--inversion", default="negative_prompt", choices=("ddim", "null_text", "negative_prompt"),
+                        help="real images: how the image is inverted to noise (default %(default)s)")
     parser.add_argument("--inner-steps", type=int, default=10, help="null_text: Adam steps per denoising step")
     parser.add_argument("--mask", default="none", choices=("none", "local_blend", "diffedit"),
                         help="real images: keep the reconstruction outside this mask (local_blend needs --blend-words)")
-    parser.add_argument("--resize-mode", default="center_crop", choices=("center_crop", "border", "keep_ratio"))
+    parser.add_argument("--resize-mode", default="center_crop", choices=("center_crop", "border", "keep_ratio"),
+                        help="real images: how the image is fitted to the render size (default %(default)s)")
     parser.add_argument("--out", required=True, help="output folder")
 
 

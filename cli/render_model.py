@@ -7,17 +7,17 @@ import argparse
 
 from p2p.models import quiet_libraries
 from p2p.models import resolve_model as resolve_model_name
-from pipeline.config import build_config
+from pipeline.config import build_config, profile_names
 from pipeline.settings.render import RenderConfig
 
-#: --profile choices: the pipeline profiles, plus tiny-sdxl (the tiny profile with the tiny SDXL model).
-PROFILE_NAMES = ("sd15", "sdxl", "tiny", "tiny-sdxl")
+#: --profile choices: the pipeline's own profiles, the names `editgen run --profile` accepts (the tiny SDXL
+#: model is `--profile tiny --model tiny-sdxl`).
+PROFILE_NAMES = tuple(profile_names())
 
 
 def profile_render(name: str) -> RenderConfig:
     """The render section of profile ``name``."""
-    render = build_config(profile="tiny" if name == "tiny-sdxl" else name).render
-    return render.model_copy(update={"model": "tiny-sdxl"}) if name == "tiny-sdxl" else render
+    return build_config(profile=name).render
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[str, str | None]:
