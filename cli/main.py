@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import re
@@ -65,13 +66,27 @@ def _build_config(args: argparse.Namespace) -> Any:
     return build_config(profile=args.profile, files=args.config, overrides=args.overrides, extra=extra)
 
 
+def _ray_output_to_run_log(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`command` with Ray's own output routed to the run log (pipeline.logs.ray_output_to_run_log)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.logs import ray_output_to_run_log
+
+        with ray_output_to_run_log():
+            return command(args)
+
+    return run
+
+
+@_ray_output_to_run_log
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.logs import RunLog
     from pipeline.progress import Progress
     from pipeline.runner import Runner
 
     cfg = _build_config(args)
-    runlog = RunLog(cfg.run.log_level, console=not args.quiet)
+    runlog = RunLog(cfg.run.log_level, console_level="WARNING" if args.quiet else "INFO")
     progress = Progress(enabled=cfg.run.progress and not args.no_progress and not args.quiet)
     runner = Runner(cfg, args.out, storage_options=storage_options(args), progress=progress, runlog=runlog)
     try:
@@ -112,19 +127,26 @@ def summary_table(result: RunResult) -> Any:
     """The end-of-run table: per stage partitions, rows, drops and speed."""
     from rich.table import Table
 
+    from pipeline.progress import human_rate
+
     table = Table(title=f"editgen run: {redact_text(result.out)}")
-    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "rows/s", "top drop reasons"):
+    for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "speed", "top drop reasons"):
         table.add_column(col, justify="right" if col not in ("stage", "top drop reasons") else "left",
                          no_wrap=col != "top drop reasons")
     for s in result.stages:
         dropped = sum(s.dropped.values())
         top = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped.items(), key=lambda kv: -kv[1])[:4])
-        rate = f"{s.rows_in / s.seconds:.0f}" if s.computed and s.seconds > 0 else "-"
+        # rows_in counts resumed partitions too: a rate only when this run computed them all, for a while
+        rate = human_rate(s.rows_in / s.seconds) if s.computed == s.partitions and s.seconds >= 1 else "-"
         table.add_row(
             s.name, str(s.partitions), str(s.computed), str(s.rows_in), str(s.rows_out), str(dropped),
             f"{s.seconds:.1f}", rate, top,
         )
     return table
+
+
+#: Columns `editgen status` may use when its output is not a terminal: lines are as long as the table.
+PIPED_WIDTH = 1000
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -140,8 +162,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = collect(args.out, options)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
-    else:
-        Console().print(render_table(status))
+    else:  # piped: as wide as the table needs (rich would cut it at 80 columns)
+        Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(render_table(status))
     return 0
 
 

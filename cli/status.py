@@ -14,6 +14,7 @@ from output.compute_report import compute_report, format_report
 from pipeline.config import out_config
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
+from pipeline.progress import clock, human_rate
 from pipeline.records import (
     GLOBAL_RECORD,
     STAGE_FILE,
@@ -107,10 +108,11 @@ def render_table(status: dict[str, Any]) -> Table:
         caption = f"running: {lease['holder']}" + (f" (stale: {lease['stale']})" if lease["stale"] else "")
         live = status.get("live")
         if live:
-            eta = f", ETA {live['eta_s']:.0f}s" if live.get("eta_s") is not None else ""
+            rate = live.get("rows_per_s") or 0.0  # 0 until the stage has worked long enough to say
+            eta = f", ETA {clock(live['eta_s'])}" if live.get("eta_s") is not None and rate > 0 else ""
             caption += (f"\n{live['stage']}: {live['partitions_done']}/{live['partitions_total']} partitions done, "
-                        f"in flight {live['partitions_in_flight']}, {live['rows_done']:.0f}/{live['rows_total']} rows, "
-                        f"{live['rows_per_s']:.2f} rows/s{eta}")
+                        f"in flight {live['partitions_in_flight']}, {live['rows_done']:.0f}/{live['rows_total']} rows"
+                        + (f", {human_rate(rate)}{eta}" if rate > 0 else ""))
     if status.get("compute"):
         caption = "\n".join(c for c in (caption, format_report(status["compute"])) if c)
     table = Table(title=f"editgen status: {status['out']}", caption=caption)

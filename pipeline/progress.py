@@ -35,7 +35,7 @@ class Progress:
 
     def add_stage(self, name: str, partitions: int, rows: int) -> Any:
         self._rows[name] = {"done": 0, "skipped": 0, "total": rows, "partial": 0.0, "t0": None,
-                            "parts": 0, "partitions": partitions}
+                            "parts": 0, "partitions": partitions, "added": time.monotonic()}
         if not self._bar:
             return name
         task = self._bar.add_task(name, total=max(partitions, 1), rows=f"0/{rows} rows", speed="")
@@ -48,8 +48,8 @@ class Progress:
         state = self._rows[task]
         state["skipped" if skipped else "done"] += rows
         state["parts"] += 1
-        if not skipped and state["t0"] is None:
-            state["t0"] = time.monotonic()
+        if not skipped and state["t0"] is None:  # work began when the stage did (a driver-side step)
+            state["t0"] = state["added"]
         self._refresh(task, advance=1, resumed=skipped)
 
     def start(self, task: Any) -> None:
@@ -63,11 +63,12 @@ class Progress:
         self._refresh(task)
 
     def rate(self, task: Any) -> float:
-        """Computed rows per second since the first computed row (resumed rows do not count)."""
+        """Computed rows per second since work on the stage began (resumed rows do not count); 0 (no rate)
+        in its first MIN_RATE_S, when a few rows over a few milliseconds say nothing."""
         state = self._rows[task]
-        if state["t0"] is None:
+        if state["t0"] is None or time.monotonic() - state["t0"] < MIN_RATE_S:
             return 0.0
-        return self.rows_computed(task) / max(1e-6, time.monotonic() - state["t0"])
+        return self.rows_computed(task) / (time.monotonic() - state["t0"])
 
     def rows_computed(self, task: Any) -> float:
         """Rows computed by this run (finished partitions plus the running ones' reports), resumed excluded."""
@@ -86,7 +87,7 @@ class Progress:
         rate = self.rate(task)
         eta = (state["total"] - done) / rate if rate > 0 else None
         label = f"{done:.0f}/{state['total']} rows" + (" (resumed)" if resumed else "")
-        speed = f"{rate:.2f} rows/s" + (f" ETA {_clock(eta)}" if eta is not None else "") if rate else ""
+        speed = human_rate(rate) + (f" ETA {clock(eta)}" if eta is not None else "") if rate else ""
         self._bar.update(task, advance=advance, rows=label, speed=speed)
 
     def stop(self) -> None:
@@ -95,6 +96,33 @@ class Progress:
             self._bar = None
 
 
-def _clock(seconds: float) -> str:
+#: Seconds of work before a rate is shown.
+MIN_RATE_S = 1.0
+
+
+def human_rate(per_second: float, what: str = "rows") -> str:
+    """A rate people read at a glance: 3 significant digits with k/M/G (`4.1M rows/s`, `12.3 rows/s`), per
+    minute or hour when under one a second (`2.5 rows/min`); `-` for no rate."""
+    if not per_second > 0:
+        return "-"
+    if per_second >= 1:
+        return f"{_si(per_second)} {what}/s"
+    if per_second * 60 >= 1:
+        return f"{_si(per_second * 60)} {what}/min"
+    return f"{_si(per_second * 3600)} {what}/h"
+
+
+def _si(value: float) -> str:
+    """3 significant digits, with a k/M/G/T suffix from 1000 up (999.9 -> `1k`)."""
+    for suffix in ("", "k", "M", "G"):
+        text = f"{value:.3g}"
+        if "e" not in text and float(text) < 1000:
+            return text + suffix
+        value /= 1000
+    return f"{value:.3g}T"
+
+
+def clock(seconds: float) -> str:
+    """`h:mm:ss`."""
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> dict[str, Any]:
 
     if ray.is_initialized():
         return ray.cluster_resources()
+    _apply_output_route()
     addr = address or cfg.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -65,7 +67,8 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> dict[str, Any]:
 @contextlib.contextmanager
 def native_stderr() -> Iterator[Callable[[], str]]:
     """Hold what Ray's C++ core writes straight to file descriptor 2 while joining a cluster (a line a
-    second for 20 s when it is refused): on failure it tells the cause, on success it is passed on."""
+    second for 20 s when it is refused): on failure it tells the cause, on success it is passed on to
+    file descriptor 2."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
@@ -83,8 +86,108 @@ def native_stderr() -> Iterator[Callable[[], str]]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if ok:
-                sys.stderr.write(read())
+            if ok:  # to file descriptor 2 again: the terminal, or the run log where the CLI routes it
+                os.write(2, read().encode("utf-8", errors="replace"))
+
+
+#: Where `route_ray_output` sends Ray's output while it is active (None: Ray's own defaults).
+_route: list[logging.Handler] = []
+#: What `_apply_output_route` replaced: the "ray" logger's handlers and Ray's worker-output printer.
+_replaced: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def route_ray_output(handler: logging.Handler) -> Iterator[None]:
+    """While active, Ray's own output goes to `handler` (the CLI's run log) instead of the terminal: the
+    driver's `ray` loggers (the token-auth warning, ...) and the lines Ray forwards to the driver with
+    log_to_driver (the workers' stdout/stderr, the raylet's error messages), from a Ray this process
+    connects to; a Ray connected in this block is shut down at its end, so its exit lines go there too.
+    (Ray's C++ core writes to file descriptor 2 directly: see pipeline.logs.native_stderr_to.)"""
+    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    _route[:] = [handler]
+    if "ray" in sys.modules:  # already imported: route now, else when ensure_ray imports it
+        _apply_output_route()
+    try:
+        yield
+    finally:
+        try:
+            ray = sys.modules.get("ray")
+            if ray is not None and not connected and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            _route.clear()
+            _restore_output_route()
+
+
+def _apply_output_route() -> None:
+    """Point Ray's driver-side output at the active route (after `import ray`, which installs Ray's own
+    stderr handler)."""
+    if not _route or _replaced:
+        return
+    import ray._private.worker as ray_worker
+
+    ray_logger = logging.getLogger("ray")
+    _replaced.update(handlers=list(ray_logger.handlers), propagate=ray_logger.propagate)
+    ray_logger.handlers = list(_route)
+    ray_logger.propagate = False
+    logging.getLogger(FORWARDED_LOGGER).setLevel(logging.INFO)  # "ray" itself is at WARNING once Ray is up
+    if hasattr(ray_worker, "print_worker_logs"):  # what prints every forwarded line (Ray 2.x)
+        _replaced["printer"] = ray_worker.print_worker_logs
+        ray_worker.print_worker_logs = _log_forwarded
+
+
+def _restore_output_route() -> None:
+    if not _replaced:
+        return
+    import ray._private.worker as ray_worker
+
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers = _replaced["handlers"]
+    ray_logger.propagate = _replaced["propagate"]
+    if "printer" in _replaced:
+        ray_worker.print_worker_logs = _replaced["printer"]
+    _replaced.clear()
+
+
+#: The logger forwarded worker and raylet lines are written to (a child of "ray": routed with it).
+FORWARDED_LOGGER = "ray.forwarded"
+
+
+def _log_forwarded(data: dict[str, Any], print_file: Any = None, ignore_prefix: bool = False) -> None:
+    """Ray's `print_worker_logs(data, print_file, ignore_prefix)` printing into the log instead of `print_file`:
+    Ray still decides what is shown (the autoscaler's events only, ...) and how (`(raylet)`, `(WithEnv
+    pid=123)` prefixes); each line becomes one record, warning level for stderr and raylet lines."""
+    level = logging.WARNING if data.get("is_err") or data.get("pid") == "raylet" else logging.INFO
+    stream = _LogStream(logging.getLogger(FORWARDED_LOGGER), level)
+    _replaced["printer"](data, stream, ignore_prefix)
+    stream.flush()
+
+
+#: Terminal colour codes Ray wraps its prefixes in.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _LogStream:
+    """A text stream whose every line is one log record (what Ray `print`s to it)."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        self.logger, self.level, self.pending = logger, level, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = ""
+
+    def _emit(self, line: str) -> None:
+        line = _ANSI.sub("", line).rstrip()
+        if line:
+            self.logger.log(self.level, "%s", line)
 
 
 def connection_error(addr: str, exc: BaseException, native_log: str = "") -> str:
