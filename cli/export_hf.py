@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from output.export_hf import export_hf
-from pipeline.storage import parse_storage_options
+from pipeline.freshness import refuse_stale
+from pipeline.storage import Storage, parse_storage_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = parse_storage_options(getattr(args, "storage_option", None))
+    refuse_stale(Storage(args.out, options), args.out, "export-hf", through="shard")  # never stale shards
     done = export_hf(args.out, args.dest, args.rows_per_file, args.split, args.rejected, options)
     for split, rows in done.items():
         print(f"{split}: {rows} rows in {args.dest}/data/{split}-*.parquet (files: {args.dest}/export-{split}.json)")

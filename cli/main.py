@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib
 import json
+import logging
 import re
 import signal
 import sys
@@ -63,7 +64,31 @@ def _build_config(args: argparse.Namespace) -> Any:
         extra.setdefault("ingest", {})["limit"] = args.limit
     if getattr(args, "ray_address", None):
         extra.setdefault("ray", {})["address"] = args.ray_address
+    if args.command == "run":  # a rerun starts from the config recorded in OUT (pipeline.rerun)
+        from pipeline.rerun import run_config
+        from pipeline.storage import Storage
+
+        cfg, args.config_base = run_config(Storage(args.out, storage_options(args)), args.profile, args.config,
+                                           args.overrides, extra)
+        return cfg
     return build_config(profile=args.profile, files=args.config, overrides=args.overrides, extra=extra)
+
+
+def _announce(args: argparse.Namespace, cfg: Any) -> None:
+    """Before any work, on the terminal and in the run log: which config a rerun starts from, and which
+    completed stages a changed config recomputes, and why."""
+    from pipeline.rerun import recompute_notice
+    from pipeline.runner import select_stages, stage_hashes
+    from pipeline.storage import Storage
+
+    log = logging.getLogger("editgen")
+    if args.config_base:
+        log.info("%s", args.config_base)
+    if getattr(args, "from") is None:  # --from recomputes its stages by request
+        selected = select_stages(args.only, None, args.to, cfg)
+        notice = recompute_notice(Storage(args.out, storage_options(args)), cfg, selected, stage_hashes(cfg))
+        if notice:
+            log.warning("%s", notice)
 
 
 def _ray_output_to_run_log(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -87,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _build_config(args)
     runlog = RunLog(cfg.run.log_level, console_level="WARNING" if args.quiet else "INFO")
+    _announce(args, cfg)
     progress = Progress(enabled=cfg.run.progress and not args.no_progress and not args.quiet)
     runner = Runner(cfg, args.out, storage_options=storage_options(args), progress=progress, runlog=runlog)
     try:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from filters.pairs.clip_score import SCORE_COLUMNS
 from filters.pairs.select import Thresholds
 from output.shard_writer import sample_key
+from pipeline.freshness import refuse_stale
 from pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
 from pipeline.stage import KEPT
 from pipeline.storage import Storage, parse_storage_options
@@ -294,6 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = parse_storage_options(getattr(args, "storage_option", None))
+    refuse_stale(Storage(args.out, options), args.out, "preview")  # never a page of outdated output
     path = build_preview(args.out, args.limit, args.rejected, options)
     print(f"wrote {path}")
     return 0

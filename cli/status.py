@@ -12,6 +12,7 @@ from rich.table import Table
 
 from output.compute_report import compute_report, format_report
 from pipeline.config import out_config
+from pipeline.freshness import stage_states
 from pipeline.lease import read_lease, stale_reason
 from pipeline.live_progress import PROGRESS_FILE
 from pipeline.progress import clock, human_rate
@@ -33,10 +34,13 @@ from pipeline.storage import Storage
 def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     storage = Storage(out, storage_options or {})
     stages = []
-    for name in stage_names(out_config(storage)):  # the graph OUT's last run used (fetch in or out)
+    cfg = out_config(storage)
+    states = {s.name: s for s in stage_states(storage, cfg)}  # a stage whose upstream changed under it: stale
+    for name in stage_names(cfg):  # the graph OUT's last run used (fetch in or out)
         meta = read_stage_meta(storage, name)
         if meta is None:
-            stages.append({"stage": name, "present": False, "damaged": storage.exists(name, STAGE_FILE)})
+            stages.append({"stage": name, "present": False, "state": "not run",
+                           "damaged": storage.exists(name, STAGE_FILE)})
             continue
         records = read_records(storage, name)
         glob = read_record(storage, name, GLOBAL_RECORD)
@@ -49,7 +53,9 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
         stages.append({
             "stage": name,
             "present": True,
-            "complete": bool(meta.get("complete")),
+            "complete": states[name].state == "complete",
+            "state": states[name].state,
+            "stale_reason": states[name].reason or None,
             "config_hash": meta.get("stage_hash"),
             "partitions_total": meta.get("partitions", 0),
             "partitions_done": len(records),
@@ -123,7 +129,7 @@ def render_table(status: dict[str, Any]) -> Table:
             state = f"damaged {STAGE_FILE} (rerun)" if s.get("damaged") else "not run"
             table.add_row(s["stage"], state, "", "", "", "", "", "")
             continue
-        state = "complete" if s["complete"] else "incomplete"
+        state = f"stale ({s['stale_reason']})" if s.get("stale_reason") else s.get("state", "incomplete")
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items(), key=lambda kv: -kv[1]))
         table.add_row(
             s["stage"], state, f"{s['partitions_done']}/{s['partitions_total']}", str(s["rows_in"]),

@@ -6,6 +6,7 @@ Every error names the offending key, so a typo in a 40-key cluster config is fou
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -196,9 +197,11 @@ def build_config(
     files: list[str] | None = None,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> EditgenConfig:
-    """Compose and validate; raises ConfigError naming the bad key."""
-    data: dict[str, Any] = {}
+    """Compose and validate; raises ConfigError naming the bad key. `base` (a rerun's recorded config,
+    pipeline.rerun) is the start, under everything else."""
+    data: dict[str, Any] = copy.deepcopy(base) if base else {}
     if profile:
         data = deep_merge(data, load_profile(profile))
     for f in files or []:

@@ -172,6 +172,12 @@ class Runner:
                 f"(run `editgen run` without --only, or `--only {up}` first)"
             )
 
+    def _up_hash(self, name: str) -> str | None:
+        """The upstream hash a stage is built on, kept in its _stage.json: `editgen status` tells from it
+        that the upstream was recomputed under it since (pipeline.freshness)."""
+        up = self.upstream(name)
+        return self.hashes[up] if up else None
+
     def check_lease(self) -> None:
         if self.lease is not None:
             self.lease.check()
@@ -212,7 +218,7 @@ class Runner:
             counts.append((planned, computed))
             done += records
         write_stage_meta(self.storage, name, {"stage": name, "stage_hash": h, "complete": True,
-                                              "partitions": counts[-1][0]})
+                                              "partitions": counts[-1][0], "upstream_hash": self._up_hash(name)})
         self.storage.clean_temp(name)  # its workers are gone: a half-written file of a killed one is garbage
         _, metrics = sum_records(done)  # every step's work
         dropped, _ = sum_records(records)  # the stage's output
@@ -246,7 +252,7 @@ class Runner:
         task = self.progress.add_stage(_label(name, step), partitions=1, rows=rows)
         if not step.name:
             write_stage_meta(self.storage, name, {"stage": name, "stage_hash": ctx.stage_hash, "complete": False,
-                                                  "partitions": 1})
+                                                  "partitions": 1, "upstream_hash": self._up_hash(name)})
         if (rec and rec.get("stage_hash") == ctx.stage_hash and rec.get("input_key") == key
                 and (step.valid is None or step.valid(ctx, rec))):
             self.progress.advance(task, rows=rec.get("rows_in", rows), skipped=True)
@@ -263,7 +269,7 @@ class Runner:
         name, base = stage.name, _step_dir(stage.name, step)
         specs = step.plan(ctx)
         write_stage_meta(self.storage, name, {"stage": name, "stage_hash": ctx.stage_hash, "complete": False,
-                                              "partitions": len(specs)})
+                                              "partitions": len(specs), "upstream_hash": self._up_hash(name)})
         remove_partitions_from(self.storage, base, len(specs))
         todo = self._todo(base, specs, ctx.stage_hash, stage)
         task = self.progress.add_stage(_label(name, step), partitions=len(specs), rows=sum(s.rows_in for s in specs))

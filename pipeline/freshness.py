@@ -1,0 +1,125 @@
+"""Whether each stage's output in OUT still follows from OUT's config and from its upstream's output.
+
+A stage's `_stage.json` says `complete` under the hash it was computed with; that stays true after a later
+`editgen run --only ingest --set ingest.min_words=5` recomputes ingest, and instruct's output then rests on
+rows that no longer exist. So the state of a stage is recomputed from what OUT records: the hash chain
+under OUT/config.yaml (the latest run's config) from each stage's recorded upstream hash, and the upstream
+hash each stage recorded when it was built (`upstream_hash`, written by the runner). `editgen status`
+shows the states; `export-hf` and `preview` refuse stale output with one line (`refuse_stale`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import EditgenConfig, out_config, section_hash
+from pipeline.errors import UserError
+from pipeline.records import read_stage_meta
+from pipeline.redact import REDACTED, redact_url
+from pipeline.registry import load_stage_class, stage_names
+from pipeline.safe_yaml import load as load_yaml
+from pipeline.storage import Storage
+
+#: Why a stage is stale, by what `stage_states` found.
+UPSTREAM_CHANGED = "upstream changed"  # its upstream was recomputed after it was built
+UPSTREAM_STALE = "upstream stale"  # its upstream is stale itself: it will be recomputed, and this with it
+UPSTREAM_MISSING = "upstream missing"
+CONFIG_CHANGED = "config or code changed"  # its own settings in OUT/config.yaml, or its code version
+CONFIG_OR_UPSTREAM = "config, code or upstream changed"  # built before upstream hashes were recorded
+
+
+@dataclass(frozen=True)
+class StageState:
+    """One stage of OUT: `not run`, `incomplete`, `complete` or `stale` (with the reason)."""
+
+    name: str
+    state: str
+    reason: str = ""
+    upstream: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"stale ({self.reason})" if self.state == "stale" else self.state
+
+
+def stage_states(storage: Storage, cfg: EditgenConfig | None = None) -> list[StageState]:
+    """Every stage of the graph under OUT's config (`cfg`: OUT/config.yaml), in data-flow order."""
+    cfg = cfg or out_config(storage)
+    unverifiable = redacted_sections(storage)
+    names = stage_names(cfg)
+    states: list[StageState] = []
+    recorded: dict[str, str | None] = {}
+    for i, name in enumerate(names):
+        up = names[i - 1] if i else None
+        meta = read_stage_meta(storage, name)
+        if meta is None:
+            states.append(StageState(name, "not run", upstream=up))
+            continue
+        recorded[name] = meta.get("stage_hash")
+        reason = _stale_reason(cfg, name, meta, states[-1] if states else None, recorded.get(up) if up else "",
+                               unverifiable)
+        state = "stale" if reason else "complete" if meta.get("complete") else "incomplete"
+        states.append(StageState(name, state, reason, up))
+    return states
+
+
+def _stale_reason(cfg: EditgenConfig, name: str, meta: dict[str, Any], up: StageState | None,
+                  up_hash: str | None, unverifiable: set[str]) -> str:
+    """'' when the stage's output follows from OUT's config and its upstream's current output."""
+    if up is not None:
+        if up.state == "not run":
+            return UPSTREAM_MISSING
+        if up.state == "stale":
+            return UPSTREAM_STALE
+        if "upstream_hash" in meta and meta["upstream_hash"] != up_hash:
+            return UPSTREAM_CHANGED
+    cls = load_stage_class(name)
+    reads = cls.config_reads(cfg)
+    if {name, *(r.split(".")[0] for r in reads)} & unverifiable:
+        return ""  # a secret OUT/config.yaml does not hold enters this hash: it cannot be recomputed here
+    if meta.get("stage_hash") == section_hash(cfg, name, up_hash or "", cls.version, reads):
+        return ""
+    return CONFIG_CHANGED if up is None or "upstream_hash" in meta else CONFIG_OR_UPSTREAM
+
+
+def redacted_sections(storage: Storage) -> set[str]:
+    """Sections of OUT/config.yaml holding a redacted value (editgen never writes a secret to OUT)."""
+    try:
+        data = load_yaml(storage.read_text("config.yaml"))
+    except Exception:  # noqa: BLE001 - no readable config: nothing is known to be redacted
+        return set()
+    if not isinstance(data, dict):
+        return set()
+    return {str(k) for k, v in data.items() if redacted_paths(v)}
+
+
+def redacted_paths(node: Any, path: str = "") -> list[str]:
+    """Dotted paths of the values a secret was blanked out of (`***`, whole or inside a URL)."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in redacted_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):  # a list is set whole (ingest.input, --set key=[a, b])
+        return [path] if any(redacted_paths(v, path) for v in node) else []
+    return [path] if isinstance(node, str) and REDACTED in node else []
+
+
+def refuse_stale(storage: Storage, out: str, command: str, through: str | None = None) -> None:
+    """One line (exit 2) when a stage `command` reads is stale (every stage, or those up to `through`):
+    naming the stage that changed and the command that brings OUT up to date."""
+    states = stage_states(storage)
+    if through is not None:
+        names = [s.name for s in states]
+        states = states[: names.index(through) + 1] if through in names else states
+    stale = [s for s in states if s.state == "stale"]
+    shown = redact_url(out)
+    fix = f"`editgen run --out {shown}` recomputes them with the config recorded in OUT"
+    if stale:
+        first = stale[0]
+        why = {UPSTREAM_CHANGED: f"{first.upstream} was recomputed after {first.name} was computed",
+               UPSTREAM_MISSING: f"{first.upstream} has no output"}.get(
+            first.reason, f"{first.name}'s {first.reason.replace(' changed', '')} changed since it was computed")
+        raise UserError(f"{shown}: {', '.join(s.name for s in stale)} {'is' if len(stale) == 1 else 'are'} stale "
+                        f"({why}); {fix}, then rerun `editgen {command}`")
+    if through is not None and states and states[-1].name == through and states[-1].state == "incomplete":
+        raise UserError(f"{shown}: the {through} stage is incomplete (a run is under way or was interrupted); "
+                        f"`editgen run --out {shown}` completes it, then rerun `editgen {command}`")
