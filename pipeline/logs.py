@@ -111,13 +111,17 @@ def native_stderr_to(handler: logging.Handler, poll_s: float = 0.2) -> Iterator[
     does. Undone at the end, after the last line is read."""
     logger = logging.getLogger(NATIVE_LOGGER)
     logger.handlers, logger.propagate = [handler], False
-    sys.stderr.flush()
+    saved = sys.stderr
+    try:
+        saved.flush()
+        terminal = os.dup(2)
+    except (OSError, AttributeError):  # no stderr at all (a daemon): nothing to keep apart
+        yield
+        return
     fd, path = tempfile.mkstemp(prefix="editgen-stderr-")
     writer, reader = os.open(path, os.O_WRONLY | os.O_APPEND), os.open(path, os.O_RDONLY)
     os.close(fd)
     os.unlink(path)
-    terminal = os.dup(2)
-    saved = sys.stderr
     sys.stderr = open(terminal, "w", buffering=1, encoding=getattr(saved, "encoding", None) or "utf-8",
                       errors="backslashreplace", closefd=False)
     os.dup2(writer, 2)
