@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline.config import EditgenConfig, out_config, section_hash
 from pipeline.errors import UserError
 from pipeline.records import read_stage_meta
@@ -46,8 +48,10 @@ class StageState:
 def stage_states(storage: Storage, cfg: EditgenConfig | None = None) -> list[StageState]:
     """Every stage of the graph under OUT's config (`cfg`: OUT/config.yaml), in data-flow order."""
     cfg = cfg or out_config(storage)
-    unverifiable = redacted_sections(storage)
     names = stage_names(cfg)
+    unverifiable = unverifiable_sections(storage)
+    if unverifiable is None:  # no recorded config: only the upstream links can be checked
+        unverifiable = {n for name in names for n in (name, *load_stage_class(name).config_reads(cfg))}
     states: list[StageState] = []
     recorded: dict[str, str | None] = {}
     for i, name in enumerate(names):
@@ -77,21 +81,32 @@ def _stale_reason(cfg: EditgenConfig, name: str, meta: dict[str, Any], up: Stage
     cls = load_stage_class(name)
     reads = cls.config_reads(cfg)
     if {name, *(r.split(".")[0] for r in reads)} & unverifiable:
-        return ""  # a secret OUT/config.yaml does not hold enters this hash: it cannot be recomputed here
+        return ""  # a setting OUT/config.yaml does not hold enters this hash: it cannot be recomputed here
     if meta.get("stage_hash") == section_hash(cfg, name, up_hash or "", cls.version, reads):
         return ""
     return CONFIG_CHANGED if up is None or "upstream_hash" in meta else CONFIG_OR_UPSTREAM
 
 
-def redacted_sections(storage: Storage) -> set[str]:
-    """Sections of OUT/config.yaml holding a redacted value (editgen never writes a secret to OUT)."""
+def unverifiable_sections(storage: Storage) -> set[str] | None:
+    """Sections of OUT/config.yaml whose hashes cannot be recomputed from it: a redacted value (editgen
+    never writes a secret to OUT) or one that no longer validates (pipeline.config.out_config then uses
+    the defaults). None: no readable config at all."""
     try:
         data = load_yaml(storage.read_text("config.yaml"))
-    except Exception:  # noqa: BLE001 - no readable config: nothing is known to be redacted
-        return set()
+    except Exception:  # noqa: BLE001 - missing, unreadable, not YAML: nothing to recompute hashes from
+        return None
     if not isinstance(data, dict):
-        return set()
-    return {str(k) for k, v in data.items() if redacted_paths(v)}
+        return None
+    bad = set()
+    for key, value in data.items():
+        try:
+            EditgenConfig.model_validate({key: value})
+        except ValidationError:
+            bad.add(str(key))
+            continue
+        if redacted_paths(value):
+            bad.add(str(key))
+    return bad
 
 
 def redacted_paths(node: Any, path: str = "") -> list[str]:

@@ -129,3 +129,16 @@ def test_status_states_follow_the_hash_chain(tmp_path):
                                                              "stale (upstream stale)"]
     meta = json.loads((tmp_path / "render" / "_stage.json").read_text())
     assert meta["upstream_hash"] == stage_hashes(cfg)["instruct"]
+
+
+def test_without_a_recorded_config_only_the_upstream_links_are_judged(tmp_path):
+    """No OUT/config.yaml to recompute hashes from (an OUT from before it, a hand-made one): no stage is
+    called stale for its settings, but one built on a since-recomputed upstream still is."""
+    storage, cfg = recorded(tmp_path)
+    completed(storage, cfg)
+    (tmp_path / "config.yaml").unlink()
+    assert [s.label for s in stage_states(storage)] == ["complete"] * 5
+    write_stage_meta(storage, "ingest", {"stage": "ingest", "stage_hash": "0123456789abcdef", "complete": True,
+                                         "partitions": 1, "upstream_hash": None})
+    assert [s.label for s in stage_states(storage)][:3] == ["complete", "stale (upstream changed)",
+                                                            "stale (upstream stale)"]
