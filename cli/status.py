@@ -35,9 +35,9 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     storage = Storage(out, storage_options or {})
     stages = []
     cfg = out_config(storage)
-    states = {s.name: s for s in stage_states(storage, cfg)}  # a stage whose upstream changed under it: stale
-    for name in stage_names(cfg):  # the graph OUT's last run used (fetch in or out)
-        meta = read_stage_meta(storage, name)
+    metas = {name: read_stage_meta(storage, name) for name in stage_names(cfg)}  # the graph OUT's last run used
+    states = {s.name: s for s in stage_states(storage, cfg, metas)}  # a stage whose upstream changed: stale
+    for name, meta in metas.items():
         if meta is None:
             stages.append({"stage": name, "present": False, "state": "not run",
                            "damaged": storage.exists(name, STAGE_FILE)})

@@ -45,10 +45,13 @@ class StageState:
         return f"stale ({self.reason})" if self.state == "stale" else self.state
 
 
-def stage_states(storage: Storage, cfg: EditgenConfig | None = None) -> list[StageState]:
-    """Every stage of the graph under OUT's config (`cfg`: OUT/config.yaml), in data-flow order."""
+def stage_states(storage: Storage, cfg: EditgenConfig | None = None,
+                 metas: dict[str, dict[str, Any] | None] | None = None) -> list[StageState]:
+    """Every stage of the graph under OUT's config (`cfg`: OUT/config.yaml), in data-flow order; `metas`:
+    the stages' _stage.json already read (each is read, and a damaged one reported, once)."""
     cfg = cfg or out_config(storage)
     names = stage_names(cfg)
+    metas = metas if metas is not None else {name: read_stage_meta(storage, name) for name in names}
     unverifiable = unverifiable_sections(storage)
     if unverifiable is None:  # no recorded config: only the upstream links can be checked
         unverifiable = {n for name in names for n in (name, *load_stage_class(name).config_reads(cfg))}
@@ -56,7 +59,7 @@ def stage_states(storage: Storage, cfg: EditgenConfig | None = None) -> list[Sta
     recorded: dict[str, str | None] = {}
     for i, name in enumerate(names):
         up = names[i - 1] if i else None
-        meta = read_stage_meta(storage, name)
+        meta = metas.get(name)
         if meta is None:
             states.append(StageState(name, "not run", upstream=up))
             continue

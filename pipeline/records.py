@@ -148,7 +148,7 @@ RECORD_FIELDS: dict[str, tuple[type, ...]] = {
 #: The value type inside the mapping fields.
 _MAP_VALUES: dict[str, tuple[type, ...]] = {"dropped": (int,), "metrics": _NUM, "digests": (str,), "markers": (list,)}
 STAGE_FIELDS: dict[str, tuple[type, ...]] = {"stage": (str,), "stage_hash": (str,), "complete": (bool,),
-                                             "partitions": (int,)}
+                                             "partitions": (int,), "upstream_hash": (str, type(None))}
 
 
 def _typed(value: Any, types: tuple[type, ...]) -> bool:

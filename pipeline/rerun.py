@@ -30,7 +30,7 @@ from pipeline.errors import ConfigError
 from pipeline.freshness import UPSTREAM_CHANGED, redacted_paths, stage_states
 from pipeline.records import read_stage_meta
 from pipeline.redact import REDACTED, is_secret_key, redact_text
-from pipeline.registry import load_stage_class
+from pipeline.registry import load_stage_class, stage_names
 from pipeline.storage import Storage
 
 CONFIG_FILE = "config.yaml"
@@ -103,11 +103,12 @@ def recompute_notice(storage: Storage, cfg: EditgenConfig, selected: list[str], 
     """'' when no completed stage of `selected` changes hash; else one line: the stages this run
     recomputes, and why (the changed keys, old -> new, secrets redacted)."""
     old = out_config(storage)
-    states = {s.name: s for s in stage_states(storage, old)}
+    metas = {name: read_stage_meta(storage, name) for name in dict.fromkeys([*stage_names(old), *hashes])}
+    states = {s.name: s for s in stage_states(storage, old, metas)}
     recompute: list[str] = []
     reasons: list[str] = []
     for name in selected:
-        meta = read_stage_meta(storage, name)
+        meta = metas.get(name)
         if not meta or meta.get("stage_hash") in (None, hashes[name]):
             continue
         recompute.append(name)
@@ -122,7 +123,7 @@ def recompute_notice(storage: Storage, cfg: EditgenConfig, selected: list[str], 
             reasons.append(f"{name}: its upstream, its code or a setting of it changed since it ran")
     if not recompute:
         return ""
-    kept = [n for n in selected if n not in recompute and read_stage_meta(storage, n)]
+    kept = [n for n in selected if n not in recompute and metas.get(n)]
     return (f"recomputing {', '.join(recompute)} ({'; '.join(reasons) or 'upstream recomputed'})"
             + (f"; kept: {', '.join(kept)}" if kept else ""))
 
