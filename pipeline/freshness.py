@@ -26,7 +26,6 @@ from pipeline.storage import Storage
 #: Why a stage is stale, by what `stage_states` found.
 UPSTREAM_CHANGED = "upstream changed"  # its upstream was recomputed after it was built
 UPSTREAM_STALE = "upstream stale"  # its upstream is stale itself: it will be recomputed, and this with it
-UPSTREAM_MISSING = "upstream missing"
 CONFIG_CHANGED = "config or code changed"  # its own settings in OUT/config.yaml, or its code version
 CONFIG_OR_UPSTREAM = "config, code or upstream changed"  # built before upstream hashes were recorded
 
@@ -56,38 +55,37 @@ def stage_states(storage: Storage, cfg: EditgenConfig | None = None,
     if unverifiable is None:  # no recorded config: only the upstream links can be checked
         unverifiable = {n for name in names for n in (name, *load_stage_class(name).config_reads(cfg))}
     states: list[StageState] = []
-    recorded: dict[str, str | None] = {}
     for i, name in enumerate(names):
         up = names[i - 1] if i else None
         meta = metas.get(name)
         if meta is None:
             states.append(StageState(name, "not run", upstream=up))
             continue
-        recorded[name] = meta.get("stage_hash")
-        reason = _stale_reason(cfg, name, meta, states[-1] if states else None, recorded.get(up) if up else "",
-                               unverifiable)
+        up_meta = metas.get(up) if up else None
+        stale_above = any(s.state == "stale" for s in states)
+        reason = UPSTREAM_STALE if stale_above else _stale_reason(cfg, name, meta, up, up_meta, unverifiable)
         state = "stale" if reason else "complete" if meta.get("complete") else "incomplete"
         states.append(StageState(name, state, reason, up))
     return states
 
 
-def _stale_reason(cfg: EditgenConfig, name: str, meta: dict[str, Any], up: StageState | None,
-                  up_hash: str | None, unverifiable: set[str]) -> str:
-    """'' when the stage's output follows from OUT's config and its upstream's current output."""
-    if up is not None:
-        if up.state == "not run":
-            return UPSTREAM_MISSING
-        if up.state == "stale":
-            return UPSTREAM_STALE
-        if "upstream_hash" in meta and meta["upstream_hash"] != up_hash:
-            return UPSTREAM_CHANGED
+def _stale_reason(cfg: EditgenConfig, name: str, meta: dict[str, Any], up: str | None,
+                  up_meta: dict[str, Any] | None, unverifiable: set[str]) -> str:
+    """'' when the stage's output follows from OUT's config and its upstream's current output (or when
+    that cannot be told: an upstream without a readable _stage.json, a setting OUT does not hold)."""
+    recorded_up = "upstream_hash" in meta  # the upstream hash it was built on (OUTs since issue 20)
+    if up is not None and up_meta is not None and recorded_up and meta["upstream_hash"] != up_meta.get("stage_hash"):
+        return UPSTREAM_CHANGED
+    built_on = meta["upstream_hash"] if recorded_up else up_meta.get("stage_hash") if up_meta else None
+    if up is not None and built_on is None:
+        return ""  # its upstream's stage file is gone or damaged and it recorded none: the next run rewrites it
     cls = load_stage_class(name)
     reads = cls.config_reads(cfg)
     if {name, *(r.split(".")[0] for r in reads)} & unverifiable:
         return ""  # a setting OUT/config.yaml does not hold enters this hash: it cannot be recomputed here
-    if meta.get("stage_hash") == section_hash(cfg, name, up_hash or "", cls.version, reads):
+    if meta.get("stage_hash") == section_hash(cfg, name, built_on or "", cls.version, reads):
         return ""
-    return CONFIG_CHANGED if up is None or "upstream_hash" in meta else CONFIG_OR_UPSTREAM
+    return CONFIG_CHANGED if up is None or recorded_up else CONFIG_OR_UPSTREAM
 
 
 def unverifiable_sections(storage: Storage) -> set[str] | None:
@@ -133,9 +131,8 @@ def refuse_stale(storage: Storage, out: str, command: str, through: str | None =
     fix = f"`editgen run --out {shown}` recomputes them with the config recorded in OUT"
     if stale:
         first = stale[0]
-        why = {UPSTREAM_CHANGED: f"{first.upstream} was recomputed after {first.name} was computed",
-               UPSTREAM_MISSING: f"{first.upstream} has no output"}.get(
-            first.reason, f"{first.name}'s {first.reason.replace(' changed', '')} changed since it was computed")
+        why = (f"{first.upstream} was recomputed after {first.name} was computed" if first.reason == UPSTREAM_CHANGED
+               else f"{first.name}'s {first.reason.replace(' changed', '')} changed since it was computed")
         raise UserError(f"{shown}: {', '.join(s.name for s in stale)} {'is' if len(stale) == 1 else 'are'} stale "
                         f"({why}); {fix}, then rerun `editgen {command}`")
     if through is not None and states and states[-1].name == through and states[-1].state == "incomplete":

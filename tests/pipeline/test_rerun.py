@@ -142,3 +142,12 @@ def test_without_a_recorded_config_only_the_upstream_links_are_judged(tmp_path):
                                          "partitions": 1, "upstream_hash": None})
     assert [s.label for s in stage_states(storage)][:3] == ["complete", "stale (upstream changed)",
                                                             "stale (upstream stale)"]
+
+
+def test_a_missing_upstream_stage_file_is_not_staleness(tmp_path):
+    """instruct's _stage.json gone or damaged (bookkeeping, not data): render is judged on the upstream hash it
+    recorded and stays complete; the next run rewrites instruct's file without recomputing anything."""
+    storage, cfg = recorded(tmp_path)
+    completed(storage, cfg)
+    (tmp_path / "instruct" / "_stage.json").write_text('["damaged"]')
+    assert [s.label for s in stage_states(storage)] == ["complete", "not run", "complete", "complete", "complete"]
