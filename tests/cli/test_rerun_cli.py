@@ -36,7 +36,8 @@ def editgen(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def first(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The first run, progress display on; instruct's worker dies in its first partition (and is retried),
-    so Ray has its say: the raylet's worker-died error, the core worker's lines, the token-auth warning."""
+    so Ray has its say: the raylet's worker-died error (and, depending on the Ray session, its token-auth
+    warning and core worker lines)."""
     out = tmp_path_factory.mktemp("rerun") / "out"
     proc = editgen("run", "--profile", "tiny", "--input", str(DEMO), "--out", str(out),
                    *[a for kv in SETTINGS for a in ("--set", kv)],
@@ -73,8 +74,10 @@ def test_ray_logs_go_to_the_run_log_not_the_terminal(first):
     assert [ln for ln in terminal.splitlines() if RAY_LINE.search(ln)] == []
     assert "instruct: partition 0 attempt 1 failed" in terminal  # editgen's own line about it stays
     log = newest_log(out)
-    assert "(raylet) A worker died" in log and "core_worker" in log
-    assert len([ln for ln in log.splitlines() if RAY_LINE.search(ln)]) >= 2
+    # the raylet's line is certain (a killed worker); the token-auth warning and the C++ core's lines come
+    # or not with the Ray session (routing fd 2 is proven in test_quiet_terminal.py)
+    assert "(raylet) A worker died" in log
+    assert [ln for ln in log.splitlines() if RAY_LINE.search(ln)]
 
 
 def test_rerun_without_profile_keeps_the_recorded_one(first, tmp_path):
