@@ -65,11 +65,14 @@ def recorded_config(storage: Storage) -> dict[str, Any] | None:
 
 def run_config(storage: Storage, profile: str | None, files: list[str], overrides: list[str],
                extra: dict[str, Any]) -> tuple[EditgenConfig, str]:
-    """The config of `editgen run` on OUT, and one line saying which base it started from ('' for a
-    profile/config/default start)."""
-    recorded = None if profile or files else recorded_config(storage)
+    """The config of `editgen run` on OUT, and one line saying which base it started from ('' for a first
+    run on OUT)."""
+    if profile or files:
+        return build_config(profile=profile, files=files, overrides=overrides, extra=extra), _replaced(
+            storage, profile, files)
+    recorded = recorded_config(storage)
     if recorded is None:
-        return build_config(profile=profile, files=files, overrides=overrides, extra=extra), ""
+        return build_config(overrides=overrides, extra=extra), ""
     base = copy.deepcopy(recorded)
     dropped = [".".join(k) for k in NOT_REUSED if base.get(k[0], {}).pop(k[1], None) is not None]
     _check_secrets(storage, base, overrides, extra)
@@ -85,6 +88,20 @@ def run_config(storage: Storage, profile: str | None, files: list[str], override
             + (f", with {', '.join(given)} on top" if given else "")
             + (f"; not reused: {', '.join(dropped)} (where it ran)" if dropped else ""))
     return cfg, line
+
+
+def _replaced(storage: Storage, profile: str | None, files: list[str]) -> str:
+    """'' on a first run; else the line saying that --profile/--config, not OUT's record, is the base."""
+    try:
+        recorded = recorded_config(storage)
+    except ConfigError:
+        recorded = {}
+    if recorded is None:
+        return ""
+    given = " and ".join([f"--profile {profile}"] * bool(profile) + [f"--config {f}" for f in files])
+    was = f"profile {recorded['profile']}" if recorded.get("profile") else "no profile"
+    return (f"rerun: starting from {given}, not the config recorded in {redact_text(storage.path(CONFIG_FILE))} "
+            f"({was})")
 
 
 def _check_secrets(storage: Storage, base: dict[str, Any], overrides: list[str], extra: dict[str, Any]) -> None:

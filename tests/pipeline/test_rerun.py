@@ -40,11 +40,14 @@ def test_set_and_input_apply_on_top_profile_and_config_replace_the_base(tmp_path
     assert cfg.render.steps == 3 and cfg.ingest.input == ["other.jsonl"] and cfg.ingest.limit == 7
     assert cfg.filter == before.filter and "--input, --set render.steps on top" in line
     fresh, line = run_config(storage, "tiny", [], [], {"ingest": {"input": ["caps.jsonl"]}})
-    assert line == "" and fresh == build_config(profile="tiny", extra={"ingest": {"input": ["caps.jsonl"]}})
+    assert fresh == build_config(profile="tiny", extra={"ingest": {"input": ["caps.jsonl"]}})
+    assert line == (f"rerun: starting from --profile tiny, not the config recorded in {tmp_path}/config.yaml "
+                    "(profile tiny)")
     conf = tmp_path / "c.yaml"
     conf.write_text("render:\n  steps: 4\n")
     from_file, line = run_config(storage, None, [str(conf)], [], {})
-    assert line == "" and from_file.render.steps == 4 and from_file.profile is None
+    assert from_file.render.steps == 4 and from_file.profile is None and f"--config {conf}, not the" in line
+    assert run_config(Storage(str(tmp_path / "new")), "tiny", [], [], {})[1] == ""  # a first run: nothing to say
 
 
 def test_where_it_ran_is_not_reused(tmp_path):
