@@ -227,25 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="editgen",
                                 help=argparse.SUPPRESS)  # listed with summaries in the description
 
-    run = _command(sub, "run", "run the pipeline (resumes where it stopped)",
-                   "Run ingest -> [fetch] -> instruct -> render -> filter -> shard into OUT, resuming what an earlier "
-                   "run left. On an existing OUT, a run without --profile/--config starts from the config recorded "
-                   "in OUT (--set and --input apply on top) and says which stages a change recomputes, and why.")
-    _config_args(run, rerun=True)
-    run.add_argument("--input", action="append",
-                     help="input path/glob/dir/URL (repeatable); omitted on a rerun: the recorded input")
-    run.add_argument("--out", required=True, help="output directory or URL (s3://...)")
-    run.add_argument("--limit", type=int, help="seeded sample of N input rows (sets ingest.limit)")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--only", metavar="STAGE", help="run just this stage")
-    group.add_argument("--from", metavar="STAGE", help="recompute this stage and everything downstream")
-    run.add_argument("--to", metavar="STAGE", help="stop after this stage")
-    run.add_argument("--ray-address", help="join an existing Ray cluster (else RAY_ADDRESS, else local)")
-    run.add_argument("--no-progress", action="store_true", help="no live progress display")
-    run.add_argument("-q", "--quiet", action="store_true",
-                     help="no progress display and no info lines: warnings, errors and the final table only")
-    add_storage_option(run)
-    run.set_defaults(func=cmd_run)
+    _add_run(sub)
 
     st = _command(sub, "status", "per-stage progress and row accounting of an output directory",
                   "What each stage of OUT has done (from its completion records), a stage whose upstream or config "
@@ -280,6 +262,29 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_missing(name, module))
     parser.description = _overview(sub)
     return parser
+
+
+def _add_run(sub: Any) -> None:
+    """`editgen run` and its flags."""
+    run = _command(sub, "run", "run the pipeline (resumes where it stopped)",
+                   "Run ingest -> [fetch] -> instruct -> render -> filter -> shard into OUT, resuming what an earlier "
+                   "run left. On an existing OUT, a run without --profile/--config starts from the config recorded "
+                   "in OUT (--set and --input apply on top) and says which stages a change recomputes, and why.")
+    _config_args(run, rerun=True)
+    run.add_argument("--input", action="append",
+                     help="input path/glob/dir/URL (repeatable); omitted on a rerun: the recorded input")
+    run.add_argument("--out", required=True, help="output directory or URL (s3://...)")
+    run.add_argument("--limit", type=int, help="seeded sample of N input rows (sets ingest.limit)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--only", metavar="STAGE", help="run just this stage")
+    group.add_argument("--from", metavar="STAGE", help="recompute this stage and everything downstream")
+    run.add_argument("--to", metavar="STAGE", help="stop after this stage")
+    run.add_argument("--ray-address", help="join an existing Ray cluster (else RAY_ADDRESS, else local)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress display and no info lines: warnings, errors and the final table only")
+    add_storage_option(run)
+    run.set_defaults(func=cmd_run)
 
 
 def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
