@@ -18,6 +18,7 @@ from typing import Any
 
 from output.manifest import entries, manifest_url, read_manifest
 from pipeline.errors import InputError
+from pipeline.freshness import refuse_stale
 from pipeline.storage import Storage, parse_storage_options
 
 _NUMBERED = re.compile(r"(.*-)(\d+)(\.tar)")
@@ -73,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    found = published(args.out, args.rejected, parse_storage_options(getattr(args, "storage_option", None)))
+    options = parse_storage_options(getattr(args, "storage_option", None))
+    refuse_stale(Storage(args.out, options), args.out, "shards", through="shard")  # never stale shards' URLs
+    found = published(args.out, args.rejected, options)
     if args.json:
         print(json.dumps(found, indent=1))
     elif args.brace:

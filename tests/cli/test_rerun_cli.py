@@ -116,7 +116,7 @@ def test_stale_after_only_ingest_until_rerun(first, tmp_path):
     assert [st[s]["stale_reason"] for s in STAGES[1:]] == ["upstream changed"] + ["upstream stale"] * 3
     table = editgen("status", str(out))  # piped: not cut at 80 columns
     assert "stale (upstream changed)" in table.stdout and all(h in table.stdout for h in stage_hashes(out).values())
-    for args in (["export-hf", str(out), str(tmp_path / "hf")], ["preview", str(out)]):
+    for args in (["export-hf", str(out), str(tmp_path / "hf")], ["preview", str(out)], ["shards", str(out)]):
         refused = editgen(*args)
         line = error_line(refused)
         assert refused.returncode == 2 and "ingest was recomputed after instruct was computed" in line
