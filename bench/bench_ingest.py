@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import build_config  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
-from stages.ingest import IngestStage  # noqa: E402
+from editgen.pipeline.config import build_config  # noqa: E402
+from editgen.pipeline.runner import run_pipeline  # noqa: E402
+from editgen.stages.ingest import IngestStage  # noqa: E402
 
 
 def main() -> int:

@@ -43,7 +43,7 @@ def captions(n: int) -> Any:
 
 
 def run_stage(cfg: Any, batch: Any) -> dict[str, Any]:
-    from stages.instruct import InstructStage
+    from editgen.stages.instruct import InstructStage
 
     stage = InstructStage(cfg)
     t0 = time.perf_counter()

@@ -31,10 +31,10 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from p2p import inversion as inv  # noqa: E402
-from p2p.generate import P2PPipeline, load_pipeline  # noqa: E402
+from editgen.p2p import inversion as inv  # noqa: E402
+from editgen.p2p.generate import P2PPipeline, load_pipeline  # noqa: E402
+from editgen.tiny.sd import build_tiny_sd, default_cache_dir  # noqa: E402
 from tests.tiny_prior import with_gaussian_prior  # noqa: E402
-from tiny.sd import build_tiny_sd, default_cache_dir  # noqa: E402
 
 SRC = "a photo of a cat sitting on a bench"
 WIDTHS = (16, 10, 9, 8, 7, 9, 7, 7)

@@ -42,9 +42,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from p2p.controls import BlendConfig, EditControl  # noqa: E402
-from p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render_one  # noqa: E402
-from tiny.sd import build_tiny_sd, default_cache_dir  # noqa: E402
+from editgen.p2p.controls import BlendConfig, EditControl  # noqa: E402
+from editgen.p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render_one  # noqa: E402
+from editgen.tiny.sd import build_tiny_sd, default_cache_dir  # noqa: E402
 
 SRC = "a photo of a cat sitting on a wooden bench in a park"
 EDIT = "a photo of a dog sitting on a wooden bench in a park"

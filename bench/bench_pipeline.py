@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import build_config  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+from editgen.pipeline.config import build_config  # noqa: E402
+from editgen.pipeline.runner import run_pipeline  # noqa: E402
 
 LAION = ROOT.parent / "shared" / "data" / "laion_captions_1000.parquet"
 DEMO = ROOT / "examples" / "demo_captions.jsonl"

@@ -39,9 +39,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.bench_p2p import cpu_peak_in_child, cuda_peak, rotated_rounds  # noqa: E402
-from p2p import compute  # noqa: E402
-from p2p.controls import EditControl  # noqa: E402
-from p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render  # noqa: E402
+from editgen.p2p import compute  # noqa: E402
+from editgen.p2p.controls import EditControl  # noqa: E402
+from editgen.p2p.generate import RenderRequest, initial_noise, load_pipeline, make_scheduler, render  # noqa: E402
 
 SRC = "a photo of a cat sitting on a wooden bench in a park"
 EDITS = [
@@ -116,7 +116,7 @@ def packing_check(variants: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 def flops_estimates() -> dict[str, Any]:
     """SD 1.5 FLOPs per row-step (real architecture, meta device) and the sd15 profile vs IP2P."""
-    from pipeline.config import build_config
+    from editgen.pipeline.config import build_config
 
     f = compute.measure_unet_flops(compute.sd15_unet(), 512, 512)
     out: dict[str, Any] = {"sd15_flops": f.to_dict(), "acceptance": {"beta": list(ACCEPTANCE.beta or ())}}
@@ -168,7 +168,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def cpu_main(args: argparse.Namespace) -> dict[str, Any]:
-    from tiny.sd import build_tiny_sd, default_cache_dir
+    from editgen.tiny.sd import build_tiny_sd, default_cache_dir
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device.startswith("cuda")
@@ -203,10 +203,10 @@ def _p2p_controller(rows: int, steps: int, latent_hw: tuple[int, int], device: t
 
     from transformers import CLIPTokenizer
 
-    from p2p.controls import compile_edit
-    from p2p.processors import EditRow, P2PController
-    from p2p.seq_align import tokenize
-    from tiny.clip_tokenizer import write_clip_tokenizer
+    from editgen.p2p.controls import compile_edit
+    from editgen.p2p.processors import EditRow, P2PController
+    from editgen.p2p.seq_align import tokenize
+    from editgen.tiny.clip_tokenizer import write_clip_tokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok")))
     edit = _control(EDITS[0])
@@ -235,7 +235,7 @@ def _step_time(unet: Any, inputs: dict[str, Any], iters: int, before: Callable[[
 
 def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
     """SD-1.5-sized random UNet, packed CFG batch: plain vs P2P processors; MFU; candidates per GPU-hour."""
-    from pipeline.config import build_config
+    from editgen.pipeline.config import build_config
 
     device = torch.device("cuda" if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
@@ -245,7 +245,7 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         from diffusers import UNet2DConditionModel
 
-        from tiny.sd import build_tiny_sd, default_cache_dir
+        from editgen.tiny.sd import build_tiny_sd, default_cache_dir
 
         path = build_tiny_sd(default_cache_dir() / "tiny-sd", "sd") / "unet"
         unet = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True).to(device, dtype).eval()
@@ -264,7 +264,7 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
                 setattr(dynamo.config, knob, max(getattr(dynamo.config, knob), 64))
         run = torch.compile(unet, dynamic=False)
     plain = _step_time(run, inputs, args.iters, lambda i: None, cuda)
-    from p2p.generate import p2p_attention
+    from editgen.p2p.generate import p2p_attention
 
     ctrl = _p2p_controller(rows, args.steps, hw, device, dtype)
     with p2p_attention(unet, ctrl):

@@ -32,11 +32,11 @@ def peak_mb():
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the (large) bench parent
     status = open("/proc/self/status").read()
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
-from pipeline.config import build_config
-from pipeline.runner import run_pipeline
-from pipeline.stage import PlanContext
-from pipeline.storage import Storage
-from stages.ingest import IngestStage
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import run_pipeline
+from editgen.pipeline.stage import PlanContext
+from editgen.pipeline.storage import Storage
+from editgen.stages.ingest import IngestStage
 cfg = build_config(extra=json.loads(sys.argv[2]))
 t0 = time.perf_counter()
 st = IngestStage(cfg)

@@ -35,7 +35,7 @@ def _sha(path: Path) -> str:
 def run(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input", str(INPUT),
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--profile", "tiny", "--input", str(INPUT),
            "--limit", str(LIMIT), "--out", str(out), "--no-progress", "-q"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from output.shard_writer import sample_key
-from pipeline.records import (
+from editgen.output.shard_writer import sample_key
+from editgen.pipeline.records import (
     DONE_DIR,
     GLOBAL_RECORD,
     STAGE_FILE,
@@ -33,7 +33,7 @@ from pipeline.records import (
     read_records,
     read_stage_meta,
 )
-from pipeline.storage import Storage
+from editgen.pipeline.storage import Storage
 
 #: Stages whose output rows are not their input rows one for one (render: N candidates per pair).
 EXPANDING = frozenset({"render"})

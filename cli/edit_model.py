@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from cli.render_model import PROFILE_NAMES, quiet_libraries, resolve_model
-from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
+from editgen.cli.render_model import PROFILE_NAMES, quiet_libraries, resolve_model
+from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
 
 if TYPE_CHECKING:
-    from p2p.model_edit.solve import EditReport
+    from editgen.p2p.model_edit.solve import EditReport
 
 PROG = "editgen edit-model"
 EDITS_JSON = "model_edits.json"
@@ -146,8 +146,8 @@ def main(args: argparse.Namespace) -> int:
         _check_out(folder)
     except ValueError as exc:
         return _fail(str(exc))
-    from p2p.generate import dtype_name, load_pipeline
-    from p2p.model_edit.solve import apply_edits
+    from editgen.p2p.generate import dtype_name, load_pipeline
+    from editgen.p2p.model_edit.solve import apply_edits
 
     quiet_libraries()
     model, _ = resolve_model(args)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from output.export_hf import export_hf
-from pipeline.freshness import refuse_stale
-from pipeline.storage import Storage, parse_storage_options
+from editgen.output.export_hf import export_hf
+from editgen.pipeline.freshness import refuse_stale
+from editgen.pipeline.storage import Storage, parse_storage_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,15 +22,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import StageFailed, Terminated, UserError
-from pipeline.redact import redact_text
+from editgen.pipeline.errors import StageFailed, Terminated, UserError
+from editgen.pipeline.redact import redact_text
 
 if TYPE_CHECKING:
-    from pipeline.records import RunResult
+    from editgen.pipeline.records import RunResult
 
 
 def _config_args(p: argparse.ArgumentParser, rerun: bool = False) -> None:
-    from pipeline.config import profile_names
+    from editgen.pipeline.config import profile_names
 
     recorded = "; omitted on an existing OUT: the config recorded there" if rerun else ""
     p.add_argument("--profile", choices=profile_names(),
@@ -49,13 +49,13 @@ def add_storage_option(p: argparse.ArgumentParser) -> None:
 
 
 def storage_options(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.storage import parse_storage_options
+    from editgen.pipeline.storage import parse_storage_options
 
     return parse_storage_options(getattr(args, "storage_option", None))
 
 
 def _build_config(args: argparse.Namespace) -> Any:
-    from pipeline.config import build_config
+    from editgen.pipeline.config import build_config
 
     extra: dict[str, Any] = {}
     if getattr(args, "input", None):
@@ -65,8 +65,8 @@ def _build_config(args: argparse.Namespace) -> Any:
     if getattr(args, "ray_address", None):
         extra.setdefault("ray", {})["address"] = args.ray_address
     if args.command == "run":  # a rerun starts from the config recorded in OUT (pipeline.rerun)
-        from pipeline.rerun import run_config
-        from pipeline.storage import Storage
+        from editgen.pipeline.rerun import run_config
+        from editgen.pipeline.storage import Storage
 
         cfg, args.config_base = run_config(Storage(args.out, storage_options(args)), args.profile, args.config,
                                            args.overrides, extra)
@@ -77,9 +77,9 @@ def _build_config(args: argparse.Namespace) -> Any:
 def _announce(args: argparse.Namespace, cfg: Any) -> None:
     """Before any work, on the terminal and in the run log: which config a rerun starts from, and which
     completed stages a changed config recomputes, and why."""
-    from pipeline.rerun import recompute_notice
-    from pipeline.runner import select_stages, stage_hashes
-    from pipeline.storage import Storage
+    from editgen.pipeline.rerun import recompute_notice
+    from editgen.pipeline.runner import select_stages, stage_hashes
+    from editgen.pipeline.storage import Storage
 
     log = logging.getLogger("editgen")
     if args.config_base:
@@ -96,7 +96,7 @@ def _ray_output_to_run_log(command: Callable[[argparse.Namespace], int]) -> Call
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
-        from pipeline.logs import ray_output_to_run_log
+        from editgen.pipeline.logs import ray_output_to_run_log
 
         with ray_output_to_run_log():
             return command(args)
@@ -106,9 +106,9 @@ def _ray_output_to_run_log(command: Callable[[argparse.Namespace], int]) -> Call
 
 @_ray_output_to_run_log
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.logs import RunLog
-    from pipeline.progress import Progress
-    from pipeline.runner import Runner
+    from editgen.pipeline.logs import RunLog
+    from editgen.pipeline.progress import Progress
+    from editgen.pipeline.runner import Runner
 
     cfg = _build_config(args)
     runlog = RunLog(cfg.run.log_level, console_level="WARNING" if args.quiet else "INFO")
@@ -135,8 +135,8 @@ def where_shards(out: str, options: dict[str, Any]) -> list[str]:
     """The end-of-run lines saying where the published shards are (none when nothing is published)."""
     import shlex
 
-    from output.manifest import manifest_url, read_manifest
-    from pipeline.storage import Storage
+    from editgen.output.manifest import manifest_url, read_manifest
+    from editgen.pipeline.storage import Storage
 
     storage = Storage(out, options)
     try:
@@ -153,7 +153,7 @@ def summary_table(result: RunResult) -> Any:
     """The end-of-run table: per stage partitions, rows, drops and speed."""
     from rich.table import Table
 
-    from pipeline.progress import human_rate
+    from editgen.pipeline.progress import human_rate
 
     table = Table(title=f"editgen run: {redact_text(result.out)}")
     for col in ("stage", "partitions", "computed", "rows in", "kept", "dropped", "s", "speed", "top drop reasons"):
@@ -178,8 +178,8 @@ PIPED_WIDTH = 1000
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cli.status import collect, render_table
-    from pipeline.storage import Storage
+    from editgen.cli.status import collect, render_table
+    from editgen.pipeline.storage import Storage
 
     options = storage_options(args)
     storage = Storage(args.out, options)
@@ -194,7 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.config import config_to_yaml, profile_names
+    from editgen.pipeline.config import config_to_yaml, profile_names
 
     if args.list_profiles:
         print("\n".join(profile_names()))
@@ -244,12 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=cmd_config)
 
     for name, module, help_text in (
-        ("pair", "cli.pair", "render one Prompt-to-Prompt pair by hand"),
-        ("edit-model", "cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
-        ("preview", "cli.preview", "write OUT/preview.html"),
-        ("validate", "cli.validate", "check shards against the manifest"),
-        ("shards", "cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
-        ("export-hf", "cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
+        ("pair", "editgen.cli.pair", "render one Prompt-to-Prompt pair by hand"),
+        ("edit-model", "editgen.cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
+        ("preview", "editgen.cli.preview", "write OUT/preview.html"),
+        ("validate", "editgen.cli.validate", "check shards against the manifest"),
+        ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
+        ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
     ):
         add, main = _delegate(module)
         p = _command(sub, name, help_text, _module_doc(module) or help_text)
@@ -339,7 +339,7 @@ def check_out_paths(args: argparse.Namespace) -> None:
     """An existing regular file named as OUT (or DEST) is one line and exit 2, before any work."""
     if args.command not in OUT_COMMANDS:
         return
-    from pipeline.storage import Storage
+    from editgen.pipeline.storage import Storage
 
     options = storage_options(args)
     for attr, what in (("out", "output directory"), ("dest", "export directory")):

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.pair_real import RealImageError, check_real_args, render_real_pair, write_outputs
-from cli.render_model import PROFILE_NAMES, profile_render, quiet_libraries, resolve_model
-from p2p.controls import MODES, BlendConfig, EditControl, parse_window
-from pipeline.settings.render import check_values
+from editgen.cli.pair_real import RealImageError, check_real_args, render_real_pair, write_outputs
+from editgen.cli.render_model import PROFILE_NAMES, profile_render, quiet_libraries, resolve_model
+from editgen.p2p.controls import MODES, BlendConfig, EditControl, parse_window
+from editgen.pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
-    from p2p.generate import RenderRequest
-    from pipeline.settings.model_edits import EditSet
+    from editgen.p2p.generate import RenderRequest
+    from editgen.pipeline.settings.model_edits import EditSet
 
 PROG = "editgen pair"
 
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--format", default="png", choices=("png", "jpeg"), help="image format (default %(default)s)")
     parser.add_argument("--explicit", action="store_true", help="use the explicit-probability reference path")
-    from cli.edit_model import add_edit_flags
+    from editgen.cli.edit_model import add_edit_flags
 
     add_edit_flags(parser)  # closed-form model edits (docs/model_edits.md), applied after loading
     parser.add_argument("--image", metavar="PATH_OR_URL", help="edit this real image instead of generating one: "
@@ -190,7 +190,7 @@ def _control(args: argparse.Namespace, edit_prompt: str) -> EditControl:
 
 def build_request(args: argparse.Namespace) -> RenderRequest:
     """Turn parsed arguments into a ``RenderRequest`` (no model needed); raises ``UsageError``."""
-    from p2p.generate import RenderRequest
+    from editgen.p2p.generate import RenderRequest
 
     edit_prompt = _edit_prompt(args)
     control = _control(args, edit_prompt)
@@ -205,7 +205,7 @@ def _fail(msg: str) -> int:
 
 
 def _model_edits(args: argparse.Namespace) -> EditSet | None:
-    from cli.edit_model import edit_set_from_args
+    from editgen.cli.edit_model import edit_set_from_args
 
     try:
         return edit_set_from_args(args)
@@ -227,8 +227,8 @@ def main(args: argparse.Namespace) -> int:
     except (UsageError, RealImageError) as exc:
         return _fail(str(exc))
 
-    from p2p.candidates import render_records, request_to_record
-    from p2p.generate import check_request, dtype_name, load_pipeline
+    from editgen.p2p.candidates import render_records, request_to_record
+    from editgen.p2p.generate import check_request, dtype_name, load_pipeline
 
     quiet_libraries()
     model, variant = resolve_model(args)
@@ -244,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     extra: dict[str, Any] = {"profile": "tiny" if variant else args.profile}
     if edits is not None:
-        from p2p.model_edit.solve import apply_edits
+        from editgen.p2p.model_edit.solve import apply_edits
 
         try:
             extra["model_edits"] = apply_edits(p2p, edits).describe()
@@ -259,8 +259,8 @@ def main(args: argparse.Namespace) -> int:
         except RealImageError as exc:
             return _fail(str(exc))
     if args.explicit:
-        from p2p.candidates import candidate_output
-        from p2p.generate import render_one
+        from editgen.p2p.candidates import candidate_output
+        from editgen.p2p.generate import render_one
 
         out = candidate_output(record, render_one(p2p, request, explicit=True), args.format, 95)
     else:

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings.fetch import FetchConfig
-from pipeline.settings.render import InversionConfig
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.pipeline.settings.render import InversionConfig
 
 
 class RealImageError(ValueError):
@@ -45,7 +45,7 @@ def read_image(source: str) -> bytes:
             return Path(source).read_bytes()
         except OSError as exc:
             raise RealImageError(f"--image {source}: {exc.strerror or exc}") from None
-    from sources.http import Fetcher
+    from editgen.sources.http import Fetcher
 
     # a URL the user names is not a dataset row: a private or local address is allowed
     fetcher = Fetcher(FetchConfig(block_private_addresses=False))
@@ -59,7 +59,7 @@ def read_image(source: str) -> bytes:
 
 
 def _prepare(data: bytes, mode: str, size: tuple[int, int]) -> Any:
-    from sources.image import prepare_image
+    from editgen.sources.image import prepare_image
 
     prepared = prepare_image(data, FetchConfig(resize_mode=mode, encode_format="png", min_side=8), size)
     if prepared.data is None:
@@ -86,7 +86,7 @@ def write_outputs(folder: Path, out: Any, params: dict[str, Any], modes: list[st
 
 def render_real_pair(args: argparse.Namespace, p2p: Any, record: dict[str, Any], modes: list[str]) -> int:
     """Invert and edit; write the files; returns the exit code (RealImageError: a model that cannot invert)."""
-    from p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real
+    from editgen.p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real
 
     config = InversionConfig(method=args.inversion, inner_steps=args.inner_steps, mask=args.mask)
     picture = decode_image(args.image_bytes)

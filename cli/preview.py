@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters.pairs.clip_score import SCORE_COLUMNS
-from filters.pairs.select import Thresholds
-from output.shard_writer import sample_key
-from pipeline.freshness import refuse_stale
-from pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
-from pipeline.stage import KEPT
-from pipeline.storage import Storage, parse_storage_options
-from stages import REGISTRY
+from editgen.filters.pairs.clip_score import SCORE_COLUMNS
+from editgen.filters.pairs.select import Thresholds
+from editgen.output.shard_writer import sample_key
+from editgen.pipeline.freshness import refuse_stale
+from editgen.pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
+from editgen.pipeline.stage import KEPT
+from editgen.pipeline.storage import Storage, parse_storage_options
+from editgen.stages import REGISTRY
 
 log = logging.getLogger("editgen")
 
@@ -86,7 +86,7 @@ def load_thresholds(storage: Storage) -> Thresholds:
     """The run's thresholds from OUT/config.yaml (defaults when absent)."""
     import yaml
 
-    from pipeline import safe_yaml
+    from editgen.pipeline import safe_yaml
 
     try:
         cfg = (safe_yaml.load(storage.read_text("config.yaml")) or {}).get("filter", {})

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from p2p.models import quiet_libraries
-from p2p.models import resolve_model as resolve_model_name
-from pipeline.config import build_config, profile_names
-from pipeline.settings.render import RenderConfig
+from editgen.p2p.models import quiet_libraries
+from editgen.p2p.models import resolve_model as resolve_model_name
+from editgen.pipeline.config import build_config, profile_names
+from editgen.pipeline.settings.render import RenderConfig
 
 #: --profile choices: the pipeline's own profiles, the names `editgen run --profile` accepts (the tiny SDXL
 #: model is `--profile tiny --model tiny-sdxl`).

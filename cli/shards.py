@@ -16,10 +16,10 @@ import posixpath
 import re
 from typing import Any
 
-from output.manifest import entries, manifest_url, read_manifest
-from pipeline.errors import InputError
-from pipeline.freshness import refuse_stale
-from pipeline.storage import Storage, parse_storage_options
+from editgen.output.manifest import entries, manifest_url, read_manifest
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.freshness import refuse_stale
+from editgen.pipeline.storage import Storage, parse_storage_options
 
 _NUMBERED = re.compile(r"(.*-)(\d+)(\.tar)")
 

@@ -10,13 +10,13 @@ from typing import Any
 
 from rich.table import Table
 
-from output.compute_report import compute_report, format_report
-from pipeline.config import out_config
-from pipeline.freshness import stage_states
-from pipeline.lease import read_lease, stale_reason
-from pipeline.live_progress import PROGRESS_FILE
-from pipeline.progress import clock, human_rate
-from pipeline.records import (
+from editgen.output.compute_report import compute_report, format_report
+from editgen.pipeline.config import out_config
+from editgen.pipeline.freshness import stage_states
+from editgen.pipeline.lease import read_lease, stale_reason
+from editgen.pipeline.live_progress import PROGRESS_FILE
+from editgen.pipeline.progress import clock, human_rate
+from editgen.pipeline.records import (
     GLOBAL_RECORD,
     STAGE_FILE,
     read_record,
@@ -25,10 +25,10 @@ from pipeline.records import (
     shape_problem,
     sum_records,
 )
-from pipeline.redact import redact_url
-from pipeline.registry import stage_names
-from pipeline.settings.run import RunConfig
-from pipeline.storage import Storage
+from editgen.pipeline.redact import redact_url
+from editgen.pipeline.registry import stage_names
+from editgen.pipeline.settings.run import RunConfig
+from editgen.pipeline.storage import Storage
 
 
 def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

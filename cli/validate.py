@@ -18,8 +18,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cli.chain_check import check_chain
-from output.manifest import (
+from editgen.cli.chain_check import check_chain
+from editgen.output.manifest import (
     GEN_PREFIX,
     REJECTED_DIR,
     SHARDS_DIR,
@@ -29,8 +29,8 @@ from output.manifest import (
     read_manifest,
     read_manifest_text,
 )
-from output.shard_writer import REQUIRED_JSON, sample_key
-from pipeline.storage import Storage, parse_storage_options
+from editgen.output.shard_writer import REQUIRED_JSON, sample_key
+from editgen.pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
 MAX_LINES_PER_SHARD = 10
@@ -127,8 +127,8 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
     problems, manifest, keys = _validate_shards(storage, workers)
     if manifest is None or not chain:
         return problems, []
-    from pipeline.config import out_config
-    from pipeline.registry import stage_names
+    from editgen.pipeline.config import out_config
+    from editgen.pipeline.registry import stage_names
 
     # The graph of the run that wrote OUT (OUT/config.yaml): with render.source=real fetch sits between
     # ingest and instruct, and instruct's partitions must match fetch's, not ingest's.

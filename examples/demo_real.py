@@ -60,7 +60,7 @@ def serve(n: int) -> ThreadingHTTPServer:
 
 
 def main(out: str) -> int:
-    from cli.main import main as editgen
+    from editgen.cli.main import main as editgen
 
     rows = [json.loads(line) for line in (HERE / "demo_captions.jsonl").read_text().splitlines() if line.strip()]
     httpd = serve(len(rows))

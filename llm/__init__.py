@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
 
 if TYPE_CHECKING:
-    from pipeline.settings.instruct import InstructConfig
+    from editgen.pipeline.settings.instruct import InstructConfig
 
 __all__ = ["GenerationSettings", "LLMBackend", "LLMRequest", "LLMResult", "generation_settings", "make_backend"]
 
 
 def generation_settings(cfg: InstructConfig) -> GenerationSettings:
-    from prompts.schema import edit_schema
+    from editgen.prompts.schema import edit_schema
 
     return GenerationSettings(
         temperature=cfg.temperature,
@@ -30,15 +30,15 @@ def make_backend(cfg: InstructConfig) -> LLMBackend:
     """Build (and load) the backend named by `cfg.backend`."""
     gen = generation_settings(cfg)
     if cfg.backend == "template":
-        from llm.template_backend import TemplateBackend
+        from editgen.llm.template_backend import TemplateBackend
 
         return TemplateBackend(gen=gen)
     if cfg.backend == "openai":
-        from llm.openai_backend import OpenAIBackend
+        from editgen.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(cfg.model, gen, cfg.openai)
     if cfg.backend == "vllm":
-        from llm.vllm_backend import VllmBackend
+        from editgen.llm.vllm_backend import VllmBackend
 
         return VllmBackend(cfg.model, gen, cfg.vllm)
     raise ValueError(f"instruct.backend: unknown backend {cfg.backend!r}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prompts.builder import LLMRequest
+from editgen.prompts.builder import LLMRequest
 
 __all__ = ["REQUEST_FAILED", "GenerationSettings", "LLMBackend", "LLMRequest", "LLMResult"]
 

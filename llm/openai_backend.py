@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from llm.base import REQUEST_FAILED, GenerationSettings, LLMBackend, LLMRequest, LLMResult
-from prompts.schema import response_format
+from editgen.llm.base import REQUEST_FAILED, GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.prompts.schema import response_format
 
 if TYPE_CHECKING:
-    from pipeline.settings.instruct import OpenAISettings
+    from editgen.pipeline.settings.instruct import OpenAISettings
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}

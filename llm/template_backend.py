@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from llm import template_rules as R
-from llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.llm import template_rules as R
+from editgen.llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
 
 VERSION = "template-v1"
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from filters.captions.blocklist import Blocklist, load_blocklist
-from llm.base import REQUEST_FAILED
-from llm.parse import ParsedEdit
-from p2p.edit_diff import normalized, similarity, words
+from editgen.filters.captions.blocklist import Blocklist, load_blocklist
+from editgen.llm.base import REQUEST_FAILED
+from editgen.llm.parse import ParsedEdit
+from editgen.p2p.edit_diff import normalized, similarity, words
 
 if TYPE_CHECKING:
-    from pipeline.settings.instruct import InstructConfig
+    from editgen.pipeline.settings.instruct import InstructConfig
 
 MISSING_CAPTION = "llm_missing_caption"
 UNPARSEABLE = "llm_unparseable"

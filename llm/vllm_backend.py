@@ -13,10 +13,10 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from llm.base import REQUEST_FAILED, GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.llm.base import REQUEST_FAILED, GenerationSettings, LLMBackend, LLMRequest, LLMResult
 
 if TYPE_CHECKING:
-    from pipeline.settings.instruct import VllmSettings
+    from editgen.pipeline.settings.instruct import VllmSettings
 
 log = logging.getLogger(__name__)
 

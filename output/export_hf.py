@@ -46,10 +46,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from output.manifest import MANIFEST, entries, manifest_problem, manifest_url, parse_manifest, read_manifest_text
-from pipeline.errors import InputError
-from pipeline.redact import redact_url
-from pipeline.storage import TMP_MARK, Storage
+from editgen.output.manifest import (
+    MANIFEST,
+    entries,
+    manifest_problem,
+    manifest_url,
+    parse_manifest,
+    read_manifest_text,
+)
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.redact import redact_url
+from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id")

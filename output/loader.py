@@ -30,8 +30,8 @@ import webdataset as wds
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from output.manifest import SHARDS_DIR, published_urls
-from pipeline.storage import Storage, open_filesystem, parse_storage_options
+from editgen.output.manifest import SHARDS_DIR, published_urls
+from editgen.pipeline.storage import Storage, open_filesystem, parse_storage_options
 
 log = logging.getLogger("editgen")
 

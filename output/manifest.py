@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.records import shape_problem
-from pipeline.storage import Storage
+from editgen.pipeline.records import shape_problem
+from editgen.pipeline.storage import Storage
 
 SHARDS_DIR = "shards"
 REJECTED_DIR = "rejected"

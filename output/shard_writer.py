@@ -31,8 +31,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from output.compute_report import compute_report
-from output.manifest import (
+from editgen.output.compute_report import compute_report
+from editgen.output.manifest import (
     GEN_PREFIX,
     LEGACY_MANIFEST,
     MANIFEST,
@@ -41,10 +41,10 @@ from output.manifest import (
     SHARDS_DIR,
     entries,
 )
-from pipeline.faults import fault_delay_s
-from pipeline.records import read_verified
-from pipeline.redact import redact_text, redact_url
-from pipeline.storage import Storage
+from editgen.pipeline.faults import fault_delay_s
+from editgen.pipeline.records import read_verified
+from editgen.pipeline.redact import redact_text, redact_url
+from editgen.pipeline.storage import Storage
 
 REJECTED_PREFIX = "rejected"
 #: 2000-01-01T00:00:00Z: any fixed value makes tars reproducible; 0 upsets some extractors.

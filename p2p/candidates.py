@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from p2p.controls import BlendConfig, EditControl
-from p2p.generate import (
+from editgen.p2p.controls import BlendConfig, EditControl
+from editgen.p2p.generate import (
     DTYPES,
     P2PPipeline,
     RenderRequest,
@@ -265,12 +265,12 @@ def pipeline_for_record(record: Mapping[str, Any], device: str | torch.device | 
     key = (str(record["model"]), dev, str(record["dtype"]), edits["checksum"] if edits else "")
     if key not in _PIPELINES:
         if record.get("profile") == "tiny" and not os.path.exists(os.path.join(record["model"], "model_index.json")):
-            from tiny.sd import build_tiny_sd
+            from editgen.tiny.sd import build_tiny_sd
 
             build_tiny_sd(record["model"], variant=record.get("tiny_variant", "sd"))
         p2p = load_pipeline(record["model"], dev, record["dtype"], record["scheduler"])
         if edits:
-            from p2p.model_edit.solve import reapply
+            from editgen.p2p.model_edit.solve import reapply
 
             reapply(p2p, edits)
         _PIPELINES[key] = p2p

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.cache import cache_dir
+from editgen.pipeline.cache import cache_dir
 
 #: Bump when what is counted changes, so disk-cached figures are re-measured.
 COUNT_VERSION = 1

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from p2p.seq_align import (
+from editgen.p2p.seq_align import (
     Alignment,
     PromptTokens,
     TruncatedWord,

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p.controls import EditControl, compile_edit
-from p2p.processors import (
+from editgen.p2p.controls import EditControl, compile_edit
+from editgen.p2p.processors import (
     EditRow,
     ExplicitP2PProcessor,
     FusedP2PProcessor,
     P2PController,
     attention_downscales,
 )
-from p2p.seq_align import tokenize
+from editgen.p2p.seq_align import tokenize
 
 # name -> (diffusers class, config overrides); built from the loaded model's scheduler config.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from filters.pairs.fidelity import psnr, ssim
-from p2p.generate import P2PPipeline, make_scheduler
-from pipeline.settings.render import METHODS, DiffEditConfig, InversionConfig
+from editgen.filters.pairs.fidelity import psnr, ssim
+from editgen.p2p.generate import P2PPipeline, make_scheduler
+from editgen.pipeline.settings.render import METHODS, DiffEditConfig, InversionConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from p2p.controls import CompiledBlend
+from editgen.p2p.controls import CompiledBlend
 
 
 @dataclass

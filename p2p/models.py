@@ -15,7 +15,7 @@ def resolve_model(model: str) -> tuple[str, str | None]:
     variant = TINY_MODELS.get(model)
     if variant is None:
         return model, None
-    from tiny.sd import build_tiny_sd
+    from editgen.tiny.sd import build_tiny_sd
 
     return str(build_tiny_sd(variant=variant)), variant
 

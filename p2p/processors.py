@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from p2p.controls import CompiledEdit
-from p2p.local_blend import LocalBlend
+from editgen.p2p.controls import CompiledEdit
+from editgen.p2p.local_blend import LocalBlend
 
 
 @dataclass

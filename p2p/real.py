@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from filters.pairs.fidelity import image_pixels, psnr, ssim
-from p2p import inversion as inv
-from p2p.candidates import CandidateOutput, candidate_output, encode_image, record_to_request
-from p2p.generate import P2PPipeline, RenderRequest, Start, render
-from pipeline.settings.render import InversionConfig
+from editgen.filters.pairs.fidelity import image_pixels, psnr, ssim
+from editgen.p2p import inversion as inv
+from editgen.p2p.candidates import CandidateOutput, candidate_output, encode_image, record_to_request
+from editgen.p2p.generate import P2PPipeline, RenderRequest, Start, render
+from editgen.pipeline.settings.render import InversionConfig
 
 #: Record keys of a real-image candidate (beside the generated-candidate keys of p2p.candidates).
 SOURCE_KEY = "real_source"

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from p2p.candidates import PACKED, CandidateOutput, pipeline_for_record, render_records, replay_packed
-from p2p.generate import P2PPipeline
-from p2p.real import SOURCE_KEY, regenerate_real
-from p2p.shared import KEY as SHARED_KEY
-from p2p.shared import render_shared
+from editgen.p2p.candidates import PACKED, CandidateOutput, pipeline_for_record, render_records, replay_packed
+from editgen.p2p.generate import P2PPipeline
+from editgen.p2p.real import SOURCE_KEY, regenerate_real
+from editgen.p2p.shared import KEY as SHARED_KEY
+from editgen.p2p.shared import render_shared
 
 
 def regenerate(

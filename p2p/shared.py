@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from p2p.candidates import CandidateOutput, encode_image, encode_mask, record_to_request
-from p2p.generate import P2PPipeline, render
+from editgen.p2p.candidates import CandidateOutput, encode_image, encode_mask, record_to_request
+from editgen.p2p.generate import P2PPipeline, render
 
 KEY = "shared_source"
 

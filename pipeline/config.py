@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError
 
-from pipeline import safe_yaml
-from pipeline.errors import ConfigError
-from pipeline.redact import REDACTED, is_secret_key, redact_text
-from pipeline.settings.base import Strict
-from pipeline.settings.fetch import FetchConfig
-from pipeline.settings.filter import FilterConfig
-from pipeline.settings.ingest import IngestConfig
-from pipeline.settings.instruct import InstructConfig
-from pipeline.settings.render import RenderConfig
-from pipeline.settings.run import RayConfig, RunConfig
-from pipeline.settings.shard import ShardConfig
+from editgen.pipeline import safe_yaml
+from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.redact import REDACTED, is_secret_key, redact_text
+from editgen.pipeline.settings.base import Strict
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.pipeline.settings.filter import FilterConfig
+from editgen.pipeline.settings.ingest import IngestConfig
+from editgen.pipeline.settings.instruct import InstructConfig
+from editgen.pipeline.settings.render import RenderConfig
+from editgen.pipeline.settings.run import RayConfig, RunConfig
+from editgen.pipeline.settings.shard import ShardConfig
 
 if TYPE_CHECKING:
-    from pipeline.storage import Storage
+    from editgen.pipeline.storage import Storage
 
 #: A config file is a few KB; reading a multi-GB one (a wrong path) whole would exhaust memory first.
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -59,7 +59,7 @@ class EditgenConfig(Strict):
 
 
 def profile_names() -> list[str]:
-    files = importlib_resources.files("pipeline") / "profiles"
+    files = importlib_resources.files("editgen.pipeline") / "profiles"
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -81,7 +81,7 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    path = importlib_resources.files("pipeline") / "profiles" / f"{name}.yaml"
+    path = importlib_resources.files("editgen.pipeline") / "profiles" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"profile {name!r} does not exist (known: {', '.join(profile_names())})")
     data = _read_yaml(path.read_text(encoding="utf-8"), f"profile {name}")

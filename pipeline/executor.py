@@ -33,13 +33,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.errors import ContractError, StageFailed, UserError
-from pipeline.faults import crash_at_setup, crash_in_partition, fault_delay_s, stop_in_partition
-from pipeline.live_progress import Beacon, reporter
-from pipeline.records import PartitionRecord, file_matches, part_name, read_record, record_name, stamp, write_record
-from pipeline.settings.base import Resources
-from pipeline.settings.run import RayConfig
-from pipeline.stage import (
+from editgen.pipeline.errors import ContractError, StageFailed, UserError
+from editgen.pipeline.faults import crash_at_setup, crash_in_partition, fault_delay_s, stop_in_partition
+from editgen.pipeline.live_progress import Beacon, reporter
+from editgen.pipeline.records import (
+    PartitionRecord,
+    file_matches,
+    part_name,
+    read_record,
+    record_name,
+    stamp,
+    write_record,
+)
+from editgen.pipeline.settings.base import Resources
+from editgen.pipeline.settings.run import RayConfig
+from editgen.pipeline.stage import (
     BOOKKEEPING,
     Partition,
     PartitionSpec,
@@ -49,8 +57,8 @@ from pipeline.stage import (
     count_reasons,
     missing_columns,
 )
-from pipeline.storage import Storage
-from pipeline.watchdog import BoardHolder, Deadline, TaskBatch, Watch, kill, stalled_message
+from editgen.pipeline.storage import Storage
+from editgen.pipeline.watchdog import BoardHolder, Deadline, TaskBatch, Watch, kill, stalled_message
 
 log = logging.getLogger("editgen")
 
@@ -120,8 +128,8 @@ class StageTasks(TaskRunner):
 
 # ---- the worker body -------------------------------------------------------------------------
 def make_stage(job: MapJob) -> tuple[Stage[Any], Step]:
-    from pipeline.config import EditgenConfig
-    from pipeline.registry import load_stage_class
+    from editgen.pipeline.config import EditgenConfig
+    from editgen.pipeline.registry import load_stage_class
 
     stage = load_stage_class(job.stage)(EditgenConfig.model_validate_json(job.config_json))
     step = next(s for s in stage.steps() if s.name == job.step)
@@ -277,7 +285,7 @@ class RayExecutor:
     def _ray(self) -> Any:
         import ray
 
-        from pipeline.ray_runtime import ensure_ray
+        from editgen.pipeline.ray_runtime import ensure_ray
 
         with contextlib.nullcontext() if ray.is_initialized() else own_sigterm():
             ensure_ray(self.ray_config)
@@ -306,7 +314,7 @@ class RayExecutor:
 
     def _mapped(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], max_retries: int, label: str,
                 resources: Resources | None) -> list[Any]:
-        from pipeline.ray_runtime import remote_task
+        from editgen.pipeline.ray_runtime import remote_task
 
         if not calls:
             return []
@@ -318,7 +326,7 @@ class RayExecutor:
                    args: tuple[Any, ...] = (), label: str = "tasks", resources: Resources | None = None) -> Any:
         """reduce(*args, *mapped) as one more task, fed the mapped tasks' results by reference (they never
         pass the driver); every task watched as in map_tasks."""
-        from pipeline.ray_runtime import remote_task
+        from editgen.pipeline.ray_runtime import remote_task
 
         refs = self._mapped(fn, calls, 2, label, resources)
         task = remote_task(watched_call, max_retries=2)
@@ -329,7 +337,7 @@ class RayExecutor:
     def verify(self, out: str, storage_options: dict[str, Any], stage_dir: str, pids: list[int],
                label: str = "verify", resources: Resources | None = None) -> list[int]:
         """Re-hash finished partitions in parallel tasks (never sequentially on the driver)."""
-        from pipeline.ray_runtime import remote_task
+        from editgen.pipeline.ray_runtime import remote_task
 
         if not pids:
             return []
@@ -346,7 +354,7 @@ class RayExecutor:
         if job.actors:
             _ActorPool(self._watch(job.stage, job.resources), job, specs, monitor, self.timeout).run()
             return
-        from pipeline.ray_runtime import remote_task
+        from editgen.pipeline.ray_runtime import remote_task
 
         chunks = [specs[i:i + TASK_CHUNK] for i in range(0, len(specs), TASK_CHUNK)]
         task = remote_task(compute_partitions, max_retries=2)
@@ -402,7 +410,7 @@ class _ActorPool:
 
     def __init__(self, watch: Watch, job: MapJob, todo: list[PartitionSpec], monitor: Monitor,
                  timeout: float) -> None:
-        from pipeline.ray_runtime import fit_concurrency, remote_actor
+        from editgen.pipeline.ray_runtime import fit_concurrency, remote_actor
 
         self.ray, self.watch, self.job, self.monitor, self.timeout = watch.ray, watch, job, monitor, timeout
         res = job.resources

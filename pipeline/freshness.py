@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.config import EditgenConfig, out_config, section_hash
-from pipeline.errors import UserError
-from pipeline.records import read_stage_meta
-from pipeline.redact import REDACTED, redact_url
-from pipeline.registry import load_stage_class, stage_names
-from pipeline.safe_yaml import load as load_yaml
-from pipeline.storage import Storage
+from editgen.pipeline.config import EditgenConfig, out_config, section_hash
+from editgen.pipeline.errors import UserError
+from editgen.pipeline.records import read_stage_meta
+from editgen.pipeline.redact import REDACTED, redact_url
+from editgen.pipeline.registry import load_stage_class, stage_names
+from editgen.pipeline.safe_yaml import load as load_yaml
+from editgen.pipeline.storage import Storage
 
 #: Why a stage is stale, by what `stage_states` found.
 UPSTREAM_CHANGED = "upstream changed"  # its upstream was recomputed after it was built

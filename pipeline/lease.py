@@ -59,9 +59,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from pipeline.errors import OutputError, StageFailed, UserError
-from pipeline.settings.run import LEASE_TTL_DEFAULT_S, LEASE_TTL_MIN_HEARTBEATS
-from pipeline.storage import TMP_MARK, Storage
+from editgen.pipeline.errors import OutputError, StageFailed, UserError
+from editgen.pipeline.settings.run import LEASE_TTL_DEFAULT_S, LEASE_TTL_MIN_HEARTBEATS
+from editgen.pipeline.storage import TMP_MARK, Storage
 
 log = logging.getLogger("editgen")
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import UserError
+from editgen.pipeline.errors import UserError
 
 if TYPE_CHECKING:
-    from pipeline.progress import Progress
-    from pipeline.records import PartitionRecord
-    from pipeline.stage import PartitionSpec
-    from pipeline.storage import Storage
+    from editgen.pipeline.progress import Progress
+    from editgen.pipeline.records import PartitionRecord
+    from editgen.pipeline.stage import PartitionSpec
+    from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
 
@@ -36,7 +36,7 @@ class ProgressBoard:
     reports so far)} of the work in flight. Only counts and numbers: cheap to ask for once a second."""
 
     def __init__(self) -> None:
-        from pipeline.faults import stop_board_after
+        from editgen.pipeline.faults import stop_board_after
 
         self.groups: dict[str, dict[int, tuple[float, int]]] = {}
         self.asked = 0
@@ -59,7 +59,7 @@ class ProgressBoard:
     def state(self, group: str) -> dict[int, tuple[float, int]]:
         self.asked += 1
         if self.asked == self.stop_after:
-            from pipeline.faults import stop_here
+            from editgen.pipeline.faults import stop_here
 
             stop_here()
         return dict(self.groups.get(group, {}))

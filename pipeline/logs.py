@@ -19,9 +19,9 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
-from pipeline.ray_runtime import route_ray_output, worker_env
-from pipeline.redact import install_log_redaction, register_secrets
-from pipeline.storage import Storage
+from editgen.pipeline.ray_runtime import route_ray_output, worker_env
+from editgen.pipeline.redact import install_log_redaction, register_secrets
+from editgen.pipeline.storage import Storage
 
 FMT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

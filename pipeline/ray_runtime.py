@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.redact import env_names, install_log_redaction, is_secret_env, register_secrets
-from pipeline.settings.run import RayConfig
-from pipeline.storage import store_env
+from editgen.pipeline.errors import UserError
+from editgen.pipeline.redact import env_names, install_log_redaction, is_secret_env, register_secrets
+from editgen.pipeline.settings.run import RayConfig
+from editgen.pipeline.storage import store_env
 
 log = logging.getLogger("editgen")
 

@@ -32,8 +32,8 @@ from typing import Any, TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import DamagedInput
-from pipeline.storage import FileInfo, Storage, sha256_bytes
+from editgen.pipeline.errors import DamagedInput
+from editgen.pipeline.storage import FileInfo, Storage, sha256_bytes
 
 log = logging.getLogger("editgen")
 

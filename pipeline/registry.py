@@ -16,11 +16,11 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.config import EditgenConfig
-    from pipeline.stage import Stage
+    from editgen.pipeline.config import EditgenConfig
+    from editgen.pipeline.stage import Stage
 
 #: The module that holds the graph: REGISTRY = {stage name: "module:Class"} in data-flow order.
-GRAPH_MODULE = "stages"
+GRAPH_MODULE = "editgen.stages"
 
 
 def registry() -> dict[str, str]:
@@ -38,7 +38,7 @@ def stage_names(cfg: EditgenConfig | None = None) -> list[str]:
     in data-flow order. A conditional stage (fetch: only with render.source=real) is simply absent
     otherwise, so every hash and upstream link is what it would be without it."""
     if cfg is None:
-        from pipeline.config import EditgenConfig
+        from editgen.pipeline.config import EditgenConfig
 
         cfg = EditgenConfig()
     return [n for n in built_stage_names() if load_stage_class(n).active(cfg)]

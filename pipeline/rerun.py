@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from pipeline import safe_yaml
-from pipeline.config import (
+from editgen.pipeline import safe_yaml
+from editgen.pipeline.config import (
     HASH_NEUTRAL_DEFAULTS,
     NON_SEMANTIC_KEYS,
     UNHASHED_KEYS,
@@ -26,12 +26,12 @@ from pipeline.config import (
     build_config,
     out_config,
 )
-from pipeline.errors import ConfigError
-from pipeline.freshness import UPSTREAM_CHANGED, redacted_paths, stage_states
-from pipeline.records import read_stage_meta
-from pipeline.redact import REDACTED, is_secret_key, redact_text
-from pipeline.registry import load_stage_class, stage_names
-from pipeline.storage import Storage
+from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.freshness import UPSTREAM_CHANGED, redacted_paths, stage_states
+from editgen.pipeline.records import read_stage_meta
+from editgen.pipeline.redact import REDACTED, is_secret_key, redact_text
+from editgen.pipeline.registry import load_stage_class, stage_names
+from editgen.pipeline.storage import Storage
 
 CONFIG_FILE = "config.yaml"
 #: Recorded keys a rerun does not take over: where the last run ran, not what it computed (a rerun joins

@@ -13,14 +13,14 @@ import logging
 import time
 from typing import Any
 
-from pipeline.config import EditgenConfig, config_to_yaml, section_hash
-from pipeline.errors import ContractError, Terminated, UserError
-from pipeline.executor import Executor, MapJob, RayExecutor, StageTasks
-from pipeline.lease import Lease
-from pipeline.live_progress import LiveMonitor
-from pipeline.logs import RunLog
-from pipeline.progress import Progress
-from pipeline.records import (
+from editgen.pipeline.config import EditgenConfig, config_to_yaml, section_hash
+from editgen.pipeline.errors import ContractError, Terminated, UserError
+from editgen.pipeline.executor import Executor, MapJob, RayExecutor, StageTasks
+from editgen.pipeline.lease import Lease
+from editgen.pipeline.live_progress import LiveMonitor
+from editgen.pipeline.logs import RunLog
+from editgen.pipeline.progress import Progress
+from editgen.pipeline.records import (
     DONE_DIR,
     GLOBAL_RECORD,
     STAGE_FILE,
@@ -38,9 +38,9 @@ from pipeline.records import (
     write_record,
     write_stage_meta,
 )
-from pipeline.registry import inactive_reason, load_stage_class, stage_names
-from pipeline.stage import PartitionSpec, PlanContext, Stage, Step
-from pipeline.storage import Storage
+from editgen.pipeline.registry import inactive_reason, load_stage_class, stage_names
+from editgen.pipeline.stage import PartitionSpec, PlanContext, Stage, Step
+from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
 

@@ -20,12 +20,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.records import GlobalSummary, PartitionRecord, part_name, read_record, read_verified_table, record_name
-from pipeline.settings.base import Resources, Strict
+from editgen.pipeline.records import (
+    GlobalSummary,
+    PartitionRecord,
+    part_name,
+    read_record,
+    read_verified_table,
+    record_name,
+)
+from editgen.pipeline.settings.base import Resources, Strict
 
 if TYPE_CHECKING:
-    from pipeline.config import EditgenConfig
-    from pipeline.storage import Storage
+    from editgen.pipeline.config import EditgenConfig
+    from editgen.pipeline.storage import Storage
 
 KEPT = "kept"
 DROPPED = "dropped"

@@ -26,13 +26,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import OutputError, UnsafePathError
+from editgen.pipeline.errors import OutputError, UnsafePathError
 
 TMP_MARK = ".tmp-"
 
 
 #: Protocol -> what to install when fsspec has no implementation for it.
-_EXTRAS = {"s3": "editgen[s3] (s3fs)", "s3a": "editgen[s3] (s3fs)", "gs": "gcsfs", "gcs": "gcsfs",
+_EXTRAS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
            "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
 
 
@@ -58,7 +58,7 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
 
     import yaml
 
-    from pipeline import safe_yaml
+    from editgen.pipeline import safe_yaml
 
     options: dict[str, Any] = {}
     raw_env = os.environ.get(OPTIONS_ENV, "").strip()
@@ -107,7 +107,7 @@ def open_filesystem(url: str, options: dict[str, Any] | None = None) -> tuple[fs
     except ImportError:
         extra = _EXTRAS.get(protocol or "", f"the fsspec implementation for {protocol}://")
         raise OutputError(f"{url}: {protocol}:// needs {extra}; install it "
-                          f"(pip install 'editgen[s3]' for s3://)") from None
+                          f"(from an editgen checkout: pip install -e '.[s3]' for s3://)") from None
     except ValueError as exc:
         if "Protocol not known" in str(exc):
             raise OutputError(f"{url}: unknown storage protocol {protocol!r}") from None

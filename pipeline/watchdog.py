@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import StageFailed
-from pipeline.live_progress import Beacon, ProgressBoard
-from pipeline.settings.base import Resources
+from editgen.pipeline.errors import StageFailed
+from editgen.pipeline.live_progress import Beacon, ProgressBoard
+from editgen.pipeline.settings.base import Resources
 
 log = logging.getLogger("editgen")
 
@@ -71,7 +71,7 @@ class BoardHolder:
 
     def get(self) -> Any:
         if self.board is None:
-            from pipeline.ray_runtime import with_worker_env
+            from editgen.pipeline.ray_runtime import with_worker_env
 
             options = with_worker_env({"num_cpus": 0, "max_restarts": 0})
             self.board = self.ray.remote(ProgressBoard).options(**options).remote()

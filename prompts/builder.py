@@ -40,7 +40,7 @@ class FewShot:
 
 
 def _bundled(name: str) -> str:
-    return (importlib_resources.files("prompts") / name).read_text(encoding="utf-8")
+    return (importlib_resources.files("editgen.prompts") / name).read_text(encoding="utf-8")
 
 
 def load_system_prompt(path: str | None = None) -> str:

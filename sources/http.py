@@ -23,9 +23,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from pipeline.settings.fetch import FetchConfig
-from sources.addresses import BlockedAddress
-from sources.netguard import ConnectPolicy, GuardedAdapter, deadline_scope
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.sources.addresses import BlockedAddress
+from editgen.sources.netguard import ConnectPolicy, GuardedAdapter, deadline_scope
 
 BAD_URL = "fetch_bad_url"
 HTTP_ERROR = "fetch_http_error"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from pipeline.settings.fetch import FetchConfig
-from sources.budget import DecodeBudget
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.sources.budget import DecodeBudget
 
 NOT_IMAGE = "fetch_not_image"
 DECODE_ERROR = "fetch_decode_error"

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
-from pipeline.redact import redact_url
-from pipeline.storage import open_filesystem
-from sources.textrows import MAX_LINE_BYTES, LongLine, iter_text_rows
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.redact import redact_url
+from editgen.pipeline.storage import open_filesystem
+from editgen.sources.textrows import MAX_LINE_BYTES, LongLine, iter_text_rows
 
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",

@@ -37,7 +37,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.ssl_ import create_urllib3_context
 
-from sources.addresses import BlockedAddress, check_public
+from editgen.sources.addresses import BlockedAddress, check_public
 
 _scope = threading.local()
 

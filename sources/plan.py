@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.storage import Storage, open_filesystem
-from sources.inputs import InputFile, parquet_meta, read_parquet, read_parquet_rows, read_text_rows
-from sources.scan import STRIDE, TextInfo, scan_text
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.storage import Storage, open_filesystem
+from editgen.sources.inputs import InputFile, parquet_meta, read_parquet, read_parquet_rows, read_text_rows
+from editgen.sources.scan import STRIDE, TextInfo, scan_text
 
 #: Bump when the meaning of a segment (row numbering, what a worker reads) changes.
 PLAN_VERSION = "1"

@@ -13,9 +13,9 @@ import csv
 import json
 from dataclasses import dataclass, field
 
-from pipeline.errors import InputError
-from sources.inputs import _open_text, csv_columns
-from sources.textrows import LongLine, iter_text_rows
+from editgen.pipeline.errors import InputError
+from editgen.sources.inputs import _open_text, csv_columns
+from editgen.sources.textrows import LongLine, iter_text_rows
 
 #: A seek point every this many rows: a worker skips at most STRIDE - 1 rows to reach its first one.
 STRIDE = 1024

@@ -13,12 +13,12 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.redact import has_redaction, redact_url
-from pipeline.settings.ingest import IngestConfig
-from pipeline.storage import Storage
-from sources.inputs import InputFile, discover
-from sources.plan import describe, read_segment, segment
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.redact import has_redaction, redact_url
+from editgen.pipeline.settings.ingest import IngestConfig
+from editgen.pipeline.storage import Storage
+from editgen.sources.inputs import InputFile, discover
+from editgen.sources.plan import describe, read_segment, segment
 
 
 def real_urls(table: pa.Table, settings: IngestConfig, cache: Storage | None = None) -> list[str | None]:

@@ -8,10 +8,10 @@ in `Stage.active(cfg)`; without it its neighbours link directly.
 
 #: Stage name -> "module:Class", in data-flow order.
 REGISTRY: dict[str, str] = {
-    "ingest": "stages.ingest:IngestStage",
-    "fetch": "stages.fetch:FetchStage",
-    "instruct": "stages.instruct:InstructStage",
-    "render": "stages.render:RenderStage",
-    "filter": "stages.filter:FilterStage",
-    "shard": "stages.shard:ShardStage",
+    "ingest": "editgen.stages.ingest:IngestStage",
+    "fetch": "editgen.stages.fetch:FetchStage",
+    "instruct": "editgen.stages.instruct:InstructStage",
+    "render": "editgen.stages.render:RenderStage",
+    "filter": "editgen.stages.filter:FilterStage",
+    "shard": "editgen.stages.shard:ShardStage",
 }

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.redact import redact_text
-from pipeline.settings.base import Resources
-from pipeline.settings.fetch import FetchConfig
-from pipeline.stage import Partition, Stage, with_status
-from sources.budget import DecodeBudget
-from sources.http import BAD_URL, Download, Fetcher
-from sources.image import Prepared, prepare_image
-from sources.secret_urls import real_urls
+from editgen.pipeline.redact import redact_text
+from editgen.pipeline.settings.base import Resources
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.pipeline.stage import Partition, Stage, with_status
+from editgen.sources.budget import DecodeBudget
+from editgen.sources.http import BAD_URL, Download, Fetcher
+from editgen.sources.image import Prepared, prepare_image
+from editgen.sources.secret_urls import real_urls
 
 if TYPE_CHECKING:
-    from pipeline.config import EditgenConfig
+    from editgen.pipeline.config import EditgenConfig
 
 log = logging.getLogger("editgen")
 

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
-from filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
-from filters.pairs.select import Thresholds, select
-from pipeline.errors import ConfigError
-from pipeline.settings.filter import FilterConfig
-from pipeline.stage import Partition, Stage, part_name, with_status
+from editgen.filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
+from editgen.filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
+from editgen.filters.pairs.select import Thresholds, select
+from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.settings.filter import FilterConfig
+from editgen.pipeline.stage import Partition, Stage, part_name, with_status
 
 if TYPE_CHECKING:
-    from pipeline.storage import Storage
+    from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
 
@@ -73,7 +73,7 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterC
 
 def check_clip_config(cfg: FilterConfig) -> None:
     """Fail before any work on an unknown model name or pretrained tag (one clear line)."""
-    from tiny.clip import TINY_CLIP_NAME
+    from editgen.tiny.clip import TINY_CLIP_NAME
 
     model, pretrained = cfg.clip_model, cfg.clip_pretrained
     for key, check, value in (("clip_pretrained", check_weights_file, pretrained),

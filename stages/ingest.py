@@ -19,19 +19,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from filters.captions import dedup as dd
-from filters.captions.blocklist import load_blocklist
-from filters.captions.clean import caption_key, clean_caption, url_key
-from filters.captions.lang import LanguageGuess, load_language_model
-from filters.captions.rules import check_captions
-from pipeline.errors import InputError
-from pipeline.records import GlobalSummary, PartitionRecord, part_pid
-from pipeline.redact import redact_text, redact_url
-from pipeline.settings.ingest import IngestConfig
-from pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, with_status
-from pipeline.storage import Storage
-from sources.inputs import RAW_SCHEMA, discover
-from sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
+from editgen.filters.captions import dedup as dd
+from editgen.filters.captions.blocklist import load_blocklist
+from editgen.filters.captions.clean import caption_key, clean_caption, url_key
+from editgen.filters.captions.lang import LanguageGuess, load_language_model
+from editgen.filters.captions.rules import check_captions
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.records import GlobalSummary, PartitionRecord, part_pid
+from editgen.pipeline.redact import redact_text, redact_url
+from editgen.pipeline.settings.ingest import IngestConfig
+from editgen.pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, with_status
+from editgen.pipeline.storage import Storage
+from editgen.sources.inputs import RAW_SCHEMA, discover
+from editgen.sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
 log = logging.getLogger("editgen")
 

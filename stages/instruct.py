@@ -17,14 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from llm.base import LLMBackend, LLMRequest
-from llm.parse import ParsedEdit, parse_edit
-from llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
-from p2p.edit_diff import EditDiff, diff_captions
-from pipeline.settings.base import Resources
-from pipeline.settings.instruct import InstructConfig
-from pipeline.stage import Stage, with_status
-from prompts.builder import PromptBuilder
+from editgen.llm.base import LLMBackend, LLMRequest
+from editgen.llm.parse import ParsedEdit, parse_edit
+from editgen.llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
+from editgen.p2p.edit_diff import EditDiff, diff_captions
+from editgen.pipeline.settings.base import Resources
+from editgen.pipeline.settings.instruct import InstructConfig
+from editgen.pipeline.stage import Stage, with_status
+from editgen.prompts.builder import PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class InstructStage(Stage[InstructConfig]):
     # ---- worker side -----------------------------------------------------------------------
     def setup(self, backend: LLMBackend | None = None, blocked_terms: list[str] | None = None) -> None:
         """Load prompts, blocklist and the backend once per worker (tests may inject both)."""
-        from llm import make_backend
+        from editgen.llm import make_backend
 
         s = self.settings
         self.builder = PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file)

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from p2p.models import TINY_MODELS, quiet_libraries, resolve_model
-from pipeline.errors import ConfigError
-from pipeline.settings.render import RenderConfig
-from pipeline.stage import Partition, Stage, with_status
+from editgen.p2p.models import TINY_MODELS, quiet_libraries, resolve_model
+from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.settings.render import RenderConfig
+from editgen.pipeline.stage import Partition, Stage, with_status
 
 if TYPE_CHECKING:
-    from pipeline.config import EditgenConfig
+    from editgen.pipeline.config import EditgenConfig
 
 log = logging.getLogger("editgen")
 
@@ -104,7 +104,7 @@ class RenderStage(Stage[RenderConfig]):
     def setup(self) -> None:
         import torch
 
-        from p2p.generate import load_pipeline
+        from editgen.p2p.generate import load_pipeline
 
         quiet_libraries()
         s = self.settings
@@ -125,7 +125,7 @@ class RenderStage(Stage[RenderConfig]):
         if self.real is not None and self.p2p.is_sdxl:
             raise ConfigError("render.source=real: inversion supports SD 1.x/2.x models only, not SDXL")
         if s.early_stop:
-            from filters.pairs.clip_score import ClipScorer
+            from editgen.filters.pairs.clip_score import ClipScorer
 
             self.scorer = ClipScorer.from_config(self.config.filter)
 
@@ -135,8 +135,8 @@ class RenderStage(Stage[RenderConfig]):
         edits = self.settings.edit_set()
         if edits is None:
             return None
-        from p2p.model_edit.solve import apply_edits
-        from p2p.model_edit.targets import EditError
+        from editgen.p2p.model_edit.solve import apply_edits
+        from editgen.p2p.model_edit.targets import EditError
 
         try:
             report = apply_edits(self.p2p, edits)
@@ -149,7 +149,7 @@ class RenderStage(Stage[RenderConfig]):
     def flops_at(self, height: int, width: int) -> int:
         """UNet FLOPs per row per step at this size (torch's FLOP counter on one step; p2p.compute)."""
         if (height, width) not in self._flops:
-            from p2p.compute import pipeline_flops
+            from editgen.p2p.compute import pipeline_flops
 
             self._flops[(height, width)] = pipeline_flops(self.p2p, height, width).total
         return self._flops[(height, width)]
@@ -157,7 +157,7 @@ class RenderStage(Stage[RenderConfig]):
     def _account(self, rec: dict[str, Any]) -> None:
         """The candidate's UNet work into its record (`compute`) and the partition's metrics; a real
         image's inversion is charged to the first candidate that used it."""
-        from p2p.compute import record_compute
+        from editgen.p2p.compute import record_compute
 
         inv_rows = float(rec.pop("_inversion_row_steps", 0.0))
         share = int((rec.get("shared_source") or {}).get("size", 1))
@@ -170,8 +170,8 @@ class RenderStage(Stage[RenderConfig]):
 
     # ---------------------------------------------------------------------------------------
     def _records(self, row: dict[str, Any], n: int, start: int = 0) -> list[dict[str, Any]]:
-        from p2p.candidates import CandidateSpace, sample_candidates
-        from p2p.shared import share_sources
+        from editgen.p2p.candidates import CandidateSpace, sample_candidates
+        from editgen.p2p.shared import share_sources
 
         s = self.settings
         space = CandidateSpace(
@@ -209,7 +209,7 @@ class RenderStage(Stage[RenderConfig]):
         return recs
 
     def _render(self, records: list[dict[str, Any]]) -> list[Any]:
-        from p2p.candidates import render_records
+        from editgen.p2p.candidates import render_records
 
         injected = os.environ.get(FAULT_RENDER_ERROR, "")
         if injected:  # test hook (docs/faults.md): the errors a real GPU job meets
@@ -219,20 +219,20 @@ class RenderStage(Stage[RenderConfig]):
         if self.real is not None:
             return self.real.render(self.p2p, records)
         if s.shared_sources > 1:
-            from p2p.shared import render_shared
+            from editgen.p2p.shared import render_shared
 
             return render_shared(self.p2p, records, s.image_format, s.jpeg_quality)
         return render_records(self.p2p, records, image_format=s.image_format, max_rows=s.max_rows_per_batch,
                               jpeg_quality=s.jpeg_quality)
 
     def _check(self, records: list[dict[str, Any]]) -> None:
-        from p2p.candidates import record_to_request
-        from p2p.generate import check_request
+        from editgen.p2p.candidates import record_to_request
+        from editgen.p2p.generate import check_request
 
         check_request(self.p2p, record_to_request(records[0]))
 
     def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
-        from p2p.seq_align import TruncatedWord
+        from editgen.p2p.seq_align import TruncatedWord
 
         s = self.settings
         if self.real is not None:
@@ -347,8 +347,8 @@ class RenderStage(Stage[RenderConfig]):
 
     def _render_early_stop(self, rows: list[dict[str, Any]], idx: list[int]) -> list[tuple[int, Any, int]]:
         """Draw candidates in rounds; score each round with CLIP; stop a pair once k pass."""
-        from filters.pairs.early_stop import EarlyStop
-        from filters.pairs.fidelity import fidelity_scores
+        from editgen.filters.pairs.early_stop import EarlyStop
+        from editgen.filters.pairs.fidelity import fidelity_scores
 
         s = self.settings
         es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,
@@ -416,7 +416,7 @@ class RealImages:
             space.guidance_range = (g, g)
 
     def attach(self, recs: list[dict[str, Any]], row: dict[str, Any], pair_id: str) -> None:
-        from p2p.real import SOURCE_KEY, decode_image, pixels_sha256, source_settings
+        from editgen.p2p.real import SOURCE_KEY, decode_image, pixels_sha256, source_settings
 
         if pair_id not in self.images:
             self.images[pair_id] = decode_image(row["image"])
@@ -425,7 +425,7 @@ class RealImages:
             r[SOURCE_KEY] = meta
 
     def render(self, p2p: Any, records: list[dict[str, Any]]) -> list[Any]:
-        from p2p.real import prepare_source, render_real
+        from editgen.p2p.real import prepare_source, render_real
 
         s, outs = self.settings, []
         for rec in records:

@@ -13,12 +13,12 @@ import posixpath
 import time
 from typing import Any
 
-from output.manifest import MANIFEST, read_manifest
-from output.shard_writer import iter_rows, write_dataset
-from pipeline.records import GlobalSummary, combined_key, read_records, read_stage_meta, sum_records
-from pipeline.settings.shard import ShardConfig
-from pipeline.stage import PlanContext, Stage, part_name
-from pipeline.storage import FileInfo, Storage
+from editgen.output.manifest import MANIFEST, read_manifest
+from editgen.output.shard_writer import iter_rows, write_dataset
+from editgen.pipeline.records import GlobalSummary, combined_key, read_records, read_stage_meta, sum_records
+from editgen.pipeline.settings.shard import ShardConfig
+from editgen.pipeline.stage import PlanContext, Stage, part_name
+from editgen.pipeline.storage import FileInfo, Storage
 
 
 class ShardStage(Stage[ShardConfig]):

@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
-from pipeline.config import EditgenConfig, build_config
+from editgen.llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.pipeline.config import EditgenConfig, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -177,7 +177,7 @@ class BadServer:
 # ---- the tiny model and a real vLLM server ----------------------------------------------------------
 def tiny_llm_dir() -> Path:
     """The tiny random Llama + tokenizer, built once into the test cache."""
-    from tiny.llm import build_tiny_llm, default_dir
+    from editgen.tiny.llm import build_tiny_llm, default_dir
 
     return build_tiny_llm(default_dir())
 
@@ -240,7 +240,7 @@ class StageHarness:
     engine processes), counting the engine calls so tests can check one call per batch."""
 
     def __init__(self, config_json: str) -> None:
-        from stages.instruct import InstructStage
+        from editgen.stages.instruct import InstructStage
 
         self.stage = InstructStage(EditgenConfig.model_validate_json(config_json))
         self.stage.setup(blocked_terms=[])
@@ -258,7 +258,7 @@ class StageHarness:
 
     def set_validation(self, config_json: str) -> None:
         """Judge with another config's thresholds, on the same loaded engine."""
-        from llm.validate import Validator
+        from editgen.llm.validate import Validator
 
         cfg = EditgenConfig.model_validate_json(config_json)
         self.stage.validator = Validator.from_config(cfg.instruct, blocked_terms=[])

@@ -58,8 +58,8 @@ def one_thread() -> Iterator[None]:
 
 
 def tiny_pipeline(tmp_path_factory: Any, variant: str = "sd", scheduler: str = "ddim", text_width: int = 32) -> Any:
-    from p2p.generate import load_pipeline
-    from tiny.sd import build_tiny_sd
+    from editgen.p2p.generate import load_pipeline
+    from editgen.tiny.sd import build_tiny_sd
 
     suffix = "" if text_width == 32 else f"-w{text_width}"
     path = build_tiny_sd(tmp_path_factory.getbasetemp() / f"tiny-{variant}{suffix}", variant, text_width=text_width)
@@ -69,7 +69,7 @@ def tiny_pipeline(tmp_path_factory: Any, variant: str = "sd", scheduler: str = "
 def plain_generation(p2p: Any, prompts: list[str], *, steps: int, size: int, seed: int,
                      output_type: str = "latent", guidance: float = 7.5) -> Any:
     """A plain diffusers pipeline call (default attention processors) from our seeded shared noise."""
-    from p2p.generate import initial_noise
+    from editgen.p2p.generate import initial_noise
 
     z, _ = initial_noise(seed, (1, 4, size // 8, size // 8))
     return p2p.pipe(prompts, latents=z.expand(len(prompts), -1, -1, -1), num_inference_steps=steps,
@@ -82,9 +82,9 @@ def filter_partitions(root: Path, parts: int = 2, pairs: int = 4, candidates: in
                       **render: Any) -> list[dict]:
     """Synthetic filter partitions under root/filter and their completion records (what the runner
     hands the shard stage); `edit` rewrites each table before it is written."""
-    from pipeline.stage import count_reasons, part_name
-    from pipeline.storage import Storage
-    from tiny.synthetic import filter_table, render_table
+    from editgen.pipeline.stage import count_reasons, part_name
+    from editgen.pipeline.storage import Storage
+    from editgen.tiny.synthetic import filter_table, render_table
 
     storage = Storage(str(root))
     records = []
@@ -101,11 +101,11 @@ def filter_partitions(root: Path, parts: int = 2, pairs: int = 4, candidates: in
 
 def write_shards(root: Path, records: list[dict], **shard: Any) -> dict:
     """The shard stage's body over filter partitions, with the stage hash a run would give it."""
-    from pipeline.config import build_config
-    from pipeline.runner import stage_hashes
-    from pipeline.stage import PlanContext
-    from pipeline.storage import Storage
-    from stages.shard import ShardStage
+    from editgen.pipeline.config import build_config
+    from editgen.pipeline.runner import stage_hashes
+    from editgen.pipeline.stage import PlanContext
+    from editgen.pipeline.storage import Storage
+    from editgen.stages.shard import ShardStage
 
     cfg = build_config(extra={"shard": shard})
     ctx = PlanContext(cfg, Storage(str(root)), records, "filter", stage_hash=stage_hashes(cfg)["shard"])
@@ -132,7 +132,7 @@ def tar_files(out: Path, folder: str = "shards") -> list[Path]:
 # ---- Ray task bodies that freeze (tests/pipeline/test_hangs.py; workers import them from here) -----------
 def freeze_once(marker: str, value: int) -> int:
     """Freezes (a real SIGSTOP, via the fault hook) the first time it runs for `marker`; else value**2."""
-    from pipeline.faults import stop_here
+    from editgen.pipeline.faults import stop_here
 
     if not os.path.exists(marker):
         Path(marker).write_text("frozen once")
@@ -143,7 +143,7 @@ def freeze_once(marker: str, value: int) -> int:
 
 def freeze_always(value: int) -> int:
     """Freezes every time for value 1."""
-    from pipeline.faults import stop_here
+    from editgen.pipeline.faults import stop_here
 
     if value == 1:
         time.sleep(0.5)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,13 @@ FLOOR = {pkg: i for i, floor in enumerate(LAYERS) for pkg in floor}
 MAX_FUNCTION_LINES = 60
 
 
+#: The one import name: every project package is `editgen.<package>` (pyproject.toml maps the folders).
+DIST = "editgen"
+#: Dynamic lookups by name that cross floors on purpose: the core finds the stage graph by name
+#: (pipeline/registry.py; docs/architecture.md) so an environment without a stage's stack still runs.
+ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages")}
+
+
 def _sources(*, tests: bool) -> list[Path]:
     skip = {".venv", ".venv-llm", ".git", "build", ".cache"}
     files = [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)]
@@ -42,13 +50,35 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
 
+def _packages() -> list[str]:
+    """Top-level folders that are Python packages (besides tests and the editgen name itself)."""
+    return sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests", DIST))
+
+
 def _module(path: Path) -> str:
+    """A file's import name: `editgen.<package>...` for the project's packages, its path otherwise."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return f"{DIST}.{name}" if parts[0] in _packages() else name
+
+
+def _package(module: str) -> str | None:
+    """The project package an import name belongs to (`editgen.p2p.x` -> p2p), else None."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == DIST and len(parts) > 1 and parts[1] in _packages() else None
+
+
+def _module_string(value: object) -> str | None:
+    """A string constant that names a project module (`editgen.stages.render`, `editgen.cli.main`,
+    `editgen.stages.ingest:IngestStage`): code that imports by name (importlib, registries, -m)."""
+    if isinstance(value, str) and re.fullmatch(rf"{DIST}(\.[A-Za-z_][A-Za-z_0-9]*)+(:[A-Za-z_]\w*)?", value):
+        return value.split(":")[0]
+    return None
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:
-    """(module, line) of every import in the file, at any depth (function-local ones included)."""
+    """(module, line) of every import in the file, at any depth (function-local ones included), and of
+    every string that names a project module (importlib.import_module, registries: imports by name)."""
     found = []
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
@@ -56,6 +86,8 @@ def _imports(path: Path) -> list[tuple[str, int]]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.append((node.module, node.lineno))
             found += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Constant) and _module_string(node.value):
+            found.append((_module_string(node.value), node.lineno))
     return found
 
 
@@ -65,7 +97,7 @@ def _project_graph() -> dict[str, set[str]]:
     modules = {_module(p): p for p in _sources(tests=False)}
     graph = {}
     for name, path in modules.items():
-        found = {m for m, _ in _imports(path) if m in modules and m != name}
+        found = {m for m, _ in _imports(path) if m in modules and m != name and (name, m) not in ALLOWED_DYNAMIC}
         found -= {m.rsplit(".", 1)[0] for m in found if "." in m}  # `from a import b` (a module): b, not a
         graph[name] = {m for m in found if not name.startswith(m + ".")}
     return graph
@@ -78,10 +110,55 @@ def test_packages_import_only_lower_floors():
         if pkg not in FLOOR:
             continue
         for module, line in _imports(path):
-            top = module.split(".")[0]
+            top = _package(module)
+            if (_module(path), module) in ALLOWED_DYNAMIC:
+                continue
             if top in FLOOR and FLOOR[top] > FLOOR[pkg]:
                 wrong.append(f"{path.relative_to(ROOT)}:{line}: {pkg} imports {module} from a higher floor")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_import_goes_through_the_editgen_name():
+    """No bare `pipeline...` (it exists only in a source checkout: an installed wheel has editgen alone),
+    no relative import (the floor check could not see it), no module named by a bare string."""
+    bare = set(_packages())
+    wrong = []
+    for path in [*_sources(tests=False), *_sources(tests=True)]:
+        for node in ast.walk(_tree(path)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.level:
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: relative import (use editgen.<package>)")
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno}: imports {n} (use editgen.{n})"
+                      for n in names if n.split(".")[0] in bare]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _bare_module(node.value, bare):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: names module {node.value!r} "
+                             f"(use 'editgen.{node.value}')")
+    assert not wrong, "\n".join(wrong)
+
+
+def _bare_module(value: str, bare: set[str]) -> bool:
+    """A string that names an existing project module without the editgen prefix ("stages.render",
+    "cli.main", "stages.ingest:IngestStage"): importlib would find it only in a source checkout."""
+    m = re.fullmatch(r"([a-z_0-9]+)((?:\.[a-z_0-9]+)*)(:\w+)?", value)
+    if not m or m[1] not in bare or not (m[2] or m[3]):
+        return False
+    rel = Path(m[1], *m[2].split(".")[1:])
+    return (ROOT / rel).with_suffix(".py").is_file() or (ROOT / rel / "__init__.py").is_file()
+
+
+def test_every_package_has_a_floor_and_is_installed():
+    """A new top-level package must be placed on a floor (else no rule applies to it) and installed as
+    editgen.<package> with all its subpackages (else the wheel lacks it)."""
+    import tomllib
+
+    missing = [p for p in _packages() if p not in FLOOR]
+    assert not missing, f"packages without a floor in LAYERS: {missing}"
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tree = sorted({DIST} | {f"{DIST}." + ".".join(p.parent.relative_to(ROOT).parts)
+                            for pkg in _packages() for p in (ROOT / pkg).rglob("__init__.py")})
+    assert sorted(conf["packages"]) == tree, "pyproject.toml [tool.setuptools] packages != the tree"
+    assert {k: v for k, v in conf["package-dir"].items() if k != DIST} == {f"{DIST}.{p}": p for p in _packages()}
 
 
 def test_no_import_circle_between_modules():

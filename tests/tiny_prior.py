@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from p2p.generate import P2PPipeline
+from editgen.p2p.generate import P2PPipeline
 
 
 class GaussianPriorUNet(torch.nn.Module):

@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from pipeline.cache import cache_dir
+from editgen.pipeline.cache import cache_dir
 
 TINY_CLIP_NAME = "tiny-clip"
 #: Real vocabulary and context length (so the real tokenizer fits); everything else minimal.

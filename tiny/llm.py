@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cache import cache_dir
+from editgen.pipeline.cache import cache_dir
 
 #: ChatML, the format Qwen2.5 uses too; the tokenizer carries it so `LLM.chat` and the server work.
 CHAT_TEMPLATE = (
@@ -30,7 +30,7 @@ def _training_corpus() -> list[str]:
     """A few hundred strings resembling what the model will see: captions, prompts and JSON."""
     corpus: list[str] = []
     try:
-        from prompts.builder import load_fewshot, load_system_prompt
+        from editgen.prompts.builder import load_fewshot, load_system_prompt
 
         corpus.append(load_system_prompt())
         for ex in load_fewshot():

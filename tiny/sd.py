@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cache import cache_dir
-from tiny.clip_tokenizer import EOS, write_clip_tokenizer
+from editgen.pipeline.cache import cache_dir
+from editgen.tiny.clip_tokenizer import EOS, write_clip_tokenizer
 
 TINY_VERSION = 1  # bump when the architecture changes, so cached folders get rebuilt
 VARIANTS = ("sd", "sdxl")

@@ -27,7 +27,8 @@ def load_blocklist(path: str | None = None, extra: Iterable[str] = ()) -> list[s
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
-        text = (importlib_resources.files("filters.captions") / "data" / "nsfw_blocklist.txt").read_text("utf-8")
+        data = importlib_resources.files("editgen.filters.captions") / "data"
+        text = (data / "nsfw_blocklist.txt").read_text("utf-8")
     terms = read_terms(text) + [t.strip().lower() for t in extra if t.strip()]
     return sorted(set(terms))
 

@@ -49,7 +49,7 @@ BOILERPLATE_NEEDS: dict[str, tuple[str, ...]] = {
 
 @lru_cache(maxsize=1)
 def boilerplate_patterns() -> list[re.Pattern[str]]:
-    text = (importlib_resources.files("filters.captions") / "data" / "boilerplate.txt").read_text("utf-8")
+    text = (importlib_resources.files("editgen.filters.captions") / "data" / "boilerplate.txt").read_text("utf-8")
     pats = []
     for line in text.splitlines():
         line = line.strip()

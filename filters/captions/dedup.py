@@ -30,10 +30,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import DamagedInput
-from pipeline.records import GLOBAL_RECORD, combined_key, invalidate, read_record, read_verified_table, record_name
-from pipeline.stage import DROPPED, KEPT, part_name, with_status
-from pipeline.storage import Storage
+from editgen.pipeline.errors import DamagedInput
+from editgen.pipeline.records import (
+    GLOBAL_RECORD,
+    combined_key,
+    invalidate,
+    read_record,
+    read_verified_table,
+    record_name,
+)
+from editgen.pipeline.stage import DROPPED, KEPT, part_name, with_status
+from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
 

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline.settings.ingest import LANGID_LANGUAGES
+from editgen.pipeline.settings.ingest import LANGID_LANGUAGES
 
 _TOKEN = re.compile(r"[a-z']+")
 _ENGLISH = frozenset(
@@ -107,7 +107,7 @@ def guess_language(text: str) -> LanguageGuess:
 
 @lru_cache(maxsize=1)
 def _batch_classifier():  # noqa: ANN202 - holds a third-party identifier
-    from filters.captions.lang_batch import BatchClassifier
+    from editgen.filters.captions.lang_batch import BatchClassifier
 
     return BatchClassifier(_identifier())
 

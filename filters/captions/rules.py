@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from filters.captions.blocklist import blocklisted
-from filters.captions.lang import LanguageGuess, guess_languages
+from editgen.filters.captions.blocklist import blocklisted
+from editgen.filters.captions.lang import LanguageGuess, guess_languages
 
 _URL = re.compile(r"(https?://|www\.)\S+", re.IGNORECASE)
 _FILENAME = re.compile(

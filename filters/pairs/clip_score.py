@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from pipeline.settings.filter import FilterConfig
+    from editgen.pipeline.settings.filter import FilterConfig
 
 SCORE_COLUMNS = ("sim_0", "sim_1", "sim_direction", "sim_image")
 #: Bump when the scoring computation changes, so cached scores are not reused.
@@ -98,7 +98,7 @@ def check_weights_dir(path: str) -> None:
 
 def _resolve_pretrained(spec: ClipSpec) -> str | None:
     """Tiny CLIP: build its checkpoint on demand; others: pass the tag/file through to open_clip."""
-    from tiny.clip import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
+    from editgen.tiny.clip import TINY_CLIP_NAME, ensure_tiny_clip, register_tiny_clip
 
     if spec.model.startswith("local-dir:"):
         check_weights_dir(spec.model.split(":", 1)[1])

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from filters.pairs.select import Thresholds, threshold_reason
+from editgen.filters.pairs.select import Thresholds, threshold_reason
 
 if TYPE_CHECKING:
-    from pipeline.settings.filter import FilterConfig
+    from editgen.pipeline.settings.filter import FilterConfig
 
 
 def pair_done(passed: int, drawn: int, k: int | None, max_candidates: int, min_candidates: int = 0) -> bool:

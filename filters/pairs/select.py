@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from filters.pairs.fidelity import POOR_INVERSION, poor_inversion
+from editgen.filters.pairs.fidelity import POOR_INVERSION, poor_inversion
 
 if TYPE_CHECKING:
-    from pipeline.settings.filter import FilterConfig
+    from editgen.pipeline.settings.filter import FilterConfig
 
 BAD_IMAGE = "bad_image"  # image missing or undecodable: no scores
 NOT_TOP_K = "not_top_k"

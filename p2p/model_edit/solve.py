@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from p2p.model_edit.targets import Rows, build_rows
-from pipeline.settings.model_edits import EditSet
+from editgen.p2p.model_edit.targets import Rows, build_rows
+from editgen.pipeline.settings.model_edits import EditSet
 
 
 def closed_form(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lam: float) -> torch.Tensor:

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from p2p.seq_align import PromptTokens, refine_alignment, tokenize
-from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
+from editgen.p2p.seq_align import PromptTokens, refine_alignment, tokenize
+from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
 
 
 class EditError(ValueError):

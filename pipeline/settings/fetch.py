@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.settings.base import Resources, Strict
+from editgen.pipeline.settings.base import Resources, Strict
 
 #: Who we are, in every request: site owners can see a research tool and block it by name.
 DEFAULT_USER_AGENT = (

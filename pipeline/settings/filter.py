@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.settings.base import Resources, Strict
+from editgen.pipeline.settings.base import Resources, Strict
 
 
 class FilterConfig(Strict):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.settings.base import Resources, Seed, Strict
+from editgen.pipeline.settings.base import Resources, Seed, Strict
 
 #: Languages langid may answer (restricting the label set removes rare-language false positives).
 LANGID_LANGUAGES = (

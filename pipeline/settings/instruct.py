@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.settings.base import Resources, Seed, Strict
+from editgen.pipeline.settings.base import Resources, Seed, Strict
 
 
 class VllmSettings(Strict):

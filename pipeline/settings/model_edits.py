@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from pipeline.settings.base import StrictTypes
+from editgen.pipeline.settings.base import StrictTypes
 
 
 class _Edit(StrictTypes):

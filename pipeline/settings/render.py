@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.settings.base import Resources, Seed, Strict
-from pipeline.settings.model_edits import EditSet, ModelEdit
+from editgen.pipeline.settings.base import Resources, Seed, Strict
+from editgen.pipeline.settings.model_edits import EditSet, ModelEdit
 
 #: Largest image side the pipeline accepts (SD 1.5 is trained at 512, SDXL at 1024; beyond 4096 the
 #: attention maps alone exceed any GPU). Model-specific limits are checked when the model is known.

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.settings.base import Strict
+from editgen.pipeline.settings.base import Strict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: A lease's TTL when its holder records none (leases written before TTLs were recorded).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.settings.base import Resources, Strict
+from editgen.pipeline.settings.base import Resources, Strict
 
 
 class ShardConfig(Strict):

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli.main import build_parser
-from pipeline.config import profile_names
+from editgen.cli.main import build_parser
+from editgen.pipeline.config import profile_names
 from tests.support import ROOT, cli_env
 
 
@@ -45,7 +45,7 @@ def test_walk_catches_a_flag_without_help():
 
 
 def test_version():
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "--version"], cwd=ROOT, env=cli_env(),
+    proc = subprocess.run([sys.executable, "-m", "editgen.cli.main", "--version"], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=60)
     want = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (Path(ROOT) / "pyproject.toml").read_text())[1]
     assert proc.returncode == 0 and proc.stdout.strip() == f"editgen {want}", proc.stderr

@@ -7,18 +7,18 @@ import json
 import pytest
 import torch
 
-from cli.main import main
-from output.manifest import read_manifest
-from output.shard_writer import write_dataset
-from p2p.candidates import pipeline_for_record, render_records
-from p2p.generate import load_pipeline
-from pipeline.config import build_config
-from pipeline.runner import stage_hashes
-from pipeline.storage import Storage
-from stages.render import RenderStage
+from editgen.cli.main import main
+from editgen.output.manifest import read_manifest
+from editgen.output.shard_writer import write_dataset
+from editgen.p2p.candidates import pipeline_for_record, render_records
+from editgen.p2p.generate import load_pipeline
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import stage_hashes
+from editgen.pipeline.storage import Storage
+from editgen.stages.render import RenderStage
+from editgen.tiny.sd import build_tiny_sd
+from editgen.tiny.synthetic import filter_table, render_table
 from tests.support import one_thread
-from tiny.sd import build_tiny_sd
-from tiny.synthetic import filter_table, render_table
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
 EDITS = '[{kind: time, source: a pack of roses, destination: a pack of blue roses}, {kind: erase, concept: a cat}]'

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli import pair as pair_cli
+from editgen.cli import pair as pair_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["--profile", "tiny", "--prompt", "a photo of a cat on a bench", "--edit-prompt", "a photo of a dog on a bench"]
@@ -24,7 +24,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _cli(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "cli.pair", *args]
+    cmd = [sys.executable, "-m", "editgen.cli.pair", *args]
     return subprocess.run(cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
 
 
@@ -131,8 +131,8 @@ def test_pair_image_edits_a_real_photo(cache, tmp_path, capsys, monkeypatch):
     and edit are written, params regenerate the images with the input file (issue 13 item 6)."""
     import numpy as np
 
-    from p2p.regenerate import regenerate
-    from sources.image import prepare_image
+    from editgen.p2p.regenerate import regenerate
+    from editgen.sources.image import prepare_image
     from tests.image_server import ImageServer, encode, gradient
 
     monkeypatch.setenv("EDITGEN_CACHE", str(cache))
@@ -144,7 +144,7 @@ def test_pair_image_edits_a_real_photo(cache, tmp_path, capsys, monkeypatch):
     assert _main(argv) == 0, capsys.readouterr().err
     files = {p.name for p in out.iterdir()}
     assert files == {"input.png", "reconstruction.png", "edited.png", "mask.png", "params.json"}
-    from pipeline.settings.fetch import FetchConfig
+    from editgen.pipeline.settings.fetch import FetchConfig
 
     want = prepare_image(photo.read_bytes(), FetchConfig(encode_format="png", min_side=8), (64, 64))
     got = np.asarray(Image.open(out / "input.png"))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cli import preview
-from pipeline.records import write_record
-from pipeline.storage import Storage
+from editgen.cli import preview
+from editgen.pipeline.records import write_record
+from editgen.pipeline.storage import Storage
 from tests.support import filter_partitions
 
 #: Would mark <body> if it ever ran (no alert(): a modal dialog hangs headless Chromium).

@@ -10,10 +10,10 @@ import time
 
 from rich.console import Console
 
-from cli.status import render_table
-from pipeline.logs import RunLog, ray_output_to_run_log
-from pipeline.progress import Progress, human_rate
-from pipeline.storage import Storage
+from editgen.cli.status import render_table
+from editgen.pipeline.logs import RunLog, ray_output_to_run_log
+from editgen.pipeline.progress import Progress, human_rate
+from editgen.pipeline.storage import Storage
 
 
 def test_rates_are_human():

@@ -29,7 +29,7 @@ RAY_LINE = re.compile(r"core_worker|\(raylet\)|\(autoscaler|\(\w* ?pid=\d+|\b(?:
 
 def editgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**(env or cli_env()), "COLUMNS": "400"}  # no wrapped log lines to search through
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "editgen.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

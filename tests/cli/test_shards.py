@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main as editgen
-from cli.main import where_shards
-from cli.shards import brace_pattern
+from editgen.cli.main import main as editgen
+from editgen.cli.main import where_shards
+from editgen.cli.shards import brace_pattern
 from tests.support import filter_partitions, manifest, write_shards
 
 wds = pytest.importorskip("webdataset")

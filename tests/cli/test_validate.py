@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import validate as validate_mod
-from output.shard_writer import build_tar
+from editgen.cli import validate as validate_mod
+from editgen.output.shard_writer import build_tar
 from tests.support import filter_partitions, manifest, shard_path, write_shards
 
 

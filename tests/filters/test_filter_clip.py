@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from filters.pairs.clip_score import ClipScorer, ClipSpec, clip_similarities  # noqa: E402
-from tiny.clip import TINY_CLIP_NAME, ensure_tiny_clip  # noqa: E402
-from tiny.synthetic import render_table  # noqa: E402
+from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec, clip_similarities  # noqa: E402
+from editgen.tiny.clip import TINY_CLIP_NAME, ensure_tiny_clip  # noqa: E402
+from editgen.tiny.synthetic import render_table  # noqa: E402
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_scorer_matches_direct_computation(tiny_dir):
     )
     model.eval()
     tok = open_clip.get_tokenizer(TINY_CLIP_NAME)
-    from filters.pairs.clip_score import decode_image
+    from editgen.filters.pairs.clip_score import decode_image
 
     def img(col):
         x = torch.stack([preprocess(decode_image(b)) for b in table[col].to_pylist()])

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filters.pairs.early_stop import EarlyStop, pair_done
-from filters.pairs.select import BAD_IMAGE, NOT_TOP_K, Thresholds, select, threshold_reason
-from pipeline.config import build_config
+from editgen.filters.pairs.early_stop import EarlyStop, pair_done
+from editgen.filters.pairs.select import BAD_IMAGE, NOT_TOP_K, Thresholds, select, threshold_reason
+from editgen.pipeline.config import build_config
 
 GOOD = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
 
@@ -40,7 +40,7 @@ def test_image_fidelity_of_stored_images():
     import numpy as np
     from PIL import Image
 
-    from filters.pairs.fidelity import fidelity_scores, image_fidelity
+    from editgen.filters.pairs.fidelity import fidelity_scores, image_fidelity
 
     def png(arr):
         buf = io.BytesIO()
@@ -131,8 +131,8 @@ def _filter_cfg(tmp_path, **over):
 
 
 def _run_partition(stage, storage, pid, key):
-    from pipeline.stage import Partition, PartitionSpec, part_name
-    from pipeline.storage import sha256_bytes
+    from editgen.pipeline.stage import Partition, PartitionSpec, part_name
+    from editgen.pipeline.storage import sha256_bytes
 
     sha = sha256_bytes(storage.read_bytes("render", part_name(pid)))  # what its record holds: the read checks it
     part = Partition(PartitionSpec(pid=pid, input_key=key, input_sha=sha), storage, "filter")
@@ -141,10 +141,10 @@ def _run_partition(stage, storage, pid, key):
 
 def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monkeypatch):
     pytest.importorskip("open_clip")
-    from pipeline.stage import count_reasons
-    from pipeline.storage import Storage
-    from stages.filter import FilterStage
-    from tiny.synthetic import render_table
+    from editgen.pipeline.stage import count_reasons
+    from editgen.pipeline.storage import Storage
+    from editgen.stages.filter import FilterStage
+    from editgen.tiny.synthetic import render_table
 
     storage = Storage(str(tmp_path / "out"))
     render = render_table(n_pairs=3, candidates=4, size=32)
@@ -164,7 +164,7 @@ def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monke
     def no_clip(*a, **k):
         raise AssertionError("CLIP must not be loaded when only thresholds change")
 
-    monkeypatch.setattr("stages.filter.ClipScorer.from_config", no_clip)
+    monkeypatch.setattr("editgen.stages.filter.ClipScorer.from_config", no_clip)
     median = float(np.median(out1["sim_direction"].to_numpy()))
     second = FilterStage(_filter_cfg(tmp_path, top_k=3, min_sim_direction=median))
     out2 = _run_partition(second, storage, 0, sha)
@@ -184,8 +184,8 @@ def test_threshold_change_reuses_scores_and_never_touches_render(tmp_path, monke
 
 def test_empty_partition(tmp_path):
     pytest.importorskip("open_clip")
-    from stages.filter import FilterStage
-    from tiny.synthetic import RENDER_SCHEMA
+    from editgen.stages.filter import FilterStage
+    from editgen.tiny.synthetic import RENDER_SCHEMA
 
     out = FilterStage(_filter_cfg(tmp_path)).process_partition(RENDER_SCHEMA.empty_table().drop_columns(
         ["status", "drop_reason"]))
@@ -195,8 +195,8 @@ def test_empty_partition(tmp_path):
 
 def test_preflight_names_the_bad_key(tmp_path):
     pytest.importorskip("open_clip")
-    from pipeline.errors import ConfigError
-    from stages.filter import FilterStage
+    from editgen.pipeline.errors import ConfigError
+    from editgen.stages.filter import FilterStage
 
     with pytest.raises(ConfigError, match="filter.clip_model"):
         FilterStage(_filter_cfg(tmp_path, clip_model="ViT-Nope")).preflight()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from llm import generation_settings
-from llm.base import LLMRequest
-from llm.openai_backend import OpenAIBackend
-from pipeline.config import config_to_yaml
-from stages.instruct import InstructStage
+from editgen.llm import generation_settings
+from editgen.llm.base import LLMRequest
+from editgen.llm.openai_backend import OpenAIBackend
+from editgen.pipeline.config import config_to_yaml
+from editgen.stages.instruct import InstructStage
 from tests.llm_fixtures import (
     CAPTIONS,
     BadServer,

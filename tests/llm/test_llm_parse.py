@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm.parse import ParsedEdit, clean_text, parse_edit
+from editgen.llm.parse import ParsedEdit, clean_text, parse_edit
 
 GOOD = ParsedEdit("make it snow", "a snowy street")
 

@@ -7,11 +7,11 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from llm.base import LLMRequest
-from llm.parse import parse_edit
-from llm.template_backend import TemplateBackend, match_case, plural, template_edit
-from llm.validate import Validator
-from p2p.edit_diff import diff_captions
+from editgen.llm.base import LLMRequest
+from editgen.llm.parse import parse_edit
+from editgen.llm.template_backend import TemplateBackend, match_case, plural, template_edit
+from editgen.llm.validate import Validator
+from editgen.p2p.edit_diff import diff_captions
 from tests.llm_fixtures import CAPTIONS
 from tests.support import SHARED_LAION
 
@@ -88,6 +88,6 @@ def test_real_laion_captions() -> None:
 
 
 def e_parse(e):
-    from llm.parse import ParsedEdit
+    from editgen.llm.parse import ParsedEdit
 
     return ParsedEdit(e.instruction, e.edited)

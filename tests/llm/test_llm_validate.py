@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from filters.captions.blocklist import Blocklist, load_blocklist, read_terms
-from llm import validate as V
-from llm.parse import ParsedEdit
+from editgen.filters.captions.blocklist import Blocklist, load_blocklist, read_terms
+from editgen.llm import validate as V
+from editgen.llm.parse import ParsedEdit
 from tests.llm_fixtures import instruct_config
 
 CAPTION = "Cute Tabby Cat Sleeping On Grey Sofa Stock Image"

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cli.shards import published
-from cli.validate import validate
-from output.loader import shard_urls
-from output.shard_writer import sample_key
-from pipeline.config import build_config
+from editgen.cli.shards import published
+from editgen.cli.validate import validate
+from editgen.output.loader import shard_urls
+from editgen.output.shard_writer import sample_key
+from editgen.pipeline.config import build_config
 from tests.support import filter_partitions, manifest, tar_files, write_shards
 
 wds = pytest.importorskip("webdataset")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main as editgen
-from output.export_hf import export_hf
-from output.shard_writer import sample_key
-from pipeline.errors import InputError
+from editgen.cli.main import main as editgen
+from editgen.output.export_hf import export_hf
+from editgen.output.shard_writer import sample_key
+from editgen.pipeline.errors import InputError
 from tests.support import filter_partitions, manifest, write_shards
 
 datasets = pytest.importorskip("datasets")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from output.loader import instruct_pix2pix_dataset, make_dataloader, paired_transform, shard_urls
+from editgen.output.loader import instruct_pix2pix_dataset, make_dataloader, paired_transform, shard_urls
+from editgen.tiny.synthetic import encode
 from tests.support import filter_partitions, write_shards
-from tiny.synthetic import encode
 
 W, H = 48, 40  # non-square, so the resize and the crop both matter
 
@@ -108,7 +108,7 @@ def test_workers_capped_at_the_shard_count(shards, caplog):
 
 
 def test_tokenizer_gives_the_keys_diffusers_loop_reads(shards):
-    from tiny.clip_tokenizer import load_clip_tokenizer
+    from editgen.tiny.clip_tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     dl = make_dataloader(str(shards), batch_size=3, num_workers=0, resolution=16, shuffle_buffer=0, tokenizer=tok)

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from output.manifest import read_manifest
-from output.shard_writer import TAR_MTIME, iter_rows, sample_key
-from pipeline.stage import part_name
-from pipeline.storage import Storage
+from editgen.output.manifest import read_manifest
+from editgen.output.shard_writer import TAR_MTIME, iter_rows, sample_key
+from editgen.pipeline.stage import part_name
+from editgen.pipeline.storage import Storage
+from editgen.tiny.synthetic import render_table
 from tests.support import filter_partitions, shard_path, tar_files, write_shards
-from tiny.synthetic import render_table
 
 wds = pytest.importorskip("webdataset")
 

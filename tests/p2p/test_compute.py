@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from p2p import compute
-from p2p.compute import (
+from editgen.p2p import compute
+from editgen.p2p.compute import (
     IP2P,
     AcceptanceModel,
     CandidateCompute,
@@ -174,8 +174,8 @@ def test_acceptance_exact_cases():
 
 
 def test_simulated_draws_follow_the_stage_early_stop_rule():
-    from filters.pairs.early_stop import EarlyStop
-    from filters.pairs.select import Thresholds
+    from editgen.filters.pairs.early_stop import EarlyStop
+    from editgen.filters.pairs.select import Thresholds
 
     ok = {"sim_image": 0.9, "sim_direction": 0.3, "sim_0": 0.3, "sim_1": 0.3}
     bad = {**ok, "sim_direction": 0.0}
@@ -199,7 +199,7 @@ def test_ip2p_recipe():
 
 
 def test_production_estimate_of_profiles():
-    from pipeline.config import build_config
+    from editgen.pipeline.config import build_config
 
     model = AcceptanceModel(0.2)
     cfg = build_config("sd15", overrides=["render.scheduler=ddim", "render.steps=50", "render.candidates=4",
@@ -225,7 +225,7 @@ STEPS, SIZE, SEED = 20, 64, 3
 
 @pytest.fixture(scope="module")
 def p2p_dpm(tmp_path_factory, p2p_one_thread):
-    from p2p.generate import make_scheduler
+    from editgen.p2p.generate import make_scheduler
     from tests.support import tiny_pipeline
 
     p2p = tiny_pipeline(tmp_path_factory, "sd", "dpmpp_2m")
@@ -234,7 +234,7 @@ def p2p_dpm(tmp_path_factory, p2p_one_thread):
 
 
 def _dpm_render(p2p, control):
-    from p2p.generate import RenderRequest, render_one
+    from editgen.p2p.generate import RenderRequest, render_one
 
     req = RenderRequest(SRC, [control], seed=SEED, steps=STEPS, height=SIZE, width=SIZE, scheduler="dpmpp_2m")
     return render_one(p2p, req)
@@ -242,7 +242,7 @@ def _dpm_render(p2p, control):
 
 @pytest.mark.parametrize("cross, self_", [(0.0, 0.0), (1.0, 1.0), (0.7, 0.3)])
 def test_dpmpp_2m_identical_prompts_reproduce_source(p2p_dpm, cross, self_):
-    from p2p.controls import EditControl
+    from editgen.p2p.controls import EditControl
 
     res = _dpm_render(p2p_dpm, EditControl(SRC, mode="replace", cross_replace=cross, self_replace=self_))
     assert torch.equal(res.latents[1], res.latents[0])
@@ -250,7 +250,7 @@ def test_dpmpp_2m_identical_prompts_reproduce_source(p2p_dpm, cross, self_):
 
 
 def test_dpmpp_2m_zero_windows_reproduce_plain_generation(p2p_dpm):
-    from p2p.controls import EditControl
+    from editgen.p2p.controls import EditControl
     from tests.support import plain_generation
 
     res = _dpm_render(p2p_dpm, EditControl(EDIT, cross_replace=0.0, self_replace=0.0))

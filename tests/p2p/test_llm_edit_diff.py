@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p.edit_diff import OTHER, REFINE, REPLACE, diff_captions, normalized, similarity, words
+from editgen.p2p.edit_diff import OTHER, REFINE, REPLACE, diff_captions, normalized, similarity, words
 
 
 def test_replace_when_word_counts_match() -> None:

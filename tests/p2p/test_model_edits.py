@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2p.model_edit.solve import apply_edits, closed_form, cross_projections
-from p2p.model_edit.targets import EditError, build_rows, embed
-from pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
+from editgen.p2p.model_edit.solve import apply_edits, closed_form, cross_projections
+from editgen.p2p.model_edit.targets import EditError, build_rows, embed
+from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, TimeEdit
 from tests.support import one_thread, tiny_pipeline
 
 #: Worst-layer reduction asserted at λ = 0.1 (the issue's 90%). The SD variant here has a 64-wide text

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from p2p.candidates import (
+from editgen.p2p.candidates import (
     CandidateSpace,
     candidate_rng,
     record_to_request,
     render_records,
     sample_candidates,
 )
-from p2p.regenerate import regenerate
+from editgen.p2p.regenerate import regenerate
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"

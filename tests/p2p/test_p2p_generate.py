@@ -15,9 +15,9 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from p2p.controls import BlendConfig, CompiledEdit, EditControl
-from p2p.generate import RenderRequest, initial_noise, render, render_one
-from p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
+from editgen.p2p.controls import BlendConfig, CompiledEdit, EditControl
+from editgen.p2p.generate import RenderRequest, initial_noise, render, render_one
+from editgen.p2p.processors import EditRow, ExplicitP2PProcessor, FusedP2PProcessor, P2PController
 from tests.support import plain_generation
 
 SRC = "a photo of a cat sitting on a bench"
@@ -188,7 +188,7 @@ def test_incompatible_batch_rejected(p2p):
 
 def test_prepared_latents_are_the_seeded_noise_or_the_given_start(p2p):
     """prepare_latents draws the seeded noise by default and takes a given start (e.g. an inverted latent)."""
-    from p2p.generate import prepare_latents, prepare_timesteps
+    from editgen.p2p.generate import prepare_latents, prepare_timesteps
 
     req = request(source=SRC)
     sched = prepare_timesteps(p2p, req)
@@ -201,7 +201,7 @@ def test_prepared_latents_are_the_seeded_noise_or_the_given_start(p2p):
 
 @pytest.fixture(scope="module")
 def p2p_dpm(tmp_path_factory):
-    from p2p.generate import make_scheduler
+    from editgen.p2p.generate import make_scheduler
     from tests.support import tiny_pipeline
 
     p2p = tiny_pipeline(tmp_path_factory, "sd", "dpmpp_2m")

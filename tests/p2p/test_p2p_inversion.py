@@ -26,10 +26,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from p2p import inversion as inv
-from p2p.generate import P2PPipeline, load_pipeline
+from editgen.p2p import inversion as inv
+from editgen.p2p.generate import P2PPipeline, load_pipeline
+from editgen.tiny.sd import build_tiny_sd
 from tests.tiny_prior import with_gaussian_prior, with_unet
-from tiny.sd import build_tiny_sd
 
 SRC = "a photo of a cat sitting on a bench"
 DST = "a photo of a dog sitting on a bench"

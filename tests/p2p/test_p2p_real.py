@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from p2p.candidates import sample_candidates
-from p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real, source_settings
-from p2p.regenerate import regenerate
-from pipeline.settings.render import InversionConfig
+from editgen.p2p.candidates import sample_candidates
+from editgen.p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real, source_settings
+from editgen.p2p.regenerate import regenerate
+from editgen.pipeline.settings.render import InversionConfig
 
 SRC = "a photo of a cat sitting on a bench"
 DST = "a photo of a dog sitting on a bench"
@@ -38,7 +38,7 @@ def _photo() -> bytes:
 
 
 def _records(p2p, edit: str, n: int, config: InversionConfig, image: bytes, **space) -> list[dict]:
-    from p2p.candidates import CandidateSpace
+    from editgen.p2p.candidates import CandidateSpace
 
     blend = space.pop("blend", None)
     reweight = {"cat": 2.0} if space.get("mode") == "reweight" else None
@@ -138,8 +138,8 @@ def test_render_stage_with_real_source(tmp_path, photo):
 
     import pyarrow as pa
 
-    from pipeline.config import build_config
-    from stages.render import RenderStage
+    from editgen.pipeline.config import build_config
+    from editgen.stages.render import RenderStage
 
     cfg = build_config(profile="tiny", overrides=[
         "render.source=real", "render.steps=3", "render.candidates=2", "render.inversion.method=null_text",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2p.controls import BlendConfig, EditControl
-from p2p.generate import RenderRequest, render_one
+from editgen.p2p.controls import BlendConfig, EditControl
+from editgen.p2p.generate import RenderRequest, render_one
 from tests import p2p_reference as ref
 
 SEED, TOL = 5, 2e-4

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2p.controls import BlendConfig, EditControl
-from p2p.generate import RenderRequest, render_one
+from editgen.p2p.controls import BlendConfig, EditControl
+from editgen.p2p.generate import RenderRequest, render_one
+from editgen.tiny.sd import build_tiny_sd
 from tests.support import plain_generation, tiny_pipeline
-from tiny.sd import build_tiny_sd
 
 SRC = "a photo of a cat sitting on a bench"
 EDIT = "a photo of a dog sitting on a bench"

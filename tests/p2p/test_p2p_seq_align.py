@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2p import seq_align
-from p2p.controls import (
+from editgen.p2p import seq_align
+from editgen.p2p.controls import (
     BlendConfig,
     EditControl,
     compile_edit,
@@ -15,7 +15,7 @@ from p2p.controls import (
     parse_window,
     window_steps,
 )
-from p2p.seq_align import (
+from editgen.p2p.seq_align import (
     decide_mode,
     find_word,
     global_align,
@@ -24,7 +24,7 @@ from p2p.seq_align import (
     reweight_vector,
     tokenize,
 )
-from tiny.clip_tokenizer import load_clip_tokenizer
+from editgen.tiny.clip_tokenizer import load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

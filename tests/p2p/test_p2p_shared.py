@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from p2p.candidates import CandidateSpace, render_records, sample_candidates
-from p2p.compute import record_compute
-from p2p.regenerate import regenerate
-from p2p.shared import KEY, render_shared, share_sources
+from editgen.p2p.candidates import CandidateSpace, render_records, sample_candidates
+from editgen.p2p.compute import record_compute
+from editgen.p2p.regenerate import regenerate
+from editgen.p2p.shared import KEY, render_shared, share_sources
 
 SRC = "a photo of a cat sitting on a bench"
 DST = "a photo of a dog sitting on a bench"
@@ -53,7 +53,7 @@ def test_one_group_render_equals_each_candidate_alone_and_regenerates(p2p):
 def test_config_needs_whole_groups():
     from pydantic import ValidationError
 
-    from pipeline.settings.render import RenderConfig
+    from editgen.pipeline.settings.render import RenderConfig
 
     assert RenderConfig(candidates=8, shared_sources=4).shared_sources == 4
     with pytest.raises(ValidationError, match="multiple of shared_sources"):

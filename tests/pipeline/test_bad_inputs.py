@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import InputError, OutputError
-from pipeline.storage import Storage
+from editgen.pipeline.errors import InputError, OutputError
+from editgen.pipeline.storage import Storage
 from tests.data import make_bad_inputs
 from tests.support import ROOT, cli_env
 
@@ -83,7 +83,7 @@ INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\
 
 
 def run(*args: str, out: Path, ray_address: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress",
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress",
            "-q", *args]
     if ray_address:
         cmd += ["--ray-address", ray_address]
@@ -91,7 +91,7 @@ def run(*args: str, out: Path, ray_address: str | None = None) -> subprocess.Com
 
 
 def status(out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "status", str(out), "--json"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "editgen.cli.main", "status", str(out), "--json"], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "ingest")
@@ -246,8 +246,8 @@ BIG_MIB = 64
 MEASURE = r"""
 import json, sys
 import pyarrow as pa
-from sources.inputs import read_text_rows
-from sources.scan import scan_text
+from editgen.sources.inputs import read_text_rows
+from editgen.sources.scan import scan_text
 pa.table({"a": pa.array(["x"], pa.large_string())})  # arrow's allocator takes ~35 MiB on first use, any size
 
 
@@ -305,7 +305,7 @@ def test_a_line_without_newlines_costs_bounded_memory(tmp_path):
 def test_csv_quoted_field_past_the_line_bound_is_one_line(tmp_path):
     """A quoted csv field that runs across lines into an over-long one cannot be parsed in bounded memory
     without losing the parser's place: the file is refused with one line naming the row."""
-    from sources.scan import scan_text
+    from editgen.sources.scan import scan_text
 
     bad = tmp_path / "quoted.csv"
     bad.write_bytes(b'TEXT,URL\na red car,u\n"a field that opens\n' + b"w " * 2**20 + b'\nand closes",u2\n')
@@ -318,7 +318,7 @@ def test_csv_quoted_field_past_the_line_bound_is_one_line(tmp_path):
 def test_out_naming_a_regular_file_is_one_line(tmp_path, capsys, command):
     """OUT (or export-hf's DEST, or a folder above OUT) that is an existing regular file: one line, exit 2,
     nothing written (each used to end in a NotADirectoryError traceback)."""
-    from cli.main import main
+    from editgen.cli.main import main
 
     afile = tmp_path / "afile"
     afile.write_text("not a directory\n")

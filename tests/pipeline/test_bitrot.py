@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import build_config
-from pipeline.errors import DamagedInput
-from pipeline.runner import run_pipeline
+from editgen.pipeline.config import build_config
+from editgen.pipeline.errors import DamagedInput
+from editgen.pipeline.runner import run_pipeline
 from tests.support import ROOT, cli_env, error_line, shard_path
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
@@ -43,16 +43,16 @@ def config():
 
 def run_cli(out: Path, ray_address: str, *args: str) -> subprocess.CompletedProcess:
     """`editgen run` with the settings of `config()` (same stage hashes), joined to the test cluster."""
-    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input", str(DEMO), "--out", str(out),
-           "--no-progress", "-q", "--ray-address", ray_address, *args]
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--profile", "tiny", "--input", str(DEMO),
+           "--out", str(out), "--no-progress", "-q", "--ray-address", ray_address, *args]
     for item in SETTINGS:
         cmd += ["--set", item]
     return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
 
 
 def tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=cli_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "editgen.cli.main", *args], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
 
 
 def outputs(out: Path, stages: tuple[str, ...] = STAGES) -> dict[str, bytes]:
@@ -219,7 +219,7 @@ def test_ingest_checks_its_own_steps_files(baseline, ray_address, tmp_path):
 
 # ---- validate hashes every partition and shard -----------------------------------------------------
 def test_validate_finds_a_flipped_byte_in_any_partition_and_shard(baseline, tmp_path, capsys):
-    from cli import validate
+    from editgen.cli import validate
 
     out = copy(baseline, tmp_path / "out")
     assert validate.validate(str(out)) == []
@@ -243,8 +243,8 @@ def test_validate_finds_a_flipped_byte_in_any_partition_and_shard(baseline, tmp_
 
 
 def test_export_hf_checks_each_shard_and_the_manifest(baseline, tmp_path):
-    from output.export_hf import export_hf
-    from pipeline.errors import InputError
+    from editgen.output.export_hf import export_hf
+    from editgen.pipeline.errors import InputError
 
     out = copy(baseline, tmp_path / "out", ("shards",))
     shutil.copy2(baseline / "manifest.json", out / "manifest.json")
@@ -261,8 +261,8 @@ def test_export_hf_checks_each_shard_and_the_manifest(baseline, tmp_path):
 
 def test_filter_score_cache_is_checked(baseline, tmp_path):
     """The filter stage's own score cache: a flipped score is a miss (scored again), never a score."""
-    from pipeline.storage import Storage
-    from stages.filter import META_CLIP, META_INPUT, read_cached_scores
+    from editgen.pipeline.storage import Storage
+    from editgen.stages.filter import META_CLIP, META_INPUT, read_cached_scores
 
     out = copy(baseline, tmp_path / "out", ("filter",))
     path = out / "filter" / "_scores" / "part-00000.parquet"
@@ -281,8 +281,8 @@ STRAY = ("part-old.parquet", "part-7.parquet", "part-000001.parquet", "_done/par
 
 
 def test_stray_files_and_damaged_stage_files_through_the_cli(baseline, ray_address, tmp_path):
-    from cli.preview import build_preview
-    from cli.validate import validate
+    from editgen.cli.preview import build_preview
+    from editgen.cli.validate import validate
 
     out = copy(baseline, tmp_path / "out")
     for stage in ("ingest", "ingest/_pre", "instruct", "render", "filter"):
@@ -331,9 +331,9 @@ BAD_JSON = [
 def test_bookkeeping_of_the_wrong_shape_is_damage_not_a_traceback(baseline, tmp_path, bad):
     """Each bad document as a stage file, a partition record and a global record at once: every reader
     (runner resume check, status, validate, preview) counts it as absent or reports one line."""
-    from cli import preview, status, validate
-    from pipeline.records import check_partitions, read_record, read_records, read_stage_meta
-    from pipeline.storage import Storage
+    from editgen.cli import preview, status, validate
+    from editgen.pipeline.records import check_partitions, read_record, read_records, read_stage_meta
+    from editgen.pipeline.storage import Storage
 
     out = copy(baseline, tmp_path / "out")
     for path in (out / "render" / "_stage.json", record(out, "render", 0), out / "shard" / "_done" / "global.json",

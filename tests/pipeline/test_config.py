@@ -15,9 +15,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipeline.config import EditgenConfig, build_config, config_to_yaml, out_config, profile_names, section_hash
-from pipeline.errors import ConfigError, OutputError
-from pipeline.storage import Storage, parse_storage_options
+from editgen.pipeline.config import EditgenConfig, build_config, config_to_yaml, out_config, profile_names, section_hash
+from editgen.pipeline.errors import ConfigError, OutputError
+from editgen.pipeline.storage import Storage, parse_storage_options
 from tests.support import ROOT, cli_env
 
 
@@ -90,7 +90,7 @@ def test_secrets_are_redacted_in_dump():
 
 def test_cli_config_error_exit_2():
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "config", "--set", "ingest.limt=3"],
+        [sys.executable, "-m", "editgen.cli.main", "config", "--set", "ingest.limt=3"],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
@@ -126,7 +126,7 @@ def _cli_run(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, object]
     out = tmp_path / "out"
     (tmp_path / "caps.txt").write_text("a red car on a road\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--input", str(tmp_path / "caps.txt"),
+        [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--input", str(tmp_path / "caps.txt"),
          "--out", str(out), "-q", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     return proc, out
@@ -160,7 +160,7 @@ def test_cli_bad_config_file_exit_2(tmp_path, body, words):
 def test_pair_validates_like_the_config(tmp_path, args, words):
     out = tmp_path / "pair"
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "pair", "--profile", "tiny", "--prompt", "a cat on a sofa",
+        [sys.executable, "-m", "editgen.cli.main", "pair", "--profile", "tiny", "--prompt", "a cat on a sofa",
          "--edit-prompt", "a dog on a sofa", "--out", str(out), *args],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300,
     )

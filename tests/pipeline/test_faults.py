@@ -24,10 +24,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.status import collect
-from output.shard_writer import sample_key
-from pipeline.config import build_config
-from pipeline.runner import run_pipeline
+from editgen.cli.status import collect
+from editgen.output.shard_writer import sample_key
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import run_pipeline
 from tests.llm_fixtures import BadServer, free_port
 from tests.support import ROOT, cli_env, error_line, manifest, shard_path, wait_until
 
@@ -50,7 +50,7 @@ def config(*extra: str):
 
 def cli(out: Path, *extra: str, ray_address: str | None = None, args: tuple[str, ...] = ()) -> list[str]:
     """`editgen run` with the same settings as `config()` (same stage hashes, same outputs)."""
-    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input", str(DEMO),
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--profile", "tiny", "--input", str(DEMO),
            "--out", str(out), "--no-progress", "-q", *args]
     for item in (*SETTINGS, *extra):
         cmd += ["--set", item]
@@ -201,7 +201,7 @@ def test_live_status_shows_lease_partitions_in_flight_and_rows_within_a_partitio
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def live() -> dict | None:
-        st = run_cli([sys.executable, "-m", "cli.main", "status", str(out), "--json"])
+        st = run_cli([sys.executable, "-m", "editgen.cli.main", "status", str(out), "--json"])
         got = json.loads(st.stdout) if st.returncode == 0 else {}
         rows = (got.get("live") or {}).get("in_flight_rows_done", {})
         if got.get("lease") and any(v > 0 for v in rows.values()):
@@ -320,7 +320,7 @@ def test_worker_that_cannot_start_fails_the_stage_with_its_error(baseline, ray_s
     """A constructor that always raises (here: the EDITGEN_FAULT_CRASH=stage:setup hook) is retried a
     bounded number of times, then the stage fails naming the worker's own error, instead of burning
     every partition's retries on a dead actor."""
-    from pipeline.errors import StageFailed
+    from editgen.pipeline.errors import StageFailed
 
     out = tmp_path / "out"
     copy_upstream(baseline, out, ("ingest",))
@@ -337,7 +337,7 @@ def test_systemic_render_failure_fails_the_stage_then_resumes(fault, baseline, r
     """Every UNet batch out of memory (or every pair failing): the partition fails, is retried, and the
     stage fails (exit 1, resumable), never 'complete' with every pair dropped as render_failed; once the
     cause is gone the rerun matches the uninterrupted run."""
-    from pipeline.errors import StageFailed
+    from editgen.pipeline.errors import StageFailed
 
     out = tmp_path / "out"
     copy_upstream(baseline, out)

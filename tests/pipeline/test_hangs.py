@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import build_config
-from pipeline.errors import StageFailed
-from pipeline.runner import run_pipeline, stage_hashes
-from pipeline.settings.base import Resources
-from pipeline.watchdog import Deadline
+from editgen.pipeline.config import build_config
+from editgen.pipeline.errors import StageFailed
+from editgen.pipeline.runner import run_pipeline, stage_hashes
+from editgen.pipeline.settings.base import Resources
+from editgen.pipeline.watchdog import Deadline
 from tests.support import ROOT, cli_env, error_line, freeze_always, freeze_once, total, wait_until
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
@@ -43,8 +43,8 @@ def config(*extra: str):
 
 def cli(out: Path, ray_address: str | None, *extra: str, args: tuple[str, ...] = ()) -> list[str]:
     """`editgen run` with the settings of `config()` (same stage hashes, same outputs)."""
-    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input", str(DEMO), "--out", str(out),
-           "--no-progress", "-q", *args]
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--profile", "tiny", "--input", str(DEMO),
+           "--out", str(out), "--no-progress", "-q", *args]
     for item in (*SETTINGS, *extra):
         cmd += ["--set", item]
     return cmd + (["--ray-address", ray_address] if ray_address else [])
@@ -207,8 +207,8 @@ def test_frozen_task_is_cancelled_and_retried(clean, freeze, monkeypatch, tmp_pa
 def test_frozen_map_reduce_and_map_tasks(ray_session, freeze, tmp_path):
     """The executor's plain tasks (ingest's dedup, checksum verification): tasks frozen once are retried
     and the result is right; one frozen on every attempt fails with one line naming it."""
-    from pipeline.executor import RayExecutor
-    from pipeline.settings.run import RayConfig
+    from editgen.pipeline.executor import RayExecutor
+    from editgen.pipeline.settings.run import RayConfig
 
     ex = RayExecutor(RayConfig(), worker_start_timeout_s=60)
     fast = Resources(progress_timeout_s=2)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.lease import (
+from editgen.pipeline.lease import (
     LEASE_FILE,
     Lease,
     LeaseHeld,
@@ -28,15 +28,15 @@ from pipeline.lease import (
     process_start,
     read_lease,
 )
-from pipeline.storage import Storage
+from editgen.pipeline.storage import Storage
 from tests.s3_server import S3Server, moto_server
 from tests.support import ROOT, cli_env
 
 #: A holder in its own process: takes the lease, says so, then checks it until it is lost (exit 3).
 HOLDER = """
 import sys, time
-from pipeline.lease import Lease
-from pipeline.storage import Storage
+from editgen.pipeline.lease import Lease
+from editgen.pipeline.storage import Storage
 lease = Lease(Storage(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]))
 lease.acquire()
 print("held", lease.info.owner, flush=True)
@@ -163,7 +163,7 @@ def test_config_refuses_a_ttl_under_three_heartbeats(tmp_path):
     caps = tmp_path / "caps.txt"
     caps.write_text("a red car on a road\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--input", str(caps), "--out",
+        [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--input", str(caps), "--out",
          str(tmp_path / "out"), "-q", "--set", "run.lease_ttl_s=29", "--set", "run.lease_heartbeat_s=10"],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )

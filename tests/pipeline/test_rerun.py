@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from pipeline.config import build_config, config_to_yaml
-from pipeline.errors import ConfigError
-from pipeline.freshness import stage_states
-from pipeline.records import write_stage_meta
-from pipeline.rerun import recompute_notice, run_config
-from pipeline.runner import stage_hashes
-from pipeline.storage import Storage
+from editgen.pipeline.config import build_config, config_to_yaml
+from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.freshness import stage_states
+from editgen.pipeline.records import write_stage_meta
+from editgen.pipeline.rerun import recompute_notice, run_config
+from editgen.pipeline.runner import stage_hashes
+from editgen.pipeline.storage import Storage
 
 
 def recorded(tmp_path, **extra):

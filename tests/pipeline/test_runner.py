@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cli.status import collect
-from pipeline.config import build_config
-from pipeline.errors import UserError
-from pipeline.runner import run_pipeline
+from editgen.cli.status import collect
+from editgen.pipeline.config import build_config
+from editgen.pipeline.errors import UserError
+from editgen.pipeline.runner import run_pipeline
 from tests.support import ROOT, cli_env
 
 
@@ -72,7 +72,7 @@ def test_rerun_is_idempotent(baseline, laion_parquet):
 
 def test_status_json(baseline):
     out, _ = baseline
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "status", str(out), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "editgen.cli.main", "status", str(out), "--json"],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
@@ -140,7 +140,7 @@ def test_fewer_partitions_removes_stale_ones(baseline, laion_parquet, tmp_path):
 
 
 def test_only_needs_complete_upstream(ray_session, laion_parquet, tmp_path):
-    from pipeline.registry import stage_names
+    from editgen.pipeline.registry import stage_names
 
     names = stage_names()
     if len(names) < 2:
@@ -153,7 +153,7 @@ def test_sigkill_mid_stage_then_rerun_is_byte_identical(baseline, laion_parquet,
     out, _ = baseline
     killed = tmp_path / "killed"
     env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "0.5"}
-    cmd = [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--input", str(laion_parquet),
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--input", str(laion_parquet),
            "--out", str(killed), "--set", "ingest.rows_per_partition=100", "--ray-address", ray_address,
            "--no-progress", "-q"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -183,14 +183,14 @@ def test_cli_bad_input_leaves_nothing(tmp_path):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--input", str(bad), "--out", str(out)],
+        [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--input", str(bad), "--out", str(out)],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and str(bad) in proc.stderr
     assert not out.exists()
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--input", str(tmp_path / "missing.parquet"), "--out",
+        [sys.executable, "-m", "editgen.cli.main", "run", "--input", str(tmp_path / "missing.parquet"), "--out",
          str(out)], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "missing.parquet" in proc.stderr and not out.exists()

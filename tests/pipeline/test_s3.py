@@ -60,7 +60,7 @@ def driver_env(s3: S3Server, **extra: str) -> dict[str, str]:
 
 
 def cli(bucket: str, out: str, *extra: str, ray_address: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--input",
+    cmd = [sys.executable, "-m", "editgen.cli.main", "run", "--profile", "tiny", "--input",
            f"s3://{bucket}/in/demo_captions.jsonl", "--out", out, "--no-progress", "-q"]
     for item in (*SETTINGS, *extra):
         cmd += ["--set", item]
@@ -68,7 +68,7 @@ def cli(bucket: str, out: str, *extra: str, ray_address: str | None = None) -> l
 
 
 def editgen(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "editgen.cli.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -144,7 +144,7 @@ def test_full_pipeline_on_s3_with_status_validate_preview_export(s3, bucket, bas
 def test_loader_streams_exactly_the_manifest_from_s3(s3, baseline, monkeypatch):
     import webdataset as wds
 
-    from output.loader import make_dataloader, shard_urls
+    from editgen.output.loader import make_dataloader, shard_urls
 
     for k, v in s3.env.items():
         monkeypatch.setenv(k, v)
@@ -200,7 +200,7 @@ def test_kill_during_reshard_readers_see_old_then_new(s3, bucket, baseline, ray_
     the old generation."""
     import webdataset as wds
 
-    from output.loader import shard_urls
+    from editgen.output.loader import shard_urls
 
     out = f"s3://{bucket}/reshard"
     fs, root = s3fs_of(s3), f"{bucket}/reshard"
@@ -249,10 +249,10 @@ def _median_kept_direction(s3: S3Server, root: str) -> float:
 def test_validate_fails_a_dataset_missing_a_filtered_partition(s3, bucket, baseline, monkeypatch):
     """The 36-of-47 dataset: filter planned from a stale listing (one render partition unseen), shards
     built from what it had. Shards and manifest agree; the chain does not."""
-    from pipeline.config import build_config
-    from pipeline.records import read_stage_meta, write_stage_meta
-    from pipeline.runner import run_pipeline
-    from pipeline.storage import Storage
+    from editgen.pipeline.config import build_config
+    from editgen.pipeline.records import read_stage_meta, write_stage_meta
+    from editgen.pipeline.runner import run_pipeline
+    from editgen.pipeline.storage import Storage
 
     for k, v in s3.env.items():
         monkeypatch.setenv(k, v)
@@ -275,10 +275,10 @@ def test_validate_fails_a_dataset_missing_a_filtered_partition(s3, bucket, basel
 
 
 def test_s3_without_s3fs_is_error_line(tmp_path):
-    """An environment without the s3 extra: `s3://` names editgen[s3] (no traceback)."""
+    """An environment without the s3 extra: `s3://` names s3fs and the checkout install (no traceback)."""
     blocker = tmp_path / "s3fs.py"
     blocker.write_text("raise ImportError('No module named s3fs')\n")
     env = {**cli_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "status", "s3://nowhere/out"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "editgen.cli.main", "status", "s3://nowhere/out"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "editgen[s3]" in error_line(proc)
+    assert proc.returncode == 2 and "s3fs" in error_line(proc) and "pip install -e '.[s3]'" in error_line(proc)

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import main
+from editgen.cli.main import main
 from tests.image_server import encode, gradient
 from tests.support import ROOT, cli_env
 
@@ -134,7 +134,7 @@ def files_holding(root: Path, *secrets: str) -> list[str]:
 
 
 def editgen(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "editgen.cli.main", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -234,7 +234,7 @@ def test_ray_session_files_never_hold_worker_secrets(tmp_path):
      "https://h/a?password=***;session_id=***&auth=***&client_secret=***"),
 ])
 def test_urls_lose_credentials_and_keep_the_rest(url, published):
-    from pipeline.redact import has_redaction, redact_url
+    from editgen.pipeline.redact import has_redaction, redact_url
 
     assert redact_url(url) == published and redact_url(published) == published
     assert has_redaction(published) and not has_redaction(url)
@@ -245,7 +245,7 @@ def test_urls_lose_credentials_and_keep_the_rest(url, published):
     "https://h/a.png?token=", "https://h/x.png?q=***",
 ])
 def test_urls_without_credentials_are_unchanged(url):
-    from pipeline.redact import has_redaction, redact_url
+    from editgen.pipeline.redact import has_redaction, redact_url
 
     assert redact_url(url) == url and not has_redaction(url)
 
@@ -255,8 +255,8 @@ def test_error_text_and_log_records_lose_credentials(tmp_path, monkeypatch):
     environment's) is blanked wherever it appears; every log record is redacted when it is made."""
     import logging
 
-    from pipeline.logs import RunLog
-    from pipeline.redact import redact_text
+    from editgen.pipeline.logs import RunLog
+    from editgen.pipeline.redact import redact_text
 
     text = ("HTTPConnectionPool(host='h', port=80): Max retries exceeded with url: /x.png?sig=abc&w=1 "
             "(Caused by NewConnectionError); also https://u:pw@h/y?token=t9")
@@ -275,7 +275,7 @@ def test_error_text_and_log_records_lose_credentials(tmp_path, monkeypatch):
 
 
 def test_openai_base_url_key_is_not_in_config_yaml():
-    from pipeline.config import build_config, config_to_yaml
+    from editgen.pipeline.config import build_config, config_to_yaml
 
     cfg = build_config(overrides=["instruct.openai.base_url=https://llm.example/v1?api_key=sk-q-8812&org=o"])
     text = config_to_yaml(cfg)
@@ -284,7 +284,7 @@ def test_openai_base_url_key_is_not_in_config_yaml():
 
 def test_shard_metadata_never_carries_credentials():
     """Defence in depth: whatever an upstream partition holds, a shard's json has no URL credentials."""
-    from output.shard_writer import sample_metadata
+    from editgen.output.shard_writer import sample_metadata
 
     meta = sample_metadata({"url": "http://u:pw1@h/a.png?token=t2", "source": "s3://K:sk3@b/caps.jsonl",
                             "fetch_error": "404 Client Error for url: http://h/a.png?sig=s4",
@@ -299,10 +299,10 @@ def test_fetch_reads_redacted_urls_back_from_the_input(tmp_path):
     row, or an input no longer named, is one clear error."""
     import pyarrow as pa
 
-    from pipeline.config import build_config
-    from pipeline.errors import InputError
-    from pipeline.redact import redact_url
-    from sources.secret_urls import real_urls
+    from editgen.pipeline.config import build_config
+    from editgen.pipeline.errors import InputError
+    from editgen.pipeline.redact import redact_url
+    from editgen.sources.secret_urls import real_urls
 
     real = ["http://u:pw@h/0.png", "http://h/1.png", "http://h/2.png?token=t", "http://h/3.png?sig=s"]
     data = tmp_path / "caps.jsonl"
@@ -321,7 +321,7 @@ def test_fetch_reads_redacted_urls_back_from_the_input(tmp_path):
 
 # ---- workers get secrets in memory -----------------------------------------------------------------------
 def test_secret_variables_never_enter_a_runtime_env(monkeypatch):
-    from pipeline.ray_runtime import with_worker_env, worker_env
+    from editgen.pipeline.ray_runtime import with_worker_env, worker_env
 
     env = {"AWS_SECRET_ACCESS_KEY": "a1", "AWS_ACCESS_KEY_ID": "a2", "AWS_SESSION_TOKEN": "a3",
            "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "HF_TOKEN": "h1",
@@ -340,7 +340,7 @@ def test_secret_variables_never_enter_a_runtime_env(monkeypatch):
 def test_workers_get_exactly_the_drivers_secrets(ray_session, monkeypatch):
     """Through a real Ray task: the secret variable set on the driver after Ray started is there on the
     worker; unset on the driver, the next call's worker no longer has it (a reused worker process)."""
-    from pipeline.ray_runtime import remote_task
+    from editgen.pipeline.ray_runtime import remote_task
 
     monkeypatch.setenv("EDITGEN_TEST_WORKER_TOKEN", "wt-4411aa")
     task = remote_task(os.environ.get, num_cpus=0.1)

@@ -22,15 +22,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from output.manifest import MANIFEST
-from output.shard_writer import sample_key, write_dataset
-from pipeline.config import build_config, config_to_yaml
-from pipeline.errors import ConfigError, UnsafePathError
-from pipeline.records import check_partitions, write_record
-from pipeline.stage import PlanContext, part_name
-from pipeline.storage import Storage, sha256_bytes
+from editgen.output.manifest import MANIFEST
+from editgen.output.shard_writer import sample_key, write_dataset
+from editgen.pipeline.config import build_config, config_to_yaml
+from editgen.pipeline.errors import ConfigError, UnsafePathError
+from editgen.pipeline.records import check_partitions, write_record
+from editgen.pipeline.stage import PlanContext, part_name
+from editgen.pipeline.storage import Storage, sha256_bytes
+from editgen.tiny.synthetic import filter_table, render_table
 from tests.support import ROOT
-from tiny.synthetic import filter_table, render_table
 
 CODE_DIRS = ("pipeline", "stages", "output", "p2p", "tiny", "llm", "filters", "prompts", "sources", "cli", "bench")
 
@@ -86,7 +86,7 @@ def test_every_model_from_pretrained_uses_safetensors():
 
 
 def test_vllm_engine_loads_safetensors_only():
-    from llm.vllm_backend import engine_kwargs
+    from editgen.llm.vllm_backend import engine_kwargs
 
     assert engine_kwargs("m", build_config().instruct.vllm)["load_format"] == "safetensors"
 
@@ -110,8 +110,8 @@ def _evil_pickle(path: Path, marker: Path) -> None:
 def test_model_folder_with_only_a_pickle_fails_to_load_and_never_unpickles(tmp_path):
     import shutil
 
-    from p2p.generate import load_pipeline
-    from tiny.sd import build_tiny_sd
+    from editgen.p2p.generate import load_pipeline
+    from editgen.tiny.sd import build_tiny_sd
 
     model = tmp_path / "model"
     shutil.copytree(build_tiny_sd(), model)
@@ -127,8 +127,8 @@ def test_model_folder_with_only_a_pickle_fails_to_load_and_never_unpickles(tmp_p
 
 
 def test_clip_refuses_pickled_weights(tmp_path):
-    from filters.pairs.clip_score import ClipScorer, ClipSpec
-    from stages.filter import FilterStage
+    from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
+    from editgen.stages.filter import FilterStage
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "clip.bin"
@@ -214,8 +214,8 @@ def test_storage_refuses_paths_outside_out(tmp_path, parts):
 
 def test_tampered_record_or_manifest_never_reaches_outside_out(tmp_path):
     """A completion record or manifest naming '../..' is treated as damage (recompute), not followed."""
-    from cli.validate import validate
-    from stages.shard import ShardStage
+    from editgen.cli.validate import validate
+    from editgen.stages.shard import ShardStage
 
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"not yours")
@@ -261,7 +261,7 @@ def test_no_shell_true_anywhere():
 def test_preview_escapes_every_field_and_links_only_http(tmp_path):
     import argparse
 
-    from cli import preview
+    from editgen.cli import preview
 
     evil = "<script>document.body.dataset.pwned=1</script>"
     t = filter_table(render_table(3, 2, 16, seed=3), seed=3, keep_fraction=0.5)
@@ -295,7 +295,7 @@ def test_preview_escapes_every_field_and_links_only_http(tmp_path):
 def test_api_key_never_reaches_out(ray_session, tmp_path, monkeypatch):
     """The openai backend through the real runner with its key in an env var (forwarded to the Ray
     actors): the server gets the key, OUT (config.yaml, logs, partitions, records) never holds it."""
-    from pipeline.runner import run_pipeline
+    from editgen.pipeline.runner import run_pipeline
     from tests.llm_fixtures import BadServer
 
     key = "sk-editgen-test-8f2a61c0d9"
@@ -334,8 +334,8 @@ def test_secret_config_values_are_redacted():
 
 
 def test_openai_backend_repr_and_errors_hide_the_key(monkeypatch):
-    from llm import generation_settings
-    from llm.openai_backend import OpenAIBackend
+    from editgen.llm import generation_settings
+    from editgen.llm.openai_backend import OpenAIBackend
     from tests.llm_fixtures import BadServer
 
     monkeypatch.setenv("EDITGEN_TEST_KEY2", "sk-hidden-42")
@@ -343,7 +343,7 @@ def test_openai_backend_repr_and_errors_hide_the_key(monkeypatch):
         cfg = build_config(extra={"instruct": {"openai": {"base_url": srv.url, "api_key_env": "EDITGEN_TEST_KEY2",
                                                           "max_retries": 0}}})
         backend = OpenAIBackend("m", generation_settings(cfg.instruct), cfg.instruct.openai)
-        from llm.base import LLMRequest
+        from editgen.llm.base import LLMRequest
 
         buf = io.StringIO()
         import logging

@@ -6,10 +6,10 @@ import json
 import random
 from collections import Counter
 
-from llm.validate import Validator
-from p2p.edit_diff import normalized
-from prompts.builder import PromptBuilder, load_fewshot, load_system_prompt, row_seed, sample_fewshot
-from prompts.schema import FIELDS, edit_schema, response_format
+from editgen.llm.validate import Validator
+from editgen.p2p.edit_diff import normalized
+from editgen.prompts.builder import PromptBuilder, load_fewshot, load_system_prompt, row_seed, sample_fewshot
+from editgen.prompts.schema import FIELDS, edit_schema, response_format
 
 #: Edit families the issue asks the few-shot set to cover.
 REQUIRED_FAMILIES = {
@@ -41,7 +41,7 @@ def test_keep_names_examples_keep_the_names() -> None:
 
 
 def _parsed(instruction: str, edited: str):
-    from llm.parse import ParsedEdit
+    from editgen.llm.parse import ParsedEdit
 
     return ParsedEdit(instruction, edited)
 

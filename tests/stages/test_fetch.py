@@ -24,15 +24,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageCms, PngImagePlugin
 
-from cli.main import main as cli_main
-from pipeline.config import build_config
-from pipeline.registry import stage_names
-from pipeline.runner import run_pipeline, stage_hashes
-from sources.addresses import BlockedAddress, check_public, refusal
-from sources.budget import DecodeBudget
-from sources.http import opted_out
-from sources.image import prepare_image
-from stages.fetch import FetchStage, SystemicFetchError
+from editgen.cli.main import main as cli_main
+from editgen.pipeline.config import build_config
+from editgen.pipeline.registry import stage_names
+from editgen.pipeline.runner import run_pipeline, stage_hashes
+from editgen.sources.addresses import BlockedAddress, check_public, refusal
+from editgen.sources.budget import DecodeBudget
+from editgen.sources.http import opted_out
+from editgen.sources.image import prepare_image
+from editgen.stages.fetch import FetchStage, SystemicFetchError
 from tests.image_server import (
     DripServer,
     ImageServer,
@@ -240,10 +240,10 @@ def test_fetch_flags_without_real_source(flag, tmp_path, capsys):
 
 
 def test_through_the_runner_with_resume(ray_session, server, tmp_path):
-    from cli.chain_check import check_chain
-    from cli.status import collect
-    from pipeline.config import out_config
-    from pipeline.storage import Storage
+    from editgen.cli.chain_check import check_chain
+    from editgen.cli.status import collect
+    from editgen.pipeline.config import out_config
+    from editgen.pipeline.storage import Storage
 
     names = ["photo.png", "photo.jpg", "exif6.jpg", "wide.png", "missing.png", "noai.png", "pixel.png"]
     data = captions_parquet(tmp_path / "captions.parquet", server, names)
@@ -273,8 +273,8 @@ def test_through_the_runner_with_resume(ray_session, server, tmp_path):
 def test_tools_read_the_graph_from_out(tmp_path):
     """status and validate walk the graph of the run that wrote OUT (its config.yaml), a section that no
     longer validates falling back to its defaults."""
-    from pipeline.config import out_config
-    from pipeline.storage import Storage
+    from editgen.pipeline.config import out_config
+    from editgen.pipeline.storage import Storage
 
     storage = Storage(str(tmp_path))
     assert stage_names(out_config(storage)) == stage_names()  # no config.yaml: the defaults
@@ -526,9 +526,9 @@ def test_the_budget_makes_threads_wait_in_line():
 #: so RSS follows what is really held. Each measurement forks: a forked child's peak RSS starts afresh.
 MEMORY_PROBE = r"""
 import json, os, resource, sys, threading
-from pipeline.settings.fetch import FetchConfig
-from sources.budget import DecodeBudget
-from sources.image import decode_cost, open_image, prepare_image, scale_for_output, target_size, upright_size
+from editgen.pipeline.settings.fetch import FetchConfig
+from editgen.sources.budget import DecodeBudget
+from editgen.sources.image import decode_cost, open_image, prepare_image, scale_for_output, target_size, upright_size
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import build_config
-from pipeline.records import write_record, write_stage_meta
-from pipeline.stage import count_reasons, part_name
-from pipeline.storage import Storage
+from editgen.pipeline.config import build_config
+from editgen.pipeline.records import write_record, write_stage_meta
+from editgen.pipeline.stage import count_reasons, part_name
+from editgen.pipeline.storage import Storage
+from editgen.tiny.synthetic import render_table
 from tests.support import shard_path, tar_files
-from tiny.synthetic import render_table
 
 pytest.importorskip("open_clip")
 GRAPH = ["render", "filter", "shard"]
@@ -22,8 +22,7 @@ GRAPH = ["render", "filter", "shard"]
 @pytest.fixture
 def graph(monkeypatch):
     """Pretend render is in the graph (its module may not exist yet); filter/shard are real."""
-    import pipeline.runner as runner
-
+    import editgen.pipeline.runner as runner
     monkeypatch.setattr(runner, "stage_names", lambda cfg=None: list(GRAPH))  # upstream links follow from it
     return runner
 
@@ -81,6 +80,6 @@ def test_threshold_rerun_reuses_scores(tmp_path, ray_session, graph):
     assert _files(out, "render") == render_before
     assert not third.exists() and len(tar_files(out)) == 2  # the earlier generation is gone
 
-    from cli.validate import validate
+    from editgen.cli.validate import validate
 
     assert validate(str(out), chain=False) == []

@@ -8,15 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.captions.blocklist import blocklisted, load_blocklist
-from filters.captions.clean import caption_key, clean_caption
-from filters.captions.lang import guess_language
-from filters.captions.rules import check_caption, junk_reason
-from pipeline.config import build_config
-from pipeline.errors import InputError
-from sources.inputs import discover
-from sources.plan import pack, pack_sample, read_input, read_segment
-from stages.ingest import IngestStage, row_id
+from editgen.filters.captions.blocklist import blocklisted, load_blocklist
+from editgen.filters.captions.clean import caption_key, clean_caption
+from editgen.filters.captions.lang import guess_language
+from editgen.filters.captions.rules import check_caption, junk_reason
+from editgen.pipeline.config import build_config
+from editgen.pipeline.errors import InputError
+from editgen.sources.inputs import discover
+from editgen.sources.plan import pack, pack_sample, read_input, read_segment
+from editgen.stages.ingest import IngestStage, row_id
 
 CHECK = dict(min_words=2, max_words=60, min_chars=8, max_chars=400, languages=("en",),
              min_language_confidence=0.5, drop_junk=True)

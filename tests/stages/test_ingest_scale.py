@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.captions import dedup as dd
-from pipeline.config import build_config
-from pipeline.errors import InputError
-from pipeline.runner import run_pipeline
-from pipeline.storage import Storage
-from sources.inputs import discover
-from sources.plan import pack, read_input, read_segment
-from stages.ingest import IngestStage
+from editgen.filters.captions import dedup as dd
+from editgen.pipeline.config import build_config
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.runner import run_pipeline
+from editgen.pipeline.storage import Storage
+from editgen.sources.inputs import discover
+from editgen.sources.plan import pack, read_input, read_segment
+from editgen.stages.ingest import IngestStage
 from tests.support import ROOT, cli_env
 
 WORDS = "red blue green small old new wooden stone cat dog house car tree river lake road bridge boat".split()
@@ -154,7 +154,8 @@ def test_cli_refuses_a_different_input(ray_address, tmp_path):
     _write_caps(tmp_path / "a.jsonl", 20, 1)
     _write_caps(tmp_path / "b.jsonl", 20, 2)
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress", "-q",
+    base = [sys.executable, "-m", "editgen.cli.main", "run", "--only", "ingest", "--out", str(out), "--no-progress",
+            "-q",
             "--ray-address", ray_address]
     assert subprocess.run(base + ["--input", str(tmp_path / "a.jsonl")], cwd=ROOT, env=cli_env(),
                           capture_output=True, timeout=300).returncode == 0

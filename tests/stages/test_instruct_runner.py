@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import build_config
-from pipeline.runner import run_pipeline
-from pipeline.storage import Storage
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import run_pipeline
+from editgen.pipeline.storage import Storage
 from tests.llm_fixtures import tiny_llm_dir
 
 

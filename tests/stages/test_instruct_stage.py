@@ -8,9 +8,9 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from llm.base import REQUEST_FAILED, LLMResult
-from llm.validate import REASONS
-from stages.instruct import OUTPUT_FIELDS, InstructStage
+from editgen.llm.base import REQUEST_FAILED, LLMResult
+from editgen.llm.validate import REASONS
+from editgen.stages.instruct import OUTPUT_FIELDS, InstructStage
 from tests.llm_fixtures import CAPTIONS, ScriptedBackend, caption_batch, edit_json, instruct_config
 
 SPECIAL = {
@@ -138,7 +138,7 @@ def test_resources_and_ray_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_config_rejects_unknown_keys() -> None:
-    from pipeline.errors import ConfigError
+    from editgen.pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="instruct.vllm.bogus"):
         instruct_config("instruct.vllm.bogus=1")
@@ -147,7 +147,7 @@ def test_config_rejects_unknown_keys() -> None:
 
 
 def test_vllm_engine_kwargs() -> None:
-    from llm.vllm_backend import engine_dead, engine_kwargs
+    from editgen.llm.vllm_backend import engine_dead, engine_kwargs
 
     vllm = {"tensor_parallel_size": 2, "max_num_seqs": 64, "engine_kwargs": {"quantization": "fp8"}}
     cfg = instruct_config(vllm=vllm)

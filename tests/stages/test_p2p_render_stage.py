@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.config import build_config, section_hash
-from pipeline.runner import stage_hashes
-from stages.render import RenderStage
+from editgen.pipeline.config import build_config, section_hash
+from editgen.pipeline.runner import stage_hashes
+from editgen.stages.render import RenderStage
 
 LONG = "a cat " + "on the grass " * 26  # ~80 CLIP tokens: what follows is cut off by the text encoder
 
@@ -44,7 +44,7 @@ def test_render_hash_covers_what_early_stop_reads():
 
 
 def test_stages_reading_only_their_section_keep_their_hash():
-    from stages.ingest import IngestStage
+    from editgen.stages.ingest import IngestStage
 
     cfg = build_config(profile="tiny")
     assert stage_hashes(cfg)["ingest"] == section_hash(cfg, "ingest", "", IngestStage.version)

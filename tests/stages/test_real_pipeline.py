@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import build_config
-from pipeline.runner import run_pipeline
-from sources.image import prepare_image
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import run_pipeline
+from editgen.sources.image import prepare_image
 from tests.image_server import ImageServer, captions_parquet
 from tests.support import tar_files
 
@@ -80,7 +80,7 @@ def test_shards_hold_the_served_images_after_resize(real_run):
 
 
 def test_manifest_and_status_report_compute_per_kept_sample(real_run):
-    from cli.status import collect, render_table
+    from editgen.cli.status import collect, render_table
     from tests.support import manifest
 
     out, _, result, _, _ = real_run

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import build_config
-from pipeline.runner import run_pipeline
+from editgen.pipeline.config import build_config
+from editgen.pipeline.runner import run_pipeline
 from tests.support import ROOT
 
 DEMO = ROOT / "examples" / "demo_captions.jsonl"
@@ -74,7 +74,7 @@ def test_pool_spreads_partitions_over_actors(rendered):
 
 
 def test_regeneration_from_record_is_bit_identical(rendered):
-    from p2p.regenerate import regenerate
+    from editgen.p2p.regenerate import regenerate
 
     out, _ = rendered
     import torch
@@ -124,7 +124,7 @@ def test_only_render_after_instruct_and_early_stop(ray_session, rendered, tmp_pa
 def test_compute_is_recorded_per_candidate_and_partition(rendered):
     """Issue 15 item 1: FLOPs per row-step measured at load, row-steps and FLOPs per candidate in its
     record and summed in the partition's metrics."""
-    from p2p.compute import rows_per_candidate
+    from editgen.p2p.compute import rows_per_candidate
 
     out, _ = rendered
     rows = [r for r in read_stage(out, "render") if r["status"] == "kept"]
@@ -147,7 +147,7 @@ def test_shared_sources_in_the_stage(early):
     per candidate per step; with early stop a pair draws whole groups (issue 15 item 3)."""
     import pyarrow as pa
 
-    from stages.render import RenderStage
+    from editgen.stages.render import RenderStage
 
     over = ["render.shared_sources=2", "render.candidates=4", "render.steps=3", "render.resources.num_cpus=1",
             f"render.early_stop={str(early).lower()}", "filter.top_k=1"]
