@@ -17,9 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from editgen.output.shard_writer import sample_key
 from editgen.pipeline.records import (
@@ -33,7 +31,7 @@ from editgen.pipeline.records import (
     read_records,
     read_stage_meta,
 )
-from editgen.pipeline.storage import Storage
+from editgen.pipeline.storage import Storage, parquet_file
 
 #: Stages whose output rows are not their input rows one for one (render: N candidates per pair).
 EXPANDING = frozenset({"render"})
@@ -106,7 +104,7 @@ def check_files(storage: Storage, stage_dir: str, records: dict[int, dict[str, A
 
 def kept_keys(data: bytes) -> list[str]:
     """Sample keys of the kept candidates in one filter partition's bytes (id columns only)."""
-    table = pq.read_table(pa.BufferReader(data), columns=["id", "candidate", "status"])
+    table = parquet_file(data).read(columns=["id", "candidate", "status"])
     table = table.filter(pc.equal(table["status"], "kept"))
     return [sample_key(str(i), int(c)) for i, c in zip(table["id"].to_pylist(), table["candidate"].to_pylist(),
                                                         strict=True)]

@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from editgen.filters.pairs.clip_score import SCORE_COLUMNS
 from editgen.filters.pairs.select import Thresholds
@@ -30,7 +29,7 @@ from editgen.output.shard_writer import sample_key
 from editgen.pipeline.freshness import refuse_stale
 from editgen.pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
 from editgen.pipeline.stage import KEPT
-from editgen.pipeline.storage import Storage, parse_storage_options
+from editgen.pipeline.storage import Storage, parquet_table, parse_storage_options
 from editgen.stages import REGISTRY
 
 log = logging.getLogger("editgen")
@@ -110,8 +109,7 @@ def read_filter(storage: Storage, rec: dict[str, Any], columns: list[str]) -> pa
     if data is None:
         log.warning("filter/%s %s; not shown", fname, why)
         return None
-    f = pa.BufferReader(data)
-    return pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names])
+    return parquet_table(data, columns)
 
 
 def filter_rows(storage: Storage) -> pa.Table | None:

@@ -44,7 +44,7 @@ from editgen.output.manifest import (
 from editgen.pipeline.faults import fault_delay_s
 from editgen.pipeline.records import read_verified
 from editgen.pipeline.redact import redact_text, redact_url
-from editgen.pipeline.storage import Storage
+from editgen.pipeline.storage import Storage, parquet_file
 
 REJECTED_PREFIX = "rejected"
 #: 2000-01-01T00:00:00Z: any fixed value makes tars reproducible; 0 upsets some extractors.
@@ -270,11 +270,10 @@ def iter_rows(storage: Storage, parts: Iterable[tuple[str, str, str | None]], ba
     read once and checked against its sha256 before a row of it is used (pipeline.errors.DamagedInput
     names a damaged one); its rows are then decoded a record batch at a time from those bytes, so memory
     holds one partition's encoded bytes, not its decoded rows."""
-    import pyarrow.parquet as pq
 
     for directory, fname, sha256 in parts:
         data = read_verified(storage, directory, fname, sha256, "shard")
-        for batch in pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=batch_rows):
+        for batch in parquet_file(data).iter_batches(batch_size=batch_rows):
             yield from pa.Table.from_batches([batch]).to_pylist()
 
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from editgen.pipeline.errors import DamagedInput
-from editgen.pipeline.storage import FileInfo, Storage, sha256_bytes
+from editgen.pipeline.storage import FileInfo, Storage, parquet_file, sha256_bytes
 
 log = logging.getLogger("editgen")
 
@@ -340,7 +339,7 @@ def read_verified_table(storage: Storage, stage_dir: str, fname: str, sha256: st
                         columns: list[str] | None = None) -> pa.Table:
     """A finished parquet partition, verified (`read_verified`) and parsed from the same bytes."""
     data = read_verified(storage, stage_dir, fname, sha256, reader)
-    return pq.read_table(pa.BufferReader(data), columns=columns)
+    return parquet_file(data).read(columns=columns)
 
 
 def invalidate(storage: Storage, stage_dir: str, record: str) -> None:

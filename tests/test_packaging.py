@@ -8,6 +8,7 @@ points into it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_exposes_only_editgen(tmp_path):
-    wheels = tmp_path / "wheels"
+    src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: setuptools writes build/ into its source
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv*", ".git", "build", ".cache", "__pycache__",
+                                                             "*.egg-info", "demo-out*", "tests", "bench", "docs"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
+                    str(src)], check=True, capture_output=True, text=True, timeout=300)
     [wheel] = wheels.glob("editgen-*.whl")
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
