@@ -349,12 +349,12 @@ def test_openai_backend_repr_and_errors_hide_the_key(monkeypatch):
         import logging
 
         handler = logging.StreamHandler(buf)
-        logging.getLogger("llm").addHandler(handler)
-        logging.getLogger("llm").setLevel(logging.DEBUG)
+        logging.getLogger("editgen.llm").addHandler(handler)
+        logging.getLogger("editgen.llm").setLevel(logging.DEBUG)
         try:
             [res] = backend.generate([LLMRequest("r", "a cat", [{"role": "user", "content": "x"}], seed=1)])
         finally:
-            logging.getLogger("llm").removeHandler(handler)
+            logging.getLogger("editgen.llm").removeHandler(handler)
             backend.close()
     assert res.error and "sk-hidden-42" not in repr(backend) and "sk-hidden-42" not in buf.getvalue()
     assert buf.getvalue(), "the rejection was logged"
