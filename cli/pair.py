@@ -1,8 +1,10 @@
 """``editgen pair``: render one Prompt-to-Prompt before/after pair to a folder.
 
-Writes ``input.png``, ``edited.png``, ``mask.png`` (only with LocalBlend) and ``params.json`` (the
-full render record; ``p2p.regenerate.regenerate`` reproduces the images from it). Also runnable as
-``python -m cli.pair``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
+The flags make one P2P candidate record (engines/p2p_records.py), which the engine renders as it would
+regenerate a stored one: from a seed, or from the ``--image`` it names (cli/pair_real.py). Writes
+``input.png``, ``edited.png``, ``mask.png`` (only with a mask) and ``params.json`` (the record;
+``engines.regenerate.regenerate`` reproduces the images from it). Also runnable as
+``python -m editgen.cli.pair``. Invalid arguments print one ``error:`` line on stderr and exit with 2.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from editgen.cli.pair_real import RealImageError, check_real_args, render_real_pair, write_outputs
+from editgen.cli.pair_real import RealImageError, check_real_args, real_source, summary, write_outputs
 from editgen.cli.render_model import PROFILE_NAMES, profile_render, quiet_libraries, resolve_model
 from editgen.p2p.controls import MODES, BlendConfig, EditControl, parse_window
 from editgen.pipeline.settings.render import check_values
 
 if TYPE_CHECKING:
+    from editgen.engines.runtime import Runtime
     from editgen.p2p.generate import RenderRequest
     from editgen.pipeline.settings.model_edits import EditSet
 
@@ -213,6 +216,17 @@ def _model_edits(args: argparse.Namespace) -> EditSet | None:
         raise UsageError(str(exc)) from None
 
 
+def _runtime(args: argparse.Namespace, model: str, variant: str | None) -> Runtime:
+    """The model loaded as the flags say; what its records name (the profile, a tiny model's variant)."""
+    from editgen.engines.record import ModelRef
+    from editgen.engines.runtime import Runtime
+    from editgen.p2p.generate import dtype_name, load_pipeline
+
+    p2p = load_pipeline(model, args.device, args.dtype, args.scheduler, compile=args.compile)
+    ref = ModelRef(model, dtype_name(p2p.dtype), profile="tiny" if variant else args.profile, tiny_variant=variant)
+    return Runtime.wrap(p2p, ref)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``editgen pair``; returns the process exit code."""
     try:
@@ -227,47 +241,31 @@ def main(args: argparse.Namespace) -> int:
     except (UsageError, RealImageError) as exc:
         return _fail(str(exc))
 
-    from editgen.p2p.candidates import render_records, request_to_record
-    from editgen.p2p.generate import check_request, dtype_name, load_pipeline
+    from editgen.engines.p2p_records import p2p_record
+    from editgen.engines.regenerate import engine_for
 
     quiet_libraries()
     model, variant = resolve_model(args)
     if args.model and not os.path.isdir(args.model) and "/" not in args.model:
         return _fail(f"--model {args.model!r} is neither a local folder nor a hub id (owner/name)")
     try:
-        p2p = load_pipeline(model, args.device, args.dtype, args.scheduler, compile=args.compile)
+        runtime = _runtime(args, model, variant)
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(f"cannot load model {model!r}: {exc}")
     try:
-        modes = check_request(p2p, request)
+        params: dict[str, Any] = {"explicit": bool(args.explicit), **(real_source(args) if args.image else {})}
+        first = p2p_record(request, runtime.model, **params)
+        engine = engine_for(first, runtime)
+        engine.check(first)
+        if edits is not None:
+            runtime.apply_edits(edits)
     except ValueError as exc:
         return _fail(str(exc))
-    extra: dict[str, Any] = {"profile": "tiny" if variant else args.profile}
-    if edits is not None:
-        from editgen.p2p.model_edit.solve import apply_edits
-
-        try:
-            extra["model_edits"] = apply_edits(p2p, edits).describe()
-        except ValueError as exc:
-            return _fail(str(exc))
-    if variant:
-        extra["tiny_variant"] = variant
-    record = request_to_record(request, model=model, dtype=dtype_name(p2p.dtype), **extra)
-    if args.image:
-        try:
-            return render_real_pair(args, p2p, record, modes)
-        except RealImageError as exc:
-            return _fail(str(exc))
-    if args.explicit:
-        from editgen.p2p.candidates import candidate_output
-        from editgen.p2p.generate import render_one
-
-        out = candidate_output(record, render_one(p2p, request, explicit=True), args.format, 95)
-    else:
-        out = render_records(p2p, [record], image_format=args.format)[0]
-
-    files = write_outputs(Path(args.out), out, dict(record, explicit=bool(args.explicit)), modes)
-    print(f"wrote {', '.join(files)} and params.json to {args.out} (mode: {modes[0]})")
+    record = p2p_record(request, runtime.model, **params)  # after the edits: the record names them
+    out = engine.regenerate(record, image=getattr(args, "image_bytes", None), image_format=args.format)
+    modes = [engine.mode(out.record)]
+    files = write_outputs(Path(args.out), out, out.record.to_row(), modes)
+    print(f"wrote {', '.join(files)} and params.json to {args.out} ({summary(out, modes)})")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 The image is read (a local file, or downloaded with the fetch stage's client and rules), resized to
 the render size as the fetch stage would, encoded and inverted (``--inversion``), then edited from the
-inverted latent (p2p.real). Writes input / reconstruction / edited / mask (when masked) and params.json;
-``p2p.regenerate.regenerate(params, image=input bytes)`` reproduces the images.
+inverted latent (engines/p2p_real.py). Writes input / reconstruction / edited / mask (when masked) and
+params.json; ``engines.regenerate.regenerate(params, image=input bytes)`` reproduces the images.
 """
 
 from __future__ import annotations
@@ -84,22 +84,21 @@ def write_outputs(folder: Path, out: Any, params: dict[str, Any], modes: list[st
     return list(files)
 
 
-def render_real_pair(args: argparse.Namespace, p2p: Any, record: dict[str, Any], modes: list[str]) -> int:
-    """Invert and edit; write the files; returns the exit code (RealImageError: a model that cannot invert)."""
-    from editgen.p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real
+def real_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The record parameters naming the prepared image (its pixels' SHA-256, the inversion, the path)."""
+    from editgen.engines.p2p_real import REAL, source_params
+    from editgen.p2p.real import decode_image, pixels_sha256
 
     config = InversionConfig(method=args.inversion, inner_steps=args.inner_steps, mask=args.mask)
-    picture = decode_image(args.image_bytes)
-    record[SOURCE_KEY] = {"pixels_sha256": pixels_sha256(picture), "inversion": config.model_dump(mode="json"),
-                          "blend_start": args.blend_start, "image": args.image}
-    try:
-        src = prepare_source(p2p, picture, record["source_prompt"], int(record["steps"]),
-                             float(record["guidance"]), config)
-    except ValueError as exc:
-        raise RealImageError(str(exc)) from None
-    out = render_real(p2p, [record], src, args.format)[0]
-    files = write_outputs(Path(args.out), out, dict(out.record, explicit=False), modes)
-    rec = out.record["reconstruction"]
-    print(f"wrote {', '.join(files)} and params.json to {args.out} (mode: {modes[0]}, inversion: {args.inversion}, "
-          f"reconstruction PSNR {rec['psnr']:.1f} dB, SSIM {rec['ssim']:.3f})")
-    return 0
+    sha = pixels_sha256(decode_image(args.image_bytes))
+    return {REAL: source_params(config, sha, args.blend_start, image=args.image)}
+
+
+def summary(out: Any, modes: list[str]) -> str:
+    """What the command prints after its file list: the mode, and a real image's reconstruction error."""
+    recon = out.record.params.get("reconstruction")
+    inversion = (out.record.params.get("real_source") or {}).get("inversion", {}).get("method")
+    if not recon:
+        return f"mode: {modes[0]}"
+    return (f"mode: {modes[0]}, inversion: {inversion}, reconstruction PSNR {recon['psnr']:.1f} dB, "
+            f"SSIM {recon['ssim']:.3f}")

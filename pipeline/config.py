@@ -42,7 +42,8 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 #: Per-section keys left out of the hash while they hold their default: options added after a section's
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.
-HASH_NEUTRAL_DEFAULTS = {"render": ("source", "inversion", "shared_sources"),
+#: An edit engine's sub-section (`render.<engine>`) goes here too, and so does `render.engine`.
+HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim")}
 
 

@@ -1,6 +1,7 @@
 """Fetch stage: download each kept row's image (its LAION URL) for real-image editing.
 
-In the graph only with `render.source=real` (ingest -> fetch -> instruct -> render -> ...); otherwise
+In the graph only when a chosen edit engine needs a fetched photograph (`render.source=real`;
+engines.base.needs_of) (ingest -> fetch -> instruct -> render -> ...); otherwise
 absent, and every other stage's hash is what it was without it. Per worker one HTTP session and
 `fetch.threads` download threads; per row: download (sources.http), then decode, upright, RGB, resize
 to render.width x render.height and encode (sources.image). Every input row is kept with its image or
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from editgen.engines.base import needs_of
 from editgen.pipeline.redact import redact_text
 from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.fetch import FetchConfig
@@ -84,7 +86,7 @@ def _error_text(error: str | None) -> str | None:
 class FetchStage(Stage[FetchConfig]):
     name = "fetch"
     version = "2"  # 2: web image formats only, decoded-bytes budget, PNG text cap (issue 19)
-    active_when = "render.source=real"
+    active_when = "render.source=real (an edit engine needs each row's photograph)"
     input_columns = ("url",)
     output_columns = tuple(f.name for f in OUTPUT_FIELDS)
 
@@ -96,7 +98,8 @@ class FetchStage(Stage[FetchConfig]):
 
     @classmethod
     def active(cls, config: EditgenConfig) -> bool:
-        return config.render.source == "real"
+        """In the graph when the render engines need each row's photograph (engines.base.EngineNeeds)."""
+        return needs_of(config.render).real_image
 
     @classmethod
     def config_reads(cls, config: EditgenConfig) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from editgen.engines.base import reconstructs
 from editgen.filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
 from editgen.filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
 from editgen.filters.pairs.select import Thresholds, select
@@ -44,12 +45,14 @@ def _scores_digest(scores: dict[str, np.ndarray]) -> bytes:
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
                     clip_model_id: str, real: bool = False) -> pa.Table:
     """Render rows + scores -> filter output rows (scores, reconstruction fidelity, rank, clip model id,
-    status). Fidelity is computed here, not cached: only for real-image runs (`real`: render.source=real,
-    whose every partition then has the fidelity columns), and cheap next to CLIP."""
+    status). Fidelity is computed here, not cached: only where the render engines give reconstructions
+    of real images (`real`: engines.base.reconstructs, whose every partition then has the fidelity
+    columns), and cheap next to CLIP."""
     scores = dict(scores)
     if real:
         if "reconstruction" not in table.column_names:
-            raise ConfigError("render.source=real: the render output has no reconstruction column")
+            raise ConfigError("render: the engine gives reconstructions but the render output has no "
+                              "reconstruction column")
         scores.update(fidelity_scores(table["input_image"].to_pylist(), table["reconstruction"].to_pylist()))
     reasons, ranks = select(
         table["id"].to_pylist(),
@@ -127,7 +130,7 @@ class FilterStage(Stage[FilterConfig]):
         """All candidates of a pair are in one partition, so top-k runs over the whole partition; scores
         are cached per render partition (`part`: its id and checksum)."""
         scores = self.partition_scores(table, part)
-        real = self.config.render.source == "real"  # already in the hash chain through render's hash
+        real = reconstructs(self.config.render)  # already in the hash chain through render's hash
         return apply_selection(table, scores, self.settings, self.spec.model_id(), real)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:

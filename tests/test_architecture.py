@@ -23,6 +23,7 @@ LAYERS = (
     ("tiny",),  # the tiny profile's random-weight models and synthetic stage outputs
     ("filters", "sources"),  # caption rules and dedup, pair scores; input reading and planning
     ("p2p",),  # Prompt-to-Prompt rendering
+    ("engines",),  # edit engines: the interface, the typed candidate record, the registry, each engine
     ("llm",),  # LLM backends, parsing, validation
     ("output",),  # shards, manifest, loader, exporter
     ("stages",),  # the thin stage classes
@@ -36,8 +37,10 @@ MAX_FUNCTION_LINES = 60
 #: The one import name: every project package is `editgen.<package>` (pyproject.toml maps the folders).
 DIST = "editgen"
 #: Dynamic lookups by name that cross floors on purpose: the core finds the stage graph by name
-#: (pipeline/registry.py; docs/architecture.md) so an environment without a stage's stack still runs.
-ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages")}
+#: (pipeline/registry.py; docs/architecture.md) so an environment without a stage's stack still runs,
+#: and the render settings find the engine registry and each engine's own settings checks the same way.
+ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages"),
+                   ("editgen.pipeline.settings.render", "editgen.engines.base")}
 
 
 def _sources(*, tests: bool) -> list[Path]:
@@ -203,4 +206,57 @@ def test_no_function_over_60_lines_outside_tests():
 def test_no_test_imports_conftest():
     wrong = [f"{p.relative_to(ROOT)}:{line}: imports {m}" for p in _sources(tests=True)
              for m, line in _imports(p) if m.split(".")[-1] == "conftest" or m.startswith("tests.conftest")]
+    assert not wrong, "\n".join(wrong)
+
+
+#: Where render-method code lives: the engines, the P2P library they call, and the render settings that
+#: define the keys (and check an engine's settings through it).
+ENGINE_HOMES = ("engines", "p2p", "pipeline/settings")
+#: What modules that go through the engine interface may import of engines/ (never an engine's own module).
+ENGINE_INTERFACE = ("editgen.engines.base", "editgen.engines.record", "editgen.engines.runtime",
+                    "editgen.engines.regenerate")
+#: Modules that must hold no engine-specific code: the render stage and the stages, shards and tools after it.
+THROUGH_THE_INTERFACE = ("stages/render.py", "stages/filter.py", "stages/shard.py", "stages/fetch.py", "output/",
+                         "cli/status.py", "cli/preview.py", "cli/validate.py", "cli/export_hf.py")
+
+
+def _engine_names() -> set[str]:
+    """The registry's keys, read from engines/__init__.py's REGISTRY literal."""
+    for node in ast.walk(_tree(ROOT / "engines" / "__init__.py")):
+        if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    raise AssertionError("engines/__init__.py has no REGISTRY dict")
+
+
+def _engine_branches(path: Path, names: set[str]) -> list[str]:
+    """`x == "p2p"` / `source == "real"` comparisons and `*.render.source` / `settings.source` reads."""
+    found = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Compare):
+            consts = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+            hit = [c for c in consts if c in names | {"real", "generated"}]
+            if hit:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: compares with {hit[0]!r}")
+        elif isinstance(node, ast.Attribute) and node.attr in ("source", "real"):
+            base = node.value
+            owner = base.attr if isinstance(base, ast.Attribute) else base.id if isinstance(base, ast.Name) else ""
+            if owner in ("render", "settings", "s", "self"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: reads {owner}.{node.attr}")
+    return found
+
+
+def test_no_engine_specific_code_outside_the_engines():
+    """The render stage, filter, shard, status, preview and regeneration go through engines/ (issue 21):
+    no module outside the engines compares with an engine's name or a source kind or reads
+    render.source, and the stages and tools after render import no engine's own module."""
+    names = _engine_names()
+    wrong = []
+    for path in _sources(tests=False):
+        rel = path.relative_to(ROOT).as_posix()
+        if not rel.startswith(ENGINE_HOMES):
+            wrong += _engine_branches(path, names)
+        if rel.startswith(THROUGH_THE_INTERFACE):
+            wrong += [f"{rel}:{line}: imports {m} (go through {', '.join(ENGINE_INTERFACE)})"
+                      for m, line in _imports(path) if _package(m) in ("p2p", "engines")
+                      and not any(m == i or m.startswith(i + ".") for i in ENGINE_INTERFACE)]
     assert not wrong, "\n".join(wrong)

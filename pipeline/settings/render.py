@@ -1,10 +1,21 @@
-"""Config of the render stage (Prompt-to-Prompt before/after candidates on Stable Diffusion)."""
+"""Config of the render stage: which edit engine(s) render the before/after candidates, and their settings.
+
+`render.engine` names an engine (engines/: `p2p`, ...) or a weighted mix of them. Settings every engine
+reads (model, device, dtype, size, steps, candidates, source, seed, ...) sit at the top of the section;
+an engine's own settings sit in its own sub-section `render.<engine>` (a `Strict` model, listed in
+pipeline/config.py's HASH_NEUTRAL_DEFAULTS so adding it leaves every existing hash as it was).
+Prompt-to-Prompt's settings predate engines and stay at the top (p_range, guidance_range, tie_windows,
+mode, self_max_res, local_blend, blend_*, max_rows_per_batch, shared_sources, inversion): moving them
+would change every published hash and every config file.
+"""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from editgen.pipeline.settings.base import Resources, Seed, Strict
 from editgen.pipeline.settings.model_edits import EditSet, ModelEdit
@@ -15,6 +26,8 @@ MAX_SIDE = 4096
 MAX_STEPS = 1000
 Guidance = Annotated[float, Field(ge=0, le=100)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+MAX_WEIGHT = 1e6
+EngineWeight = Annotated[float, Field(gt=0, le=MAX_WEIGHT)]
 Method = Literal["ddim", "null_text", "negative_prompt"]
 METHODS: tuple[str, ...] = ("ddim", "null_text", "negative_prompt")
 
@@ -55,8 +68,13 @@ class RenderConfig(Strict):
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="hub id or local diffusers folder (safetensors); 'tiny' / 'tiny-sdxl' build random test models",
     )
+    engine: str | dict[str, EngineWeight] = Field(
+        "p2p", description="the edit engine (engines/: p2p, ...) or {engine: weight, ...}: each pair's engine "
+        "drawn from a hash of its id and render.seed (recorded in each record's format)",
+    )
     source: Literal["generated", "real"] = Field(
-        "generated", description="real = invert the row's fetched LAION image (fetch stage) and edit it"
+        "generated", description="real = edit the row's fetched LAION image (fetch stage) instead of a "
+        "source the engine generates"
     )
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
@@ -90,7 +108,7 @@ class RenderConfig(Strict):
     shared_sources: int = Field(
         1, ge=1, le=64, description="k candidates of a pair share one source image (same seed and guidance, "
         "their own P2P windows) in one group: 2(1+k) UNet rows per k candidates instead of 4k; candidates must "
-        "be a multiple of k (p2p/shared.py)",
+        "be a multiple of k (engines/p2p_records.py)",
     )
     early_stop: bool = Field(False, description="score candidates as they finish and stop a pair once "
                              "filter.top_k pass filter thresholds")
@@ -121,15 +139,36 @@ class RenderConfig(Strict):
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
         if not 0 <= self.p_range[0] <= self.p_range[1] <= 1:
             raise ValueError("p_range must lie within [0, 1]")
-        if self.candidates % self.shared_sources:
-            raise ValueError(f"candidates ({self.candidates}) must be a multiple of shared_sources "
-                             f"({self.shared_sources})")
-        if self.source == "real" and self.shared_sources > 1:
-            raise ValueError("shared_sources > 1 is for generated sources (a real image's inversion is already "
-                             "shared by its candidates)")
-        if self.source == "real" and self.scheduler != "ddim":
-            raise ValueError(f"source=real inverts the image with DDIM: scheduler must be ddim (got {self.scheduler})")
+        for cls in _engines().chosen_engines(self):
+            cls.check_settings(self)
         return self
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_shape(cls, value: object) -> object:
+        """One line for a wrong shape (instead of one per member of the union)."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value) and all(
+                isinstance(w, int | float) and not isinstance(w, bool) and 0 < w <= MAX_WEIGHT for w in value.values()):
+            return value
+        raise ValueError(f"expected an engine name or {{engine: weight, ...}} with weights in (0, {MAX_WEIGHT:g}]")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engines(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        names = [value] if isinstance(value, str) else list(value)
+        known = list(_engines().known_engines())
+        if not names:
+            raise ValueError(f"name at least one engine (known: {', '.join(known)})")
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown engine {name!r} (known: {', '.join(known)})")
+        return names[0] if len(names) == 1 else value  # {p2p: 1} is p2p: the same hash, the same run
+
+    def engine_weights(self) -> dict[str, float]:
+        """`render.engine` as {engine name: weight} (one name: weight 1)."""
+        return {self.engine: 1.0} if isinstance(self.engine, str) else dict(self.engine)
 
     def edit_set(self) -> EditSet | None:
         """The model edits as one solve, or None when there are none (preserve alone moves nothing)."""
@@ -137,6 +176,16 @@ class RenderConfig(Strict):
             return None
         preserve = list(self.model_edit_preserve)
         return EditSet(edits=list(self.model_edits), lam=self.model_edit_lambda, preserve=preserve)
+
+
+def _engines() -> ModuleType:
+    """engines.base, imported by name: the engine registry and each engine's own settings checks live
+    with the engines, above the core, like the stage graph (pipeline/registry.py)."""
+    return importlib.import_module(ENGINES_MODULE)
+
+
+#: Where the engine registry and its lookups live (imported by name: engines sit above the core).
+ENGINES_MODULE = "editgen.engines.base"
 
 
 def check_values(flags: dict[str, str], **values: object) -> None:

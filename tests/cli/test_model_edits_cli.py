@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from editgen.cli.main import main
+from editgen.engines.p2p_records import render_records
+from editgen.engines.runtime import Runtime
 from editgen.output.manifest import read_manifest
 from editgen.output.shard_writer import write_dataset
-from editgen.p2p.candidates import pipeline_for_record, render_records
 from editgen.p2p.generate import load_pipeline
 from editgen.pipeline.config import build_config
 from editgen.pipeline.runner import stage_hashes
@@ -42,23 +43,24 @@ def test_edit_model_folder_reproduces_the_in_actor_edit_bit_for_bit(tiny, tmp_pa
     meta = json.loads((out / "model_edits.json").read_text())
     stage = RenderStage(_cfg(tiny, f"render.model_edits={EDITS}", "render.model_edit_preserve=[a dog]"))
     stage.setup()
-    assert stage.model_edits["checksum"] == meta["checksum"]
+    assert stage.runtime.model.model_edits["checksum"] == meta["checksum"]
     baked = load_pipeline(out, "cpu", "float32")  # every weight, not only the edited ones
     for part in ("unet", "text_encoder", "vae"):
-        ours, theirs = getattr(stage.p2p.pipe, part).state_dict(), getattr(baked.pipe, part).state_dict()
+        ours, theirs = getattr(stage.runtime.pipeline.pipe, part).state_dict(), getattr(baked.pipe, part).state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     row = {"id": "r0", "caption": "a pack of roses", "edited_caption": "a pack of red roses", "edit_kind": "refine"}
-    rec = stage._records(row, 1)[0]
-    assert rec["model_edits"]["edits"][1] == {"kind": "erase", "concept": "a cat", "anchor": ""}
-    first = render_records(stage.p2p, [rec])[0]
-    again = render_records(pipeline_for_record(rec, "cpu"), [rec])[0]  # regenerate re-applies the edits
+    rec = stage.engine_for(row).draw(row, 1)[0]
+    assert rec.to_row()["model_edits"]["edits"][1] == {"kind": "erase", "concept": "a cat", "anchor": ""}
+    first = render_records(stage.runtime.pipeline, [rec])[0]
+    again = render_records(Runtime.for_record(rec.model, "cpu").pipeline, [rec])[0]  # re-applies the edits
     plain = render_records(load_pipeline(tiny, "cpu", "float32"), [rec])[0]
     assert first.edited_image == again.edited_image and first.edited_image != plain.edited_image
     via_folder = RenderStage(_cfg(out))  # render.model = the edit-model folder, no edits in the config
     via_folder.setup()
-    rec2 = via_folder._records(row, 1)[0]
+    rec2 = via_folder.engine_for(row).draw(row, 1)[0].to_row()
     assert rec2["model_edits_in_model"]["checksum"] == meta["checksum"] and "model_edits" not in rec2
-    assert render_records(via_folder.p2p, [rec2])[0].edited_image == first.edited_image
+    assert render_records(via_folder.runtime.pipeline, [via_folder.engine_for(row).draw(row, 1)[0]])[0].edited_image \
+        == first.edited_image
 
 
 def test_bad_edits_are_one_line_and_exit_2(tiny, tmp_path, capsys):

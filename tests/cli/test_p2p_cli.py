@@ -131,7 +131,7 @@ def test_pair_image_edits_a_real_photo(cache, tmp_path, capsys, monkeypatch):
     and edit are written, params regenerate the images with the input file (issue 13 item 6)."""
     import numpy as np
 
-    from editgen.p2p.regenerate import regenerate
+    from editgen.engines.regenerate import regenerate
     from editgen.sources.image import prepare_image
     from tests.image_server import ImageServer, encode, gradient
 

@@ -1,4 +1,5 @@
-"""Prompt-to-Prompt on real images (issue 13 items 2-3) through p2p.real on the tiny SD model, CPU.
+"""Prompt-to-Prompt on real images (issue 13 items 2-3) through p2p.real and the P2P engine's real-image
+records (engines/p2p_real.py) on the tiny SD model, CPU.
 
 The inversion's own invariants (DDIM reconstruction bound, null-text beating DDIM at guidance 7.5,
 negative-prompt's definition, DiffEdit's mask) are in tests/p2p/test_p2p_inversion.py; here: the render from
@@ -16,9 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from editgen.p2p.candidates import sample_candidates
-from editgen.p2p.real import SOURCE_KEY, decode_image, pixels_sha256, prepare_source, render_real, source_settings
-from editgen.p2p.regenerate import regenerate
+from editgen.engines.p2p_real import REAL as SOURCE_KEY
+from editgen.engines.p2p_real import render_real, source_params
+from editgen.engines.p2p_records import sample_candidates
+from editgen.engines.record import ModelRef
+from editgen.engines.regenerate import regenerate
+from editgen.engines.runtime import Runtime
+from editgen.p2p.real import decode_image, pixels_sha256, prepare_source
 from editgen.pipeline.settings.render import InversionConfig
 
 SRC = "a photo of a cat sitting on a bench"
@@ -43,11 +48,10 @@ def _records(p2p, edit: str, n: int, config: InversionConfig, image: bytes, **sp
     blend = space.pop("blend", None)
     reweight = {"cat": 2.0} if space.get("mode") == "reweight" else None
     sp = CandidateSpace(steps=STEPS, height=SIZE, width=SIZE, guidance_range=(G, G), **space)
-    recs = sample_candidates("pair-1", SRC, edit, n, model=p2p.model, dtype="float32", space=sp, blend=blend,
+    recs = sample_candidates("pair-1", SRC, edit, n, model=ModelRef(p2p.model, "float32"), space=sp, blend=blend,
                              reweight=reweight)
-    for r in recs:
-        r[SOURCE_KEY] = source_settings(config, pixels_sha256(decode_image(image)), 0.2)
-    return recs
+    meta = source_params(config, pixels_sha256(decode_image(image)), 0.2)
+    return [r.with_params(**{SOURCE_KEY: meta}) for r in recs]
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +63,20 @@ def photo() -> bytes:
 def test_identical_prompts_reproduce_the_reconstruction(p2p, photo, method):
     config = InversionConfig(method=method, inner_steps=2)
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
-    out = render_real(p2p, _records(p2p, SRC, 1, config, photo), src)[0]
+    out = render_real(p2p, _records(p2p, SRC, 1, config, photo)[0], src)
     assert out.edited_image == out.reconstruction  # the edit row with the source prompt IS the reconstruction
     lat = out.result.latents
     assert torch.equal(lat[0], lat[1])
-    rec = out.record["reconstruction"]
+    rec = out.record.params["reconstruction"]
     assert np.isfinite(rec["psnr"]) and -1 <= rec["ssim"] <= 1
-    cost = out.record["inversion_cost"]
+    cost = out.record.params["inversion_cost"]
     assert cost["forward_rows"] >= STEPS and (cost["backward_rows"] > 0) == (method == "null_text")
 
 
 def test_input_is_the_real_image(p2p, photo):
     config = InversionConfig(method="negative_prompt")
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
-    out = render_real(p2p, _records(p2p, DST, 1, config, photo), src)[0]
+    out = render_real(p2p, _records(p2p, DST, 1, config, photo)[0], src)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out.input_image))), np.asarray(decode_image(photo)))
     assert out.edited_image != out.reconstruction
 
@@ -82,7 +86,7 @@ def test_input_is_the_real_image(p2p, photo):
 def test_every_mode_runs_from_the_inverted_latent(p2p, photo, mode, edit):
     config = InversionConfig(method="negative_prompt")
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
-    out = render_real(p2p, _records(p2p, edit, 1, config, photo, mode=mode), src)[0]
+    out = render_real(p2p, _records(p2p, edit, 1, config, photo, mode=mode)[0], src)
     assert out.result.modes == [mode]
     assert Image.open(io.BytesIO(out.edited_image)).size == (SIZE, SIZE)
 
@@ -90,7 +94,7 @@ def test_every_mode_runs_from_the_inverted_latent(p2p, photo, mode, edit):
 def test_diffedit_mask_keeps_the_reconstruction_outside(p2p, photo):
     config = InversionConfig(method="negative_prompt", mask="diffedit", diffedit={"n_draws": 2, "threshold": 0.9})
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
-    out = render_real(p2p, _records(p2p, DST, 1, config, photo), src)[0]
+    out = render_real(p2p, _records(p2p, DST, 1, config, photo)[0], src)
     mask = out.result.masks[0]
     assert mask is not None and 0 < int(mask.sum()) < mask.numel()
     lat = out.result.latents
@@ -103,7 +107,7 @@ def test_local_blend_keeps_the_reconstruction_outside(p2p, photo):
     config = InversionConfig(method="negative_prompt", mask="local_blend")
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
     blend = {"words": ["cat", "dog"], "threshold": 0.3, "start": 0.2}
-    out = render_real(p2p, _records(p2p, DST, 1, config, photo, blend=blend), src)[0]
+    out = render_real(p2p, _records(p2p, DST, 1, config, photo, blend=blend)[0], src)
     mask = out.result.masks[0]
     assert mask is not None
     lat = out.result.latents
@@ -115,20 +119,21 @@ def test_regenerate_from_record_and_image_is_bit_identical(p2p, photo):
 
     config = InversionConfig(method="null_text", inner_steps=2)
     src = prepare_source(p2p, decode_image(photo), SRC, STEPS, G, config)
-    out = render_real(p2p, _records(p2p, DST, 1, config, photo), src)[0]
-    stored = json.loads(json.dumps(out.record))
-    again = regenerate(stored, p2p, image=photo)
+    out = render_real(p2p, _records(p2p, DST, 1, config, photo)[0], src)
+    stored = json.loads(out.record.to_json())
+    runtime = Runtime.wrap(p2p)
+    again = regenerate(stored, runtime, image=photo)
     assert (again.input_image, again.edited_image, again.reconstruction) == \
         (out.input_image, out.edited_image, out.reconstruction)
-    assert regenerate(stored, p2p, image=out.input_image).edited_image == out.edited_image  # the shard's copy
+    assert regenerate(stored, runtime, image=out.input_image).edited_image == out.edited_image  # the shard's copy
     other = np.asarray(decode_image(photo)).copy()
     other[0, 0, 0] ^= 1
     buf = io.BytesIO()
     Image.fromarray(other).save(buf, format="PNG")
     with pytest.raises(ValueError, match="sha256"):
-        regenerate(stored, p2p, image=buf.getvalue())
+        regenerate(stored, runtime, image=buf.getvalue())
     with pytest.raises(ValueError, match="source image"):
-        regenerate(stored, p2p)
+        regenerate(stored, runtime)
 
 
 def test_render_stage_with_real_source(tmp_path, photo):
@@ -161,5 +166,5 @@ def test_render_stage_with_real_source(tmp_path, photo):
         assert params["guidance"] == 7.5 and "image" not in r
     # one inversion per pair (guidance fixed), not per candidate: 2 pairs x (3 + 3 * (2 + k)) rows at most
     assert 2 * 3 < stage.metrics["inversion_forward_rows"] <= 2 * (3 + 3 * 4)
-    again = regenerate(json.loads(out[1]["params"]), stage.p2p, image=photo)
+    again = regenerate(json.loads(out[1]["params"]), stage.runtime, image=photo)
     assert again.edited_image == out[1]["edited_image"] and again.reconstruction == out[1]["reconstruction"]

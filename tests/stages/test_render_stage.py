@@ -74,7 +74,7 @@ def test_pool_spreads_partitions_over_actors(rendered):
 
 
 def test_regeneration_from_record_is_bit_identical(rendered):
-    from editgen.p2p.regenerate import regenerate
+    from editgen.engines.regenerate import regenerate
 
     out, _ = rendered
     import torch
