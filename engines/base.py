@@ -158,6 +158,10 @@ class EditEngine(ABC):
         """Records that render as one unit: a render call gets whole groups."""
         return 1
 
+    def model_label(self) -> str:
+        """What the `render_model` column says (default: `render.model` as configured)."""
+        return self.runtime.label
+
 
 def known_engines() -> tuple[str, ...]:
     return tuple(REGISTRY)

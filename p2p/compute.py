@@ -321,7 +321,8 @@ class CandidateCompute:
 
 def record_compute(record: Mapping[str, Any], flops_per_row: int, share: int = 1, inversion_row_steps: float = 0.0,
                    scoring_row_steps: float = 0.0) -> CandidateCompute:
-    """Compute of one render record (``p2p.candidates`` format): CFG from its guidance, rows from its edits."""
+    """Compute of one P2P render (a P2P record's parameters: p2p.candidates.request_params, or a whole record):
+    CFG from its guidance, rows from its edits."""
     cfg = float(record["guidance"]) > 1.0
     rows = rows_per_candidate(cfg, max(1, len(record.get("edits") or [])), share)
     steps = unet_evals(str(record.get("scheduler", "ddim")), int(record["steps"]))

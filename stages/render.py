@@ -182,8 +182,9 @@ class RenderStage(Stage[RenderConfig]):
         cols["image_format"].append(o.image_format)
         cols["seed"].append(int(rec.seed))
         cols["params"].append(rec.to_json())
-        cols["render_model"].append(self.runtime.label if self.runtime else None)
-        cols["render_mode"].append(self.engines[rec.engine].mode(rec))
+        engine = self.engines[rec.engine]
+        cols["render_model"].append(engine.model_label())
+        cols["render_mode"].append(engine.mode(rec))
         cols["candidates_drawn"].append(drawn)
         reasons.append(None)
 
