@@ -184,3 +184,32 @@ def test_stage_records_regenerate_through_the_interface(case):
         assert (again.input_image, again.edited_image, again.mask, again.reconstruction) == \
             (r["input_image"], r["edited_image"], r["mask"], r["reconstruction"]), case
         assert again.record.params == rec.params  # the same engine parameters, measured ones included
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_pair_cli_writes_a_record_that_regenerates(tmp_path, monkeypatch, explicit):
+    """`editgen pair` builds a P2P record and renders it through the engine; its params.json regenerates the
+    same edited image, `--explicit` (the materialised-probability reference path) included."""
+    import argparse
+
+    from editgen.cli import pair as pair_cli
+    from tests.support import one_thread
+
+    monkeypatch.setenv("EDITGEN_CACHE", str(tmp_path / "cache"))
+    parser = argparse.ArgumentParser()
+    pair_cli.add_arguments(parser)
+    out = tmp_path / "pair"
+    argv = ["--profile", "tiny", "--prompt", "a photo of a cat on a bench", "--edit-prompt",
+            "a photo of a dog on a bench", "--steps", "2", "--device", "cpu", "--out", str(out)]
+    threads = one_thread()
+    next(threads)
+    try:
+        assert pair_cli.main(parser.parse_args([*argv, *(["--explicit"] if explicit else [])])) == 0
+        params = json.loads((out / "params.json").read_text())
+        assert params["explicit"] is explicit and params["modes"] == ["replace"]
+        assert CandidateRecord.from_row(params).engine == "p2p"
+        again = regenerate(params, device="cpu")
+    finally:
+        next(threads, None)
+    assert again.edited_image == (out / "edited.png").read_bytes()
+    assert again.input_image == (out / "input.png").read_bytes()
