@@ -12,10 +12,13 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editgen.pipeline.settings.fetch import FetchConfig
 from editgen.pipeline.settings.render import InversionConfig
+
+if TYPE_CHECKING:
+    from editgen.engines.base import RenderedCandidate
 
 
 class RealImageError(ValueError):
@@ -94,7 +97,7 @@ def real_source(args: argparse.Namespace) -> dict[str, Any]:
     return {REAL: source_params(config, sha, args.blend_start, image=args.image)}
 
 
-def summary(out: Any, modes: list[str]) -> str:
+def summary(out: RenderedCandidate, modes: list[str]) -> str:
     """What the command prints after its file list: the mode, and a real image's reconstruction error."""
     recon = out.record.params.get("reconstruction")
     inversion = (out.record.params.get("real_source") or {}).get("inversion", {}).get("method")
