@@ -63,6 +63,28 @@ class InversionConfig(Strict):
     diffedit: DiffEditConfig = Field(default_factory=DiffEditConfig)
 
 
+class SDEditConfig(Strict):
+    """The sdedit engine's settings (`render.sdedit`; engines/sdedit.py, docs/engines/sdedit.md)."""
+
+    strength_range: tuple[Fraction, Fraction] = Field(
+        (0.5, 0.8), description="noise strength t0 ~ U(a, b): the share of the denoising schedule re-run under "
+        "the edited caption (diffusers' img2img `strength`: int(steps x t0) steps); below ~0.5 a global edit "
+        "barely shows, above ~0.8 the source's layout is lost (docs/engines/sdedit.md)",
+    )
+    guidance_range: tuple[Guidance, Guidance] | None = Field(
+        None, description="CFG scale of the denoising under the edited caption ~ U(a, b); None = the "
+        "candidate's render.guidance_range draw (the scale its generated source used, as in P2P)",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SDEditConfig:
+        for name in ("strength_range", "guidance_range"):
+            lo, hi = getattr(self, name) or (0, 0)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
+        return self
+
+
 class RenderConfig(Strict):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -77,6 +99,7 @@ class RenderConfig(Strict):
         "source the engine generates"
     )
     inversion: InversionConfig = Field(default_factory=InversionConfig)
+    sdedit: SDEditConfig = Field(default_factory=SDEditConfig, description="the sdedit engine's settings")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on GPU, float32 on CPU"
