@@ -71,9 +71,9 @@ class SDEditEngine(EditEngine):
         return self.settings.shared_sources
 
     def draw(self, row: Mapping[str, Any], n: int, start: int = 0) -> list[CandidateRecord]:
-        """Candidates `start`.. (whole groups of `shared_sources`): seed and CFG scale as P2P draws them
-        for the same candidate (so a generated source is P2P's), strength (and an own CFG scale, with
-        `render.sdedit.guidance_range`) from this engine's own per-(pair, candidate) RNG."""
+        """Candidates `start`.. (whole groups of `shared_sources`): seed and source CFG scale as P2P draws
+        them for the same candidate (so a generated source is P2P's), strength and the edit's CFG scale
+        (`render.sdedit`) from this engine's own per-(pair, candidate) RNG."""
         from editgen.engines.sdedit_render import draw_params
 
         s = self.settings

@@ -76,13 +76,14 @@ def p2p_draw(s: RenderConfig, pair_id: str, i: int) -> tuple[int, float]:
 
 
 def draw_params(s: RenderConfig, pair_id: str, i: int, k: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """Candidate `i`'s seed, its own parameters (CFG scale, strength) and its generated source: the seed
-    and scale of its group's first candidate (`k` candidates share one source, as P2P's shared sources)."""
+    """Candidate `i`'s seed, its own parameters (strength and CFG scale, from this engine's RNG) and its
+    generated source: the seed and scale P2P draws for its group's first candidate (`k` candidates share
+    one source, as P2P's shared sources)."""
     seed, guidance = p2p_draw(s, pair_id, i)
     lead_seed, lead_guidance = p2p_draw(s, pair_id, i // k * k) if k > 1 else (seed, guidance)
     own = candidate_rng(f"{pair_id}\x00sdedit", i)
     strength = own.uniform(*s.sdedit.strength_range)
-    scale = own.uniform(*s.sdedit.guidance_range) if s.sdedit.guidance_range is not None else guidance
+    scale = own.uniform(*s.sdedit.guidance_range)
     source = {"kind": GENERATED, "seed": lead_seed, "guidance": lead_guidance, "shared_by": k}
     return seed, {"guidance": scale, "strength": strength}, source
 

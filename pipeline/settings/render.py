@@ -71,15 +71,15 @@ class SDEditConfig(Strict):
         "the edited caption (diffusers' img2img `strength`: int(steps x t0) steps); below ~0.5 a global edit "
         "barely shows, above ~0.8 the source's layout is lost (docs/engines/sdedit.md)",
     )
-    guidance_range: tuple[Guidance, Guidance] | None = Field(
-        None, description="CFG scale of the denoising under the edited caption ~ U(a, b); None = the "
-        "candidate's render.guidance_range draw (the scale its generated source used, as in P2P)",
+    guidance_range: tuple[Guidance, Guidance] = Field(
+        (7.5, 15.0), description="CFG scale of the denoising under the edited caption ~ U(a, b) per candidate "
+        "(a generated source uses the scale P2P draws from render.guidance_range, so it is P2P's source)",
     )
 
     @model_validator(mode="after")
     def _ranges(self) -> SDEditConfig:
         for name in ("strength_range", "guidance_range"):
-            lo, hi = getattr(self, name) or (0, 0)
+            lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
         return self
