@@ -33,6 +33,9 @@ from editgen.p2p.models import TINY_MODELS
 from editgen.pipeline.settings.render import RenderConfig
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+    from PIL import Image
+
     from editgen.engines.instruct_model_render import EditModel
     from editgen.engines.runtime import Runtime
 
@@ -92,7 +95,7 @@ class InstructModelEngine(EditEngine):
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)
-        self.images: dict[str, Any] = {}  # pair key -> decoded photograph (real sources), per partition
+        self.images: dict[str, Image.Image] = {}  # pair key -> decoded photograph (real sources), per partition
         self._model: EditModel | None = None
         self._evals: dict[int, int] = {}
 
@@ -118,7 +121,7 @@ class InstructModelEngine(EditEngine):
     def preflight(cls, settings: RenderConfig) -> None:
         from editgen.engines.instruct_model_load import preflight
 
-        preflight(settings, kind_of(settings), configured_model(settings))
+        preflight(kind_of(settings), configured_model(settings))
 
     @property
     def model(self) -> EditModel:
@@ -134,7 +137,7 @@ class InstructModelEngine(EditEngine):
     def setup(self) -> None:
         self.model  # noqa: B018 - load it now: a model that cannot load fails the actor's setup, not a pair
 
-    def begin(self, table: Any) -> None:
+    def begin(self, table: pa.Table) -> None:
         super().begin(table)
         self.images = {}
 

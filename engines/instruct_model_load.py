@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from editgen.engines.instruct_model_kinds import PipelineKind
     from editgen.engines.instruct_model_render import EditModel
     from editgen.engines.runtime import Runtime
-    from editgen.pipeline.settings.render import RenderConfig
 
 SETTING = "render.instruct_model"
 
@@ -101,8 +100,12 @@ def resolve(model: str) -> tuple[str, bool]:
     return str(build_tiny_ip2p()), True
 
 
-def preflight(settings: RenderConfig, kind: PipelineKind, model: str) -> None:
-    """On the driver before any stage runs: the class exists, the model can be loaded as it."""
+def preflight(kind: PipelineKind, model: str) -> None:
+    """On the driver before any stage runs: the class exists, the model can be loaded as it (the tiny one
+    built now, once, so actors only load it)."""
+    from editgen.p2p.models import quiet_libraries
+
+    quiet_libraries()
     pipeline_class(kind)
     path, _ = resolve(model)
     check_model(path, kind)

@@ -171,6 +171,16 @@ def test_generated_source_is_p2ps_source_for_the_same_candidate(generated):
         assert np.abs(a - b).max() <= 1
 
 
+def test_settings_leave_todays_hashes_and_recompute_render_on():
+    from editgen.pipeline.runner import stage_hashes
+
+    base = stage_hashes(build_config(profile="tiny"))
+    assert stage_hashes(build_config(profile="tiny", overrides=["render.instruct_model.pipeline=ip2p"])) == base
+    for change in (["render.engine=instruct_model"], ["render.engine=instruct_model", "render.instruct_model.steps=3"]):
+        moved = stage_hashes(build_config(profile="tiny", overrides=change))
+        assert [k for k in base if moved[k] != base[k]] == ["render", "filter", "shard"], change
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_source_draws_are_p2ps_draws(tie):
     settings = build_config(profile="tiny", overrides=[f"render.tie_windows={str(tie).lower()}"]).render
