@@ -35,6 +35,7 @@ class PipelineKind:
     size_multiple: int  # output sides are floored to multiples of this
     prompt_tokens: tuple[str, int | None] | None  # (tokenizer attribute, limit or None = its max) checked per pair
     wide_dtype_on_gpu: bool  # bfloat16 on GPU (float16 overflows it)
+    size_kwargs: tuple[str, ...] = ()  # __call__ arguments that pin the output to the source's size
 
 
 PIPELINES: dict[str, PipelineKind] = {
@@ -44,10 +45,10 @@ PIPELINES: dict[str, PipelineKind] = {
     "flux_kontext": PipelineKind(
         "flux_kontext", "FluxKontextPipeline", "black-forest-labs/FLUX.1-Kontext-dev",
         "FLUX.1 [dev] Non-Commercial License", (2.5, 2.5), None, "guidance_scale", False, None, False,
-        "transformer", 16, ("tokenizer_2", 512), True),
+        "transformer", 16, ("tokenizer_2", 512), True, ("height", "width", "max_area")),
     "qwen_image_edit": PipelineKind(
         "qwen_image_edit", "QwenImageEditPipeline", "Qwen/Qwen-Image-Edit", "Apache-2.0", (4.0, 4.0), None,
-        "true_cfg_scale", True, " ", True, "transformer", 16, None, True),
+        "true_cfg_scale", True, " ", True, "transformer", 16, None, True, ("height", "width")),
 }
 
 
@@ -61,8 +62,9 @@ def edit_call(params: Mapping[str, Any]) -> dict[str, Any]:
         call["image_guidance_scale"] = float(params["image_guidance_scale"])
     if kind.takes_negative_prompt:
         call["negative_prompt"] = params["negative_prompt"]
-    if kind.denoiser == "transformer":  # the output keeps the input's size (else they pick ~1 MP)
-        call.update(height=int(params["height"]), width=int(params["width"]))
+    h, w = int(params["height"]), int(params["width"])
+    sizes = {"height": h, "width": w, "max_area": h * w}  # else they pick ~1 MP (Kontext rescales to max_area)
+    call.update({k: sizes[k] for k in kind.size_kwargs})
     return call
 
 

@@ -4,6 +4,7 @@ P2P's, real sources are the photograph, UNet rows are counted honestly, and ever
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import shutil
@@ -171,6 +172,18 @@ def test_generated_source_is_p2ps_source_for_the_same_candidate(generated):
         assert np.abs(a - b).max() <= 1
 
 
+def test_the_engine_and_its_config_import_no_torch():
+    """The config check imports the engine by name: validating a config must not pull torch in."""
+    code = ("import sys; from editgen.pipeline.config import build_config; "
+            "import editgen.engines.instruct_model_load; "
+            "build_config(profile='tiny', overrides=['render.engine=instruct_model']); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers'}); "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_settings_leave_todays_hashes_and_recompute_render_on():
     from editgen.pipeline.runner import stage_hashes
 
@@ -233,13 +246,18 @@ def test_call_arguments_and_rows_of_each_pipeline_kind():
             "negative_prompt": None, "height": 512, "width": 768}
     flux = {**base, "pipeline": "flux_kontext"}
     assert kinds.edit_call(flux) == {"prompt": "make it snow", "num_inference_steps": 28, "guidance_scale": 2.5,
-                                     "height": 512, "width": 768}
+                                     "height": 512, "width": 768, "max_area": 512 * 768}
     qwen = {**base, "pipeline": "qwen_image_edit", "guidance_scale": 4.0, "negative_prompt": " "}
     assert kinds.edit_call(qwen) == {"prompt": "make it snow", "num_inference_steps": 28, "true_cfg_scale": 4.0,
                                      "negative_prompt": " ", "height": 512, "width": 768}
     no_negative = {**qwen, "negative_prompt": None}
     assert (kinds.edit_rows(flux), kinds.edit_rows(qwen), kinds.edit_rows(no_negative)) == (1, 2, 1)
     ip2p = {**base, "pipeline": "ip2p", "guidance_scale": 7.5, "image_guidance_scale": 1.5}
+    import diffusers
+
+    for params in (flux, qwen, ip2p):  # every argument is one the installed class's __call__ takes
+        takes = inspect.signature(getattr(diffusers, kinds.PIPELINES[params["pipeline"]].class_name).__call__)
+        assert {*kinds.edit_call(params), "image", "generator", "output_type"} <= set(takes.parameters), params
     assert [kinds.edit_rows({**ip2p, "guidance_scale": g, "image_guidance_scale": i})
             for g, i in ((7.5, 1.5), (7.5, 1.0), (7.5, 0.9), (1.0, 1.5))] == [3, 3, 1, 1]
 
