@@ -2,8 +2,10 @@
 
 OUT/preview.html shows a grid of before/after pairs (thumbnails under OUT/preview/) with instruction,
 captions, CLIP scores and drop reasons, plus PNG plots of score distributions (kept vs dropped, with
-the thresholds) and of drop reasons per stage (from OUT/<stage>/_done/*.json). All text from the data
-is HTML-escaped: captions come from the web and from an LLM.
+the thresholds) and of drop reasons per stage (from OUT/<stage>/_done/*.json). Where a pair has an edit
+mask (a region, not the whole image), a translucent tint over its before and after thumbnails shows it,
+with its area and the words it came from; a checkbox at the top shows or hides every tint. All text from
+the data is HTML-escaped: captions come from the web and from an LLM.
 
 Only committed filter partitions are shown (those with a completion record), each read checked against
 its record's sha256; one that does not match (damaged, or rewritten by a live run right now) is left
@@ -20,10 +22,13 @@ import logging
 import uuid
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from editgen.filters.pairs.clip_score import SCORE_COLUMNS
+from editgen.filters.pairs.masks import decode_mask
+from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS
 from editgen.filters.pairs.select import Thresholds
 from editgen.output.shard_writer import sample_key
 from editgen.pipeline.freshness import refuse_stale
@@ -39,8 +44,12 @@ PAGE = "preview.html"
 THUMB = 256
 META_COLUMNS = [
     "id", "candidate", "caption", "edited_caption", "instruction", "edit_kind", "url", *SCORE_COLUMNS,
-    "status", "drop_reason",
+    *OUTSIDE_MASK_COLUMNS, "status", "drop_reason",
 ]
+#: The edit-mask tint (RGBA) laid over a thumbnail.
+MASK_TINT = (255, 0, 200, 110)
+MASK_TOGGLE = ('<label><input type="checkbox" id="mask-toggle" checked '
+               "onchange=\"document.body.classList.toggle('hide-masks', !this.checked)\"> show edit masks</label>")
 #: Tells a viewer (and the headless-browser test) whether every thumbnail loaded.
 LOAD_CHECK = """<script>
 window.addEventListener('load', function () {
@@ -55,6 +64,8 @@ CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:14px}
 .card{border:1px solid #ccc;border-radius:6px;padding:8px}.card.dropped{background:#fff4f4}
 .pair{display:flex;gap:6px}.pair img{width:256px;height:auto;background:#eee}
+.thumb{position:relative;line-height:0}.thumb img.mask{position:absolute;left:0;top:0;height:100%;background:none;
+pointer-events:none}body.hide-masks img.mask{display:none}
 .instr{font-weight:bold;margin:6px 0}.cap{font-size:.85em;color:#444}
 .scores{font-family:monospace;font-size:.8em}
 .plots img{max-width:100%}"""
@@ -142,31 +153,66 @@ def _thumbnail(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _mask_overlay(data: bytes) -> tuple[bytes, float] | None:
+    """(the tint PNG at thumbnail size, area fraction) of a region mask; None for the whole image (nothing
+    to tint) or a mask that does not decode."""
+    from PIL import Image
+
+    try:
+        region = decode_mask(data)
+    except ValueError:
+        return None
+    if region.all():
+        return None
+    tint = np.zeros((*region.shape, 4), np.uint8)
+    tint[region] = MASK_TINT
+    img = Image.fromarray(tint, "RGBA")
+    img.thumbnail((THUMB, THUMB), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), float(region.mean())
+
+
+def _mask_words(params: str | None) -> list[str]:
+    """The words the record says its mask came from (engines.record.CandidateRecord.mask)."""
+    try:
+        words = (json.loads(params or "{}").get("mask") or {}).get("words")
+    except (ValueError, AttributeError):
+        return []
+    return [str(w) for w in words] if isinstance(words, list) else []
+
+
 def write_thumbnails(storage: Storage, rows: list[dict[str, Any]], assets: str = PREVIEW_DIR) -> None:
-    """Adds `thumbs` (relative paths) to each row; reads only the picked rows' images."""
+    """Adds `thumbs` (relative paths) to each row, and `mask_tint` / `mask_area` / `mask_words` to those
+    with a region mask; reads only the picked rows' images."""
     by_part: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_part.setdefault(r["_part"], []).append(r)
     records = {str(rec["partition"]): rec for rec in read_records(storage, "filter")}
+    columns = ["id", "candidate", "input_image", "edited_image", "mask", "params"]
     for pid, picked in by_part.items():
-        t = read_filter(storage, records[pid], ["id", "candidate", "input_image", "edited_image"]) if pid in records \
-            else None
+        t = read_filter(storage, records[pid], columns) if pid in records else None
         if t is None:  # changed since its scores were read (a live run): shown without images
             continue
         pairs = zip(t["id"].to_pylist(), t["candidate"].to_pylist(), strict=True)
         index = {pair: n for n, pair in enumerate(pairs)}
         for r in picked:
             n = index[(r["id"], r["candidate"])]
+            x = {c: t[c][n].as_py() for c in columns if c in t.column_names}
             key = sample_key(str(r["id"]), int(r["candidate"]))
             r["thumbs"] = []
             for col, tag in (("input_image", "in"), ("edited_image", "out")):
                 rel = f"{key}-{tag}.jpg"
-                data = t[col][n].as_py()
                 try:
-                    storage.write_bytes(_thumbnail(data), assets, rel)
+                    storage.write_bytes(_thumbnail(x[col]), assets, rel)
                 except Exception:  # noqa: BLE001 - an undecodable image shows as broken, not a crash
                     pass
                 r["thumbs"].append(f"{assets}/{rel}")
+            overlay = _mask_overlay(x["mask"]) if x.get("mask") else None
+            if overlay is not None:
+                storage.write_bytes(overlay[0], assets, f"{key}-mask.png")
+                r.update(mask_tint=f"{assets}/{key}-mask.png", mask_area=overlay[1],
+                         mask_words=_mask_words(x.get("params")))
 
 
 def plot_scores(table: pa.Table, th: Thresholds) -> bytes:
@@ -224,9 +270,15 @@ def _png(fig: Any) -> bytes:
 def _card(r: dict[str, Any]) -> str:
     e = lambda v: html.escape("" if v is None else str(v), quote=True)  # noqa: E731
     scores = " ".join(f"{c}={r[c]:.3f}" if r.get(c) is not None else f"{c}=n/a" for c in SCORE_COLUMNS)
+    scores += "".join(f" {c}={r[c]:.3f}" for c in OUTSIDE_MASK_COLUMNS if r.get(c) is not None)
     status = "kept" if r.get("status") == KEPT else f"dropped: {r.get('drop_reason')}"
     thumbs = zip(r.get("thumbs", []), ("before", "after"), strict=False)
-    imgs = "".join(f'<img src="{e(src)}" alt="{e(alt)}">' for src, alt in thumbs)
+    tint = f'<img class="mask" src="{e(r["mask_tint"])}" alt="edit mask">' if r.get("mask_tint") else ""
+    imgs = "".join(f'<span class="thumb"><img src="{e(src)}" alt="{e(alt)}">{tint}</span>' for src, alt in thumbs)
+    mask = ""
+    if r.get("mask_tint"):
+        words = ", ".join(r.get("mask_words") or []) or "n/a"
+        mask = f'<div class="cap">edit mask: {r["mask_area"]:.1%} of the image · words: {e(words)}</div>'
     # Only web links: a scraped `javascript:` or `data:` URL would run when clicked, escaped or not.
     url = str(r.get("url") or "")
     link = f'<a href="{e(url)}" rel="noreferrer">source</a>' if url.lower().startswith(("http://", "https://")) else ""
@@ -235,7 +287,7 @@ def _card(r: dict[str, Any]) -> str:
         f'<div class="pair">{imgs}</div>'
         f'<div class="instr">{e(r.get("instruction"))}</div>'
         f'<div class="cap">before: {e(r.get("caption"))}</div>'
-        f'<div class="cap">after: {e(r.get("edited_caption"))}</div>'
+        f'<div class="cap">after: {e(r.get("edited_caption"))}</div>{mask}'
         f'<div class="scores">{e(scores)}<br>{e(status)} · {e(r.get("edit_kind"))} · '
         f'{e(r.get("id"))}#{e(r.get("candidate"))} {link}</div></div>'
     )
@@ -266,7 +318,7 @@ def build_preview(out: str, limit: int = 48, rejected: int = 12,
         for s, d in drops.items()
     )
     body = [
-        f"<h1>editgen preview: {html.escape(out)}</h1><p id=\"load-status\"></p><ul>{summary}</ul>",
+        f"<h1>editgen preview: {html.escape(out)}</h1><p id=\"load-status\"></p><ul>{summary}</ul>{MASK_TOGGLE}",
         f'<div class="plots">{"".join(plots)}</div>',
         f"<h2>Kept pairs ({len(kept_rows)} shown)</h2>"
         f"<div class=\"grid\">{''.join(map(_card, kept_rows))}</div>",

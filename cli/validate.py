@@ -3,7 +3,8 @@ the manifest against the stages that produced it.
 
 Checks per shard: present, size and sha256 as listed, a complete tar, the listed sample count, every
 sample with input/edited images that decode, an instruction, and metadata JSON with the required
-fields whose id/candidate match the sample key. Then the chain (cli.chain_check): every stage
+fields whose id/candidate match the sample key and whose mask_rle/mask_bbox/mask_area describe the
+sample's mask.png. Then the chain (cli.chain_check): every stage
 complete with rows_in = kept + dropped, every partition computed from its upstream's, and the shards
 holding exactly the filter stage's kept candidates. Exit 1 with one line per problem, 0 when valid.
 """
@@ -18,7 +19,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from editgen.cli.chain_check import check_chain
+from editgen.filters.pairs.masks import mask_geometry, rle_decode
 from editgen.output.manifest import (
     GEN_PREFIX,
     REJECTED_DIR,
@@ -70,7 +74,26 @@ def check_sample(sample: dict[str, Any]) -> list[str]:
         problems.append(f"sample {key}: json lacks {', '.join(missing)}")
     elif sample_key(str(meta["id"]), int(meta["candidate"])) != key:
         problems.append(f"sample {key}: json id/candidate do not match the key")
+    why = mask_rle_problem(meta, sample.get("mask.png"))
+    if why is not None:
+        problems.append(f"sample {key}: {why}")
     return problems
+
+
+def mask_rle_problem(meta: Any, mask_png: bytes | None) -> str | None:
+    """Why the JSON's mask_rle / mask_bbox / mask_area do not describe the sample's mask.png (None: they do,
+    or the sample is of before they existed)."""
+    if not isinstance(meta, dict) or "mask_rle" not in meta or not mask_png:
+        return None
+    try:
+        expected, stored = mask_geometry(bytes(mask_png)), rle_decode(meta["mask_rle"])
+    except (ValueError, TypeError) as exc:
+        return f"json mask_rle: {exc}"
+    if not np.array_equal(stored, rle_decode(expected.rle)):
+        return "json mask_rle does not match mask.png"
+    if meta.get("mask_bbox") != expected.bbox or meta.get("mask_area") != expected.area:
+        return "json mask_bbox/mask_area do not match mask.png"
+    return None
 
 
 def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int, set[str]]:

@@ -13,4 +13,5 @@ This module stays import-light (no torch): the config check and the stage graph 
 REGISTRY: dict[str, str] = {
     "p2p": "editgen.engines.p2p:P2PEngine",
     "sdedit": "editgen.engines.sdedit:SDEditEngine",
+    "instruct_model": "editgen.engines.instruct_model:InstructModelEngine",
 }

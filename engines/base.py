@@ -96,6 +96,12 @@ class EditEngine(ABC):
         config is validated, for each chosen engine."""
         return None
 
+    @classmethod
+    def preflight(cls, settings: RenderConfig) -> None:
+        """On the driver, before any stage runs: what it will load exists and can be loaded (a class the
+        installed library lacks, a model that cannot be reached); raise ConfigError (one line)."""
+        return None
+
     # ---- once per actor, once per partition ----------------------------------------------------
     def setup(self) -> None:
         """Load what it renders with (through the shared runtime) and check it can; once per actor."""

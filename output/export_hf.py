@@ -8,7 +8,9 @@
 so `datasets.load_dataset(DEST)` returns every split and diffusers' train_instruct_pix2pix.py runs on
 `--dataset_name DEST` unmodified (it trains on `train` and takes the first three columns: input_image,
 edit_prompt, edited_image). Two more columns trace a row back: `key` (the shard sample key
-`<id>-cNNNN`) and `id` (the caption row's id, which names its source file and row).
+`<id>-cNNNN`) and `id` (the caption row's id, which names its source file and row). Then the edit mask:
+`mask` (an Image: the sample's mask.png, all white where the engine gave no region), `mask_area`,
+`mask_bbox` ([x, y, w, h]), `mask_words` and `mask_kind` (filters.pairs.masks; the sample JSON).
 
 Splits: by default `train` (the kept samples; `--split` renames it) and `rejected` when the run
 published rejected shards; `rejected=True` exports only `rejected`, `rejected=False` only the kept one.
@@ -35,6 +37,7 @@ files, for the exact list, or export to a new DEST.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -46,6 +49,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from editgen.filters.pairs.masks import mask_geometry
 from editgen.output.manifest import (
     MANIFEST,
     entries,
@@ -54,26 +58,32 @@ from editgen.output.manifest import (
     parse_manifest,
     read_manifest_text,
 )
+from editgen.output.shard_writer import whole_image_mask
 from editgen.pipeline.errors import InputError
 from editgen.pipeline.redact import redact_url
 from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id")
+COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
+           "mask_kind")
+_IMAGE = {"_type": "Image"}
+_STRING = {"dtype": "string", "_type": "Value"}
 SCHEMA = pa.schema(
     [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE),
-     ("key", pa.string()), ("id", pa.string())]
+     ("key", pa.string()), ("id", pa.string()), ("mask", IMAGE_TYPE), ("mask_area", pa.float64()),
+     ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string())]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
             {
                 "info": {
-                    "features": {
-                        "input_image": {"_type": "Image"},
-                        "edit_prompt": {"dtype": "string", "_type": "Value"},
-                        "edited_image": {"_type": "Image"},
-                        "key": {"dtype": "string", "_type": "Value"},
-                        "id": {"dtype": "string", "_type": "Value"},
+                    "features": {  # `Sequence`: what every datasets version reads (4.x and later: a List)
+                        "input_image": _IMAGE, "edit_prompt": _STRING, "edited_image": _IMAGE,
+                        "key": _STRING, "id": _STRING, "mask": _IMAGE,
+                        "mask_area": {"dtype": "float64", "_type": "Value"},
+                        "mask_bbox": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
+                        "mask_words": {"feature": _STRING, "_type": "Sequence"},
+                        "mask_kind": _STRING,
                     }
                 }
             }
@@ -136,8 +146,32 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
         raise KeyError(f"{key}: no {stem} image")
 
     meta = json.loads(sample["json"])
-    return {"input_image": image("input"), "edit_prompt": sample["txt"].decode("utf-8"),
-            "edited_image": image("edited"), "key": key, "id": str(meta["id"])}
+    row = {"input_image": image("input"), "edit_prompt": sample["txt"].decode("utf-8"),
+           "edited_image": image("edited"), "key": key, "id": str(meta["id"])}
+    return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"])}
+
+
+def _mask_columns(sample: dict[str, Any], meta: dict[str, Any], input_image: bytes) -> dict[str, Any]:
+    """`mask` (the sample's mask.png; the whole image, white, for a shard of before every sample had one),
+    its area fraction and bounding box (computed from that image: filters.pairs.masks) and the words
+    and kind the sample JSON names."""
+    key = sample["__key__"]
+    data = sample.get("mask.png")
+    if data is None:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(input_image)) as img:
+            data = whole_image_mask(*img.size)
+    try:
+        geometry = mask_geometry(data)
+    except ValueError:
+        raise InputError(f"{sample.get('__url__', '?')}: sample {key}: mask.png does not decode; nothing exported "
+                         "(`editgen validate OUT` lists every problem)") from None
+    words, kind = meta.get("mask_words"), meta.get("mask_kind")
+    return {"mask": {"bytes": data, "path": f"{key}.mask.png"}, "mask_area": geometry.area,
+            "mask_bbox": geometry.bbox,
+            "mask_words": [str(w) for w in words] if isinstance(words, list) else None,
+            "mask_kind": kind if isinstance(kind, str) else None}
 
 
 def _plan(src: Storage, manifest: dict[str, Any], split: str, rejected: bool | None) -> list[SplitSet]:
@@ -267,7 +301,14 @@ def dataset_card(splits: list[str]) -> str:
               "| `edit_prompt` | the edit instruction |",
               "| `edited_image` | the image after the edit |",
               "| `key` | the WebDataset sample key in the editgen shards (`<id>-cNNNN`, N = candidate) |",
-              "| `id` | the caption row's id (source file and row) |", ""]
+              "| `id` | the caption row's id (source file and row) |",
+              "| `mask` | the edit mask (white = the region the edit may change; all white where the engine gave "
+              "no region) |",
+              "| `mask_area` | the fraction of the image's pixels in the mask (1.0: the whole image) |",
+              "| `mask_bbox` | the mask's bounding box `[x, y, w, h]` in pixels |",
+              "| `mask_words` | the caption words the mask came from (null where the engine did not say) |",
+              "| `mask_kind` | how the engine made the mask (e.g. `cross_attention`, `diffedit`, `local_blend`; "
+              "null where it did not say) |", ""]
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from editgen.filters.pairs.masks import MaskGeometry, mask_geometry
 from editgen.output.compute_report import compute_report
 from editgen.output.manifest import (
     GEN_PREFIX,
@@ -91,9 +92,11 @@ def _jsonable(value: Any) -> Any:
 LOCATOR_COLUMNS = ("url", "source", "fetch_error")
 
 
-def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
+def sample_metadata(row: dict[str, Any], mask: MaskGeometry | None = None) -> dict[str, Any]:
     """Every non-binary column (captions, seed, scores, model ids, url, source, row id, status...),
-    with `params` (the P2P parameters as JSON text) expanded into an object."""
+    with `params` (the engine's record as JSON text) expanded into an object, and what `mask` (the
+    geometry of the sample's mask.png) says: `mask_rle`, `mask_bbox`, `mask_area`, and from the
+    record's mask description `mask_words` / `mask_kind` (null where it has none)."""
     meta = {k: v for k, v in row.items() if not isinstance(v, bytes | bytearray)}
     meta["mask"] = "region" if row.get("mask") else "whole_image"  # what mask.png is (sample_members)
     for col in LOCATOR_COLUMNS:  # ingest already redacts them; a shard never trusts that alone
@@ -105,7 +108,28 @@ def sample_metadata(row: dict[str, Any]) -> dict[str, Any]:
             meta["params"] = json.loads(params)
         except ValueError:
             pass
+    if mask is not None:
+        meta.update(mask_fields(mask, meta.get("params")))
     return _jsonable(meta)
+
+
+def mask_fields(mask: MaskGeometry, params: object) -> dict[str, Any]:
+    """The sample JSON's mask fields: geometry from the mask image itself (so they always describe the
+    mask.png beside them: filters.pairs.masks gives the conventions), words and kind from the record's
+    mask description (engines.record.CandidateRecord.mask) where it has them."""
+    described = params.get("mask") if isinstance(params, dict) else None
+    described = described if isinstance(described, dict) else {}
+    words = described.get("words")
+    ok_words = isinstance(words, list) and all(isinstance(w, str) for w in words)
+    kind = described.get("kind")
+    return {"mask_rle": mask.rle, "mask_bbox": mask.bbox, "mask_area": mask.area,
+            "mask_words": words if ok_words else None, "mask_kind": kind if isinstance(kind, str) else None}
+
+
+class BadMask(ValueError):
+    """A row's mask does not decode: the sample is dropped as `bad_mask`."""
+
+    reason = "bad_mask"
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,15 +142,26 @@ def whole_image_mask(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def _mask(row: dict[str, Any]) -> bytes:
-    """The row's edit-region mask, or the whole-image mask at the input image's size."""
+@functools.lru_cache(maxsize=8)
+def _whole_image_geometry(width: int, height: int) -> MaskGeometry:
+    import numpy as np
+
+    return mask_geometry(np.ones((height, width), dtype=bool))
+
+
+def _mask(row: dict[str, Any]) -> tuple[bytes, MaskGeometry]:
+    """The row's edit-region mask, or the whole-image mask at the input image's size, and its geometry."""
     if row.get("mask"):
-        return bytes(row["mask"])
+        data = bytes(row["mask"])
+        try:
+            return data, mask_geometry(data)
+        except ValueError:
+            raise BadMask("mask does not decode") from None
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(row["input_image"])) as img:  # reads the header only
-            return whole_image_mask(*img.size)
+            return whole_image_mask(*img.size), _whole_image_geometry(*img.size)
     except (UnidentifiedImageError, OSError, ValueError):
         raise ValueError("input_image does not decode") from None
 
@@ -146,12 +181,13 @@ def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
         if not data:
             raise ValueError(f"missing {col}")
         members.append((f"{key}.{stem}.{image_ext(data, row.get('image_format'))}", bytes(data)))
-    members.append((f"{key}.mask.png", _mask(row)))
+    mask, geometry = _mask(row)
+    members.append((f"{key}.mask.png", mask))
     recon = row.get("reconstruction")
     if recon:  # real-image pairs: the photograph re-rendered from its inversion (p2p.real)
         members.append((f"{key}.reconstruction.{image_ext(recon, row.get('image_format'))}", bytes(recon)))
     members.append((f"{key}.txt", str(row.get("instruction") or "").encode("utf-8")))
-    meta = json.dumps(sample_metadata(row), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    meta = json.dumps(sample_metadata(row, geometry), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     members.append((f"{key}.json", meta.encode("utf-8")))
     return key, members
 
@@ -318,8 +354,8 @@ def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: Sh
         assert writer is not None
         try:
             key, members = sample_members(row)
-        except ValueError:
-            reason = "missing_image"
+        except ValueError as exc:  # BadMask: bad_mask
+            reason = getattr(exc, "reason", "missing_image")
         else:
             reason = "duplicate_key" if writer.has_key(key) else ""
         if reason:

@@ -43,8 +43,10 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.
 #: An edit engine's sub-section (`render.<engine>`) goes here too, and so does `render.engine`.
-HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "sdedit"),
-                         "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim")}
+HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "instruct_model",
+                                    "sdedit"),
+                         "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim", "outside_mask",
+                                    "max_outside_mask_l1", "min_outside_mask_ssim")}
 
 
 class EditgenConfig(Strict):

@@ -2,8 +2,11 @@
 
 Scores are cached per render partition in OUT/filter/_scores/part-NNNNN.parquet, keyed by the render
 partition's checksum and the CLIP config: when only thresholds or top_k change, the runner recomputes
-filter partitions but this stage re-runs selection alone and never loads CLIP. Output keeps every
-candidate with its scores and a status, so rejected candidates stay available (shard.export_rejected).
+filter partitions but this stage re-runs selection alone and never loads CLIP. The change outside each
+pair's edit mask (filters.pairs.outside_mask) is cached in the same file under a key of its own (its
+dilation and metric version) and digest: a cache written before it existed still gives its CLIP scores,
+and only the outside-mask scores are computed and added. Output keeps every candidate with its scores
+and a status, so rejected candidates stay available (shard.export_rejected).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pyarrow as pa
 from editgen.engines.base import reconstructs
 from editgen.filters.pairs.clip_score import SCORE_COLUMNS, ClipScorer, ClipSpec, check_weights_dir, check_weights_file
 from editgen.filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
+from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS, outside_mask_key, outside_mask_scores
 from editgen.filters.pairs.select import Thresholds, select
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.filter import FilterConfig
@@ -35,20 +39,37 @@ META_INPUT = b"editgen.render_sha256"
 META_CLIP = b"editgen.clip_key"
 #: A digest of the cached scores: a flipped bit in a score is a cache miss, never a different score.
 META_SCORES = b"editgen.scores_sha256"
+#: The outside-mask scores' key (filters.pairs.outside_mask.outside_mask_key) and digest.
+META_OUTSIDE = b"editgen.outside_mask_key"
+META_OUTSIDE_SCORES = b"editgen.outside_mask_sha256"
 
 
-def _scores_digest(scores: dict[str, np.ndarray]) -> bytes:
-    data = b"".join(np.asarray(scores[c], dtype=np.float32).tobytes() for c in SCORE_COLUMNS)
+def _scores_digest(scores: dict[str, np.ndarray], columns: tuple[str, ...] = SCORE_COLUMNS) -> bytes:
+    data = b"".join(np.asarray(scores[c], dtype=np.float32).tobytes() for c in columns)
     return hashlib.sha256(data).hexdigest().encode()
+
+
+def outside_scores(table: pa.Table, cfg: FilterConfig) -> dict[str, np.ndarray]:
+    """The change outside each candidate's edit mask (NaN where it has none: no `mask` column or null)."""
+    masks = table["mask"].to_pylist() if "mask" in table.column_names else [None] * table.num_rows
+    return outside_mask_scores(table["input_image"].to_pylist(), table["edited_image"].to_pylist(), masks,
+                               cfg.outside_mask.dilation)
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array([None if np.isnan(v) else float(v) for v in values], pa.float32())
 
 
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
                     clip_model_id: str, real: bool = False) -> pa.Table:
-    """Render rows + scores -> filter output rows (scores, reconstruction fidelity, rank, clip model id,
-    status). Fidelity is computed here, not cached: only where the render engines give reconstructions
-    of real images (`real`: engines.base.reconstructs, whose every partition then has the fidelity
-    columns), and cheap next to CLIP."""
+    """Render rows + scores -> filter output rows (scores, reconstruction fidelity, change outside the
+    edit mask, rank, clip model id, status). Fidelity is computed here, not cached: only where the render
+    engines give reconstructions of real images (`real`: engines.base.reconstructs, whose every partition
+    then has the fidelity columns), and cheap next to CLIP. The outside-mask scores come with `scores`
+    (cached with them) and are computed here when missing; every partition has their columns."""
     scores = dict(scores)
+    if any(c not in scores for c in OUTSIDE_MASK_COLUMNS):
+        scores.update(outside_scores(table, cfg))
     if real:
         if "reconstruction" not in table.column_names:
             raise ConfigError("render: the engine gives reconstructions but the render output has no "
@@ -61,14 +82,16 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterC
         Thresholds.from_config(cfg),
         cfg.top_k,
     )
-    drop = [c for c in (*SCORE_COLUMNS, *FIDELITY_COLUMNS, "filter_rank", "clip_model") if c in table.column_names]
+    own = (*SCORE_COLUMNS, *FIDELITY_COLUMNS, *OUTSIDE_MASK_COLUMNS, "filter_rank", "clip_model")
+    drop = [c for c in own if c in table.column_names]
     out = table.drop_columns(drop) if drop else table
     for name in SCORE_COLUMNS:
         out = out.append_column(name, pa.array(np.asarray(scores[name], dtype=np.float32), pa.float32()))
     for name in FIDELITY_COLUMNS:
         if name in scores:
-            values = [None if np.isnan(v) else float(v) for v in scores[name]]
-            out = out.append_column(name, pa.array(values, pa.float32()))
+            out = out.append_column(name, _nullable(scores[name]))
+    for name in OUTSIDE_MASK_COLUMNS:
+        out = out.append_column(name, _nullable(scores[name]))
     out = out.append_column("filter_rank", pa.array(ranks, pa.int32()))
     out = out.append_column("clip_model", pa.array([clip_model_id] * table.num_rows, pa.string()))
     return with_status(out, reasons)
@@ -107,7 +130,7 @@ class FilterStage(Stage[FilterConfig]):
     name = "filter"
     version = "1"
     input_columns = ("candidate", "input_image", "edited_image", "caption", "edited_caption")
-    output_columns = (*SCORE_COLUMNS, "filter_rank", "clip_model")
+    output_columns = (*SCORE_COLUMNS, *OUTSIDE_MASK_COLUMNS, "filter_rank", "clip_model")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -138,20 +161,31 @@ class FilterStage(Stage[FilterConfig]):
 
     # ---- score cache ---------------------------------------------------------------------
     def partition_scores(self, table: pa.Table, part: Partition | None = None) -> dict[str, np.ndarray]:
+        """CLIP and outside-mask scores of a partition, each from the cache when it holds them for this
+        render partition and config, else computed (and the cache rewritten with both)."""
         use_cache = part is not None and self.settings.cache_scores
-        clip_key = self.spec.cache_key()
+        keys = (self.spec.cache_key(), outside_mask_key(self.settings.outside_mask.dilation))
+        scores: dict[str, np.ndarray] = {}
         if part is not None and use_cache:
-            pid, input_key, storage = part.spec.pid, part.spec.input_key, part.storage
-            cached = read_cached_scores(storage, self.name, pid, input_key, clip_key, table)
+            cached = read_cached_scores(part.storage, self.name, part.spec.pid, part.spec.input_key, keys[0], table,
+                                        keys[1])
             if cached is not None:
                 self.metrics["score_cache_hits"] = 1.0
-                return cached
-        t0 = time.perf_counter()
-        scores = self.scorer().score_table(table) if table.num_rows else _empty_scores()
-        self.metrics["clip_seconds"] = time.perf_counter() - t0
-        self.metrics["clip_scored"] = float(table.num_rows)
-        if part is not None and use_cache:
-            write_cached_scores(part.storage, self.name, part.spec.pid, part.spec.input_key, clip_key, table, scores)
+                scores = cached
+        complete = bool(scores) and all(c in scores for c in OUTSIDE_MASK_COLUMNS)
+        if not scores:
+            t0 = time.perf_counter()
+            scores = self.scorer().score_table(table) if table.num_rows else _empty_scores()
+            self.metrics["clip_seconds"] = time.perf_counter() - t0
+            self.metrics["clip_scored"] = float(table.num_rows)
+        if not all(c in scores for c in OUTSIDE_MASK_COLUMNS):
+            t0 = time.perf_counter()
+            scores.update(outside_scores(table, self.settings))
+            self.metrics["outside_mask_seconds"] = time.perf_counter() - t0
+            self.metrics["outside_mask_scored"] = float(np.count_nonzero(~np.isnan(scores["outside_mask_l1"])))
+        if part is not None and use_cache and not complete:
+            write_cached_scores(part.storage, self.name, part.spec.pid, part.spec.input_key, keys[0], table, scores,
+                                keys[1])
         return scores
 
     def teardown(self) -> None:
@@ -163,9 +197,11 @@ def _empty_scores() -> dict[str, np.ndarray]:
 
 
 def read_cached_scores(
-    storage: Storage, stage_dir: str, pid: int, input_key: str, clip_key: str, table: pa.Table
+    storage: Storage, stage_dir: str, pid: int, input_key: str, clip_key: str, table: pa.Table,
+    outside_key: str | None = None,
 ) -> dict[str, np.ndarray] | None:
-    """Scores cached for exactly this render partition and CLIP config, or None."""
+    """Scores cached for exactly this render partition and CLIP config, or None; with the outside-mask
+    scores too when they were cached under `outside_key` (a cache of before them has CLIP scores only)."""
     if not storage.exists(stage_dir, SCORES_DIR, part_name(pid)):
         return None
     try:
@@ -182,12 +218,26 @@ def read_cached_scores(
     )
     if not same_rows:
         return None
-    scores = {c: cached[c].to_numpy(zero_copy_only=False).astype(np.float32) for c in SCORE_COLUMNS}
+    scores = _cached_columns(cached, SCORE_COLUMNS)
     if meta.get(META_SCORES) != _scores_digest(scores):
         log.warning("%s/%s/%s: cached scores damaged (or unchecked); scoring again", stage_dir, SCORES_DIR,
                     part_name(pid))
         return None
+    if outside_key is not None and meta.get(META_OUTSIDE) == outside_key.encode():
+        outside = _cached_columns(cached, OUTSIDE_MASK_COLUMNS)
+        if meta.get(META_OUTSIDE_SCORES) == _scores_digest(outside, OUTSIDE_MASK_COLUMNS):
+            scores.update(outside)
+        else:
+            log.warning("%s/%s/%s: cached outside-mask scores damaged; computing them again", stage_dir,
+                        SCORES_DIR, part_name(pid))
     return scores
+
+
+def _cached_columns(cached: pa.Table, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Those columns as float arrays (NaN for null); an absent one is all NaN (its digest then fails)."""
+    nan = np.full(cached.num_rows, np.nan, np.float32)
+    return {c: cached[c].to_numpy(zero_copy_only=False).astype(np.float32) if c in cached.column_names else nan
+            for c in columns}
 
 
 def write_cached_scores(
@@ -198,9 +248,15 @@ def write_cached_scores(
     clip_key: str,
     table: pa.Table,
     scores: dict[str, np.ndarray],
+    outside_key: str | None = None,
 ) -> None:
     cols = {"id": table["id"], "candidate": table["candidate"]}
     cols.update({c: pa.array(np.asarray(scores[c], dtype=np.float32), pa.float32()) for c in SCORE_COLUMNS})
     meta = {META_INPUT: input_key.encode(), META_CLIP: clip_key.encode(), META_SCORES: _scores_digest(scores)}
+    if outside_key is not None and all(c in scores for c in OUTSIDE_MASK_COLUMNS):
+        cols.update({c: pa.array(np.asarray(scores[c], dtype=np.float32), pa.float32(), from_pandas=True)
+                     for c in OUTSIDE_MASK_COLUMNS})  # NaN stored as null (NaN != NaN would upset table checks)
+        meta.update({META_OUTSIDE: outside_key.encode(),
+                     META_OUTSIDE_SCORES: _scores_digest(scores, OUTSIDE_MASK_COLUMNS)})
     out = pa.table(cols).replace_schema_metadata(meta)
     storage.write_table(out, stage_dir, SCORES_DIR, part_name(pid))

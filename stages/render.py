@@ -27,6 +27,7 @@ from editgen.engines.base import (
     PairRejected,
     RenderedCandidate,
     choose_engine,
+    chosen_engines,
     engine_class,
     pair_key,
     reconstructs,
@@ -94,6 +95,8 @@ class RenderStage(Stage[RenderConfig]):
         if s.early_stop and self.config.filter.top_k is None:
             raise ConfigError("render.early_stop needs filter.top_k (how many passing candidates end a pair)")
         prepare_models(s)
+        for cls in chosen_engines(s):
+            cls.preflight(s)
 
     def setup(self) -> None:
         self.runtime = Runtime.for_stage(self.settings, self.resources().num_cpus)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from editgen.filters.pairs.fidelity import POOR_INVERSION, poor_inversion
+from editgen.filters.pairs.outside_mask import CHANGED_OUTSIDE_MASK, OUTSIDE_MASK_COLUMNS, changed_outside
 
 if TYPE_CHECKING:
     from editgen.pipeline.settings.filter import FilterConfig
@@ -34,11 +35,14 @@ class Thresholds:
     sim_1: float = 0.2
     recon_psnr: float | None = None  # real-image pairs only (NaN scores = generated: not checked)
     recon_ssim: float | None = None
+    outside_l1: float | None = None  # pairs with an edit mask only (NaN scores = whole image: not checked)
+    outside_ssim: float | None = None
 
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> Thresholds:
         return cls(cfg.min_sim_image, cfg.min_sim_direction, cfg.min_sim_0, cfg.min_sim_1,
-                   cfg.min_reconstruction_psnr, cfg.min_reconstruction_ssim)
+                   cfg.min_reconstruction_psnr, cfg.min_reconstruction_ssim,
+                   cfg.max_outside_mask_l1, cfg.min_outside_mask_ssim)
 
     def items(self) -> list[tuple[str, float]]:
         """Check order: the first failing criterion names the drop."""
@@ -53,10 +57,14 @@ class Thresholds:
 def threshold_reason(scores: Mapping[str, float], th: Thresholds) -> str | None:
     """None if the candidate passes every threshold, else `poor_inversion` (a real-image candidate whose
     reconstruction misses its threshold: checked first, the edit was made on another picture),
+    `changed_outside_mask` (the edit spilled outside its mask: filters.pairs.outside_mask),
     `below_<score>` or bad_image."""
     psnr_db, ssim_v = float(scores.get("recon_psnr", math.nan)), float(scores.get("recon_ssim", math.nan))
     if poor_inversion(psnr_db, ssim_v, th.recon_psnr, th.recon_ssim):
         return POOR_INVERSION
+    l1, out_ssim = (float(scores.get(c, math.nan)) for c in OUTSIDE_MASK_COLUMNS)
+    if changed_outside(l1, out_ssim, th.outside_l1, th.outside_ssim):
+        return CHANGED_OUTSIDE_MASK
     values = [float(scores[name]) for name, _ in th.items()]
     if any(math.isnan(v) for v in values):
         return BAD_IMAGE
@@ -75,7 +83,7 @@ def select(
 ) -> tuple[list[str | None], list[int | None]]:
     """(reason per candidate — None = kept —, rank by sim_direction among passing candidates)."""
     n = len(pair_ids)
-    keys = [k for k, _ in th.items()] + [k for k in ("recon_psnr", "recon_ssim") if k in scores]
+    keys = [k for k, _ in th.items()] + [k for k in ("recon_psnr", "recon_ssim", *OUTSIDE_MASK_COLUMNS) if k in scores]
     reasons: list[str | None] = [threshold_reason({k: scores[k][i] for k in keys}, th) for i in range(n)]
     ranks: list[int | None] = [None] * n
     passing: dict[str, list[int]] = defaultdict(list)

@@ -13,6 +13,15 @@ from pydantic import Field
 from editgen.pipeline.settings.base import Resources, Strict
 
 
+class OutsideMaskConfig(Strict):
+    """How the change outside an edit mask is measured (filters.pairs.outside_mask)."""
+
+    dilation: float = Field(
+        0.03, ge=0, le=0.5, description="the mask is grown by this fraction of the image's shorter side (rounded "
+        "up to whole pixels; 0.03 = 16 px at 512) before the pixels outside it are compared",
+    )
+
+
 class FilterConfig(Strict):
     clip_model: str = Field(
         "ViT-L-14", description="open_clip model name, 'hf-hub:org/repo', 'local-dir:PATH', or 'tiny-clip'"
@@ -35,6 +44,17 @@ class FilterConfig(Strict):
         "the real image, else poor_inversion; null = no check",
     )
     min_reconstruction_ssim: float | None = Field(None, ge=-1, le=1, description="the same for SSIM")
+    outside_mask: OutsideMaskConfig = Field(
+        default_factory=OutsideMaskConfig, description="change outside the edit mask (outside_mask_l1 / "
+        "outside_mask_ssim columns, null where the mask is the whole image)",
+    )
+    max_outside_mask_l1: float | None = Field(
+        None, ge=0, le=1, description="pairs with an edit mask: mean absolute pixel change (0..1) outside the dilated "
+        "mask above this is dropped as changed_outside_mask; null = no check",
+    )
+    min_outside_mask_ssim: float | None = Field(
+        None, ge=-1, le=1, description="the same for SSIM outside the dilated mask (below this: changed_outside_mask)",
+    )
     top_k: int | None = Field(4, ge=1, description="kept candidates per pair, by sim_direction; null = all")
     cache_scores: bool = Field(
         True, description="reuse OUT/filter/_scores when only thresholds/top_k change"

@@ -85,6 +85,49 @@ class SDEditConfig(Strict):
         return self
 
 
+class InstructModelConfig(Strict):
+    """The `instruct_model` engine (engines/instruct_model.py, docs/engines/instruct_model.md): a diffusers
+    instruction-edit pipeline turns the source image and the row's instruction into the edited image."""
+
+    pipeline: Literal["ip2p", "flux_kontext", "qwen_image_edit"] = Field(
+        "ip2p", description="ip2p = StableDiffusionInstructPix2PixPipeline, flux_kontext = FluxKontextPipeline, "
+        "qwen_image_edit = QwenImageEditPipeline (the installed diffusers must have the class)",
+    )
+    model: str | None = Field(
+        None, description="hub id or local diffusers folder (safetensors); 'tiny' builds the tiny IP2P test model; "
+        "None = the pipeline's reference model (timbrooks/instruct-pix2pix, black-forest-labs/FLUX.1-Kontext-dev, "
+        "Qwen/Qwen-Image-Edit), or the tiny IP2P when render.model is a tiny model",
+    )
+    guidance_range: tuple[Guidance, Guidance] | None = Field(
+        None, description="text guidance ~ U(a, b) per candidate (ip2p: guidance_scale, flux_kontext: its distilled "
+        "guidance_scale, qwen_image_edit: true_cfg_scale); None = (5, 10), (2.5, 2.5), (4, 4) respectively",
+    )
+    image_guidance_range: tuple[Guidance, Guidance] | None = Field(
+        None, description="ip2p only: image_guidance_scale ~ U(a, b) per candidate; None = (1.2, 1.8)",
+    )
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="edit-model steps (None = render.steps)")
+    scheduler: Literal["model", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"] = Field(
+        "model", description="the edit model's sampler: model = the one it ships with (the only choice for "
+        "flux_kontext and qwen_image_edit)",
+    )
+    negative_prompt: str | None = Field(
+        None, description="ip2p: its negative prompt; qwen_image_edit: None = ' ' (true CFG needs one); "
+        "flux_kontext: none (its guidance is distilled)",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto = render's dtype for ip2p; bfloat16 on GPU for flux_kontext and qwen_image_edit "
+        "(float16 overflows them); float32 on CPU",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> InstructModelConfig:
+        for name in ("guidance_range", "image_guidance_range"):
+            value = getattr(self, name)
+            if value is not None and value[0] > value[1]:
+                raise ValueError(f"{name}: lower bound {value[0]} is above upper bound {value[1]}")
+        return self
+
+
 class RenderConfig(Strict):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -99,6 +142,7 @@ class RenderConfig(Strict):
         "source the engine generates"
     )
     inversion: InversionConfig = Field(default_factory=InversionConfig)
+    instruct_model: InstructModelConfig = Field(default_factory=InstructModelConfig)
     sdedit: SDEditConfig = Field(default_factory=SDEditConfig, description="the sdedit engine's settings")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from editgen.cli import preview
@@ -66,6 +67,43 @@ def test_page_without_filter_output(tmp_path):
     assert "Kept pairs (0 shown)" in (tmp_path / "preview.html").read_text()
 
 
+def test_mask_overlay(tmp_path):
+    """A region mask is a tint over both thumbnails (the mask's pixels, at thumbnail size), with its area
+    and words (escaped); a pair without one, or with a whole-image mask, has none; one checkbox hides all."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    def masks(t: pa.Table) -> pa.Table:
+        white = io.BytesIO()
+        Image.new("L", (32, 32), 255).save(white, format="PNG")
+        m = [None if i % 3 == 0 else white.getvalue() if i % 3 == 1 else b for i, b in enumerate(t["mask"].to_pylist())]
+        params = [json.dumps({**json.loads(p), "mask": {"words": [EVIL, "box"]}}) for p in t["params"].to_pylist()]
+        t = t.set_column(t.column_names.index("params"), "params", pa.array(params))
+        return t.set_column(t.column_names.index("mask"), "mask", pa.array(m, pa.binary()))
+
+    storage = Storage(str(tmp_path))
+    for rec in filter_partitions(tmp_path, parts=1, pairs=3, keep_fraction=1.0, edit=masks):
+        write_record(storage, "filter", rec)
+    preview.build_preview(str(tmp_path), limit=9, rejected=0)
+    stored = pa.parquet.read_table(tmp_path / "filter" / "part-00000.parquet")["mask"].to_pylist()
+    page = (tmp_path / "preview.html").read_text()
+    assert 'id="mask-toggle"' in page and "classList.toggle('hide-masks'" in page and "body.hide-masks img.mask" in page
+    cards = re.findall(r'<div class="card .*?</div></div>', page)
+    assert len(cards) == 9
+    for i, card in enumerate(cards):
+        tints = re.findall(r'<img class="mask" src="([^"]+)"', card)
+        assert len(tints) == (2 if i % 3 == 2 else 0), card
+        if tints:
+            assert "edit mask: 6.2% of the image" in card and "&lt;script&gt;document.body" in card
+            tint = np.asarray(Image.open(tmp_path / tints[0]))
+            region = np.asarray(Image.open(io.BytesIO(stored[i]))) >= 128
+            assert tint.shape == (*region.shape, 4) and ((tint[..., 3] > 0) == region).all()
+    assert "<script>document.body" not in page
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian `chromium` (apt-get install chromium)")
 def test_renders_in_headless_chromium(out, tmp_path):
     build(out)
@@ -75,5 +113,6 @@ def test_renders_in_headless_chromium(out, tmp_path):
     body = re.search(r"<body([^>]*)>", dom).group(1)
     total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
     ok = int(re.search(r'data-images-ok="(\d+)"', body).group(1))
-    assert total == 20 and ok == total, body  # every thumbnail and plot decoded (naturalWidth > 0)
+    # every thumbnail, plot and mask tint (every synthetic pair has a region) decoded (naturalWidth > 0)
+    assert total == 20 + 2 * 9 and ok == total, body
     assert "data-pwned" not in body and "&lt;script&gt;document.body" in dom  # text, never run

@@ -126,3 +126,23 @@ def test_valid_images_decode_check():
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="PNG")
     assert validate_mod._decodes(buf.getvalue()) and not validate_mod._decodes(b"nope")
+
+
+def test_mask_rle_must_describe_mask_png(out):
+    """The sample JSON's mask_rle / mask_bbox / mask_area are checked against mask.png; a sample of before
+    they existed passes."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    with open(shard_path(out, 0), "rb") as f:
+        sample = next(group_by_keys({**d, "__url__": "x"} for d in tar_file_iterator(f)))
+    assert validate_mod.check_sample(sample) == []
+    meta, key = json.loads(sample["json"]), sample["__key__"]
+    counts = meta["mask_rle"]["counts"]
+    for change, line in (({"mask_rle": {**meta["mask_rle"], "counts": [counts[0] + 1, counts[1] - 1, *counts[2:]]}},
+                          "json mask_rle does not match mask.png"),
+                         ({"mask_rle": {"size": [1, 1], "counts": [5]}}, "json mask_rle: rle: counts must"),
+                         ({"mask_area": 0.5}, "json mask_bbox/mask_area do not match mask.png")):
+        problems = validate_mod.check_sample({**sample, "json": json.dumps({**meta, **change}).encode()})
+        assert len(problems) == 1 and problems[0].startswith(f"sample {key}: {line}"), problems
+    old = {k: v for k, v in meta.items() if not k.startswith("mask_")}
+    assert validate_mod.check_sample({**sample, "json": json.dumps(old).encode()}) == []

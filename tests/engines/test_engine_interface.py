@@ -108,11 +108,11 @@ def test_record_round_trip_and_refusals():
         regenerate(other)
 
 
-KNOWN = ", ".join(REGISTRY)
+KNOWN = ", ".join(REGISTRY)  # every registered engine, in registry order
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    ("nope", f"render.engine: unknown engine 'nope' (known: {KNOWN})"),
+    ("no_such_engine", f"render.engine: unknown engine 'no_such_engine' (known: {KNOWN})"),
     ("{p2p: 1, nope: 2}", f"render.engine: unknown engine 'nope' (known: {KNOWN})"),
     ("{}", f"render.engine: name at least one engine (known: {KNOWN})"),
     ("{p2p: 0}", "render.engine: expected an engine name or {engine: weight, ...}"),

@@ -18,7 +18,8 @@ from tests.support import filter_partitions, manifest, write_shards
 
 datasets = pytest.importorskip("datasets")
 #: diffusers' train_instruct_pix2pix.py takes column_names[0..2] as input image, prompt, edited image.
-COLUMNS = ["input_image", "edit_prompt", "edited_image", "key", "id"]
+COLUMNS = ["input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
+           "mask_kind"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,43 @@ def test_load_dataset_gives_train_and_rejected(out, tmp_path):
     for split, status in (("train", "kept"), ("rejected", "dropped")):  # each row traces back to its caption row
         assert sorted(ds[split]["key"]) == sorted(filter_keys(out, status))
         assert all(k.startswith(f"{i}-c") for i, k in zip(ds[split]["id"], ds[split]["key"], strict=True))
+
+
+def test_mask_column_is_the_shards_mask(tmp_path):
+    """`mask` loads as an Image equal to the shard's mask.png (white where the engine gave none), with the
+    sample JSON's area, bounding box, words and kind beside it."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import webdataset as wds
+    from PIL import Image
+
+    def half_masks(t: pa.Table) -> pa.Table:
+        masks = [m if i % 2 else None for i, m in enumerate(t["mask"].to_pylist())]
+        params = [json.dumps({**json.loads(p), "mask": {"words": ["box"], "kind": "local_blend"}}) if i % 2 else p
+                  for i, p in enumerate(t["params"].to_pylist())]
+        t = t.set_column(t.column_names.index("params"), "params", pa.array(params))
+        return t.set_column(t.column_names.index("mask"), "mask", pa.array(masks, pa.binary()))
+
+    out, dest = tmp_path / "out", tmp_path / "hf"
+    write_shards(out, filter_partitions(out, parts=1, pairs=2, candidates=2, size=16, keep_fraction=1.0,
+                                        edit=half_masks))
+    export_hf(str(out), str(dest))
+    ds = load(dest, tmp_path / "cache")["train"]
+    assert isinstance(ds.features["mask"], datasets.Image) and ds.column_names == COLUMNS
+    shard = {s["__key__"]: s for s in wds.WebDataset(str(out / manifest(out)["shards"][0]["name"]),
+                                                       shardshuffle=False)}
+    assert sorted(ds["key"]) == sorted(shard) and len(shard) == 4
+    for row in ds:
+        s = shard[row["key"]]
+        meta = json.loads(s["json"])
+        png = np.asarray(Image.open(io.BytesIO(s["mask.png"])))
+        assert np.array_equal(np.asarray(row["mask"]), png) and row["mask"].size == (16, 16)
+        assert (row["mask_area"], row["mask_bbox"]) == (meta["mask_area"], meta["mask_bbox"])
+        whole = meta["mask"] == "whole_image"
+        assert (row["mask_area"] == 1.0 and png.min() == 255) if whole else 0 < row["mask_area"] < 1
+        assert (row["mask_words"], row["mask_kind"]) == ((None, None) if whole else (["box"], "local_blend"))
 
 
 def filter_keys(out: Path, status: str) -> list[str]:

@@ -99,6 +99,48 @@ def test_jpeg_members_and_a_mask_in_every_sample(tmp_path):
         assert (mask.getextrema() == (255, 255)) == (kind == "whole_image")
 
 
+def test_sample_json_describes_the_mask(tmp_path):
+    """mask_rle / mask_bbox / mask_area computed from mask.png (the RLE decodes to it), words and kind from
+    the record's mask description; whole-image masks described as such; a mask that does not decode drops
+    the sample as bad_mask."""
+    import numpy as np
+
+    from editgen.filters.pairs.masks import decode_mask, mask_geometry, rle_decode
+
+    def described(t: pa.Table) -> pa.Table:
+        masks, params = t["mask"].to_pylist(), t["params"].to_pylist()
+        for i in range(len(masks)):
+            p = json.loads(params[i])
+            if i % 3 == 0:
+                masks[i] = None
+            elif i % 3 == 1:
+                p["mask"] = {"words": ["red", "box"], "kind": "cross_attention", "area": 0.5}
+            params[i] = json.dumps(p)
+        masks[-1] = b"\x89PNG not really"
+        t = t.set_column(t.column_names.index("mask"), "mask", pa.array(masks, pa.binary()))
+        return t.set_column(t.column_names.index("params"), "params", pa.array(params))
+
+    records = make_filter_out(tmp_path, parts=1, keep_fraction=1.0, size=20, edit=described)
+    assert write_shards(tmp_path, records)["dropped"] == {"bad_mask": 1}
+    samples = list(wds.WebDataset(str(shard_path(tmp_path, 0)), shardshuffle=False))
+    assert len(samples) == 11
+    for i, s in enumerate(samples):
+        meta = json.loads(s["json"])
+        region = decode_mask(s["mask.png"])
+        assert (rle_decode(meta["mask_rle"]) == region).all() and meta["mask_rle"]["size"] == [20, 20]
+        g = mask_geometry(s["mask.png"])
+        assert (meta["mask_bbox"], meta["mask_area"]) == (g.bbox, g.area)
+        if i % 3 == 0:
+            assert meta["mask"] == "whole_image" and meta["mask_rle"]["counts"] == [0, 400]
+            assert (meta["mask_bbox"], meta["mask_area"]) == ([0, 0, 20, 20], 1.0)
+        else:
+            ys, xs = np.nonzero(region)
+            assert meta["mask_bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert meta["mask"] == "region" and 0 < meta["mask_area"] < 1
+        words, kind = (["red", "box"], "cross_attention") if i % 3 == 1 else (None, None)
+        assert (meta["mask_words"], meta["mask_kind"]) == (words, kind)
+
+
 def test_byte_identical_across_runs_and_concurrency(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     recs_a, recs_b = make_filter_out(a), make_filter_out(b)
