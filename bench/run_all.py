@@ -60,6 +60,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     results["p2p"] = run([py, "bench/bench_p2p.py"] + (["--quick"] if q else []))
     results["render"] = run([py, "bench/bench_render.py"] + (["--quick"] if q else []))
     results["inversion"] = run([py, "bench/bench_inversion.py"] + (["--quick"] if q else []))
+    results["engines"] = run([py, "bench/bench_engines.py"] + (["--steps", "4", "--pairs", "2"] if q else []))
     results["filter"] = run([py, "bench/bench_filter.py"])
     results["pipeline"] = run([py, "bench/bench_pipeline.py"] + (["--limit", "24"] if q else []))
     return results
@@ -114,6 +115,9 @@ def _later_rows(results: dict[str, Any], add: Any) -> None:
         add(f"inversion {r['method']}: UNet rows per pair (tiny)", r["unet_rows"], "{:.0f}")
         add(f"inversion {r['method']}: CPU s per pair (tiny)", r["cpu_s"], "{:.2f}")
         add(f"inversion {r['method']}: reconstruction PSNR dB (tiny, prior bed)", r["psnr"], "{:.1f}")
+    for name, e in ((results.get("engines") or {}).get("engines") or {}).items():
+        add(f"engine {name}: UNet row-steps per candidate (tiny; x p2p carries over)", e["row_steps_per_candidate"], "{:.1f}")
+        add(f"engine {name}: CPU s per candidate (tiny)", e["seconds_per_candidate"], "{:.3f}")
     r = results.get("filter") or {}
     add("candidates drawn per kept sample, no early stop", r.get("drawn_per_kept_full"))
     add("candidates drawn per kept sample, early stop", r.get("drawn_per_kept_early_stop"))
