@@ -12,4 +12,5 @@ This module stays import-light (no torch): the config check and the stage graph 
 #: Engine name -> "module:Class". The name is `render.engine`'s value and the record's `format` prefix.
 REGISTRY: dict[str, str] = {
     "p2p": "editgen.engines.p2p:P2PEngine",
+    "inpaint": "editgen.engines.inpaint:InpaintEngine",
 }

@@ -43,7 +43,7 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.
 #: An edit engine's sub-section (`render.<engine>`) goes here too, and so does `render.engine`.
-HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources"),
+HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "inpaint"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim")}
 
 

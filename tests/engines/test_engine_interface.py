@@ -109,9 +109,9 @@ def test_record_round_trip_and_refusals():
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    ("sdedit", "render.engine: unknown engine 'sdedit' (known: p2p)"),
-    ("{p2p: 1, nope: 2}", "render.engine: unknown engine 'nope' (known: p2p)"),
-    ("{}", "render.engine: name at least one engine (known: p2p)"),
+    ("nosuch", f"render.engine: unknown engine 'nosuch' (known: {', '.join(REGISTRY)})"),
+    ("{p2p: 1, nope: 2}", f"render.engine: unknown engine 'nope' (known: {', '.join(REGISTRY)})"),
+    ("{}", f"render.engine: name at least one engine (known: {', '.join(REGISTRY)})"),
     ("{p2p: 0}", "render.engine: expected an engine name or {engine: weight, ...}"),
     ("[p2p]", "render.engine: expected an engine name"),
 ])

@@ -166,25 +166,42 @@ ROWS = {"id": ["a", "b"], "caption": [SRC, "a red car in the street"],
         "source_words": [["cat"], ["red"]], "target_words": [["dog"], ["blue"]]}
 
 
+def _photo(size: int = 32) -> bytes:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255).round().astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+REAL = ["render.source=real", "render.inversion.method=negative_prompt"]
+
+
 @pytest.mark.parametrize(("overrides", "source"), [([], "cross_attention"),
-                                                    (["render.local_blend=true"], "local_blend")])
+                                                    (["render.local_blend=true"], "local_blend"),
+                                                    ([*REAL, "render.inversion.mask=diffedit"], "diffedit")])
 def test_every_p2p_pair_has_a_mask_and_regenerates_it(overrides, source):
     import pyarrow as pa
 
-    out = [r for r in _p2p_stage(*overrides).process_partition(pa.table(ROWS)).to_pylist() if r["status"] == "kept"]
+    rows = dict(ROWS)
+    photo = _photo() if "render.source=real" in overrides else None
+    if photo is not None:
+        rows.update(image=[photo] * 2, image_width=[32, 32], image_height=[32, 32])
+    out = [r for r in _p2p_stage(*overrides).process_partition(pa.table(rows)).to_pylist() if r["status"] == "kept"]
     assert len(out) == 4
+    size = [32, 32] if photo is not None else [64, 64]
     for r in out:
         stored = json.loads(r["params"])
         m = stored["mask"]
         assert m["source"] == source and m["words"] in (["cat", "dog"], ["red", "blue"])
-        assert 0 < m["area_fraction"] <= 1 and len(m["bbox"]) == 4 and m["size"] == [64, 64]
+        assert 0 <= m["area_fraction"] <= 1 and m["size"] == size
         png = np.asarray(Image.open(io.BytesIO(r["mask"]))) > 0
         assert masks.checksum(png) == m["sha256"] and png.mean() == m["area_fraction"]
-        again = regenerate(stored, device="cpu")
+        again = regenerate(stored, device="cpu", image=photo)
         assert (again.edited_image, again.input_image, again.mask) == (r["edited_image"], r["input_image"], r["mask"])
         assert again.record.mask == m
         old = {k: v for k, v in stored.items() if k != "mask"}  # a record from before masks: no mask, same images
-        before = regenerate(old, device="cpu")
+        before = regenerate(old, device="cpu", image=photo)
         assert before.edited_image == r["edited_image"] and before.record.mask is None
         assert (before.mask is None) == (source == "cross_attention")
 
