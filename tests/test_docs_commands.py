@@ -29,7 +29,7 @@ from editgen.cli.main import build_parser
 from editgen.pipeline.config import build_config
 from tests.support import ROOT, cli_env
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 WORDS = ("editgen", "make", "python", "pytest", "pip", "accelerate")
 SHELL_BLOCKS = ("bash", "sh", "shell", "console", "")
 #: Commands that are not editgen's to check: diffusers' example trainer is fetched by the user.
