@@ -127,8 +127,8 @@ class InpaintEngine(EditEngine):
         if pair_id not in self.sources:
             s = self.settings
             self.sources[pair_id] = pair_source(self.runtime.pipeline, params, image, s.image_format, s.jpeg_quality)
-            if self.sources[pair_id].reject:
-                self.sources[pair_id].region = None  # no candidate will need it
+            if self.sources[pair_id].reject:  # no candidate will need its pixels
+                self.sources[pair_id].region, self.sources[pair_id].input_image = None, b""
         return self.sources[pair_id]
 
     def request(self, record: CandidateRecord) -> object:
