@@ -116,7 +116,8 @@ def _later_rows(results: dict[str, Any], add: Any) -> None:
         add(f"inversion {r['method']}: CPU s per pair (tiny)", r["cpu_s"], "{:.2f}")
         add(f"inversion {r['method']}: reconstruction PSNR dB (tiny, prior bed)", r["psnr"], "{:.1f}")
     for name, e in ((results.get("engines") or {}).get("engines") or {}).items():
-        add(f"engine {name}: UNet row-steps per candidate (tiny; x p2p carries over)", e["row_steps_per_candidate"], "{:.1f}")
+        add(f"engine {name}: UNet row-steps per candidate (tiny; x p2p carries over)", e["row_steps_per_candidate"],
+            "{:.1f}")
         add(f"engine {name}: CPU s per candidate (tiny)", e["seconds_per_candidate"], "{:.3f}")
     r = results.get("filter") or {}
     add("candidates drawn per kept sample, no early stop", r.get("drawn_per_kept_full"))

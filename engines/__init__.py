@@ -14,4 +14,5 @@ REGISTRY: dict[str, str] = {
     "p2p": "editgen.engines.p2p:P2PEngine",
     "sdedit": "editgen.engines.sdedit:SDEditEngine",
     "instruct_model": "editgen.engines.instruct_model:InstructModelEngine",
+    "inpaint": "editgen.engines.inpaint:InpaintEngine",
 }

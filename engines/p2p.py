@@ -5,7 +5,9 @@ CFG scale ~ U(guidance_range), from a per-(pair, candidate) RNG) and rendered wi
 controls (p2p/); the source is generated from the candidate's seed (`render.source: generated`) or is the
 pair's fetched photograph, inverted (`render.source: real`, engines/p2p_real.py). Its settings are the
 render section's P2P keys (pipeline/settings/render.py). Records: `editgen.p2p/1`, the layout P2P
-records always had (engines/p2p_records.py), so output is byte-identical to the code before engines.
+records always had (engines/p2p_records.py), so images are byte-identical to the code before engines; every
+candidate also carries an edit mask (LocalBlend's, DiffEdit's, or else the changed words' cross-attention
+maps gathered during the same render: no extra UNet work, no image changed), described in its record's `mask`.
 UNet row-steps per candidate: 2 (1 + 1) x steps with CFG (2 (1 + k) / k x steps with k shared sources),
 plus a real image's inversion once per (pair, guidance) (docs/compute.md).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from editgen.engines.base import EditEngine, EngineNeeds, PairRejected, RenderedCandidate, pair_key
@@ -101,7 +104,7 @@ class P2PEngine(EditEngine):
         return self.settings.shared_sources
 
     def draw(self, row: Mapping[str, Any], n: int, start: int = 0) -> list[CandidateRecord]:
-        from editgen.engines.p2p_records import sample_candidates, share_sources
+        from editgen.engines.p2p_records import mask_spec, sample_candidates, share_sources
         from editgen.p2p.candidates import CandidateSpace
 
         s = self.settings
@@ -125,8 +128,18 @@ class P2PEngine(EditEngine):
             recs = sample_candidates(pair_id, row["caption"], row["edited_caption"], upto, model=self.runtime.model,
                                      space=space, edit_kind=kind if kind in ("replace", "refine") else None,
                                      blend=blend)
-        recs = share_sources(recs, k)[start:upto]
+        spec = mask_spec(self._mask_source(blend), blend_words(row), s.blend_threshold)
+        recs = [replace(r, mask=spec) for r in share_sources(recs, k)[start:upto]]
         return self.real.attach(recs, row, pair_id) if self.real is not None else recs
+
+    def _mask_source(self, blend: Mapping[str, Any] | None) -> str:
+        """Where a candidate's edit mask comes from: LocalBlend's when it blends, DiffEdit's when a real
+        image is DiffEdit-masked, else the changed words' cross-attention maps of the same render."""
+        if blend is not None:
+            return "local_blend"
+        if self.real is not None and self.settings.inversion.mask == "diffedit":
+            return "diffedit"
+        return "cross_attention"
 
     def request(self, record: CandidateRecord) -> object:
         from editgen.engines.p2p_records import record_request

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from editgen.engines.base import RenderedCandidate
-from editgen.engines.p2p_records import REAL, record_request
+from editgen.engines.p2p_records import REAL, map_request, record_request, with_mask
 from editgen.engines.record import CandidateRecord
 from editgen.p2p.candidates import CandidateSpace, encode_result
 from editgen.p2p.generate import P2PPipeline
@@ -43,9 +43,11 @@ def render_real(p2p: P2PPipeline, record: CandidateRecord, src: RealSource, imag
     the inversion's UNet cost."""
     meta = record.params[REAL]
     config = InversionConfig.model_validate(meta["inversion"])
-    res = render_from_source(p2p, record_request(record), src, config, float(meta.get("blend_start", 0.0)))
+    res = render_from_source(p2p, record_request(record), src, config, float(meta.get("blend_start", 0.0)),
+                             map_request(record))
     enc = encode_result(res, image_format, jpeg_quality)
-    rec = record.with_params(
+    rec = with_mask(record, res.masks[0] if res.masks else None, (res.request.height, res.request.width))
+    rec = rec.with_params(
         reconstruction=reconstruction_error(res, src),
         inversion_cost={"forward_rows": src.cost.forward_rows, "backward_rows": src.cost.backward_rows,
                         "inner_used": list(src.inversion.inner_used)},

@@ -16,6 +16,12 @@ most one of them, the layout it was rendered in, which regeneration follows:
 - `real_source`: a real photograph, inverted (engines/p2p_real.py).
 
 A record without any rendered alone, one group per batch.
+
+Every record drawn since edit masks exist carries its mask's description in `mask` (p2p.masks.describe):
+drawn with where it comes from (`source`: LocalBlend's mask, DiffEdit's, or, with neither, the
+`cross_attention` maps of the changed words, gathered during the render at no UNet cost with LocalBlend's
+settings) and completed at render with its area fraction, bounding box and checksum. The mask changes no
+image; a record without `mask` (older ones) renders without one, as it always did.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
+
+import torch
 
 from editgen.engines.base import RenderedCandidate
 from editgen.engines.record import CandidateRecord, ModelRef
@@ -39,6 +47,8 @@ from editgen.p2p.candidates import (
 )
 from editgen.p2p.controls import BlendConfig
 from editgen.p2p.generate import P2PPipeline, RenderRequest, RenderResult, dtype_name, plan_batches, render
+from editgen.p2p.masks import describe, image_mask
+from editgen.p2p.word_maps import MapRequest
 
 #: The engine's name and record version: `editgen.p2p/1`, the records P2P wrote before engines existed.
 ENGINE, VERSION = "p2p", 1
@@ -95,10 +105,41 @@ def share_sources(records: list[CandidateRecord], k: int) -> list[CandidateRecor
     return out
 
 
+#: A cross-attention mask's settings: LocalBlend's (threshold: `render.blend_threshold`).
+MASK_DILATE, MASK_DOWNSCALE = 3, 4
+
+
+def mask_spec(source: str, words: Sequence[str], threshold: float) -> dict[str, Any] | None:
+    """What a drawn record says of its mask before rendering (None: no words, no mask)."""
+    if not words:
+        return None
+    spec: dict[str, Any] = {"source": source, "words": list(words)}
+    if source == "cross_attention":
+        spec.update(threshold=float(threshold), dilate=MASK_DILATE, downscale=MASK_DOWNSCALE)
+    return spec
+
+
+def map_request(record: CandidateRecord) -> MapRequest | None:
+    """The word maps a record's cross-attention mask is made of (None for other masks and older records)."""
+    m = record.mask
+    if not m or m.get("source") != "cross_attention":
+        return None
+    return MapRequest(tuple(m["words"]), float(m["threshold"]), int(m["dilate"]), downscale=int(m["downscale"]))
+
+
+def with_mask(record: CandidateRecord, mask: torch.Tensor | None, hw: tuple[int, int]) -> CandidateRecord:
+    """The record with its rendered mask described (area, bbox, checksum); without a mask, no `mask`."""
+    if record.mask is None or mask is None:
+        return replace(record, mask=None)
+    spec = {k: v for k, v in record.mask.items() if k not in ("area_fraction", "bbox", "size", "sha256")}
+    return replace(record, mask=describe(image_mask(mask, hw), spec.pop("source"), spec.pop("words"), **spec))
+
+
 def rendered(record: CandidateRecord, res: RenderResult, fmt: str = "png", quality: int = 95) -> RenderedCandidate:
     """A render result (one edit row) as the record's rendered candidate."""
     enc = encode_result(res, fmt, quality)
-    return RenderedCandidate(record=record, input_image=enc.input_image, edited_image=enc.edited_images[0],
+    rec = with_mask(record, res.masks[0] if res.masks else None, (res.request.height, res.request.width))
+    return RenderedCandidate(record=rec, input_image=enc.input_image, edited_image=enc.edited_images[0],
                              image_format=enc.image_format, mask=enc.masks[0] if enc.masks else None, result=res)
 
 
@@ -122,7 +163,8 @@ def render_records(p2p: P2PPipeline, records: Sequence[CandidateRecord], image_f
     outputs: list[RenderedCandidate | None] = [None] * len(records)
     for idx in plan_batches(requests, 0 if explicit else max_rows):
         batch = [render_inputs(records[i]) for i in idx] if len(idx) > 1 else None
-        results = render(p2p, [requests[i] for i in idx], explicit=bool(records[idx[0]].params.get("explicit")))
+        results = render(p2p, [requests[i] for i in idx], explicit=bool(records[idx[0]].params.get("explicit")),
+                         maps=[map_request(records[i]) for i in idx])
         for pos, (i, res) in enumerate(zip(idx, results, strict=True)):
             rec = records[i] if batch is None else records[i].with_params(**{PACKED: {"position": pos,
                                                                                       "batch": batch}})
@@ -142,8 +184,10 @@ def replay_packed(p2p: P2PPipeline, record: CandidateRecord, image_format: str =
     for member in meta["batch"]:
         if member.get("format") != record.format:
             raise ValueError(f"packed batch member of format {member.get('format')!r} in a {record.format} record")
-    results = render(p2p, [params_request(b, b["seed"]) for b in meta["batch"]])
-    return rendered(record, results[int(meta["position"])], image_format)
+    pos = int(meta["position"])
+    maps = [map_request(record) if j == pos else None for j in range(len(meta["batch"]))]
+    results = render(p2p, [params_request(b, b["seed"]) for b in meta["batch"]], maps=maps)
+    return rendered(record, results[pos], image_format)
 
 
 def render_shared(p2p: P2PPipeline, records: Sequence[CandidateRecord], fmt: str = "png",
@@ -159,13 +203,14 @@ def render_shared(p2p: P2PPipeline, records: Sequence[CandidateRecord], fmt: str
         first = records[idx[0]]
         meta = first.params[SHARED]
         request = params_request({**first.params, "edits": meta["group_edits"]}, first.seed)
-        res = render(p2p, [request])[0]
+        res = render(p2p, [request], maps=[map_request(first)])[0]
         source = encode_image(res.images[0], fmt, quality)
         hw = (request.height, request.width)
         for i in idx:
             row = meta["members"].index(int(records[i].candidate or 0))
             mask = res.masks[row]
             out[i] = RenderedCandidate(
-                record=records[i], input_image=source, edited_image=encode_image(res.images[1 + row], fmt, quality),
-                image_format=image_format_name(fmt), mask=None if mask is None else encode_mask(mask, hw), result=res)
+                record=with_mask(records[i], mask, hw), input_image=source,
+                edited_image=encode_image(res.images[1 + row], fmt, quality), image_format=image_format_name(fmt),
+                mask=None if mask is None else encode_mask(mask, hw), result=res)
     return [out[i] for i in range(len(records))]

@@ -126,12 +126,22 @@ def params_request(params: Mapping[str, Any], seed: int) -> RenderRequest:
 
 def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     """Encode a float HWC image in [0, 1] (diffusers' rounding) as PNG or JPEG bytes."""
+    return encode_uint8(to_uint8(image), fmt, quality)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float HWC image in [0, 1] as the uint8 pixels its encoding holds (diffusers' rounding)."""
+    return (image * 255).round().astype("uint8")
+
+
+def encode_uint8(pixels: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode uint8 HWC pixels as PNG or JPEG bytes."""
     fmt = fmt.lower()
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in IMAGE_FORMATS:
         raise ValueError(f"image format must be one of {IMAGE_FORMATS}, got {fmt!r}")
-    pil = Image.fromarray((image * 255).round().astype("uint8"))
+    pil = Image.fromarray(pixels)
     buf = io.BytesIO()
     if fmt == "png":
         pil.save(buf, format="PNG")

@@ -32,6 +32,7 @@ from editgen.p2p.processors import (
     attention_downscales,
 )
 from editgen.p2p.seq_align import tokenize
+from editgen.p2p.word_maps import GroupMaps, MapRequest, WordMaps, build_recorder, regions
 
 # name -> (diffusers class, config overrides); built from the loaded model's scheduler config.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -205,8 +206,11 @@ class RenderResult:
     request: RenderRequest
     images: np.ndarray  # (1 + E, H, W, 3) float32 in [0, 1]
     latents: torch.Tensor  # final latents (1 + E, C, h, w)
-    masks: list[torch.Tensor | None]  # per edit: LocalBlend mask on the latent grid (bool) or None
+    masks: list[torch.Tensor | None]  # per edit: its mask on the latent grid (bool: LocalBlend's, the
+    # fixed one, or the one its MapRequest's words give) or None
     modes: list[str]
+    source_mask: torch.Tensor | None = None  # the MapRequest's words in the source row (+ its probe)
+    mask_words: list[str] = field(default_factory=list)  # the MapRequest's words some prompt holds
 
 
 @contextmanager
@@ -399,12 +403,14 @@ def _fixed_masks(batch: _Batch, starts: Sequence[Start] | None) -> dict[int, tup
 
 
 def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool = False,
-           starts: Sequence[Start] | None = None) -> list[RenderResult]:
+           starts: Sequence[Start] | None = None, maps: Sequence[MapRequest | None] | None = None,
+           ) -> list[RenderResult]:
     """Render compatible requests in one UNet batch (see module docstring); returns one result each.
 
     Follows diffusers' pipeline steps: check inputs, encode prompts, prepare latents, denoise, decode.
     ``explicit=True`` swaps in the materialised-probability reference processors (tests only);
-    ``starts`` (one per request) start groups from inverted real images instead of noise.
+    ``starts`` (one per request) start groups from inverted real images instead of noise; ``maps`` (one
+    per request, or None) gather word maps for edit masks (p2p.word_maps), which change no image.
     """
     if not requests:
         return []
@@ -415,10 +421,12 @@ def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool =
     batch = compile_batch(p2p, requests, num_steps)
     initial = [s.latent for s in starts] if starts is not None else None
     latents, gens = prepare_latents(p2p, requests, batch.groups, scheduler, initial)
+    recorder, plans = _recorder(p2p, batch, first, maps)
     ctrl = P2PController(
         n_rows=len(batch.prompts), cfg=first.guidance > 1.0, edits=batch.rows, num_steps=num_steps,
         latent_hw=(first.height // p2p.vae_scale, first.width // p2p.vae_scale), device=p2p.device,
         dtype=p2p.dtype, blend_downscales=p2p.cross_downscales, fixed_masks=_fixed_masks(batch, starts),
+        recorder=recorder,
     )
     uncond = starts[0].uncond if starts is not None else None
     with torch.inference_mode(), p2p_attention(p2p.pipe.unet, ctrl, explicit=explicit):
@@ -426,13 +434,41 @@ def render(p2p: P2PPipeline, requests: Sequence[RenderRequest], explicit: bool =
                                        first.height, first.width)
         latents = denoise(p2p, scheduler, latents, embeds, added, ctrl, requests, batch.groups, gens, uncond)
         images = decode(p2p, latents)
-    masks_by_row = ctrl.masks()
-    return [
-        RenderResult(request=req, images=images[a:b], latents=latents[a:b].float().cpu(),
-                     masks=[masks_by_row.get(r).cpu() if r in masks_by_row else None for r in range(a + 1, b)],
-                     modes=group_modes)
-        for (a, b), req, group_modes in zip(batch.groups, requests, batch.modes, strict=True)
-    ]
+    return [_result(req, images, latents, ctrl.masks(), (a, b), group_modes, recorder, plan)
+            for (a, b), req, group_modes, plan in zip(batch.groups, requests, batch.modes, plans, strict=True)]
+
+
+def _recorder(p2p: P2PPipeline, batch: _Batch, first: RenderRequest, maps: Sequence[MapRequest | None] | None,
+              ) -> tuple[WordMaps | None, list[GroupMaps | None]]:
+    """The word-map recorder of a batch's map requests (no requests: none, and one None plan per group)."""
+    if maps is None or all(m is None for m in maps):
+        return None, [None] * len(batch.groups)
+    if len(maps) != len(batch.groups):
+        raise ValueError(f"{len(maps)} map requests for {len(batch.groups)} requests")
+
+    def encode(prompt: str) -> torch.Tensor:  # a probe's conditional text states
+        with torch.inference_mode():
+            return encode_prompts(p2p, [prompt], None, False, first.height, first.width)[0]
+
+    latent_hw = (first.height // p2p.vae_scale, first.width // p2p.vae_scale)
+    offset = len(batch.prompts) if first.guidance > 1.0 else 0
+    return build_recorder(p2p.tokenizer, batch.groups, batch.prompts, maps, offset, latent_hw,
+                          p2p.cross_downscales, p2p.device, encode)
+
+
+def _result(req: RenderRequest, images: np.ndarray, latents: torch.Tensor, fixed: dict[int, torch.Tensor],
+            rows: tuple[int, int], modes: list[str], recorder: WordMaps | None, plan: GroupMaps | None,
+            ) -> RenderResult:
+    """One group's result: its rows, and each edit row's mask (LocalBlend's or a fixed one first, else
+    the one its map request's words give)."""
+    a, b = rows
+    source_mask, edit_masks = regions(recorder, plan)
+    masks = []
+    for e, r in enumerate(range(a + 1, b)):
+        found = fixed[r].cpu() if r in fixed else (edit_masks[e] if e < len(edit_masks) else None)
+        masks.append(found)
+    return RenderResult(request=req, images=images[a:b], latents=latents[a:b].float().cpu(), masks=masks,
+                        modes=modes, source_mask=source_mask, mask_words=plan.words if plan is not None else [])
 
 
 def check_request(p2p: P2PPipeline, request: RenderRequest) -> list[str]:

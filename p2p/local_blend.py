@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from editgen.p2p.controls import CompiledBlend
+from editgen.p2p.masks import attention_region
+from editgen.p2p.word_maps import WordMaps
 
 
 @dataclass
@@ -28,7 +29,7 @@ class _Target:
     start_step: int
 
 
-class LocalBlend:
+class LocalBlend(WordMaps):
     """Collects blend-word attention maps during the UNet pass and masks latents after each step."""
 
     def __init__(
@@ -54,38 +55,12 @@ class LocalBlend:
             for row, src, b in targets
         ]
         cols = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
-        self.row_list = [cond_offset + p[0] for p in pairs]  # batch rows whose maps are recorded
-        self.rows = torch.tensor(self.row_list, dtype=torch.long, device=device)
-        self.cols = cols.to(device)  # (P, L): the blend words' tokens in each recorded row's prompt
-        self.latent_hw = latent_hw
-        self.downscales = downscales
-        f = min(downscales)
-        self.work_hw = (max(latent_hw[0] // f, 1), max(latent_hw[1] // f, 1))
-        self.acc: torch.Tensor | None = None
+        super().__init__([cond_offset + p[0] for p in pairs], cols, latent_hw, downscales, device)
         self.masks: dict[int, torch.Tensor] = {}
-
-    def downscale_of(self, n_tokens: int) -> int:
-        h, w = self.latent_hw
-        return max(1, round((h * w / n_tokens) ** 0.5))
-
-    def wants(self, n_tokens: int) -> bool:
-        return self.downscale_of(n_tokens) in self.downscales
-
-    def record(self, maps: torch.Tensor) -> None:
-        """Add per-pair maps ``(P, N)`` of one layer (already head-averaged)."""
-        f = self.downscale_of(maps.shape[1])
-        h, w = max(self.latent_hw[0] // f, 1), max(self.latent_hw[1] // f, 1)
-        grid = maps.float().reshape(maps.shape[0], 1, h, w)
-        if (h, w) != self.work_hw:
-            grid = F.interpolate(grid, size=self.work_hw, mode="bilinear", align_corners=False)
-        self.acc = grid if self.acc is None else self.acc + grid
 
     def _word_mask(self, pair: int, threshold: float) -> torch.Tensor:
         assert self.acc is not None
-        m = F.max_pool2d(self.acc[pair : pair + 1], kernel_size=3, stride=1, padding=1)
-        m = F.interpolate(m, size=self.latent_hw, mode="nearest")
-        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
-        return m[0, 0] > threshold
+        return attention_region(self.acc[pair : pair + 1], self.latent_hw, threshold)  # dilate 3, max-normalised
 
     def apply(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         """Masks edit rows' latents (``(n_rows, C, h, w)``, cond-half indexing) after step ``step``."""

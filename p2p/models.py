@@ -20,6 +20,31 @@ def resolve_model(model: str) -> tuple[str, str | None]:
     return str(build_tiny_sd(variant=variant)), variant
 
 
+#: `render.inpaint.model` names that build a tiny random 9-channel inpainting UNet in code (tiny.sd).
+TINY_INPAINT_MODELS = {"tiny-inpaint": "sd", "tiny-sdxl-inpaint": "sdxl"}
+#: The inpainting model `render.inpaint.model: auto` picks for a base model family.
+INPAINT_MODELS = {"sd": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+                  "sdxl": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"}
+
+
+def auto_inpaint_model(tiny_variant: str | None, is_sdxl: bool) -> str:
+    """The inpainting model of the base model's family: the tiny one for a tiny base model."""
+    if tiny_variant is not None:
+        return "tiny-inpaint" if tiny_variant == "sd" else "tiny-sdxl-inpaint"
+    return INPAINT_MODELS["sdxl" if is_sdxl else "sd"]
+
+
+def resolve_inpaint_model(model: str) -> tuple[str, str | None]:
+    """(loadable path or hub id, tiny variant or None) of an inpainting model name; a tiny one is built
+    once into the cache (and again from its variant when a record names a folder that is gone)."""
+    variant = TINY_INPAINT_MODELS.get(model)
+    if variant is None:
+        return model, None
+    from editgen.tiny.sd import build_tiny_inpaint
+
+    return str(build_tiny_inpaint(variant=variant)), variant
+
+
 def quiet_libraries() -> None:
     """No per-component loading bars or library chatter from diffusers/transformers: they would flood
     worker logs and bury a tool's own one-line errors."""

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from editgen.p2p.controls import CompiledEdit
 from editgen.p2p.local_blend import LocalBlend
+from editgen.p2p.word_maps import WordMaps
 
 
 @dataclass
@@ -92,6 +93,8 @@ class P2PController:
     #: Fixed masks (e.g. DiffEdit's), edit row -> (its source row, (h, w) bool mask, first step): outside the
     #: mask the edit row's latents are set to its source row's after every step from the first.
     fixed_masks: dict[int, tuple[int, torch.Tensor, int]] = field(default_factory=dict)
+    #: Word maps gathered for edit masks (p2p.word_maps): read-only observers of the attention.
+    recorder: WordMaps | None = None
     _cross: CrossPlan | None = None
     _self: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
 
@@ -309,15 +312,37 @@ def _probs(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | No
     return scores.float().softmax(dim=-1)
 
 
-def _record_blend(blend: LocalBlend, probs: dict[int, torch.Tensor], plan: CrossPlan | None) -> None:
-    """Store the blend rows' *edited* conditional cross-attention (what the reference's store holds)."""
-    edits = {r.row: r for r in plan.raw} if plan is not None else {}
-    maps = []
-    for row in blend.row_list:
-        e = edits.get(row)
-        maps.append(probs[row] if e is None else e.apply(probs[e.src], probs[row]))
-    stacked = torch.stack(maps)  # (P, H, N, L)
-    blend.record((stacked * blend.cols[:, None, None, :]).sum(-1).mean(1))
+def _record_blend(blend: WordMaps, probs: dict[int, torch.Tensor], plan: CrossPlan | None,
+                  probes: torch.Tensor | None = None) -> None:
+    """Store the blend rows' *edited* conditional cross-attention (what the reference's store holds),
+    then the probes' maps (`_probe_maps`), if any."""
+    found = []
+    if blend.row_list:
+        edits = {r.row: r for r in plan.raw} if plan is not None else {}
+        maps = []
+        for row in blend.row_list:
+            e = edits.get(row)
+            maps.append(probs[row] if e is None else e.apply(probs[e.src], probs[row]))
+        stacked = torch.stack(maps)  # (P, H, N, L)
+        found.append((stacked * blend.cols[:, None, None, :]).sum(-1).mean(1))
+    if probes is not None:
+        found.append(probes)
+    blend.record(found[0] if len(found) == 1 else torch.cat(found))
+
+
+def _probe_maps(attn, query: torch.Tensor, maps: WordMaps) -> torch.Tensor | None:
+    """(Q, N) maps of each probe's words against its row's queries: the probe prompt's keys through this
+    layer's own key projection, the probabilities of that one row only."""
+    if not maps.probes:
+        return None
+    out = []
+    for probe in maps.probes:
+        states = probe.states.to(query.dtype)
+        if attn.norm_cross:
+            states = attn.norm_encoder_hidden_states(states)
+        p = _probs(attn, query[probe.row : probe.row + 1], attn.to_k(states), None)  # (1, H, N, L)
+        out.append((p[0] * probe.cols[None, None, :]).sum(-1).mean(0))
+    return torch.stack(out)
 
 
 class FusedP2PProcessor(_P2PProcessorBase):
@@ -329,6 +354,9 @@ class FusedP2PProcessor(_P2PProcessorBase):
         blend = ctrl.blend
         if is_cross and blend is not None and blend.wants(n_query):
             self._blend_maps(attn, query, key, mask, blend, ctrl.cross_plan())  # before the in-place swaps
+        rec = ctrl.recorder
+        if is_cross and rec is not None and rec.wants(n_query):
+            self._blend_maps(attn, query, key, mask, rec, ctrl.cross_plan())  # reads, never writes
 
         own = None
         if is_cross:
@@ -352,16 +380,19 @@ class FusedP2PProcessor(_P2PProcessorBase):
         return out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1])
 
     @staticmethod
-    def _blend_maps(attn, query, key, mask, blend: LocalBlend, plan: CrossPlan | None) -> None:
+    def _blend_maps(attn, query, key, mask, blend: WordMaps, plan: CrossPlan | None) -> None:
         """Probabilities of just the blend rows and their sources, edited, then recorded."""
         rows = set(blend.row_list)
         if plan is not None:
             rows |= {r.src for r in plan.raw if r.row in rows}
         need = sorted(rows)
-        idx = torch.tensor(need, dtype=torch.long, device=query.device)
-        sub_mask = None if mask is None else mask.index_select(0, idx)
-        p = _probs(attn, query.index_select(0, idx), key.index_select(0, idx), sub_mask)
-        _record_blend(blend, {r: p[i] for i, r in enumerate(need)}, plan)
+        probs: dict[int, torch.Tensor] = {}
+        if need:
+            idx = torch.tensor(need, dtype=torch.long, device=query.device)
+            sub_mask = None if mask is None else mask.index_select(0, idx)
+            p = _probs(attn, query.index_select(0, idx), key.index_select(0, idx), sub_mask)
+            probs = {r: p[i] for i, r in enumerate(need)}
+        _record_blend(blend, probs, plan, _probe_maps(attn, query, blend))
 
 
 class ExplicitP2PProcessor(_P2PProcessorBase):
@@ -379,9 +410,9 @@ class ExplicitP2PProcessor(_P2PProcessorBase):
                 for e in plan.raw:
                     edited[e.row] = e.apply(probs[e.src], probs[e.row])
                 probs = edited
-            blend = ctrl.blend
-            if blend is not None and blend.wants(n_query):
-                _record_blend(blend, {r: probs[r] for r in blend.row_list}, None)  # already edited
+            for maps in (ctrl.blend, ctrl.recorder):
+                if maps is not None and maps.wants(n_query):  # already edited
+                    _record_blend(maps, {r: probs[r] for r in maps.row_list}, None, _probe_maps(attn, query, maps))
         else:
             plan = ctrl.self_plan(n_query)
             if plan is not None:

@@ -26,6 +26,7 @@ from editgen.filters.pairs.fidelity import image_pixels, psnr, ssim
 from editgen.p2p import inversion as inv
 from editgen.p2p.candidates import encode_image
 from editgen.p2p.generate import P2PPipeline, RenderRequest, RenderResult, Start, render
+from editgen.p2p.word_maps import MapRequest
 from editgen.pipeline.settings.render import InversionConfig
 
 
@@ -73,12 +74,13 @@ def _mask(p2p: P2PPipeline, src: RealSource, request: RenderRequest, config: Inv
 
 
 def render_from_source(p2p: P2PPipeline, request: RenderRequest, src: RealSource, config: InversionConfig,
-                       blend_start: float) -> RenderResult:
+                       blend_start: float, maps: MapRequest | None = None) -> RenderResult:
     """Render one P2P group from a prepared source with its inversion's per-step unconditional embeddings:
-    row 0 is the reconstruction, the edit rows the edits (DiffEdit-masked where ``config.mask`` says)."""
+    row 0 is the reconstruction, the edit rows the edits (DiffEdit-masked where ``config.mask`` says);
+    ``maps`` gathers word maps for an edit mask (no image changes)."""
     mask, mask_start = _mask(p2p, src, request, config, blend_start)
     start = Start(src.latent, src.inversion.uncond, mask, mask_start)
-    return render(p2p, [request], starts=[start])[0]
+    return render(p2p, [request], starts=[start], maps=[maps])[0]
 
 
 def reconstruction_error(res: RenderResult, src: RealSource) -> dict[str, float]:

@@ -209,11 +209,9 @@ class RenderStage(Stage[RenderConfig]):
         if self.runtime is not None and self.runtime.on_gpu:
             self.metrics["gpu_seconds"] = self.metrics["render_seconds"]
         self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + candidates
-        engine_metrics: dict[str, float] = {}
-        for engine in self.engines.values():
-            for key, value in engine.partition_metrics().items():
-                engine_metrics[key] = engine_metrics.get(key, 0.0) + value
-        self.metrics.update(engine_metrics)
+        for engine in self.engines.values():  # summed in: an engine's work no kept candidate carries (a
+            for key, value in engine.partition_metrics().items():  # dropped pair's) adds to unet_row_steps
+                self.metrics[key] = self.metrics.get(key, 0.0) + value
 
     @staticmethod
     def _drop(i: int, reason: str, take: list[int], cols: dict[str, list[Any]], reasons: list[str | None]) -> None:

@@ -67,13 +67,12 @@ def _vae(scaling_factor: float, force_upcast: bool):
     )
 
 
-def _build_sd(tokenizer_dir: Path, text_width: int = 32):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _sd_unet(text_width: int = 32, in_channels: int = 4):
+    from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -83,6 +82,36 @@ def _build_sd(tokenizer_dir: Path, text_width: int = 32):
         attention_head_dim=2,  # SD 1.x config semantics: number of heads
         norm_num_groups=16,
     )
+
+
+def _sdxl_unet(in_channels: int = 4):
+    from diffusers import UNet2DConditionModel
+
+    time_dim, proj_dim = 8, 32
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        cross_attention_dim=64,  # concat of both encoders' hidden states (32 + 32)
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=proj_dim + 6 * time_dim,
+        norm_num_groups=16,
+    )
+
+
+def _build_sd(tokenizer_dir: Path, text_width: int = 32):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = _sd_unet(text_width)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -104,27 +133,11 @@ def _build_sd(tokenizer_dir: Path, text_width: int = 32):
 
 
 def _build_sdxl(tokenizer_dir: Path, tokenizer2_dir: Path):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    time_dim, proj_dim = 8, 32
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        transformer_layers_per_block=(1, 1, 2),
-        attention_head_dim=(2, 4, 4),
-        use_linear_projection=True,
-        cross_attention_dim=64,  # concat of both encoders' hidden states (32 + 32)
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=proj_dim + 6 * time_dim,
-        norm_num_groups=16,
-    )
+    proj_dim = 32
+    unet = _sdxl_unet()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -199,4 +212,40 @@ def build_tiny_sd(
     return out
 
 
-__all__ = ["EOS", "VARIANTS", "build_tiny_sd", "default_cache_dir"]
+def build_tiny_inpaint(path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 1) -> Path:
+    """Build (once) a tiny 9-channel inpainting UNet (4 latent + 1 mask + 4 masked-image latent channels,
+    as `stable-diffusion-v1-5/stable-diffusion-inpainting`'s) for the tiny `variant`'s text encoder.
+
+    Written as a model folder with the UNet in `unet/`, the layout of the hub's inpainting models, so it
+    loads through the same `UNet2DConditionModel.from_pretrained(folder, subfolder="unet",
+    use_safetensors=True)` call; cached and renamed into place like `build_tiny_sd`.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    name = "tiny-sd-inpaint" if variant == "sd" else "tiny-sdxl-inpaint"
+    out = Path(path) if path is not None else default_cache_dir() / name
+    meta: dict[str, object] = {"version": TINY_VERSION, "variant": variant, "seed": seed, "inpaint": True}
+    marker = out / "editgen_tiny.json"
+    if _matches(marker, meta):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = _sd_unet(in_channels=9) if variant == "sd" else _sdxl_unet(in_channels=9)
+        unet.save_pretrained(str(tmp / "model" / "unet"), safe_serialization=True)
+        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
+        if out.exists() and not _matches(marker, meta):
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.replace(tmp / "model", out)
+        except OSError:
+            if not _matches(marker, meta):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+__all__ = ["EOS", "VARIANTS", "build_tiny_inpaint", "build_tiny_sd", "default_cache_dir"]

@@ -128,6 +128,59 @@ class InstructModelConfig(Strict):
         return self
 
 
+class RegionMaskConfig(Strict):
+    """How the inpaint engine's region comes from the source's cross-attention maps of the changed words
+    (p2p.masks.attention_region; threshold and dilation are LocalBlend's)."""
+
+    threshold: Fraction = Field(0.3, description="region = normalised accumulated map > threshold")
+    dilate: int = Field(3, ge=1, le=15, description="max-pool kernel on the attention grid (odd; 1 = none)")
+    smooth: float = Field(1.0, ge=0, le=8, description="Gaussian sigma in attention-grid cells (0 = none)")
+    normalize: Literal["max", "minmax"] = Field(
+        "minmax", description="minmax: rescale the map's min..max to 0..1 (the threshold is a fraction of its "
+        "range, whatever attention the words get everywhere); max: divide by the maximum (LocalBlend)")
+    downscale: int | None = Field(
+        None, ge=1, le=64, description="read the cross-attention layers whose grid is latent / downscale; "
+        "None = the layers nearest 16x16 (SD 1.x at 512 px and SDXL at 1024 px: 4)")
+
+    @field_validator("dilate")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"dilate must be odd (a centred max-pool kernel), got {value}")
+        return value
+
+
+class InpaintConfig(Strict):
+    """The inpaint engine (`render.engine: inpaint`; docs/engines/inpaint.md)."""
+
+    model: str | None = Field(
+        "auto", description="inpainting UNet: hub id or local folder (its unet/), tiny-inpaint / tiny-sdxl-inpaint, "
+        "auto (SD 1.x/2.x: stable-diffusion-v1-5/stable-diffusion-inpainting, SDXL: "
+        "diffusers/stable-diffusion-xl-1.0-inpainting-0.1, tiny models: the tiny one), or null: latent "
+        "blending with the base model",
+    )
+    guidance_range: tuple[Guidance, Guidance] = Field(
+        (7.5, 15.0), description="CFG scale ~ U(a, b): each candidate's inpainting scale and, once per pair, "
+        "the generated source's")
+    mask: RegionMaskConfig = Field(default_factory=RegionMaskConfig)
+    diffedit: DiffEditConfig = Field(default_factory=DiffEditConfig,
+                                     description="the region of a real image (render.source=real): DiffEdit's")
+    feather: float = Field(0.02, ge=0, le=0.25, description="paste-back ramp around the region, as a fraction "
+                           "of the image's shorter side (0.02: 10 px at 512); pixels beyond it are the source's")
+    min_area: Fraction = Field(0.01, description="pairs whose region covers less of the image are dropped "
+                               "(inpaint_mask_too_small) before any inpainting UNet work")
+    max_area: Fraction = Field(0.9, description="... or more (inpaint_mask_too_large)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> InpaintConfig:
+        lo, hi = self.guidance_range
+        if lo > hi:
+            raise ValueError(f"guidance_range: lower bound {lo} is above upper bound {hi}")
+        if self.min_area > self.max_area:
+            raise ValueError(f"min_area {self.min_area} is above max_area {self.max_area}")
+        return self
+
+
 class RenderConfig(Strict):
     model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -144,6 +197,7 @@ class RenderConfig(Strict):
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     instruct_model: InstructModelConfig = Field(default_factory=InstructModelConfig)
     sdedit: SDEditConfig = Field(default_factory=SDEditConfig, description="the sdedit engine's settings")
+    inpaint: InpaintConfig = Field(default_factory=InpaintConfig, description="the inpaint engine's settings")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when the actor has a GPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on GPU, float32 on CPU"
