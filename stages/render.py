@@ -72,7 +72,7 @@ Planned = list[tuple[int, CandidateRecord]]  # (row index, record) in render ord
 
 class RenderStage(Stage[RenderConfig]):
     name = "render"
-    version = "2"  # 2: P2P rules as the reference implementations (issue 11), render_edit_truncated
+    version = "3"  # 3: every P2P candidate carries its edit mask (issue 21); 2: P2P rules as the reference (issue 11)
     input_columns = ("caption", "edited_caption")
     output_columns = tuple(name for name, _ in OUTPUT_FIELDS)
 
