@@ -4,7 +4,9 @@
   import each other, and no module import circle exists inside a package either;
 - only pipeline/ imports Ray (everything else schedules through pipeline.executor);
 - no function outside tests is longer than 60 lines;
-- no test imports conftest (shared helpers live in tests/support.py, fixtures in conftest.py).
+- no test imports conftest (shared helpers live in tests/support.py, fixtures in conftest.py);
+- no two test modules share a file name (pytest imports test files by basename: a second one is a
+  collection error for the whole run).
 
 `python -m pytest tests/test_architecture.py -q` prints the offending file and line when a rule breaks.
 """
@@ -207,6 +209,14 @@ def test_no_test_imports_conftest():
     wrong = [f"{p.relative_to(ROOT)}:{line}: imports {m}" for p in _sources(tests=True)
              for m, line in _imports(p) if m.split(".")[-1] == "conftest" or m.startswith("tests.conftest")]
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_two_test_modules_share_a_file_name():
+    seen: dict[str, list[str]] = {}
+    for p in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(p.name, []).append(str(p.relative_to(ROOT)))
+    same = [" and ".join(paths) for paths in seen.values() if len(paths) > 1]
+    assert not same, "test modules with one file name (rename one): " + "; ".join(same)
 
 
 #: Where render-method code lives: the engines, the P2P library they call, and the render settings that
