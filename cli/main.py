@@ -178,7 +178,7 @@ PIPED_WIDTH = 1000
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from editgen.cli.status import collect, render_table
+    from editgen.cli.status import collect, render_table, types_table
     from editgen.pipeline.storage import Storage
 
     options = storage_options(args)
@@ -189,7 +189,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:  # piped: as wide as the table needs (rich would cut it at 80 columns)
-        Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(render_table(status))
+        console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+        console.print(render_table(status))
+        types = types_table(status)  # requested vs achieved shares per edit type (docs/edit_types.md)
+        if types is not None:
+            console.print(types)
     return 0
 
 

@@ -29,6 +29,8 @@ from editgen.pipeline.redact import redact_url
 from editgen.pipeline.registry import stage_names
 from editgen.pipeline.settings.run import RunConfig
 from editgen.pipeline.storage import Storage
+from editgen.prompts.taxonomy import NAMES
+from editgen.stages.instruct import TYPE_FALLBACK, TYPE_KEPT, TYPE_REQUESTED
 
 
 def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +70,42 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
         })
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
-            "compute": _compute(stages)}
+            "compute": _compute(stages), "edit_types": edit_types(stages)}
+
+
+def edit_types(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Requested vs achieved mix, from the instruct stage's summed metrics: per type, rows asked for it
+    and answers kept of it, each with its share (None before instruct has run). The start of the
+    per-type funnel: later stages' counts go beside these."""
+    instruct = next((s for s in stages if s["stage"] == "instruct" and s.get("present")), None)
+    if instruct is None:
+        return None
+    m = instruct["metrics"]
+    asked = {t: int(m.get(TYPE_REQUESTED + t, 0)) for t in NAMES}
+    kept = {t: int(m.get(TYPE_KEPT + t, 0)) for t in NAMES}
+    n_asked, n_kept = sum(asked.values()), sum(kept.values())
+    types = {t: {"requested": asked[t], "requested_share": round(asked[t] / n_asked, 4) if n_asked else None,
+                 "kept": kept[t], "kept_share": round(kept[t] / n_kept, 4) if n_kept else None}
+             for t in NAMES if asked[t] or kept[t]}
+    return {"requested": n_asked, "kept": n_kept, "fallback": int(m.get(TYPE_FALLBACK, 0)), "types": types}
+
+
+def types_table(status: dict[str, Any]) -> Table | None:
+    """Requested vs achieved shares per edit type (None when instruct has not run or counted no type)."""
+    report = status.get("edit_types")
+    if not report or not report["types"]:
+        return None
+    asked = report["requested"]
+    caption = (f"{asked} rows asked for a type, {report['fallback']} answered another" if asked
+               else "no type_weights: the model's choice")
+    table = Table(title=f"edit types: {report['kept']} answers kept", caption=caption)
+    for col in ("edit type", "asked", "asked share", "kept", "kept share"):
+        table.add_column(col)
+    for name, t in report["types"].items():
+        share = "" if t["requested_share"] is None else f"{t['requested_share']:.1%}"
+        kept_share = "" if t["kept_share"] is None else f"{t['kept_share']:.1%}"
+        table.add_row(name, str(t["requested"]) if asked else "", share, str(t["kept"]), kept_share)
+    return table
 
 
 def _compute(stages: list[dict[str, Any]]) -> dict[str, Any] | None:

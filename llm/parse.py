@@ -1,4 +1,4 @@
-"""Tolerant parsing of an LLM answer into (instruction, edited_caption).
+"""Tolerant parsing of an LLM answer into (instruction, edited_caption, edit_type).
 
 Even with constrained decoding, answers arrive with raw control characters inside strings, code
 fences, a sentence before the object, trailing commas, Python-style quotes or invalid escapes. Each is
@@ -23,13 +23,18 @@ _DECODER = json.JSONDecoder(strict=False)  # strict=False: raw control character
 ALIASES = {
     "instruction": ("instruction", "edit_instruction", "edit", "instructions"),
     "edited_caption": ("edited_caption", "output_caption", "new_caption", "edited", "output", "caption_edited"),
+    "edit_type": ("edit_type", "type", "edit_category", "category"),
 }
 
 
 @dataclass(frozen=True)
 class ParsedEdit:
+    """One answer's fields, cleaned. `edit_type` is None when the answer has no type key, else its text as
+    written (validation maps it to a taxonomy name or drops the row as `llm_type_unknown`)."""
+
     instruction: str
     edited_caption: str
+    edit_type: str | None = None
 
 
 def clean_text(value: object) -> str:
@@ -89,7 +94,8 @@ def _field(obj: dict[str, object], name: str) -> object | None:
 def parse_edit(text: str | None) -> ParsedEdit | None:
     """The first object in `text` carrying either field, cleaned; None when there is none.
 
-    A missing or non-text field comes back as "" so validation names it (`llm_empty_field`).
+    A missing or non-text field comes back as "" so validation names it (`llm_empty_field`); a missing
+    type as None (`llm_type_missing`), a non-text one as "" (`llm_type_unknown`).
     """
     if not text or not text.strip():
         return None
@@ -99,8 +105,10 @@ def parse_edit(text: str | None) -> ParsedEdit | None:
                 ins, cap = _field(obj, "instruction"), _field(obj, "edited_caption")
                 if ins is None and cap is None:
                     continue
+                kind = _field(obj, "edit_type")
                 return ParsedEdit(
                     instruction=clean_text(ins) if isinstance(ins, str | int | float) else "",
                     edited_caption=clean_text(cap) if isinstance(cap, str | int | float) else "",
+                    edit_type=None if kind is None else clean_text(kind) if isinstance(kind, str) else "",
                 )
     return None

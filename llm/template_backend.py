@@ -1,10 +1,13 @@
 """Rule-based backend: sensible edits from the caption alone, no model (offline demos, smoke runs).
 
-Every rule that applies to a caption proposes one candidate edit (a colour, object, material, season,
-time, weather, pose, medium or setting swap; removing a "with ..." phrase; adding an object, a scene
-or a style); a per-row seeded RNG picks one, weighted towards word swaps (the edits Prompt-to-Prompt
-renders best). Only matched words change; everything else in the caption, including brand names,
-titles and SEO junk, is copied verbatim, and known brand/title phrases are never edited.
+Every rule that applies to a caption proposes one candidate edit (a colour, object, material, size,
+number, season, time, weather, pose, expression, medium or setting swap; removing a "with ..." phrase;
+adding an object, a scene, text, a tone or a style); a per-row seeded RNG picks one, weighted towards
+word swaps (the edits Prompt-to-Prompt renders best). Only matched words change; everything else in the
+caption, including brand names, titles and SEO junk, is copied verbatim, and known brand/title phrases
+are never edited. Each rule's family says which edit type it makes (`template_rules.FAMILY_TYPES`); a
+request asking for a type picks among that type's candidates, and where the caption offers none (nothing
+to remove from "a blue sky") among all of them, answering the type it made.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from editgen.llm import template_rules as R
 from editgen.llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
 
-VERSION = "template-v1"
+VERSION = "template-v2"  # v2: answers carry edit_type; size, count, text and tone rules
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 _SEPARATORS = re.compile(r"\s+(?:-{1,2}|\||—|–|::|/|•)\s+|\s*\|\s*")
 _WITH = re.compile(r"\s+(?:with|w/)\s+", re.I)
@@ -45,6 +48,11 @@ class Candidate:
     instruction: str
     edited: str
     weight: float
+
+    @property
+    def edit_type(self) -> str:
+        """The taxonomy type this edit is (prompts/taxonomy.py)."""
+        return R.FAMILY_TYPES[self.family]
 
 
 # ---- small text helpers -------------------------------------------------------------------------------
@@ -276,7 +284,8 @@ def _pose(cap: Caption, rng: random.Random) -> Candidate | None:
     tgt, verb = rng.choice(R.POSES[src])
     who = _subject(cap)
     instruction = f"make the {who} {verb}" if who else f"make them {verb}"
-    return Candidate("expression_pose", instruction, cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
+    family = "expression" if src in R.EXPRESSION_WORDS else "pose"
+    return Candidate(family, instruction, cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
 
 
 def _medium_ok(cap: Caption, i: int) -> bool:
@@ -395,21 +404,73 @@ def _style(cap: Caption, rng: random.Random) -> Candidate | None:
     return Candidate("style_medium", instruction, cap.insert(phrase), 1.0)
 
 
+def _size(cap: Caption, rng: random.Random) -> Candidate | None:
+    src = _pick_word(cap, R.SIZES, rng, lambda c, i: bool(c.noun_after(i, set(R.SIZES))))
+    if src is None:
+        return None
+    tgt = rng.choice(R.SIZES[src])
+    idxs = _occurrences(cap, {src})
+    noun = cap.noun_after(idxs[0], set(R.SIZES)) or "object"
+    forms = [f"make the {noun} {tgt}", f"change the {noun} to {article(tgt)} one"]
+    return Candidate("attribute_size", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.0)
+
+
+def _count(cap: Caption, rng: random.Random) -> Candidate | None:
+    """A number word swapped, or "a <object>" made two of them."""
+    src = _pick_word(cap, R.NUMBERS, rng, lambda c, i: bool(c.noun_after(i)))
+    if src is not None:
+        tgt = rng.choice(R.NUMBERS[src])
+        noun = cap.noun_after(_occurrences(cap, {src})[0]) or "things"
+        edited = cap.replace_tokens(_occurrences(cap, {src}), tgt)
+        return Candidate("count", rng.choice([f"make it {tgt} {noun}", f"show {tgt} {noun}"]), edited, 2.0)
+    hits = [i for i, t in enumerate(cap.tokens[:-1]) if t.low in ("a", "an") and cap.editable(i + 1)
+            and cap.tokens[i + 1].low in R.OBJECTS and not cap.text[t.end:cap.tokens[i + 1].start].strip()]
+    if not hits:
+        return None
+    i = rng.choice(hits)
+    noun = cap.tokens[i + 1].low
+    many = rng.choice(["two", "three"])
+    start, end = cap.tokens[i].start, cap.tokens[i + 1].end
+    edited = cap.text[:start] + match_case(cap.tokens[i].text, many) + " " + match_case(
+        cap.tokens[i + 1].text, plural(noun)) + cap.text[end:]
+    return Candidate("count", f"make it {many} {plural(noun)}", edited, 1.5)
+
+
+def _text(cap: Caption, rng: random.Random) -> Candidate | None:
+    """Words written on a thing that carries text (a sign, a t-shirt, a mug)."""
+    hits = [i for i, t in enumerate(cap.tokens) if t.low in R.TEXT_CARRIERS and cap.editable(i) and cap.ends_phrase(i)]
+    if not hits:
+        return None
+    i = rng.choice(hits)
+    word, thing = rng.choice(R.TEXT_WORDS), cap.tokens[i].low
+    tok = cap.tokens[i]
+    edited = cap.text[: tok.end] + f' with the word "{word}"' + cap.text[tok.end :]
+    return Candidate("text", f'write "{word}" on the {thing}', tidy(edited), 1.5)
+
+
+def _tone(cap: Caption, rng: random.Random) -> Candidate | None:
+    phrase, instruction = rng.choice(R.TONES)
+    return Candidate("tone", instruction, cap.insert(phrase), 0.4)
+
+
 GENERATORS: tuple[Callable[[Caption, random.Random], Candidate | None], ...] = (
     _colour, _material, _object, _season, _time, _weather, _pose, _medium,
-    _setting, _background, _remove, _add, _place, _scene, _style,
+    _setting, _background, _remove, _add, _place, _scene, _style, _size, _count, _text, _tone,
 )
 
 
-def template_edit(caption: str, seed: int) -> Candidate:
-    """One seeded edit of `caption` (deterministic for the same caption and seed)."""
+def template_edit(caption: str, seed: int, edit_type: str | None = None) -> Candidate:
+    """One seeded edit of `caption` (deterministic for the same caption, seed and requested type): of
+    `edit_type` where a rule makes one for this caption, else of any type."""
     rng = random.Random(seed)
     cap = Caption(caption)
     cands = [c for gen in GENERATORS if (c := gen(cap, rng)) is not None and c.edited.strip()]
     cands = [c for c in cands if c.edited != caption]
     if not cands:  # only a caption without words: the style fallback still applies
         return Candidate("style_medium", "make it a watercolor painting", tidy(caption + ", watercolor painting"), 1)
-    return rng.choices(cands, weights=[c.weight for c in cands], k=1)[0]
+    asked = [c for c in cands if c.edit_type == edit_type]
+    pool = asked or cands
+    return rng.choices(pool, weights=[c.weight for c in pool], k=1)[0]
 
 
 class TemplateBackend(LLMBackend):
@@ -424,7 +485,8 @@ class TemplateBackend(LLMBackend):
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         out = []
         for req in requests:
-            edit = template_edit(req.caption, req.seed)
-            text = json.dumps({"instruction": edit.instruction, "edited_caption": edit.edited}, ensure_ascii=False)
+            edit = template_edit(req.caption, req.seed, req.edit_type)
+            answer = {"edit_type": edit.edit_type, "instruction": edit.instruction, "edited_caption": edit.edited}
+            text = json.dumps(answer, ensure_ascii=False)
             out.append(LLMResult(text=text, finish_reason="stop"))
         return out

@@ -335,3 +335,37 @@ STOCK_SUFFIXES = (
     "royalty free image", "royalty free stock photo", "royalty free", "stock vector", "stock illustration",
     "photo stock", "images", "image", "photo", "wallpaper", "hd wallpaper", "free download",
 )
+
+#: Which edit type (prompts/taxonomy.py) each rule family makes.
+FAMILY_TYPES = {
+    "attribute_colour": "colour", "attribute_material": "material_texture", "attribute_size": "size_shape",
+    "object_swap": "replace_object", "season": "weather_season_time", "time_of_day": "weather_season_time",
+    "weather": "weather_season_time", "expression": "expression", "pose": "action_pose",
+    "style_medium": "style_medium", "background_setting": "background", "remove_object": "remove_object",
+    "add_object": "add_object", "count": "count_quantity", "text": "text_in_image", "tone": "global_tone_lighting",
+}
+#: POSES words that are facial expressions (the others are actions or poses).
+EXPRESSION_WORDS = {"smiling", "laughing", "crying", "happy", "sad", "angry", "serious", "frowning", "yawning"}
+#: Size words and their swaps.
+SIZES = {
+    "small": ["huge", "giant"], "little": ["huge", "giant"], "tiny": ["huge", "giant"], "mini": ["giant", "huge"],
+    "big": ["tiny", "small"], "large": ["tiny", "small"], "huge": ["tiny", "small"], "giant": ["tiny", "small"],
+}
+#: Number words and what they may become (count edits).
+NUMBERS = {
+    "one": ["two", "three"], "two": ["three", "four"], "three": ["two", "five"], "four": ["two", "six"],
+    "five": ["two", "three"], "six": ["three", "two"], "single": ["two", "three"], "pair": ["trio"],
+}
+#: Things that carry text, and the words written on them (text edits).
+TEXT_CARRIERS = {"sign", "poster", "t-shirt", "shirt", "mug", "banner", "card", "cover", "label", "billboard",
+                 "board", "chalkboard", "cake", "wall", "door", "book", "bag", "cup", "box", "menu"}
+TEXT_WORDS = ["HELLO", "OPEN", "SALE", "LOVE", "SUMMER", "WELCOME", "HOME", "CAFE"]
+#: Global tone and lighting phrases: (phrase inserted, instruction).
+TONES = [
+    ("in black and white", "make it black and white"),
+    ("in warm golden light", "give it warm golden lighting"),
+    ("with dramatic lighting", "add dramatic lighting"),
+    ("in soft pastel tones", "give it soft pastel tones"),
+    ("with high contrast", "make it high contrast"),
+    ("in cool blue tones", "give it a cool blue tone"),
+]

@@ -1,7 +1,9 @@
 """Per-row validation of a parsed answer; every failure is a named drop reason.
 
 The checks are ordered from "the model said nothing usable" to "the edit is usable but bad", so a row
-gets the most basic reason that applies.
+gets the most basic reason that applies. The edit type is checked twice: it must name a taxonomy type
+(prompts/taxonomy.py: `llm_type_missing`, `llm_type_unknown`), and, last, the captions must not contradict
+it (prompts/type_rules.py: `llm_type_contradicts_<type>`, e.g. a removal whose edited caption only adds).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from editgen.filters.captions.blocklist import Blocklist, load_blocklist
 from editgen.llm.base import REQUEST_FAILED
 from editgen.llm.parse import ParsedEdit
 from editgen.p2p.edit_diff import normalized, similarity, words
+from editgen.prompts.taxonomy import EDIT_TYPES, canonical
+from editgen.prompts.type_rules import contradiction
 
 if TYPE_CHECKING:
     from editgen.pipeline.settings.instruct import InstructConfig
@@ -24,6 +28,8 @@ BLOCKLISTED = "llm_blocklisted"
 INSTRUCTION_TOO_LONG = "llm_instruction_too_long"
 NO_CHANGE = "llm_no_change"
 REWRITES_TOO_MUCH = "llm_rewrites_too_much"
+TYPE_MISSING = "llm_type_missing"
+TYPE_UNKNOWN = "llm_type_unknown"
 
 #: Every drop reason the instruct stage can emit.
 REASONS = (
@@ -35,6 +41,9 @@ REASONS = (
     INSTRUCTION_TOO_LONG,
     NO_CHANGE,
     REWRITES_TOO_MUCH,
+    TYPE_MISSING,
+    TYPE_UNKNOWN,
+    *(t.reason for t in EDIT_TYPES),
 )
 
 
@@ -62,9 +71,15 @@ class Validator:
         return cls(terms, cfg.max_instruction_words, cfg.min_similarity)
 
     def check(self, caption: str, edit: ParsedEdit) -> str | None:
-        """None when the edit is kept, else the drop reason."""
+        """None when the edit is kept, else the drop reason. `edit.edit_type` must be a taxonomy name or an
+        alias of one (`canonical`); the stage records the canonical name."""
         if not edit.instruction or not edit.edited_caption or not words(edit.edited_caption):
             return EMPTY_FIELD
+        if edit.edit_type is None:
+            return TYPE_MISSING
+        edit_type = canonical(edit.edit_type)
+        if edit_type is None:
+            return TYPE_UNKNOWN
         if self.blocklist.find(edit.instruction) or self.blocklist.find(edit.edited_caption):
             return BLOCKLISTED
         if len(edit.instruction.split()) > self.max_instruction_words:
@@ -73,4 +88,4 @@ class Validator:
             return NO_CHANGE
         if similarity(caption, edit.edited_caption) < self.min_similarity:
             return REWRITES_TOO_MUCH
-        return None
+        return contradiction(edit_type, caption, edit.edited_caption)

@@ -3,6 +3,9 @@
 Each row gets its own few-shot sample, drawn with a seed derived from (config seed, row id, attempt):
 different rows see different examples (diversity of edits across the data set), while re-running the
 same input with the same config reproduces every prompt byte for byte (determinism, resumability).
+The system prompt is followed by the edit-type taxonomy (prompts/taxonomy.py). A row asked for a type
+(`instruct.type_weights`) says so in its user turn ("Edit type: ..."), as every few-shot turn then does
+for its own type, and its sample holds at least one example of that type.
 """
 
 from __future__ import annotations
@@ -16,26 +19,32 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
-REQUIRED_KEYS = ("caption", "instruction", "edited_caption", "family")
+from editgen.prompts.taxonomy import BY_NAME, NAMES, prompt_section
+
+REQUIRED_KEYS = ("caption", "instruction", "edited_caption", "edit_type")
 
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One row's request: its chat messages and its sampling seed (the caption for rule backends)."""
+    """One row's request: its chat messages, its sampling seed (the caption for rule backends) and the
+    edit type it asks for (None: the model's choice)."""
 
     row_id: str
     caption: str
     messages: list[dict[str, Any]]
     seed: int
+    edit_type: str | None = None
 
 
 @dataclass(frozen=True)
 class FewShot:
-    """One hand-written triplet and its edit family (style_medium, object_swap, ...)."""
+    """One hand-written example: its edit type (a taxonomy name) and its family, the group sampling spreads
+    over (the type unless the line names another, such as keep_names)."""
 
     caption: str
     instruction: str
     edited_caption: str
+    edit_type: str
     family: str
 
 
@@ -62,10 +71,15 @@ def load_fewshot(path: str | None = None) -> tuple[FewShot, ...]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{origin}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{origin}:{lineno}: expected a JSON object")
         missing = [k for k in REQUIRED_KEYS if not isinstance(obj.get(k), str) or not obj[k].strip()]
         if missing:
             raise ValueError(f"{origin}:{lineno}: missing or empty {', '.join(missing)}")
-        out.append(FewShot(**{k: obj[k] for k in REQUIRED_KEYS}))
+        if obj["edit_type"] not in BY_NAME:
+            raise ValueError(f"{origin}:{lineno}: edit_type {obj['edit_type']!r} is not one of {', '.join(NAMES)}")
+        family = obj.get("family") if isinstance(obj.get("family"), str) and obj["family"].strip() else None
+        out.append(FewShot(**{k: obj[k] for k in REQUIRED_KEYS}, family=family or obj["edit_type"]))
     return tuple(out)
 
 
@@ -103,22 +117,46 @@ def sample_fewshot(
     return picked
 
 
-def user_message(caption: str) -> str:
-    return f"Caption: {caption}"
+def user_message(caption: str, edit_type: str | None = None) -> str:
+    """The user turn: the caption, and the type asked for when there is one."""
+    return f"Caption: {caption}" if edit_type is None else f"Caption: {caption}\nEdit type: {edit_type}"
 
 
-def assistant_message(instruction: str, edited_caption: str) -> str:
-    return json.dumps({"instruction": instruction, "edited_caption": edited_caption}, ensure_ascii=False)
+def assistant_message(instruction: str, edited_caption: str, edit_type: str) -> str:
+    """An answer as the schema has it (prompts/schema.py: edit_type first)."""
+    answer = {"edit_type": edit_type, "instruction": instruction, "edited_caption": edited_caption}
+    return json.dumps(answer, ensure_ascii=False)
 
 
-def build_messages(system: str, shots: list[FewShot], caption: str) -> list[dict[str, Any]]:
-    """System turn, one user/assistant pair per few-shot triplet, then the caption to edit."""
+def build_messages(
+    system: str, shots: list[FewShot], caption: str, edit_type: str | None = None
+) -> list[dict[str, Any]]:
+    """System turn, one user/assistant pair per few-shot example, then the caption to edit. With a
+    requested `edit_type`, every user turn names its type (the examples' own), so the model sees the
+    request followed."""
+    asked = edit_type is not None
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     for ex in shots:
-        messages.append({"role": "user", "content": user_message(ex.caption)})
-        messages.append({"role": "assistant", "content": assistant_message(ex.instruction, ex.edited_caption)})
-    messages.append({"role": "user", "content": user_message(caption)})
+        messages.append({"role": "user", "content": user_message(ex.caption, ex.edit_type if asked else None)})
+        messages.append(
+            {"role": "assistant", "content": assistant_message(ex.instruction, ex.edited_caption, ex.edit_type)}
+        )
+    messages.append({"role": "user", "content": user_message(caption, edit_type)})
     return messages
+
+
+def with_type_example(
+    shots: list[FewShot], examples: tuple[FewShot, ...], edit_type: str, rng: random.Random
+) -> list[FewShot]:
+    """`shots` holding at least one example of `edit_type` (one shot swapped for one, at random)."""
+    if not shots or any(s.edit_type == edit_type for s in shots):
+        return shots
+    of_type = [ex for ex in examples if ex.edit_type == edit_type and ex not in shots]
+    if not of_type:
+        return shots
+    out = list(shots)
+    out[rng.randrange(len(out))] = rng.choice(of_type)
+    return out
 
 
 class PromptBuilder:
@@ -133,16 +171,21 @@ class PromptBuilder:
     ) -> None:
         self.seed = seed
         self.k = k
-        self.system = load_system_prompt(system_prompt_file)
+        self.system = load_system_prompt(system_prompt_file) + "\n\n" + prompt_section()
         self.examples = load_fewshot(fewshot_file)
         self.groups = group_by_family(self.examples)
 
-    def request(self, row_id: str, caption: str, attempt: int = 0, with_messages: bool = True) -> LLMRequest:
-        """The row's request; `with_messages=False` skips prompt text for backends that ignore it."""
+    def request(
+        self, row_id: str, caption: str, attempt: int = 0, with_messages: bool = True, edit_type: str | None = None
+    ) -> LLMRequest:
+        """The row's request, asking for `edit_type` when given; `with_messages=False` skips prompt text for
+        backends that ignore it."""
         s = row_seed(row_id, self.seed, attempt)
         if not with_messages:
-            return LLMRequest(row_id=row_id, caption=caption, messages=[], seed=s)
-        shots = sample_fewshot(self.examples, self.k, random.Random(s), self.groups)
-        return LLMRequest(
-            row_id=row_id, caption=caption, messages=build_messages(self.system, shots, caption), seed=s
-        )
+            return LLMRequest(row_id=row_id, caption=caption, messages=[], seed=s, edit_type=edit_type)
+        rng = random.Random(s)
+        shots = sample_fewshot(self.examples, self.k, rng, self.groups)
+        if edit_type is not None:
+            shots = with_type_example(shots, self.examples, edit_type, rng)
+        messages = build_messages(self.system, shots, caption, edit_type)
+        return LLMRequest(row_id=row_id, caption=caption, messages=messages, seed=s, edit_type=edit_type)

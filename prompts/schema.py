@@ -1,21 +1,28 @@
 """The JSON schema every backend's answer must match, and its OpenAI `response_format` wrapper.
 
 Bounded string lengths matter: with constrained decoding they force a (weak or random) model to close
-the object, so a request ends well before `max_tokens` instead of being cut mid-string.
+the object, so a request ends well before `max_tokens` instead of being cut mid-string. `edit_type` is an
+enum of the taxonomy's names (prompts/taxonomy.py), first, so the model commits to a type before it
+writes the edit; constrained decoding (vLLM, an OpenAI-compatible server's json_schema) can then only
+answer a known type.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-FIELDS = ("instruction", "edited_caption")
+from editgen.prompts.taxonomy import NAMES
+
+FIELDS = ("edit_type", "instruction", "edited_caption")
 
 
 def edit_schema(max_instruction_chars: int = 160, max_caption_chars: int = 400) -> dict[str, Any]:
-    """JSON schema of one answer: {"instruction": str, "edited_caption": str}, nothing else."""
+    """JSON schema of one answer: {"edit_type": one of the taxonomy, "instruction": str,
+    "edited_caption": str}, nothing else."""
     return {
         "type": "object",
         "properties": {
+            "edit_type": {"type": "string", "enum": list(NAMES)},
             "instruction": {"type": "string", "minLength": 1, "maxLength": max_instruction_chars},
             "edited_caption": {"type": "string", "minLength": 1, "maxLength": max_caption_chars},
         },

@@ -4,6 +4,11 @@ Per batch: build every row's seeded prompt, make ONE backend call for all of the
 re-ask only the unparseable rows with a new seed (up to `max_attempts` calls per batch), validate,
 then derive what Prompt-to-Prompt needs (edit kind, changed words). Exactly one output row per input
 row; a dropped row carries a named reason and nulls in the edit columns.
+
+Every kept answer has an `edit_type` (prompts/taxonomy.py). With `instruct.type_weights`, each row is
+first assigned the type it is asked for (`type_requested`, by a hash of its id and the seed); an answer
+of another type is kept and flagged `type_fallback`. The per-type counts (`type_requested:<t>`,
+`type_kept:<t>`, `type_fallback`) go into the partition's metrics, which status sums (docs/edit_types.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.instruct import InstructConfig
 from editgen.pipeline.stage import Stage, with_status
 from editgen.prompts.builder import PromptBuilder
+from editgen.prompts.taxonomy import assign_type, canonical
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ _LIST = pa.list_(pa.string())
 OUTPUT_FIELDS = [
     pa.field("instruction", pa.string()),
     pa.field("edited_caption", pa.string()),
+    pa.field("edit_type", pa.string()),
+    pa.field("type_requested", pa.string()),
+    pa.field("type_fallback", pa.bool_()),
     pa.field("edit_kind", pa.string()),
     pa.field("changed_words", _LIST),
     pa.field("source_words", _LIST),
@@ -45,6 +54,8 @@ OUTPUT_FIELDS = [
     pa.field("attempts", pa.int64()),
 ]
 METRIC_KEYS = ("requests", "generated_tokens", "prompt_tokens", "llm_seconds", "retries", "request_retries")
+#: Metric-key prefixes of the per-type counts (rows asked for a type; answers kept, by their type).
+TYPE_REQUESTED, TYPE_KEPT, TYPE_FALLBACK = "type_requested:", "type_kept:", "type_fallback"
 
 
 @dataclass
@@ -52,17 +63,26 @@ class RowState:
     """What is known about one row while its batch is processed."""
 
     caption: str | None
+    requested: str | None = None
     seed: int | None = None
     attempts: int = 0
     edit: ParsedEdit | None = None
     reason: str | None = None
     diff: EditDiff | None = None
+    edit_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fallback(self) -> bool | None:
+        """Whether a kept answer is of another type than the one asked for (None: none was asked for)."""
+        return None if self.requested is None else self.edit_type != self.requested
 
 
 class InstructStage(Stage[InstructConfig]):
     name = "instruct"
-    version = "2"  # 2: blocklist wildcards (porn*) now match in LLM outputs, as in ingest
+    # 3: answers carry an edit type (schema, prompts, validation, type columns; issue 22);
+    # 2: blocklist wildcards (porn*) now match in LLM outputs, as in ingest
+    version = "3"
     input_columns = ("caption",)
     output_columns = tuple(f.name for f in OUTPUT_FIELDS)
 
@@ -127,7 +147,9 @@ class InstructStage(Stage[InstructConfig]):
             if not pending:
                 return
             requests: list[LLMRequest] = [
-                self.builder.request(ids[i], rows[i].caption or "", attempt, self.backend.needs_messages)
+                self.builder.request(
+                    ids[i], rows[i].caption or "", attempt, self.backend.needs_messages, rows[i].requested
+                )
                 for i in pending
             ]
             t0 = time.perf_counter()
@@ -163,16 +185,32 @@ class InstructStage(Stage[InstructConfig]):
             self.metrics.setdefault(key, 0.0)
         ids = [str(x) for x in batch.column("id").to_pylist()]
         rows = [RowState(caption=c) for c in batch.column("caption").to_pylist()]
-        for row in rows:
+        weights = self.settings.type_weights
+        for row, row_id in zip(rows, ids, strict=True):
             if not isinstance(row.caption, str) or not row.caption.strip():
                 row.reason = MISSING_CAPTION
+            elif weights:
+                row.requested = assign_type(row_id, self.settings.seed, weights)
         self._generate(rows, ids)
         for row in rows:
             if row.reason is None and row.edit is not None and row.caption is not None:
                 row.reason = self.validator.check(row.caption, row.edit)
                 if row.reason is None:
                     row.diff = diff_captions(row.caption, row.edit.edited_caption)
+                    row.edit_type = canonical(row.edit.edit_type or "")
+        self._count_types(rows)
         return self._output(batch, rows)
+
+    def _count_types(self, rows: list[RowState]) -> None:
+        """Rows asked per type, answers kept per type and fallbacks, into the partition's metrics (status
+        sums them over partitions: requested vs achieved shares)."""
+        for row in rows:
+            if row.requested is not None:
+                self._add(TYPE_REQUESTED + row.requested, 1)
+            if row.reason is None and row.edit_type is not None:
+                self._add(TYPE_KEPT + row.edit_type, 1)
+                if row.fallback:
+                    self._add(TYPE_FALLBACK, 1)
 
     def _output(self, batch: pa.Table, rows: list[RowState]) -> pa.Table:
         kept = [r.reason is None and r.edit is not None and r.diff is not None for r in rows]
@@ -183,6 +221,10 @@ class InstructStage(Stage[InstructConfig]):
         cols: dict[str, list[Any]] = {
             "instruction": col([r.edit.instruction if r.edit else None for r in rows]),
             "edited_caption": col([r.edit.edited_caption if r.edit else None for r in rows]),
+            "edit_type": col([r.edit_type for r in rows]),
+            # The type asked for is known before the LLM answers: kept on dropped rows too (the funnel by type).
+            "type_requested": [r.requested for r in rows],
+            "type_fallback": col([r.fallback for r in rows]),
             "edit_kind": col([r.diff.kind if r.diff else None for r in rows]),
             "changed_words": col([r.diff.changed_words if r.diff else None for r in rows]),
             "source_words": col([r.diff.source_words if r.diff else None for r in rows]),

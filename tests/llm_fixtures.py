@@ -92,8 +92,10 @@ class ScriptedBackend(LLMBackend):
         return out
 
 
-def edit_json(instruction: str, edited: str) -> str:
-    return json.dumps({"instruction": instruction, "edited_caption": edited})
+def edit_json(instruction: str, edited: str, edit_type: str | None = "weather_season_time") -> str:
+    """An answer as the schema has it (the default type fits the scene edits the tests script; None: no type)."""
+    answer = {"instruction": instruction, "edited_caption": edited}
+    return json.dumps(answer if edit_type is None else {"edit_type": edit_type, **answer})
 
 
 def free_port() -> int:
@@ -151,7 +153,7 @@ class BadServer:
         if mode == "garbage":
             payload = b"<html>502 Bad Gateway</html>\x00\xff"
         else:
-            caption = body["messages"][-1]["content"].removeprefix("Caption: ")
+            caption = body["messages"][-1]["content"].removeprefix("Caption: ").split("\nEdit type: ")[0]
             content = edit_json("make it snow", caption + " in the snow")
             payload = json.dumps(
                 {

@@ -42,7 +42,8 @@ DIST = "editgen"
 #: (pipeline/registry.py; docs/architecture.md) so an environment without a stage's stack still runs,
 #: and the render settings find the engine registry and each engine's own settings checks the same way.
 ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages"),
-                   ("editgen.pipeline.settings.render", "editgen.engines.base")}
+                   ("editgen.pipeline.settings.render", "editgen.engines.base"),
+                   ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy")}
 
 
 def _sources(*, tests: bool) -> list[Path]:

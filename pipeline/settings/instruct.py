@@ -7,11 +7,16 @@ judged. Backend-specific knobs live in the `vllm` and `openai` sub-sections.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import importlib
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from editgen.pipeline.settings.base import Resources, Seed, Strict
+
+#: Where the edit-type taxonomy lives (imported by name: prompts/ sits above the core).
+TAXONOMY_MODULE = "editgen.prompts.taxonomy"
+TypeWeight = Annotated[float, Field(ge=0, le=1e6)]
 
 
 class VllmSettings(Strict):
@@ -62,6 +67,12 @@ class InstructConfig(Strict):
     system_prompt_file: str | None = Field(None, description="default: prompts/system.txt")
     fewshot_file: str | None = Field(None, description="default: prompts/fewshot.jsonl")
     max_attempts: int = Field(3, ge=1, le=100, description="tries per row (new seed each) when output is unparseable")
+    type_weights: dict[str, TypeWeight] | None = Field(
+        None,
+        description="target shares of edit types (docs/edit_types.md), e.g. {remove_object: 2, colour: 1}: each "
+        "row is asked for a type drawn from these weights by a hash of its id and `seed` (the same on every "
+        "rerun); None: the model chooses",
+    )
     # ---- validation -------------------------------------------------------------------------
     max_instruction_words: int = Field(16, ge=1, description="longer instructions: llm_instruction_too_long")
     max_instruction_chars: int = Field(160, ge=8, description="JSON-schema maxLength of the instruction")
@@ -75,3 +86,11 @@ class InstructConfig(Strict):
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1, batch_size=512))
+
+    @field_validator("type_weights")
+    @classmethod
+    def _known_types(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """Known type names, not all zero (one line naming the first problem)."""
+        if value is None:
+            return None
+        return importlib.import_module(TAXONOMY_MODULE).check_weights(value)

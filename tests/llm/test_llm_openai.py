@@ -13,6 +13,7 @@ from editgen.llm import generation_settings
 from editgen.llm.base import LLMRequest
 from editgen.llm.openai_backend import OpenAIBackend
 from editgen.pipeline.config import config_to_yaml
+from editgen.prompts.taxonomy import NAMES
 from editgen.stages.instruct import InstructStage
 from tests.llm_fixtures import (
     CAPTIONS,
@@ -80,7 +81,9 @@ def test_request_body_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     body = srv.bodies[0]
     assert body["model"] == "served" and body["seed"] == 42 and body["temperature"] == 0.3
     assert body["response_format"]["type"] == "json_schema"
-    assert body["response_format"]["json_schema"]["schema"]["required"] == ["instruction", "edited_caption"]
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["edit_type", "instruction", "edited_caption"]
+    assert schema["properties"]["edit_type"]["enum"] == list(NAMES) and body["response_format"]["json_schema"]["strict"]
     assert srv.auth == ["Bearer sk-secret-123"]
     assert "sk-secret" not in repr(backend) and "sk-secret" not in config_to_yaml(cfg)
 
@@ -105,8 +108,15 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
         )
         relaxed.setup(blocked_terms=[])
         out2 = relaxed.process_batch(batch)
+        # Asked for types (issue 22 item 2): each row says which; the answer's type may differ (a fallback).
+        weights = {"remove_object": 1.0, "colour": 1.0, "style_medium": 1.0}
+        asked = InstructStage(instruct_config(**common, min_similarity=0.0, max_instruction_words=1000,
+                                              type_weights=weights))
+        asked.setup(blocked_terms=[])
+        out3 = asked.process_batch(batch)
         strict.teardown()
         relaxed.teardown()
+        asked.teardown()
     assert out.num_rows == out2.num_rows == batch.num_rows
     reasons = Counter(out.column("drop_reason").to_pylist())
     assert "llm_request_failed" not in reasons, reasons
@@ -115,3 +125,12 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
     assert kept, Counter(out2.column("drop_reason").to_pylist())
     for r in kept:
         assert r["llm_backend"] == "openai" and r["llm_model"] == "tiny-llm" and r["edited_caption"]
+        assert r["edit_type"] in NAMES  # json_schema's enum: never a type outside the taxonomy
+    for out_ in (out, out2, out3):
+        assert not {"llm_type_missing", "llm_type_unknown"} & set(out_.column("drop_reason").to_pylist())
+    rows3 = out3.to_pylist()
+    assert all(r["type_requested"] in weights for r in rows3)
+    for r in rows3:
+        if r["status"] == "kept":
+            assert r["edit_type"] in NAMES and r["type_fallback"] == (r["edit_type"] != r["type_requested"])
+    assert sum(v for k, v in asked.metrics.items() if k.startswith("type_requested:")) == batch.num_rows

@@ -53,3 +53,14 @@ def test_clean_text() -> None:
     assert clean_text("'quoted'") == "quoted"
     assert clean_text(None) == ""
     assert clean_text(12) == "12"
+
+
+def test_edit_type_is_read_under_its_spellings() -> None:
+    """The type as written (validation maps it to the taxonomy); None only when the answer has no type key."""
+    base = '"instruction": "make it snow", "edited_caption": "a snowy street"'
+    assert parse_edit("{" + base + ', "edit_type": "weather_season_time"}') == ParsedEdit(
+        "make it snow", "a snowy street", "weather_season_time")
+    assert parse_edit("{" + base + ', "Edit Type": " Weather "}').edit_type == "Weather"
+    assert parse_edit("{" + base + ', "type": "colour"}').edit_type == "colour"
+    assert parse_edit("{" + base + ', "edit_type": ["colour"]}').edit_type == ""
+    assert parse_edit("{" + base + "}").edit_type is None

@@ -90,4 +90,4 @@ def test_real_laion_captions() -> None:
 def e_parse(e):
     from editgen.llm.parse import ParsedEdit
 
-    return ParsedEdit(e.instruction, e.edited)
+    return ParsedEdit(e.instruction, e.edited, e.edit_type)

@@ -35,7 +35,7 @@ def validator() -> V.Validator:
     ],
 )
 def test_reasons(validator: V.Validator, instruction: str, edited: str, reason: str | None) -> None:
-    assert validator.check(CAPTION, ParsedEdit(instruction, edited)) == reason
+    assert validator.check(CAPTION, ParsedEdit(instruction, edited, "replace_object")) == reason
 
 
 def test_blocklist_matches_whole_words_and_phrases() -> None:
@@ -60,7 +60,7 @@ def test_validator_from_config_uses_thresholds_and_explicit_terms() -> None:
     cfg = instruct_config(max_instruction_words=3, min_similarity=0.9, extra_blocked_terms=["zebra"])
     v = V.Validator.from_config(cfg.instruct, blocked_terms=["zebra"])
     assert v.max_instruction_words == 3 and v.min_similarity == 0.9
-    assert v.check("a cat", ParsedEdit("make zebra", "a zebra")) == V.BLOCKLISTED
+    assert v.check("a cat", ParsedEdit("make zebra", "a zebra", "replace_object")) == V.BLOCKLISTED
     assert set(V.REASONS) >= {"llm_unparseable", "llm_request_failed", "llm_rewrites_too_much"}
 
 

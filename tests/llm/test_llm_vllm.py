@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from editgen.llm.validate import REASONS, TYPE_MISSING, TYPE_UNKNOWN
+from editgen.prompts.taxonomy import NAMES
 from tests.llm_fixtures import CAPTIONS, StageHarness, caption_batch, instruct_config, requires_vllm, tiny_llm_dir
 
 pytestmark = [pytest.mark.llm, requires_vllm]
@@ -61,9 +63,12 @@ def test_vllm_engine_in_ray_actor(harness) -> None:
     assert "llm_request_failed" not in reasons
     kept = [r for r in out.to_pylist() if r["status"] == "kept"]
     assert kept, reasons
+    # The schema's enum constrains the type: random weights still answer a taxonomy name, every time.
+    assert TYPE_MISSING not in reasons and TYPE_UNKNOWN not in reasons, reasons
     for r in kept:
         assert r["llm_backend"] == "vllm" and r["llm_model"] == model_dir
         assert r["instruction"] and r["edited_caption"] and r["edit_kind"] in ("replace", "refine", "other")
+        assert r["edit_type"] in NAMES and r["type_requested"] is None and r["type_fallback"] is None
     # Seeded sampling per request: the same input and config give the same output.
     assert again.column("edited_caption").equals(out.column("edited_caption"))
     assert again.column("drop_reason").equals(out.column("drop_reason"))
@@ -77,10 +82,8 @@ def test_vllm_default_validation_drops_garbage_with_reasons(harness) -> None:
     assert out.num_rows == 6 and 1 <= calls <= 2
     statuses = Counter(out.column("status").to_pylist())
     assert statuses["kept"] + statuses["dropped"] == 6
-    assert set(out.column("drop_reason").to_pylist()) <= {
-        None, "llm_unparseable", "llm_empty_field", "llm_instruction_too_long", "llm_no_change",
-        "llm_rewrites_too_much", "llm_blocklisted",
-    }
+    reasons = set(out.column("drop_reason").to_pylist())
+    assert reasons <= {None, *REASONS} - {"llm_request_failed", "llm_missing_caption", TYPE_MISSING, TYPE_UNKNOWN}
 
 
 def test_large_seeded_batch_does_not_crash_the_cpu_engine(harness) -> None:

@@ -14,7 +14,8 @@ from editgen.stages.instruct import OUTPUT_FIELDS, InstructStage
 from tests.llm_fixtures import CAPTIONS, ScriptedBackend, caption_batch, edit_json, instruct_config
 
 SPECIAL = {
-    0: '```json\n{"instruction": "make it snow", "edited_caption": "X in the snow",}\n```',  # kept (repaired)
+    0: '```json\n{"edit_type": "weather_season_time", "instruction": "make it snow",'
+       ' "edited_caption": "X in the snow",}\n```',  # kept (repaired)
     1: '{"instruction": "", "edited_caption": "X"}',
     2: edit_json("make it nude", "X nude"),
     3: edit_json(" ".join(["word"] * 30), "X in the rain"),
@@ -118,7 +119,7 @@ def test_prompts_use_row_id_and_seed() -> None:
     run_stage(caption_batch(CAPTIONS[:3]), backend, seed=5, fewshot_k=3)
     req = backend.calls[0][0]
     assert req.messages[0]["role"] == "system" and len(req.messages) == 1 + 2 * 3 + 1
-    assert json.loads(req.messages[2]["content"]).keys() == {"instruction", "edited_caption"}
+    assert json.loads(req.messages[2]["content"]).keys() == {"edit_type", "instruction", "edited_caption"}
 
 
 def test_resources_and_ray_options(monkeypatch: pytest.MonkeyPatch) -> None:
