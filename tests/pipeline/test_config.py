@@ -209,10 +209,24 @@ def _with_item(path: tuple[str, ...], value: object) -> dict:
         section = build_config()
         for part in path[:-2]:
             section = getattr(section, part)
-        items = list(getattr(section, path[-2]))
-        items[int(path[-1])] = value
+        current, i = getattr(section, path[-2]), int(path[-1])
+        # an optional range left at None: the other bounds at 0 below and 100 above this item, so a
+        # valid value keeps the range ordered (guidance ranges lie in [0, 100])
+        items = list(current) if current is not None else [0.0] * i + [100.0] * (len(get_args(_tuple_of(path))) - i)
+        items[i] = value
         return _nest(path[:-1], items)
     return _nest(path, value)
+
+
+def _tuple_of(path: tuple[str, ...]) -> object:
+    """The tuple annotation of the field `path` names an item of (None stripped from an optional one)."""
+    model: type[BaseModel] = EditgenConfig
+    for part in path[:-2]:
+        ann = model.model_fields[part].annotation
+        model = next(a for a in (get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel))
+    ann = model.model_fields[path[-2]].annotation
+    options = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    return next(a for a in options if get_origin(a) is tuple)
 
 
 FIELDS = list(_numeric_fields(EditgenConfig))
