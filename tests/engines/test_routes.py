@@ -109,3 +109,12 @@ def test_routes_off_keep_todays_hashes_and_on_recompute_render_only():
     assert stage_hashes(build_config(profile="tiny", overrides=[spelled])) == routed  # the preset is its table
     counted = stage_hashes(build_config(profile="tiny", overrides=["render.type_candidates={colour: 2}"]))
     assert counted["render"] not in (base["render"], routed["render"])
+
+
+def test_type_candidates_bound_early_stop_per_pair():
+    """With early stop, a pair draws until top_k pass or its type's count: top_k beyond any count, so each
+    pair draws exactly its count."""
+    rows = render(["colour", "replace_object"], "render.early_stop=true", "filter.top_k=9",
+                  "render.type_candidates={colour: 3}")
+    drawn = {r["edit_type"]: r["candidates_drawn"] for r in rows}
+    assert drawn == {"colour": 3, "replace_object": 1}, drawn
