@@ -1,8 +1,8 @@
 """The edit-engine interface, the registry lookups and the per-pair engine choice.
 
-The render stage asks the engines chosen by `render.engine` for everything: what they need (the fetch
-stage is in the graph only when one needs a fetched image), each pair's candidate records, a batch's
-renders, each candidate's UNet work. Regeneration (`engines.regenerate`) finds the engine from the
+The render stage asks the engines chosen by `render.engine` and `render.routes` for everything: what they
+need (the fetch stage is in the graph only when one needs a fetched image), each pair's candidate records,
+a batch's renders, each candidate's UNet work. Regeneration (`engines.regenerate`) finds the engine from the
 record's `format`. Nothing here imports torch: the config check and the stage graph use this module.
 """
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from editgen.engines import REGISTRY
 from editgen.engines.record import CandidateRecord, Compute
+from editgen.engines.routes import candidates_for, routed_engine
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.render import RenderConfig
 
@@ -182,9 +183,15 @@ def engine_class(name: str) -> type[EditEngine]:
     return getattr(importlib.import_module(module), cls)
 
 
+def engine_names(settings: RenderConfig) -> list[str]:
+    """The engines a run uses, in name order: `render.engine`'s (every pair without a route goes there)
+    and every engine `render.routes` sends a type to."""
+    return sorted(set(settings.engine_weights()) | set((settings.routes or {}).values()))
+
+
 def chosen_engines(settings: RenderConfig) -> list[type[EditEngine]]:
-    """The engine classes `render.engine` names, in name order."""
-    return [engine_class(n) for n in sorted(settings.engine_weights())]
+    """The engine classes of `engine_names`: what is set up, preflighted, fetched for and checked."""
+    return [engine_class(n) for n in engine_names(settings)]
 
 
 def needs_of(settings: RenderConfig) -> EngineNeeds:
@@ -219,6 +226,20 @@ def choose_engine(pair_id: str, weights: Mapping[str, float]) -> str:
         if u < acc:
             return name
     return names[-1]
+
+
+def pair_engine(settings: RenderConfig, row: Mapping[str, Any]) -> tuple[str, str | None]:
+    """A pair's engine and the route that chose it: `render.routes`' engine for the row's `edit_type`
+    (the route is that type), else `render.engine`'s (a weighted draw from the pair key; no route)."""
+    routed = routed_engine(settings.routes, row.get("edit_type"))
+    if routed is not None:
+        return routed, row["edit_type"]
+    return choose_engine(pair_key(row["id"], settings.seed), settings.engine_weights()), None
+
+
+def pair_candidates(settings: RenderConfig, row: Mapping[str, Any]) -> int:
+    """Candidates drawn for a pair: `render.type_candidates` of its edit type, else `render.candidates`."""
+    return candidates_for(settings.candidates, settings.type_candidates, row.get("edit_type"))
 
 
 def with_compute(out: RenderedCandidate, compute: Compute) -> RenderedCandidate:

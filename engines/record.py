@@ -3,7 +3,9 @@
 A record is what the render stage stores in a candidate's `params` column (JSON) and `editgen pair` in
 `params.json`: the engine that rendered it and the version of that engine's record, the model it ran on,
 the candidate's identity and seed, every engine parameter needed to render it again bit for bit
-(`params`), its UNet work (`compute`) and its edit mask (`mask`, where the engine gives one).
+(`params`), its UNet work (`compute`), its edit mask (`mask`, where the engine gives one) and, when
+`render.routes` chose its engine, the route: the pair's edit type (`route`; absent otherwise, so a record
+of a run without routes is the bytes it always was).
 
 On disk the record is one flat JSON object, the layout Prompt-to-Prompt records always had: the engine
 and version are its `format` (`editgen.<engine>/<version>`, so a P2P record of before engines existed is
@@ -24,7 +26,7 @@ from typing import Any
 FORMAT = re.compile(r"editgen\.([a-z][a-z0-9_]*)/([0-9]+)")
 #: Keys of the envelope (the same for every engine); every other key of a row is the engine's.
 MODEL_KEYS = ("model", "dtype", "profile", "tiny_variant", "torch_threads", "model_edits", "model_edits_in_model")
-ENVELOPE_KEYS = ("format", *MODEL_KEYS, "pair_id", "candidate", "seed", "compute", "mask")
+ENVELOPE_KEYS = ("format", *MODEL_KEYS, "pair_id", "candidate", "seed", "compute", "mask", "route")
 #: Record dtype names (what `torch.dtype` a render ran in; `auto` is never recorded).
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -91,6 +93,7 @@ class CandidateRecord:
     candidate: int | None = None
     compute: Compute | None = None
     mask: Mapping[str, Any] | None = None  # the edit mask's description, where the engine gives one
+    route: str | None = None  # the edit type whose `render.routes` entry chose the engine (no render input)
 
     def __post_init__(self) -> None:
         if not FORMAT.fullmatch(record_format(self.engine, self.version)):
@@ -119,6 +122,8 @@ class CandidateRecord:
             row["compute"] = self.compute.to_row()
         if self.mask is not None:
             row["mask"] = dict(self.mask)
+        if self.route is not None:
+            row["route"] = self.route
         row.update(self.params)
         return row
 
@@ -142,8 +147,14 @@ class CandidateRecord:
             engine=m[1], version=int(m[2]), model=model, seed=row["seed"],
             params={k: v for k, v in row.items() if k not in ENVELOPE_KEYS},
             pair_id=row.get("pair_id"), candidate=row.get("candidate"),
-            compute=_compute(row.get("compute")), mask=row.get("mask"),
+            compute=_compute(row.get("compute")), mask=row.get("mask"), route=_route(row.get("route")),
         )
+
+
+def _route(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"record route: expected an edit type name, got {value!r}")
 
 
 def _compute(value: object) -> Compute | None:

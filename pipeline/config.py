@@ -44,7 +44,7 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.
 #: An edit engine's sub-section (`render.<engine>`) goes here too, and so does `render.engine`.
 HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "instruct_model",
-                                    "sdedit", "inpaint"),
+                                    "sdedit", "inpaint", "routes", "type_candidates"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim", "outside_mask",
                                     "max_outside_mask_l1", "min_outside_mask_ssim")}
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -26,10 +27,11 @@ from editgen.engines.base import (
     EditEngine,
     PairRejected,
     RenderedCandidate,
-    choose_engine,
     chosen_engines,
     engine_class,
-    pair_key,
+    engine_names,
+    pair_candidates,
+    pair_engine,
     reconstructs,
     with_compute,
 )
@@ -87,7 +89,6 @@ class RenderStage(Stage[RenderConfig]):
         super().__init__(config)
         self.runtime: Runtime | None = None
         self.engines: dict[str, EditEngine] = {}
-        self.weights = self.settings.engine_weights()
         self.scorer: Any = None
 
     def preflight(self) -> None:
@@ -100,7 +101,7 @@ class RenderStage(Stage[RenderConfig]):
 
     def setup(self) -> None:
         self.runtime = Runtime.for_stage(self.settings, self.resources().num_cpus)
-        for name in sorted(self.weights):
+        for name in engine_names(self.settings):  # render.engine's and the routes'
             engine = engine_class(name)(self.runtime, self.settings)
             engine.setup()
             self.engines[name] = engine
@@ -110,15 +111,23 @@ class RenderStage(Stage[RenderConfig]):
             self.scorer = ClipScorer.from_config(self.config.filter)
 
     def engine_for(self, row: dict[str, Any]) -> EditEngine:
-        """The pair's engine: the one `render.engine` names, or a weighted draw from the pair's key."""
-        return self.engines[choose_engine(pair_key(row["id"], self.settings.seed), self.weights)]
+        """The pair's engine: its edit type's route (`render.routes`), else the one `render.engine` names
+        or a weighted draw from the pair's key."""
+        return self.engines[pair_engine(self.settings, row)[0]]
 
-    def _account(self, out: RenderedCandidate) -> RenderedCandidate:
-        """The candidate's UNet work (its engine says) into its record and the partition's metrics."""
+    def candidates_for(self, row: dict[str, Any]) -> int:
+        """Candidates of the pair: `render.type_candidates` of its edit type, else `render.candidates`."""
+        return pair_candidates(self.settings, row)
+
+    def _account(self, out: RenderedCandidate, row: dict[str, Any]) -> RenderedCandidate:
+        """The candidate's UNet work (its engine says) into its record and the partition's metrics, and
+        the route that chose its engine (the pair's edit type; none when `render.engine` did)."""
         c = self.engines[out.record.engine].compute(out)
         for key, value in (("unet_row_steps", c.unet_row_steps), ("unet_flops", c.unet_flops)):
             self.metrics[key] = self.metrics.get(key, 0.0) + value
-        return with_compute(out, c)
+        out = with_compute(out, c)
+        route = pair_engine(self.settings, row)[1]
+        return out if route is None else replace(out, record=replace(out.record, route=route))
 
     def _render(self, records: list[CandidateRecord]) -> list[RenderedCandidate]:
         injected = os.environ.get(FAULT_RENDER_ERROR, "")
@@ -146,7 +155,7 @@ class RenderStage(Stage[RenderConfig]):
         pairs: list[tuple[int, list[CandidateRecord]]] = []
         for i, row in enumerate(rows):
             try:
-                pairs.append(self._draw(i, row, s.candidates if not s.early_stop else 0))
+                pairs.append(self._draw(i, row, self.candidates_for(row) if not s.early_stop else 0))
             except PairRejected as exc:  # refused before any GPU time is spent (e.g. a no-op edit)
                 log.warning("render: pair %s dropped: %s", row.get("id"), exc)
                 self._drop(i, exc.reason, take, cols, reasons)
@@ -163,7 +172,7 @@ class RenderStage(Stage[RenderConfig]):
                 self._drop(i, "render_failed", take, cols, reasons)
                 continue
             for o in outs:
-                self._keep(i, self._account(o), drawn, take, cols, reasons)
+                self._keep(i, self._account(o, rows[i]), drawn, take, cols, reasons)
         order = sorted(range(len(take)), key=lambda j: (take[j], cols["candidate"][j]))
         # real sources: the fetched bytes are not copied onto every candidate (input_image has its pixels)
         out = table.drop_columns([c for c in ("image",) if c in table.column_names])
@@ -265,9 +274,11 @@ class RenderStage(Stage[RenderConfig]):
         """Draw candidates in rounds; score each round with CLIP; stop a pair once k pass."""
         from editgen.filters.pairs.early_stop import EarlyStop
 
-        s = self.settings
-        es = EarlyStop.from_config(self.config.filter, max_candidates=s.candidates,
-                                   min_candidates=s.early_stop_min_candidates)
+        most = {i: self.candidates_for(rows[i]) for i in idx}  # per pair: render.type_candidates
+        stops = {n: EarlyStop.from_config(self.config.filter, max_candidates=n,
+                                          min_candidates=self.settings.early_stop_min_candidates)
+                 for n in set(most.values())}
+        es = {i: stops[most[i]] for i in idx}
         done: dict[int, list[RenderedCandidate]] = {i: [] for i in idx}
         failed: dict[int, Exception] = {}
         drawn = {i: 0 for i in idx}
@@ -275,20 +286,20 @@ class RenderStage(Stage[RenderConfig]):
         while active:
             plan: Planned = []
             for i in active:
-                n = es.remaining(rows[i]["id"])
+                n = es[i].remaining(rows[i]["id"])
                 plan += [(i, r) for r in self.engine_for(rows[i]).draw(rows[i], n, start=drawn[i])]
             for chunk in self._chunks(plan):
                 outs = self._render_chunk(chunk, failed)
                 self._score_round(rows, [(i, o) for (i, _), o in zip(chunk, outs, strict=True) if o is not None],
-                                  es, done)
+                                  es.__getitem__, done)
                 for i, _ in chunk:
                     drawn[i] += 1
-                self.progress(sum(min(1.0, drawn[i] / max(1, s.candidates)) for i in idx))
-            active = [i for i in active if i not in failed and not es.done(rows[i]["id"])]
+                self.progress(sum(min(1.0, drawn[i] / max(1, most[i])) for i in idx))
+            active = [i for i in active if i not in failed and not es[i].done(rows[i]["id"])]
         return [(i, failed.get(i) or done[i], drawn[i]) for i in idx]
 
-    def _score_round(self, rows: list[dict[str, Any]], ok: list[tuple[int, RenderedCandidate]], es: Any,
-                     done: dict[int, list[RenderedCandidate]]) -> None:
+    def _score_round(self, rows: list[dict[str, Any]], ok: list[tuple[int, RenderedCandidate]],
+                     es: Callable[[int], Any], done: dict[int, list[RenderedCandidate]]) -> None:
         """CLIP scores (and, for reconstructions, their fidelity: a poor inversion does not count towards
         top_k either) of a round's rendered candidates, into early stop."""
         from editgen.filters.pairs.fidelity import fidelity_scores
@@ -301,7 +312,7 @@ class RenderStage(Stage[RenderConfig]):
             scores.update(fidelity_scores([o.input_image for _, o in ok], [o.reconstruction for _, o in ok]))
         for j, (i, o) in enumerate(ok):
             done[i].append(o)
-            es.add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})
+            es(i).add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})
 
 
 #: Test hook: "oom" makes every UNet batch raise CUDA's out-of-memory error, "pair" a per-pair ValueError.

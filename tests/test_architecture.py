@@ -40,9 +40,11 @@ MAX_FUNCTION_LINES = 60
 DIST = "editgen"
 #: Dynamic lookups by name that cross floors on purpose: the core finds the stage graph by name
 #: (pipeline/registry.py; docs/architecture.md) so an environment without a stage's stack still runs,
-#: and the render settings find the engine registry and each engine's own settings checks the same way.
+#: and the render settings find the engine registry and each engine's own settings checks the same way
+#: (and the routing table, `render.routes`, with the edit types it routes).
 ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages"),
                    ("editgen.pipeline.settings.render", "editgen.engines.base"),
+                   ("editgen.pipeline.settings.render", "editgen.engines.routes"),
                    ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy")}
 
 

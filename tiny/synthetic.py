@@ -1,13 +1,15 @@
-"""Synthetic render/filter rows in the exact column contract, for tests and benchmarks.
+"""Synthetic instruct/render/filter rows in the exact column contract, for tests and benchmarks.
 
 Images are small deterministic PNG/JPEG arrays (no model needed), so shard, loader, preview and
-validate can be exercised without rendering anything.
+validate can be exercised without rendering anything; instruct rows are the bundled few-shot edits,
+one of each requested edit type, so the render stage (and its routing by type) runs without an LLM.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +24,32 @@ RENDER_SCHEMA = pa.schema(
         ("render_model", pa.string()), ("status", pa.string()), ("drop_reason", pa.string()),
     ]
 )
+
+
+INSTRUCT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()), ("caption", pa.string()), ("edited_caption", pa.string()),
+        ("instruction", pa.string()), ("edit_type", pa.string()), ("type_requested", pa.string()),
+        ("type_fallback", pa.bool_()), ("edit_kind", pa.string()), ("status", pa.string()),
+        ("drop_reason", pa.string()),
+    ]
+)
+
+
+def instruct_table(types: Sequence[str | None], id_prefix: str = "pair") -> pa.Table:
+    """Kept instruct rows, one per entry of `types`: the first bundled few-shot example of that edit type
+    (a real edit of that kind: its captions pass the type's rule); None: the first example, its type
+    left empty (an answer from before the taxonomy); "": the same, an empty type."""
+    from editgen.prompts.builder import load_fewshot
+
+    examples = load_fewshot()
+    rows = []
+    for i, name in enumerate(types):
+        ex = next(e for e in examples if not name or e.edit_type == name)
+        rows.append({"id": f"{id_prefix}{i:04d}", "caption": ex.caption, "edited_caption": ex.edited_caption,
+                     "instruction": ex.instruction, "edit_type": name, "type_requested": None,
+                     "type_fallback": None, "edit_kind": None, "status": "kept", "drop_reason": None})
+    return pa.Table.from_pylist(rows, schema=INSTRUCT_SCHEMA)
 
 
 def encode(array: np.ndarray, fmt: str = "png") -> bytes:

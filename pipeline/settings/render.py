@@ -28,6 +28,8 @@ Guidance = Annotated[float, Field(ge=0, le=100)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 MAX_WEIGHT = 1e6
 EngineWeight = Annotated[float, Field(gt=0, le=MAX_WEIGHT)]
+MAX_CANDIDATES = 10_000
+CandidateCount = Annotated[int, Field(ge=1, le=MAX_CANDIDATES)]
 Method = Literal["ddim", "null_text", "negative_prompt"]
 METHODS: tuple[str, ...] = ("ddim", "null_text", "negative_prompt")
 
@@ -190,6 +192,14 @@ class RenderConfig(Strict):
         "p2p", description="the edit engine (engines/: p2p, ...) or {engine: weight, ...}: each pair's engine "
         "drawn from a hash of its id and render.seed (recorded in each record's format)",
     )
+    routes: dict[str, str] | None = Field(
+        None, description="{edit_type: engine}: a pair of a routed type goes to that engine, any other pair "
+        "(no route for its type, or no type) to render.engine; `default` = the documented table "
+        "(docs/edit_types.md, Routing; stored expanded, so the hash covers the table); None = no routing",
+    )
+    type_candidates: dict[str, CandidateCount] | None = Field(
+        None, description="{edit_type: n}: candidates drawn per pair of that type instead of render.candidates",
+    )
     source: Literal["generated", "real"] = Field(
         "generated", description="real = edit the row's fetched LAION image (fetch stage) instead of a "
         "source the engine generates"
@@ -207,7 +217,7 @@ class RenderConfig(Strict):
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     height: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
     width: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
-    candidates: int = Field(4, ge=1, le=10_000,
+    candidates: int = Field(4, ge=1, le=MAX_CANDIDATES,
                             description="candidates drawn per pair (InstructPix2Pix drew up to 100)")
     p_range: tuple[Fraction, Fraction] = Field((0.1, 0.9), description="P2P window fraction p ~ U(a, b)")
     guidance_range: tuple[Guidance, Guidance] = Field((7.5, 15.0), description="CFG scale ~ U(a, b)")
@@ -262,7 +272,32 @@ class RenderConfig(Strict):
             raise ValueError("p_range must lie within [0, 1]")
         for cls in _engines().chosen_engines(self):
             cls.check_settings(self)
+        self._check_type_counts()
         return self
+
+    def _check_type_counts(self) -> None:
+        """Each `type_candidates` count passes the checks of the engines its type's pairs may go to (its
+        route's, else render.engine's) as if it were render.candidates (e.g. a multiple of shared_sources)."""
+        base = _engines()
+        for name, n in (self.type_candidates or {}).items():
+            routed = (self.routes or {}).get(name)
+            as_count = self.model_copy(update={"candidates": n})
+            for engine in [routed] if routed else sorted(self.engine_weights()):
+                try:
+                    base.engine_class(engine).check_settings(as_count)
+                except ValueError as exc:
+                    raise ValueError(f"type_candidates: {name}: {exc}") from None
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        """`default` -> the documented table; known types and engines (one line naming the first bad one)."""
+        return _routes().check_routes(value)
+
+    @field_validator("type_candidates")
+    @classmethod
+    def _type_names(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        return _routes().check_type_candidates(value)
 
     @field_validator("engine", mode="before")
     @classmethod
@@ -305,8 +340,15 @@ def _engines() -> ModuleType:
     return importlib.import_module(ENGINES_MODULE)
 
 
+def _routes() -> ModuleType:
+    """engines.routes, imported by name (as `_engines`): the routing table and its checks of edit types
+    (prompts.taxonomy) and engine names."""
+    return importlib.import_module(ROUTES_MODULE)
+
+
 #: Where the engine registry and its lookups live (imported by name: engines sit above the core).
 ENGINES_MODULE = "editgen.engines.base"
+ROUTES_MODULE = "editgen.engines.routes"
 
 
 def check_values(flags: dict[str, str], **values: object) -> None:
