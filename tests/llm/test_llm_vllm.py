@@ -6,6 +6,7 @@ engine runs inside a Ray actor, as in production.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -95,3 +96,19 @@ def test_large_seeded_batch_does_not_crash_the_cpu_engine(harness) -> None:
     assert out.num_rows == 60 and 1 <= calls <= 2
     assert "llm_request_failed" not in set(out.column("drop_reason").to_pylist())
     assert metrics["generated_tokens"] > 0
+
+
+def test_vllm_answers_a_schema_valid_inverse_when_asked(harness) -> None:
+    """instruct.inverse on the real engine: the schema requires inverse_instruction, so every answer that
+    finished has one within its bounds (random weights: content is garbage, the shape is not)."""
+    import jsonschema
+
+    ray, actor, model_dir = harness
+    cfg = vllm_config(model_dir, inverse=True, max_tokens=320)
+    answers, schema = ray.get(actor.generate_with.remote(cfg.model_dump_json(), CAPTIONS[:6]), timeout=600)
+    assert schema["required"][-1] == "inverse_instruction"
+    finished = [json.loads(text) for text, reason in answers if reason == "stop"]
+    assert finished, answers
+    for answer in finished:
+        jsonschema.validate(answer, schema)
+        assert 1 <= len(answer["inverse_instruction"]) <= 40
