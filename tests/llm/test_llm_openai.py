@@ -121,6 +121,7 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
         inverse.setup(blocked_terms=[])
         out4 = inverse.process_batch(batch)
         raw = inverse.backend.generate([inverse.builder.request(f"row-{i}", c) for i, c in enumerate(CAPTIONS[:8])])
+        schema = inverse.backend.gen.schema
         strict.teardown()
         relaxed.teardown()
         asked.teardown()
@@ -144,7 +145,6 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
     assert sum(v for k, v in asked.metrics.items() if k.startswith("type_requested:")) == batch.num_rows
     import jsonschema
 
-    schema = inverse.backend.gen.schema
     finished = [json.loads(r.text) for r in raw if r.finish_reason == "stop"]
     assert schema["required"][-1] == "inverse_instruction" and finished, raw
     for answer in finished:

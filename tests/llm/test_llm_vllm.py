@@ -20,18 +20,13 @@ pytestmark = [pytest.mark.llm, requires_vllm]
 
 
 def vllm_config(model_dir: str, **extra: Any):
-    return instruct_config(
-        backend="vllm",
-        model=model_dir,
-        fewshot_k=2,
-        max_tokens=160,
-        max_instruction_chars=40,
-        max_caption_chars=80,
-        max_attempts=2,
-        vllm={"max_model_len": 4096, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gib": 1},
-        resources={"num_gpus": 0, "num_cpus": 1, "batch_size": 6},
-        **extra,
-    )
+    base = {
+        "backend": "vllm", "model": model_dir, "fewshot_k": 2, "max_tokens": 160, "max_instruction_chars": 40,
+        "max_caption_chars": 80, "max_attempts": 2,
+        "vllm": {"max_model_len": 4096, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gib": 1},
+        "resources": {"num_gpus": 0, "num_cpus": 1, "batch_size": 6},
+    }
+    return instruct_config(**{**base, **extra})
 
 
 @pytest.fixture(scope="module")
