@@ -145,7 +145,7 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
     assert sum(v for k, v in asked.metrics.items() if k.startswith("type_requested:")) == batch.num_rows
     import jsonschema
 
-    finished = [json.loads(r.text) for r in raw if r.finish_reason == "stop"]
+    finished = [json.loads(r.text, strict=False) for r in raw if r.finish_reason == "stop"]  # raw control chars
     assert schema["required"][-1] == "inverse_instruction" and finished, raw
     for answer in finished:
         jsonschema.validate(answer, schema)
