@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from editgen.output.inverse import inverse_key, is_inverse_key
 from editgen.output.shard_writer import sample_key
 from editgen.pipeline.records import (
     DONE_DIR,
@@ -121,12 +122,28 @@ def _step_files(storage: Storage, name: str, meta_hash: str | None, workers: int
     return problems
 
 
+def _inverse_vs_forward(manifest: dict[str, Any], keys: list[str]) -> tuple[list[str], list[str]]:
+    """(forward keys, problems): inverse pairs (output.inverse) each name a published forward sample, and
+    the manifest counts them."""
+    inverse = [k for k in keys if is_inverse_key(k)]
+    forward = [k for k in keys if not is_inverse_key(k)]
+    problems = []
+    orphans = sorted(set(inverse) - {inverse_key(k) for k in forward})
+    if orphans:
+        problems.append(f"shards: {len(orphans)} inverse samples have no forward sample "
+                        f"(e.g. {', '.join(orphans[:MAX_EXAMPLES])})")
+    if len(inverse) != manifest.get("inverse_samples", 0):
+        problems.append(f"shards: {len(inverse)} inverse samples, manifest says {manifest.get('inverse_samples', 0)}")
+    return forward, problems
+
+
 def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], kept: dict[int, list[str]],
                      shard_keys: list[str]) -> list[str]:
     rec = read_record(storage, "shard", GLOBAL_RECORD) or {}
-    dropped = sum(rec.get("dropped", {}).values())
+    # A kept row's sample and, when its inverse could not be published, that drop (counted apart).
+    dropped = sum(v for k, v in rec.get("dropped", {}).items() if not k.startswith("inverse_"))
     want = [k for pid in sorted(kept) for k in kept[pid]]
-    problems = []
+    shard_keys, problems = _inverse_vs_forward(manifest, shard_keys)
     if len(want) != len(shard_keys) + dropped:
         problems.append(f"shards: {len(shard_keys)} samples (+{dropped} dropped by shard) but the filter stage "
                         f"kept {len(want)}")

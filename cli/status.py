@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from editgen.output.compute_report import compute_report, format_report
+from editgen.output.inverse import INVERSE_METRIC
 from editgen.pipeline.config import out_config
 from editgen.pipeline.freshness import stage_states
 from editgen.pipeline.lease import read_lease, stale_reason
@@ -70,7 +71,16 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
         })
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
-            "compute": _compute(stages), "edit_types": edit_types(stages)}
+            "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages)}
+
+
+def inverse_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Forward and inverse samples the shard stage published (None: no inverse pairs, instruct.inverse off)."""
+    shard = next((s for s in stages if s["stage"] == "shard" and s.get("present")), None)
+    inverse = int(shard["metrics"].get(INVERSE_METRIC, 0)) if shard else 0
+    if not inverse:
+        return None
+    return {"forward_samples": int(shard["rows_out"]) - inverse, "inverse_samples": inverse}  # type: ignore[index]
 
 
 def edit_types(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -114,7 +124,9 @@ def _compute(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if "render" not in by_name:
         return None
     kept_from = by_name.get("shard") or by_name.get("filter")
-    return compute_report(by_name["render"]["metrics"], int(kept_from["rows_out"]) if kept_from else 0)
+    inverse = int(by_name["shard"]["metrics"].get(INVERSE_METRIC, 0)) if "shard" in by_name else 0
+    kept = int(kept_from["rows_out"]) - inverse if kept_from else 0  # forward samples: inverse ones cost no UNet
+    return compute_report(by_name["render"]["metrics"], kept, inverse)
 
 
 #: The fields of OUT/_progress.json the table shows (pipeline.live_progress.progress_record).
@@ -158,6 +170,11 @@ def render_table(status: dict[str, Any]) -> Table:
                         + (f", {human_rate(rate)}{eta}" if rate > 0 else ""))
     if status.get("compute"):
         caption = "\n".join(c for c in (caption, format_report(status["compute"])) if c)
+    if status.get("inverse"):
+        inv = status["inverse"]
+        line = (f"inverse pairs: {inv['inverse_samples']} inverse samples published beside "
+                f"{inv['forward_samples']} forward samples (shard's kept count holds both)")
+        caption = "\n".join(c for c in (caption, line) if c)
     table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)

@@ -23,6 +23,7 @@ import numpy as np
 
 from editgen.cli.chain_check import check_chain
 from editgen.filters.pairs.masks import mask_geometry, rle_decode
+from editgen.output.inverse import inverse_key, is_inverse_key
 from editgen.output.manifest import (
     GEN_PREFIX,
     REJECTED_DIR,
@@ -72,12 +73,28 @@ def check_sample(sample: dict[str, Any]) -> list[str]:
     missing = [f for f in REQUIRED_JSON if f not in meta]
     if missing:
         problems.append(f"sample {key}: json lacks {', '.join(missing)}")
-    elif sample_key(str(meta["id"]), int(meta["candidate"])) != key:
-        problems.append(f"sample {key}: json id/candidate do not match the key")
+    else:
+        problems += _key_problems(key, meta)
     why = mask_rle_problem(meta, sample.get("mask.png"))
     if why is not None:
         problems.append(f"sample {key}: {why}")
     return problems
+
+
+def _key_problems(key: str, meta: dict[str, Any]) -> list[str]:
+    """The key is the JSON's id/candidate (`<id>-cNNNN`), or for an inverse pair (output.inverse) its forward
+    sample's key + `-inv`, named by `inverse_of`."""
+    try:
+        forward = sample_key(str(meta["id"]), int(meta["candidate"]))
+    except (TypeError, ValueError):
+        return [f"sample {key}: json candidate is not a number"]
+    if meta.get("inverse") is True:
+        if key != inverse_key(forward) or meta.get("inverse_of") != forward:
+            return [f"sample {key}: inverse sample's key / inverse_of do not name its forward sample {forward}"]
+        return []
+    if is_inverse_key(key) or forward != key:
+        return [f"sample {key}: json id/candidate do not match the key"]
+    return []
 
 
 def mask_rle_problem(meta: Any, mask_png: bytes | None) -> str | None:
@@ -230,5 +247,6 @@ def main(args: argparse.Namespace) -> int:
     if others:
         print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
               "re-shard; the next run removes them)", file=sys.stderr)
-    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples, {m.get('bytes')} bytes")
+    inverse = f" ({m['inverse_samples']} of them inverse pairs)" if m.get("inverse_samples") else ""
+    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples{inverse}, {m.get('bytes')} bytes")
     return 0

@@ -22,7 +22,7 @@ def generation_settings(cfg: InstructConfig) -> GenerationSettings:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         max_tokens=cfg.max_tokens,
-        schema=edit_schema(cfg.max_instruction_chars, cfg.max_caption_chars),
+        schema=edit_schema(cfg.max_instruction_chars, cfg.max_caption_chars, cfg.inverse),
     )
 
 

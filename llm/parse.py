@@ -1,4 +1,4 @@
-"""Tolerant parsing of an LLM answer into (instruction, edited_caption, edit_type).
+"""Tolerant parsing of an LLM answer into (instruction, edited_caption, edit_type[, inverse_instruction]).
 
 Even with constrained decoding, answers arrive with raw control characters inside strings, code
 fences, a sentence before the object, trailing commas, Python-style quotes or invalid escapes. Each is
@@ -24,17 +24,20 @@ ALIASES = {
     "instruction": ("instruction", "edit_instruction", "edit", "instructions"),
     "edited_caption": ("edited_caption", "output_caption", "new_caption", "edited", "output", "caption_edited"),
     "edit_type": ("edit_type", "type", "edit_category", "category"),
+    "inverse_instruction": ("inverse_instruction", "inverse", "undo_instruction", "reverse_instruction", "undo"),
 }
 
 
 @dataclass(frozen=True)
 class ParsedEdit:
     """One answer's fields, cleaned. `edit_type` is None when the answer has no type key, else its text as
-    written (validation maps it to a taxonomy name or drops the row as `llm_type_unknown`)."""
+    written (validation maps it to a taxonomy name or drops the row as `llm_type_unknown`).
+    `inverse_instruction` likewise: None when absent, "" when not text (`instruct.inverse` validates it)."""
 
     instruction: str
     edited_caption: str
     edit_type: str | None = None
+    inverse_instruction: str | None = None
 
 
 def clean_text(value: object) -> str:
@@ -105,10 +108,11 @@ def parse_edit(text: str | None) -> ParsedEdit | None:
                 ins, cap = _field(obj, "instruction"), _field(obj, "edited_caption")
                 if ins is None and cap is None:
                     continue
-                kind = _field(obj, "edit_type")
+                kind, inv = _field(obj, "edit_type"), _field(obj, "inverse_instruction")
                 return ParsedEdit(
                     instruction=clean_text(ins) if isinstance(ins, str | int | float) else "",
                     edited_caption=clean_text(cap) if isinstance(cap, str | int | float) else "",
                     edit_type=None if kind is None else clean_text(kind) if isinstance(kind, str) else "",
+                    inverse_instruction=None if inv is None else clean_text(inv) if isinstance(inv, str) else "",
                 )
     return None

@@ -7,7 +7,10 @@ word swaps (the edits Prompt-to-Prompt renders best). Only matched words change;
 caption, including brand names, titles and SEO junk, is copied verbatim, and known brand/title phrases
 are never edited. Each rule's family says which edit type it makes (`template_rules.FAMILY_TYPES`); a
 request asking for a type picks among that type's candidates, and where the caption offers none (nothing
-to remove from "a blue sky") among all of them, answering the type it made.
+to remove from "a blue sky") among all of them, answering the type it made. Each rule also writes the
+instruction that undoes its edit, from what it changed (a colour swap back, an addition removed, a
+removal added back); the answer carries it when the schema asks for it (`instruct.inverse`), without
+drawing anything more from the RNG, so the forward edits are the same with or without it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 from editgen.llm import template_rules as R
 from editgen.llm.base import GenerationSettings, LLMBackend, LLMRequest, LLMResult
+from editgen.prompts.schema import INVERSE_FIELD
 
 VERSION = "template-v2"  # v2: answers carry edit_type; size, count, text and tone rules
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*")
@@ -28,6 +32,8 @@ _WITH = re.compile(r"\s+(?:with|w/)\s+", re.I)
 _PROTECTED = re.compile(
     r"(?<!\w)(?:" + "|".join(re.escape(p) for p in sorted(R.PROTECTED_PHRASES, key=len, reverse=True)) + r")(?!\w)"
 )
+_ADDED = re.compile(r"^(?:with|wearing|holding|next to|surrounded by|on|in|at)\s+(?:(?:a|an|the)\s+)?", re.I)
+_STYLE_WORDS = re.compile(r"^(?:in the style of|in|made of)\s+|\s+style$", re.I)
 _SETTING = re.compile(rf"\b(?:in|on|at)\s+(?:the\s+|a\s+)?({'|'.join(R.SETTINGS)})\b", re.I)
 
 
@@ -48,6 +54,7 @@ class Candidate:
     instruction: str
     edited: str
     weight: float
+    inverse: str = ""
 
     @property
     def edit_type(self) -> str:
@@ -174,6 +181,18 @@ class Caption:
         return tidy(head + joiner + phrase + punct + rest)
 
 
+def remove_phrase(phrase: str) -> str:
+    """The inverse of inserting `phrase` ("wearing a straw hat", "with a rainbow in the sky"): remove what
+    it names ("remove the straw hat", "remove the rainbow in the sky")."""
+    thing = _ADDED.sub("", phrase)
+    return f"remove the {thing}"
+
+
+def undo_style(phrase: str) -> str:
+    """The inverse of a style phrase ("oil painting", "in the style of Van Gogh"): take that style away."""
+    return f"remove the {_STYLE_WORDS.sub('', phrase).strip()} style"
+
+
 # ---- candidate generators ----------------------------------------------------------------------------
 def _occurrences(cap: Caption, forms: set[str]) -> list[int]:
     return [i for i, t in enumerate(cap.tokens) if t.low in forms and cap.editable(i)]
@@ -193,9 +212,11 @@ def _colour(cap: Caption, rng: random.Random) -> Candidate | None:
     noun = cap.noun_after(idxs[0], set(R.COLOURS))
     if noun:
         forms = [f"make the {noun} {tgt}", f"change the color of the {noun} to {tgt}", f"turn the {noun} {tgt}"]
+        inverse = f"make the {noun} {src}"
     else:
         forms = [f"change the {src} to {tgt}", f"make the {src} parts {tgt}"]
-    return Candidate("attribute_colour", rng.choice(forms), cap.replace_tokens(idxs, tgt), 3.0)
+        inverse = f"change the {tgt} to {src}"
+    return Candidate("attribute_colour", rng.choice(forms), cap.replace_tokens(idxs, tgt), 3.0, inverse)
 
 
 def _material(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -207,7 +228,8 @@ def _material(cap: Caption, rng: random.Random) -> Candidate | None:
     noun = cap.noun_after(idxs[0], set(R.MATERIALS)) or "object"
     stuff = {"wooden": "wood", "golden": "gold"}.get(tgt, tgt)
     forms = [f"make the {noun} {tgt}", f"make the {noun} out of {stuff}", f"turn the {noun} into {stuff}"]
-    return Candidate("attribute_material", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.5)
+    inverse = f"make the {noun} {src}" if noun != "object" else f"make it {src} again"
+    return Candidate("attribute_material", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.5, inverse)
 
 
 def _object_lookup() -> dict[str, tuple[str, bool]]:
@@ -233,7 +255,8 @@ def _object(cap: Caption, rng: random.Random) -> Candidate | None:
     idxs = _occurrences(cap, {src})
     a_tgt = tgt_form if is_plural else article(tgt_form)
     forms = [f"replace the {src} with {a_tgt}", f"turn the {src} into {a_tgt}", f"swap the {src} for {a_tgt}"]
-    return Candidate("object_swap", rng.choice(forms), cap.replace_tokens(idxs, tgt_form), 3.0)
+    inverse = f"replace the {tgt_form} with {src if is_plural else article(src)}"
+    return Candidate("object_swap", rng.choice(forms), cap.replace_tokens(idxs, tgt_form), 3.0, inverse)
 
 
 def _context_ok(word_prev: set[str]) -> Callable[[Caption, int], bool]:
@@ -246,7 +269,8 @@ def _season(cap: Caption, rng: random.Random) -> Candidate | None:
         return None
     tgt = rng.choice(R.SEASONS[src])
     forms = [f"make it {tgt}", f"change the season to {tgt}", f"make it look like {tgt}"]
-    return Candidate("season", rng.choice(forms), cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
+    edited = cap.replace_tokens(_occurrences(cap, {src}), tgt)
+    return Candidate("season", rng.choice(forms), edited, 3.0, f"change the season back to {src}")
 
 
 def _time(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -255,7 +279,8 @@ def _time(cap: Caption, rng: random.Random) -> Candidate | None:
         return None
     tgt = rng.choice(R.TIMES[src])
     forms = [f"make it {tgt}", f"change the time of day to {tgt}", f"show it at {tgt}"]
-    return Candidate("time_of_day", rng.choice(forms), cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
+    edited = cap.replace_tokens(_occurrences(cap, {src}), tgt)
+    return Candidate("time_of_day", rng.choice(forms), edited, 3.0, f"change the time of day back to {src}")
 
 
 def _weather(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -265,9 +290,11 @@ def _weather(cap: Caption, rng: random.Random) -> Candidate | None:
     tgt = rng.choice(R.WEATHER[src])
     if src.endswith("y"):
         forms = [f"make it {tgt}", f"make the weather {tgt}"]
+        inverse = f"make the weather {src} again"
     else:
         forms = [f"replace the {src} with {tgt}", f"turn the {src} into {tgt}"]
-    return Candidate("weather", rng.choice(forms), cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
+        inverse = f"replace the {tgt} with {src}"
+    return Candidate("weather", rng.choice(forms), cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0, inverse)
 
 
 def _subject(cap: Caption) -> str | None:
@@ -277,6 +304,10 @@ def _subject(cap: Caption) -> str | None:
     return None
 
 
+#: Pose / expression word -> its verb phrase ("sitting" -> "sit down"), from the swaps' own verbs.
+_POSE_VERBS = {word: verb for swaps in R.POSES.values() for word, verb in swaps}
+
+
 def _pose(cap: Caption, rng: random.Random) -> Candidate | None:
     src = _pick_word(cap, R.POSES, rng)
     if src is None:
@@ -284,8 +315,10 @@ def _pose(cap: Caption, rng: random.Random) -> Candidate | None:
     tgt, verb = rng.choice(R.POSES[src])
     who = _subject(cap)
     instruction = f"make the {who} {verb}" if who else f"make them {verb}"
+    back = _POSE_VERBS.get(src, f"look {src}")
+    inverse = f"make the {who} {back} again" if who else f"make them {back} again"
     family = "expression" if src in R.EXPRESSION_WORDS else "pose"
-    return Candidate(family, instruction, cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0)
+    return Candidate(family, instruction, cap.replace_tokens(_occurrences(cap, {src}), tgt), 3.0, inverse)
 
 
 def _medium_ok(cap: Caption, i: int) -> bool:
@@ -299,7 +332,8 @@ def _medium(cap: Caption, rng: random.Random) -> Candidate | None:
     tgt = rng.choice(R.MEDIA[src])
     idxs = [i for i in _occurrences(cap, {src}) if _medium_ok(cap, i)]
     forms = [f"turn it into {article(tgt)}", f"make it {article(tgt)}", f"make it look like {article(tgt)}"]
-    return Candidate("style_medium", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.0)
+    inverse = f"turn it back into {article(src)}"
+    return Candidate("style_medium", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.0, inverse)
 
 
 def _setting(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -313,7 +347,8 @@ def _setting(cap: Caption, rng: random.Random) -> Candidate | None:
     np = phrase.split(" ", 1)[1]
     edited = cap.text[: m.start()] + match_case(m.group(0), phrase) + cap.text[m.end() :]
     forms = [f"move it to {np}", f"change the setting to {np}", f"put it {phrase}"]
-    return Candidate("background_setting", rng.choice(forms), tidy(edited), 2.5)
+    inverse = f"put it back {m.group(0).lower()}"
+    return Candidate("background_setting", rng.choice(forms), tidy(edited), 2.5, inverse)
 
 
 _WHITE_BG = re.compile(
@@ -329,7 +364,7 @@ def _background(cap: Caption, rng: random.Random) -> Candidate | None:
         return None
     phrase, instruction = rng.choice(R.PRODUCT_BACKGROUNDS)
     edited = cap.text[: m.start()] + " " + styled(phrase, cap.title) + cap.text[m.end() :]
-    return Candidate("background_setting", instruction, tidy(edited), 3.0)
+    return Candidate("background_setting", instruction, tidy(edited), 3.0, "put it back on a plain white background")
 
 
 def _remove(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -355,7 +390,7 @@ def _remove(cap: Caption, rng: random.Random) -> Candidate | None:
         return None
     thing, edited = rng.choice(options)
     forms = [f"remove the {thing}", f"take away the {thing}", f"get rid of the {thing}"]
-    return Candidate("remove_object", rng.choice(forms), edited, 1.5)
+    return Candidate("remove_object", rng.choice(forms), edited, 1.5, f"add the {thing} back")
 
 
 _PRONOUNS = {
@@ -375,12 +410,12 @@ def _add(cap: Caption, rng: random.Random) -> Candidate | None:
             their = {"him": "his", "her": "her"}.get(them, "their")
             instruction = template.format(them=them, their=their, noun=t.low)
             edited = cap.text[: t.end] + " " + styled(phrase, cap.title) + cap.text[t.end :]
-            return Candidate("add_object", instruction, tidy(edited), 2.0)
+            return Candidate("add_object", instruction, tidy(edited), 2.0, remove_phrase(phrase))
     if cap.words & R.OUTDOOR_WORDS:
         phrase, instruction = rng.choice(R.ADD_OUTDOOR)
-        return Candidate("add_object", instruction, cap.insert(phrase), 1.5)
+        return Candidate("add_object", instruction, cap.insert(phrase), 1.5, remove_phrase(phrase))
     phrase, instruction = rng.choice(R.ADD_THING)
-    return Candidate("add_object", instruction, cap.insert(phrase), 0.8)
+    return Candidate("add_object", instruction, cap.insert(phrase), 0.8, remove_phrase(phrase))
 
 
 def _place(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -388,7 +423,7 @@ def _place(cap: Caption, rng: random.Random) -> Candidate | None:
     if cap.words & (R.OUTDOOR_WORDS | R.PERSON_WORDS | R.ANIMAL_WORDS):
         return None
     phrase, instruction = rng.choice(R.PRODUCT_BACKGROUNDS)
-    return Candidate("background_setting", instruction, cap.insert(phrase), 0.8)
+    return Candidate("background_setting", instruction, cap.insert(phrase), 0.8, "put it back on a plain background")
 
 
 def _scene(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -396,12 +431,12 @@ def _scene(cap: Caption, rng: random.Random) -> Candidate | None:
     if not (cap.words & R.OUTDOOR_WORDS) or cap.words & taken:
         return None
     phrase, instruction, family = rng.choice(R.SCENES)
-    return Candidate(family, instruction, cap.insert(phrase), 2.0)
+    return Candidate(family, instruction, cap.insert(phrase), 2.0, R.PHRASE_INVERSES[phrase])
 
 
 def _style(cap: Caption, rng: random.Random) -> Candidate | None:
     phrase, instruction = rng.choice(R.STYLES)
-    return Candidate("style_medium", instruction, cap.insert(phrase), 1.0)
+    return Candidate("style_medium", instruction, cap.insert(phrase), 1.0, undo_style(phrase))
 
 
 def _size(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -412,7 +447,8 @@ def _size(cap: Caption, rng: random.Random) -> Candidate | None:
     idxs = _occurrences(cap, {src})
     noun = cap.noun_after(idxs[0], set(R.SIZES)) or "object"
     forms = [f"make the {noun} {tgt}", f"change the {noun} to {article(tgt)} one"]
-    return Candidate("attribute_size", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.0)
+    inverse = f"make the {noun} {src}" if noun != "object" else f"make it {src} again"
+    return Candidate("attribute_size", rng.choice(forms), cap.replace_tokens(idxs, tgt), 2.0, inverse)
 
 
 def _count(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -422,7 +458,8 @@ def _count(cap: Caption, rng: random.Random) -> Candidate | None:
         tgt = rng.choice(R.NUMBERS[src])
         noun = cap.noun_after(_occurrences(cap, {src})[0]) or "things"
         edited = cap.replace_tokens(_occurrences(cap, {src}), tgt)
-        return Candidate("count", rng.choice([f"make it {tgt} {noun}", f"show {tgt} {noun}"]), edited, 2.0)
+        forms = [f"make it {tgt} {noun}", f"show {tgt} {noun}"]
+        return Candidate("count", rng.choice(forms), edited, 2.0, f"make it {src} {noun} again")
     hits = [i for i, t in enumerate(cap.tokens[:-1]) if t.low in ("a", "an") and cap.editable(i + 1)
             and cap.tokens[i + 1].low in R.OBJECTS and not cap.text[t.end:cap.tokens[i + 1].start].strip()]
     if not hits:
@@ -433,7 +470,7 @@ def _count(cap: Caption, rng: random.Random) -> Candidate | None:
     start, end = cap.tokens[i].start, cap.tokens[i + 1].end
     edited = cap.text[:start] + match_case(cap.tokens[i].text, many) + " " + match_case(
         cap.tokens[i + 1].text, plural(noun)) + cap.text[end:]
-    return Candidate("count", f"make it {many} {plural(noun)}", edited, 1.5)
+    return Candidate("count", f"make it {many} {plural(noun)}", edited, 1.5, f"leave only one {noun}")
 
 
 def _text(cap: Caption, rng: random.Random) -> Candidate | None:
@@ -445,12 +482,13 @@ def _text(cap: Caption, rng: random.Random) -> Candidate | None:
     word, thing = rng.choice(R.TEXT_WORDS), cap.tokens[i].low
     tok = cap.tokens[i]
     edited = cap.text[: tok.end] + f' with the word "{word}"' + cap.text[tok.end :]
-    return Candidate("text", f'write "{word}" on the {thing}', tidy(edited), 1.5)
+    return Candidate("text", f'write "{word}" on the {thing}', tidy(edited), 1.5,
+                     f'remove the word "{word}" from the {thing}')
 
 
 def _tone(cap: Caption, rng: random.Random) -> Candidate | None:
     phrase, instruction = rng.choice(R.TONES)
-    return Candidate("tone", instruction, cap.insert(phrase), 0.4)
+    return Candidate("tone", instruction, cap.insert(phrase), 0.4, R.PHRASE_INVERSES[phrase])
 
 
 GENERATORS: tuple[Callable[[Caption, random.Random], Candidate | None], ...] = (
@@ -467,7 +505,8 @@ def template_edit(caption: str, seed: int, edit_type: str | None = None) -> Cand
     cands = [c for gen in GENERATORS if (c := gen(cap, rng)) is not None and c.edited.strip()]
     cands = [c for c in cands if c.edited != caption]
     if not cands:  # only a caption without words: the style fallback still applies
-        return Candidate("style_medium", "make it a watercolor painting", tidy(caption + ", watercolor painting"), 1)
+        return Candidate("style_medium", "make it a watercolor painting", tidy(caption + ", watercolor painting"), 1,
+                         undo_style("watercolor painting"))
     asked = [c for c in cands if c.edit_type == edit_type]
     pool = asked or cands
     return rng.choices(pool, weights=[c.weight for c in pool], k=1)[0]
@@ -481,12 +520,16 @@ class TemplateBackend(LLMBackend):
 
     def __init__(self, gen: GenerationSettings | None = None, model: str = VERSION) -> None:
         super().__init__(model, gen or GenerationSettings())
+        #: Answer the inverse instruction too: the schema asks for it (`instruct.inverse`).
+        self.inverse = INVERSE_FIELD in self.gen.schema.get("required", ())
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
         out = []
         for req in requests:
             edit = template_edit(req.caption, req.seed, req.edit_type)
             answer = {"edit_type": edit.edit_type, "instruction": edit.instruction, "edited_caption": edit.edited}
+            if self.inverse:
+                answer[INVERSE_FIELD] = edit.inverse
             text = json.dumps(answer, ensure_ascii=False)
             out.append(LLMResult(text=text, finish_reason="stop"))
         return out

@@ -369,3 +369,13 @@ TONES = [
     ("with high contrast", "make it high contrast"),
     ("in cool blue tones", "give it a cool blue tone"),
 ]
+#: The instruction that undoes inserting each scene (SCENES) or tone (TONES) phrase (`instruct.inverse`).
+PHRASE_INVERSES = {
+    "at night": "make it daytime", "at sunset": "make it daytime", "at sunrise": "make it full daylight",
+    "in the snow": "remove the snow", "in the rain": "make it stop raining", "in thick fog": "clear the fog",
+    "during a thunderstorm": "remove the thunderstorm", "in autumn": "remove the autumn colors",
+    "in winter": "remove the winter snow and frost", "in spring with cherry blossoms": "remove the cherry blossoms",
+    "in black and white": "bring back the colors", "in warm golden light": "remove the warm golden light",
+    "with dramatic lighting": "remove the dramatic lighting", "in soft pastel tones": "remove the pastel tones",
+    "with high contrast": "lower the contrast", "in cool blue tones": "remove the cool blue tone",
+}

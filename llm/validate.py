@@ -4,6 +4,9 @@ The checks are ordered from "the model said nothing usable" to "the edit is usab
 gets the most basic reason that applies. The edit type is checked twice: it must name a taxonomy type
 (prompts/taxonomy.py: `llm_type_missing`, `llm_type_unknown`), and, last, the captions must not contradict
 it (prompts/type_rules.py: `llm_type_contradicts_<type>`, e.g. a removal whose edited caption only adds).
+With `instruct.inverse`, a forward edit that passes is then judged on its inverse instruction: absent or
+empty (`llm_inverse_missing`), the forward instruction again (`llm_inverse_same`: it would not undo
+anything), or failing the forward's own blocklist and length rules.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ NO_CHANGE = "llm_no_change"
 REWRITES_TOO_MUCH = "llm_rewrites_too_much"
 TYPE_MISSING = "llm_type_missing"
 TYPE_UNKNOWN = "llm_type_unknown"
+INVERSE_MISSING = "llm_inverse_missing"
+INVERSE_SAME = "llm_inverse_same"
 
 #: Every drop reason the instruct stage can emit.
 REASONS = (
@@ -43,6 +48,8 @@ REASONS = (
     REWRITES_TOO_MUCH,
     TYPE_MISSING,
     TYPE_UNKNOWN,
+    INVERSE_MISSING,
+    INVERSE_SAME,
     *(t.reason for t in EDIT_TYPES),
 )
 
@@ -55,10 +62,12 @@ class Validator:
         blocked_terms: Iterable[str] = (),
         max_instruction_words: int = 16,
         min_similarity: float = 0.3,
+        inverse: bool = False,
     ) -> None:
         self.blocklist = Blocklist(blocked_terms)
         self.max_instruction_words = max_instruction_words
         self.min_similarity = min_similarity
+        self.inverse = inverse
 
     @classmethod
     def from_config(cls, cfg: InstructConfig, blocked_terms: Iterable[str] | None = None) -> Validator:
@@ -68,7 +77,7 @@ class Validator:
             if blocked_terms is not None
             else load_blocklist(cfg.blocklist, cfg.extra_blocked_terms)
         )
-        return cls(terms, cfg.max_instruction_words, cfg.min_similarity)
+        return cls(terms, cfg.max_instruction_words, cfg.min_similarity, cfg.inverse)
 
     def check(self, caption: str, edit: ParsedEdit) -> str | None:
         """None when the edit is kept, else the drop reason. `edit.edit_type` must be a taxonomy name or an
@@ -88,4 +97,19 @@ class Validator:
             return NO_CHANGE
         if similarity(caption, edit.edited_caption) < self.min_similarity:
             return REWRITES_TOO_MUCH
-        return contradiction(edit_type, caption, edit.edited_caption)
+        reason = contradiction(edit_type, caption, edit.edited_caption)
+        return reason if reason is not None or not self.inverse else self.check_inverse(edit)
+
+    def check_inverse(self, edit: ParsedEdit) -> str | None:
+        """The inverse instruction's drop reason (None: kept): present, not the forward one again, and held to
+        the forward instruction's blocklist and length rules (it is published as an instruction too)."""
+        inverse = edit.inverse_instruction
+        if not inverse or not words(inverse):
+            return INVERSE_MISSING
+        if normalized(inverse) == normalized(edit.instruction):
+            return INVERSE_SAME
+        if self.blocklist.find(inverse):
+            return BLOCKLISTED
+        if len(inverse.split()) > self.max_instruction_words:
+            return INSTRUCTION_TOO_LONG
+        return None

@@ -7,6 +7,7 @@ runs the same code on a CPU (set `instruct.vllm.cpu_kvcache_space_gib`).
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
@@ -88,6 +89,13 @@ class VllmBackend(LLMBackend):
         self._sampling_cls = SamplingParams
         self._constraint = _structured(gen.schema) if gen.schema else {}
         self.llm: Any = LLM(**engine_kwargs(model, settings, on_cpu=_on_cpu()))
+
+    def with_generation(self, gen: GenerationSettings) -> VllmBackend:
+        """This loaded engine under other generation settings (sampling, the schema's constraint): one engine
+        answers several instruct configs without a second load (minutes on a large model). Close only one."""
+        other = copy.copy(self)
+        other.gen, other._constraint = gen, _structured(gen.schema) if gen.schema else {}
+        return other
 
     def _params(self, req: LLMRequest) -> Any:
         return self._sampling_cls(

@@ -10,7 +10,9 @@ so `datasets.load_dataset(DEST)` returns every split and diffusers' train_instru
 edit_prompt, edited_image). Two more columns trace a row back: `key` (the shard sample key
 `<id>-cNNNN`) and `id` (the caption row's id, which names its source file and row). Then the edit mask:
 `mask` (an Image: the sample's mask.png, all white where the engine gave no region), `mask_area`,
-`mask_bbox` ([x, y, w, h]), `mask_words` and `mask_kind` (filters.pairs.masks; the sample JSON).
+`mask_bbox` ([x, y, w, h]), `mask_words` and `mask_kind` (filters.pairs.masks; the sample JSON). Last,
+`inverse` (a reversed pair of instruct.inverse, output.inverse: filter on it to train without them) and
+`inverse_of` (its forward sample's key); both kinds of row are in `train`.
 
 Splits: by default `train` (the kept samples; `--split` renames it) and `rejected` when the run
 published rejected shards; `rejected=True` exports only `rejected`, `rejected=False` only the kept one.
@@ -65,13 +67,14 @@ from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind")
+           "mask_kind", "inverse", "inverse_of")
 _IMAGE = {"_type": "Image"}
 _STRING = {"dtype": "string", "_type": "Value"}
 SCHEMA = pa.schema(
     [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE),
      ("key", pa.string()), ("id", pa.string()), ("mask", IMAGE_TYPE), ("mask_area", pa.float64()),
-     ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string())]
+     ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string()),
+     ("inverse", pa.bool_()), ("inverse_of", pa.string())]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
@@ -83,7 +86,7 @@ SCHEMA = pa.schema(
                         "mask_area": {"dtype": "float64", "_type": "Value"},
                         "mask_bbox": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
                         "mask_words": {"feature": _STRING, "_type": "Sequence"},
-                        "mask_kind": _STRING,
+                        "mask_kind": _STRING, "inverse": {"dtype": "bool", "_type": "Value"}, "inverse_of": _STRING,
                     }
                 }
             }
@@ -148,7 +151,9 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
     meta = json.loads(sample["json"])
     row = {"input_image": image("input"), "edit_prompt": sample["txt"].decode("utf-8"),
            "edited_image": image("edited"), "key": key, "id": str(meta["id"])}
-    return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"])}
+    inverse_of = meta.get("inverse_of")
+    return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"]), "inverse": meta.get("inverse") is True,
+            "inverse_of": inverse_of if isinstance(inverse_of, str) else None}
 
 
 def _mask_columns(sample: dict[str, Any], meta: dict[str, Any], input_image: bytes) -> dict[str, Any]:
@@ -308,7 +313,10 @@ def dataset_card(splits: list[str]) -> str:
               "| `mask_bbox` | the mask's bounding box `[x, y, w, h]` in pixels |",
               "| `mask_words` | the caption words the mask came from (null where the engine did not say) |",
               "| `mask_kind` | how the engine made the mask (e.g. `cross_attention`, `diffedit`, `local_blend`; "
-              "null where it did not say) |", ""]
+              "null where it did not say) |",
+              "| `inverse` | true for an inverse pair: a kept pair published reversed (its edited image as the "
+              "input, the instruction that undoes the edit); filter on it to train without them |",
+              "| `inverse_of` | an inverse pair's forward sample `key` (null for forward rows) |", ""]
     return "\n".join(lines)
 
 

@@ -15,6 +15,9 @@ OUT may be a local path or any fsspec URL (s3://...): the shard list is exactly 
 names (never a directory glob, which could see a generation being written or removed), and object-store
 shards stream through fsspec (credentials and endpoints from the standard variables, e.g. AWS_*, or
 $EDITGEN_STORAGE_OPTIONS).
+
+Inverse pairs (instruct.inverse, output.inverse) are read like any sample; `inverse=False` skips them (by
+their key, before any image is decoded) to train on the forward pairs alone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import webdataset as wds
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from editgen.output.inverse import is_inverse_key
 from editgen.output.manifest import SHARDS_DIR, published_urls
 from editgen.pipeline.storage import Storage, open_filesystem, parse_storage_options
 
@@ -147,9 +151,10 @@ def instruct_pix2pix_dataset(
     seed: int = 0,
     rejected: bool = False,
     tokenizer: Any = None,
+    inverse: bool = True,
 ) -> wds.WebDataset:
     """An IterableDataset over editgen shards (OUT, OUT/shards, a list, or a brace pattern); `tokenizer`
-    (e.g. CLIPTokenizer) switches to diffusers' keys (module doc)."""
+    (e.g. CLIPTokenizer) switches to diffusers' keys; `inverse=False` leaves inverse pairs out (module doc)."""
     urls = shard_urls(source, rejected=rejected)
     ds = wds.WebDataset(
         urls,
@@ -159,6 +164,8 @@ def instruct_pix2pix_dataset(
         empty_check=False,  # more workers than shards leaves some workers empty; that is fine
         seed=seed,
     )
+    if not inverse:
+        ds = ds.select(lambda sample: not is_inverse_key(sample["__key__"]))
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer)
     return ds.decode("pil").map(_ToTraining(resolution, max_upscale, center_crop, random_flip, tokenizer))

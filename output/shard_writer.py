@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from editgen.filters.pairs.masks import MaskGeometry, mask_geometry
 from editgen.output.compute_report import compute_report
+from editgen.output.inverse import INVERSE_METRIC, forward_row, has_inverse, inverse_key, inverse_row
 from editgen.output.manifest import (
     GEN_PREFIX,
     LEGACY_MANIFEST,
@@ -166,15 +167,16 @@ def _mask(row: dict[str, Any]) -> tuple[bytes, MaskGeometry]:
         raise ValueError("input_image does not decode") from None
 
 
-def sample_members(row: dict[str, Any]) -> tuple[str, list[tuple[str, bytes]]]:
-    """(key, [(member name, bytes)]) for one candidate row; raises ValueError on a missing image.
+def sample_members(row: dict[str, Any], key: str | None = None) -> tuple[str, list[tuple[str, bytes]]]:
+    """(key, [(member name, bytes)]) for one candidate row (`key`: the row's own, `<id>-cNNNN`, unless given:
+    an inverse pair's, output.inverse); raises ValueError on a missing image.
 
     Every sample of a dataset has the same members (readers that build one schema per dataset, such as
     Ray Data's read_webdataset, fail on a member only some samples have): `mask.png` is the edit region
     where the renderer gave one (LocalBlend) and an all-white mask (the whole image) elsewhere, as the
     JSON's `mask` field says; `reconstruction` is there for every sample of a real-image run and none
     of a synthetic one (p2p.real gives every candidate one)."""
-    key = sample_key(str(row["id"]), int(row["candidate"]))
+    key = key or sample_key(str(row["id"]), int(row["candidate"]))
     members: list[tuple[str, bytes]] = []
     for col, stem in IMAGE_MEMBERS:
         data = row.get(col)
@@ -340,9 +342,22 @@ def _collect_model_edits(row: dict[str, Any], found: dict[str, Any]) -> None:
             found.setdefault(f"{key}:{params[key].get('checksum', '')}", {"applied": key, **params[key]})
 
 
+def _add_sample(writer: ShardSetWriter, row: dict[str, Any], key: str | None = None) -> str:
+    """The row's sample into `writer`; returns its key, or the drop reason's name prefixed with '!'."""
+    try:
+        key, members = sample_members(row, key)
+    except ValueError as exc:  # BadMask: bad_mask
+        return "!" + getattr(exc, "reason", "missing_image")
+    if writer.has_key(key):
+        return "!duplicate_key"
+    writer.add(key, members)
+    return key
+
+
 def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: ShardSetWriter | None,
-              dropped: dict[str, int], model_edits: dict[str, Any]) -> int:
-    """Every row to its writer (kept, or rejected when exported); returns the kept rows seen."""
+              dropped: dict[str, int], model_edits: dict[str, Any], counts: dict[str, int]) -> int:
+    """Every row to its writer (kept, or rejected when exported), and each kept row of an inverse dataset
+    reversed right after it (output.inverse; `counts["inverse"]` counts them); returns the kept rows seen."""
     rows_in = 0
     for row in rows:
         is_kept = row.get("status", "kept") == "kept"
@@ -352,18 +367,33 @@ def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: Sh
         _collect_model_edits(row, model_edits)
         writer = kept if is_kept else rejected
         assert writer is not None
-        try:
-            key, members = sample_members(row)
-        except ValueError as exc:  # BadMask: bad_mask
-            reason = getattr(exc, "reason", "missing_image")
-        else:
-            reason = "duplicate_key" if writer.has_key(key) else ""
-        if reason:
+        reversed_too = is_kept and has_inverse(row)
+        key = _add_sample(writer, forward_row(row) if reversed_too else row)
+        if key.startswith("!"):
             if is_kept:
-                dropped[reason] = dropped.get(reason, 0) + 1
+                dropped[key[1:]] = dropped.get(key[1:], 0) + 1
             continue
-        writer.add(key, members)
+        if reversed_too:
+            try:
+                inv = _add_sample(kept, inverse_row(row, key), inverse_key(key))
+            except ValueError:
+                inv = "!no_inverse_instruction"
+            if inv.startswith("!"):
+                dropped[f"inverse_{inv[1:]}"] = dropped.get(f"inverse_{inv[1:]}", 0) + 1
+            else:
+                counts["inverse"] = counts.get("inverse", 0) + 1
     return rows_in
+
+
+def _add_counts(manifest: dict[str, Any], n_inverse: int, render_metrics: Mapping[str, float] | None) -> int:
+    """Forward and inverse sample counts (only with inverse pairs: a dataset without them keeps its manifest
+    as it was) and compute per kept (forward) sample; returns `n_inverse`."""
+    if n_inverse:
+        manifest["forward_samples"], manifest[INVERSE_METRIC] = manifest["samples"] - n_inverse, n_inverse
+    report = compute_report(render_metrics, manifest["samples"] - n_inverse, n_inverse) if render_metrics else None
+    if report is not None:
+        manifest["compute"] = report
+    return n_inverse
 
 
 def write_dataset(
@@ -390,9 +420,10 @@ def write_dataset(
     kept = ShardSetWriter(storage, prefix, subdir=kept_dir, **limits)
     rejected = ShardSetWriter(storage, REJECTED_PREFIX, subdir=rejected_dir, **limits) if export_rejected else None
     model_edits: dict[str, Any] = {}
+    counts: dict[str, int] = {}
     complete = False
     try:
-        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits)
+        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits, counts)
         complete = True
     finally:  # a failed row stream (a damaged partition) writes no short last tar
         kept_shards, rejected_shards = kept.close(complete), rejected.close(complete) if rejected else []
@@ -408,9 +439,7 @@ def write_dataset(
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
     if model_edits:
         manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
-    report = compute_report(render_metrics, manifest["samples"]) if render_metrics else None
-    if report is not None:
-        manifest["compute"] = report
+    n_inverse = _add_counts(manifest, counts.get("inverse", 0), render_metrics)
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, MANIFEST)  # the publication point
     remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})
@@ -424,6 +453,7 @@ def write_dataset(
         "metrics": {
             "rejected_samples": float(sum(s.samples for s in rejected_shards)),
             "rejected_shards": float(len(rejected_shards)),
+            **({INVERSE_METRIC: float(n_inverse)} if n_inverse else {}),
         },
     }
 

@@ -5,7 +5,9 @@ different rows see different examples (diversity of edits across the data set), 
 same input with the same config reproduces every prompt byte for byte (determinism, resumability).
 The system prompt is followed by the edit-type taxonomy (prompts/taxonomy.py). A row asked for a type
 (`instruct.type_weights`) says so in its user turn ("Edit type: ..."), as every few-shot turn then does
-for its own type, and its sample holds at least one example of that type.
+for its own type, and its sample holds at least one example of that type. With `instruct.inverse`, the
+system prompt ends with what `inverse_instruction` is, the few-shot examples are those that carry one
+(the optional `inverse_instruction` of prompts/fewshot.jsonl) and their answers hold it, as the schema's.
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
+from editgen.prompts.schema import INVERSE_FIELD
 from editgen.prompts.taxonomy import BY_NAME, NAMES, prompt_section
 
 REQUIRED_KEYS = ("caption", "instruction", "edited_caption", "edit_type")
+#: Appended to the system prompt with `instruct.inverse` (rule 7 then names four keys).
+INVERSE_SECTION = (
+    'Inverse edit: also reply with "inverse_instruction": the instruction that undoes your edit, as a person '
+    "would type it. Applied to the edited image it must give the input image back: \"make the car blue\" on a "
+    'red car is undone by "make the car red", "add a hat" by "remove the hat", "remove the cookies" by "add '
+    'cookies". It must differ from "instruction". Reply with exactly the keys "edit_type", "instruction", '
+    '"edited_caption" and "inverse_instruction".'
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class FewShot:
     edited_caption: str
     edit_type: str
     family: str
+    inverse_instruction: str | None = None
 
 
 def _bundled(name: str) -> str:
@@ -79,7 +91,11 @@ def load_fewshot(path: str | None = None) -> tuple[FewShot, ...]:
         if obj["edit_type"] not in BY_NAME:
             raise ValueError(f"{origin}:{lineno}: edit_type {obj['edit_type']!r} is not one of {', '.join(NAMES)}")
         family = obj.get("family") if isinstance(obj.get("family"), str) and obj["family"].strip() else None
-        out.append(FewShot(**{k: obj[k] for k in REQUIRED_KEYS}, family=family or obj["edit_type"]))
+        inverse = obj.get(INVERSE_FIELD)
+        if inverse is not None and (not isinstance(inverse, str) or not inverse.strip()):
+            raise ValueError(f"{origin}:{lineno}: {INVERSE_FIELD} is not a non-empty string")
+        out.append(FewShot(**{k: obj[k] for k in REQUIRED_KEYS}, family=family or obj["edit_type"],
+                           inverse_instruction=inverse))
     return tuple(out)
 
 
@@ -122,24 +138,27 @@ def user_message(caption: str, edit_type: str | None = None) -> str:
     return f"Caption: {caption}" if edit_type is None else f"Caption: {caption}\nEdit type: {edit_type}"
 
 
-def assistant_message(instruction: str, edited_caption: str, edit_type: str) -> str:
-    """An answer as the schema has it (prompts/schema.py: edit_type first)."""
+def assistant_message(instruction: str, edited_caption: str, edit_type: str, inverse: str | None = None) -> str:
+    """An answer as the schema has it (prompts/schema.py: edit_type first, inverse_instruction last)."""
     answer = {"edit_type": edit_type, "instruction": instruction, "edited_caption": edited_caption}
+    if inverse is not None:
+        answer[INVERSE_FIELD] = inverse
     return json.dumps(answer, ensure_ascii=False)
 
 
 def build_messages(
-    system: str, shots: list[FewShot], caption: str, edit_type: str | None = None
+    system: str, shots: list[FewShot], caption: str, edit_type: str | None = None, inverse: bool = False
 ) -> list[dict[str, Any]]:
     """System turn, one user/assistant pair per few-shot example, then the caption to edit. With a
     requested `edit_type`, every user turn names its type (the examples' own), so the model sees the
-    request followed."""
+    request followed; with `inverse`, every answer holds its inverse instruction."""
     asked = edit_type is not None
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     for ex in shots:
         messages.append({"role": "user", "content": user_message(ex.caption, ex.edit_type if asked else None)})
         messages.append(
-            {"role": "assistant", "content": assistant_message(ex.instruction, ex.edited_caption, ex.edit_type)}
+            {"role": "assistant", "content": assistant_message(
+                ex.instruction, ex.edited_caption, ex.edit_type, ex.inverse_instruction if inverse else None)}
         )
     messages.append({"role": "user", "content": user_message(caption, edit_type)})
     return messages
@@ -168,11 +187,19 @@ class PromptBuilder:
         k: int = 8,
         system_prompt_file: str | None = None,
         fewshot_file: str | None = None,
+        inverse: bool = False,
     ) -> None:
         self.seed = seed
         self.k = k
+        self.inverse = inverse
         self.system = load_system_prompt(system_prompt_file) + "\n\n" + prompt_section()
         self.examples = load_fewshot(fewshot_file)
+        if inverse:  # only examples that show an inverse (a file without any: zero-shot would be a silent change)
+            self.system += "\n\n" + INVERSE_SECTION
+            self.examples = tuple(ex for ex in self.examples if ex.inverse_instruction)
+            if k > 0 and not self.examples:
+                raise ValueError(f"{fewshot_file or 'prompts/fewshot.jsonl'}: instruct.inverse needs few-shot "
+                                 f"examples with {INVERSE_FIELD} (or instruct.fewshot_k=0)")
         self.groups = group_by_family(self.examples)
 
     def request(
@@ -187,5 +214,5 @@ class PromptBuilder:
         shots = sample_fewshot(self.examples, self.k, rng, self.groups)
         if edit_type is not None:
             shots = with_type_example(shots, self.examples, edit_type, rng)
-        messages = build_messages(self.system, shots, caption, edit_type)
+        messages = build_messages(self.system, shots, caption, edit_type, self.inverse)
         return LLMRequest(row_id=row_id, caption=caption, messages=messages, seed=s, edit_type=edit_type)

@@ -79,6 +79,16 @@ def canonical(raw: str) -> str | None:
     return ALIASES.get(key)
 
 
+#: The type of an edit's inverse where it differs (an addition undone is a removal); every other type undoes
+#: itself (a colour change back is a colour change). Used by the shard stage's reversed pairs (instruct.inverse).
+INVERSE_TYPES = {"add_object": "remove_object", "remove_object": "add_object"}
+
+
+def inverse_type(name: str | None) -> str | None:
+    """The type of the edit that undoes an edit of type `name` (None stays None)."""
+    return None if name is None else INVERSE_TYPES.get(name, name)
+
+
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
     """`weights` if they can drive a draw: known type names, finite and non-negative, not all zero.
     Raises ValueError naming the first problem (the config check's message)."""

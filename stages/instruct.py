@@ -9,6 +9,10 @@ Every kept answer has an `edit_type` (prompts/taxonomy.py). With `instruct.type_
 first assigned the type it is asked for (`type_requested`, by a hash of its id and the seed); an answer
 of another type is kept and flagged `type_fallback`. The per-type counts (`type_requested:<t>`,
 `type_kept:<t>`, `type_fallback`) go into the partition's metrics, which status sums (docs/edit_types.md).
+
+With `instruct.inverse` the same request also asks for the instruction that undoes the edit, validated with
+it, and the output gains the column `inverse_instruction` (docs/inverse_edits.md); without it the output
+is exactly as before (no such column), so the stage version and every hash stay.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from editgen.llm.base import LLMBackend, LLMRequest
 from editgen.llm.parse import ParsedEdit, parse_edit
 from editgen.llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
 from editgen.p2p.edit_diff import EditDiff, diff_captions
+from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.instruct import InstructConfig
 from editgen.pipeline.stage import Stage, with_status
@@ -53,6 +58,8 @@ OUTPUT_FIELDS = [
     pa.field("llm_seed", pa.int64()),
     pa.field("attempts", pa.int64()),
 ]
+#: The column `instruct.inverse` adds after those (kept rows only).
+INVERSE_FIELD = pa.field("inverse_instruction", pa.string())
 METRIC_KEYS = ("requests", "generated_tokens", "prompt_tokens", "llm_seconds", "retries", "request_retries")
 #: Metric-key prefixes of the per-type counts (rows asked for a type; answers kept, by their type).
 TYPE_REQUESTED, TYPE_KEPT, TYPE_FALLBACK = "type_requested:", "type_kept:", "type_fallback"
@@ -119,13 +126,21 @@ class InstructStage(Stage[InstructConfig]):
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         return {"runtime_env": {"py_executable": python, "env_vars": {"PYTHONPATH": path}}}
 
+    def preflight(self) -> None:
+        """The prompt files load (and, with `inverse`, hold inverse examples) before OUT is written."""
+        s = self.settings
+        try:
+            PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file, s.inverse)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"instruct: {exc}") from None
+
     # ---- worker side -----------------------------------------------------------------------
     def setup(self, backend: LLMBackend | None = None, blocked_terms: list[str] | None = None) -> None:
         """Load prompts, blocklist and the backend once per worker (tests may inject both)."""
         from editgen.llm import make_backend
 
         s = self.settings
-        self.builder = PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file)
+        self.builder = PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file, s.inverse)
         self.validator = Validator.from_config(s, blocked_terms)
         t0 = time.perf_counter()
         self.backend = backend or make_backend(s)
@@ -235,8 +250,12 @@ class InstructStage(Stage[InstructConfig]):
             "llm_seed": [r.seed for r in rows],
             "attempts": [r.attempts for r in rows],
         }
+        fields = list(OUTPUT_FIELDS)
+        if self.settings.inverse:
+            fields.append(INVERSE_FIELD)
+            cols[INVERSE_FIELD.name] = col([r.edit.inverse_instruction if r.edit else None for r in rows])
         table = batch
-        for f in OUTPUT_FIELDS:
+        for f in fields:
             if f.name in table.column_names:
                 table = table.drop_columns([f.name])
             table = table.append_column(f, pa.array(cols[f.name], type=f.type))

@@ -278,5 +278,18 @@ class StageHarness:
         out = self.stage.process_batch(batch)
         return out, dict(self.stage.metrics), self.engine_calls
 
+    def generate_with(self, config_json: str, captions: list[str]) -> tuple[list[tuple[str | None, str | None]], Any]:
+        """Raw (text, finish_reason) answers and the JSON schema under another instruct config (its prompts and
+        schema), on this harness's loaded engine (`VllmBackend.with_generation`)."""
+        from editgen.llm import generation_settings
+        from editgen.prompts.builder import PromptBuilder
+
+        s = EditgenConfig.model_validate_json(config_json).instruct
+        gen = generation_settings(s)
+        backend = self.stage.backend.with_generation(gen)  # type: ignore[union-attr]
+        builder = PromptBuilder(s.seed, s.fewshot_k, s.system_prompt_file, s.fewshot_file, s.inverse)
+        results = backend.generate([builder.request(f"row-{i}", c) for i, c in enumerate(captions)])
+        return [(r.text, r.finish_reason) for r in results], gen.schema
+
     def close(self) -> None:
         self.stage.teardown()

@@ -73,6 +73,12 @@ class InstructConfig(Strict):
         "row is asked for a type drawn from these weights by a hash of its id and `seed` (the same on every "
         "rerun); None: the model chooses",
     )
+    inverse: bool = Field(
+        False,
+        description="also ask for `inverse_instruction`, the instruction that undoes the edit (applied to the "
+        "edited image it gives the input back); the shard stage then publishes each kept pair reversed too "
+        "(docs/inverse_edits.md). Off: prompts, schema and outputs as without it",
+    )
     # ---- validation -------------------------------------------------------------------------
     max_instruction_words: int = Field(16, ge=1, description="longer instructions: llm_instruction_too_long")
     max_instruction_chars: int = Field(160, ge=8, description="JSON-schema maxLength of the instruction")

@@ -3,6 +3,7 @@ real thing against vLLM's server running the tiny random Llama (llm-marked)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -114,9 +115,17 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
                                               type_weights=weights))
         asked.setup(blocked_terms=[])
         out3 = asked.process_batch(batch)
+        # instruct.inverse (issue 22 item 6): json_schema requires the inverse; the answers carry one.
+        inverse = InstructStage(instruct_config(**{**common, "max_tokens": 320}, min_similarity=0.0,
+                                                max_instruction_words=1000, inverse=True))
+        inverse.setup(blocked_terms=[])
+        out4 = inverse.process_batch(batch)
+        raw = inverse.backend.generate([inverse.builder.request(f"row-{i}", c) for i, c in enumerate(CAPTIONS[:8])])
+        schema = inverse.backend.gen.schema
         strict.teardown()
         relaxed.teardown()
         asked.teardown()
+        inverse.teardown()
     assert out.num_rows == out2.num_rows == batch.num_rows
     reasons = Counter(out.column("drop_reason").to_pylist())
     assert "llm_request_failed" not in reasons, reasons
@@ -134,3 +143,12 @@ def test_real_vllm_openai_server(tmp_path: Path) -> None:
         if r["status"] == "kept":
             assert r["edit_type"] in NAMES and r["type_fallback"] == (r["edit_type"] != r["type_requested"])
     assert sum(v for k, v in asked.metrics.items() if k.startswith("type_requested:")) == batch.num_rows
+    import jsonschema
+
+    finished = [json.loads(r.text, strict=False) for r in raw if r.finish_reason == "stop"]  # raw control chars
+    assert schema["required"][-1] == "inverse_instruction" and finished, raw
+    for answer in finished:
+        jsonschema.validate(answer, schema)
+    kept4 = [r for r in out4.to_pylist() if r["status"] == "kept"]
+    assert all(r["inverse_instruction"] and r["inverse_instruction"] != r["instruction"] for r in kept4)
+    assert "inverse_instruction" not in out2.column_names

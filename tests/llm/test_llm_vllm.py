@@ -6,6 +6,7 @@ engine runs inside a Ray actor, as in production.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -19,18 +20,13 @@ pytestmark = [pytest.mark.llm, requires_vllm]
 
 
 def vllm_config(model_dir: str, **extra: Any):
-    return instruct_config(
-        backend="vllm",
-        model=model_dir,
-        fewshot_k=2,
-        max_tokens=160,
-        max_instruction_chars=40,
-        max_caption_chars=80,
-        max_attempts=2,
-        vllm={"max_model_len": 4096, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gib": 1},
-        resources={"num_gpus": 0, "num_cpus": 1, "batch_size": 6},
-        **extra,
-    )
+    base = {
+        "backend": "vllm", "model": model_dir, "fewshot_k": 2, "max_tokens": 160, "max_instruction_chars": 40,
+        "max_caption_chars": 80, "max_attempts": 2,
+        "vllm": {"max_model_len": 4096, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gib": 1},
+        "resources": {"num_gpus": 0, "num_cpus": 1, "batch_size": 6},
+    }
+    return instruct_config(**{**base, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +91,20 @@ def test_large_seeded_batch_does_not_crash_the_cpu_engine(harness) -> None:
     assert out.num_rows == 60 and 1 <= calls <= 2
     assert "llm_request_failed" not in set(out.column("drop_reason").to_pylist())
     assert metrics["generated_tokens"] > 0
+
+
+def test_vllm_answers_a_schema_valid_inverse_when_asked(harness) -> None:
+    """instruct.inverse on the real engine: the schema requires inverse_instruction, so every answer that
+    finished has one within its bounds (random weights: content is garbage, the shape is not)."""
+    import jsonschema
+
+    ray, actor, model_dir = harness
+    cfg = vllm_config(model_dir, inverse=True, max_tokens=320)
+    answers, schema = ray.get(actor.generate_with.remote(cfg.model_dump_json(), CAPTIONS[:6]), timeout=600)
+    assert schema["required"][-1] == "inverse_instruction"
+    # strict=False: constrained decoding lets raw control characters into strings (llm.parse reads them too)
+    finished = [json.loads(text, strict=False) for text, reason in answers if reason == "stop"]
+    assert finished, answers
+    for answer in finished:
+        jsonschema.validate(answer, schema)
+        assert 1 <= len(answer["inverse_instruction"]) <= 40
