@@ -46,7 +46,8 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "instruct_model",
                                     "sdedit", "inpaint"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim", "outside_mask",
-                                    "max_outside_mask_l1", "min_outside_mask_ssim")}
+                                    "max_outside_mask_l1", "min_outside_mask_ssim"),
+                         "shard": ("type_quota",)}
 
 
 class EditgenConfig(Strict):

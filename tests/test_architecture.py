@@ -43,7 +43,8 @@ DIST = "editgen"
 #: and the render settings find the engine registry and each engine's own settings checks the same way.
 ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages"),
                    ("editgen.pipeline.settings.render", "editgen.engines.base"),
-                   ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy")}
+                   ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy"),
+                   ("editgen.pipeline.settings.shard", "editgen.prompts.taxonomy")}
 
 
 def _sources(*, tests: bool) -> list[Path]:
