@@ -31,8 +31,16 @@ from editgen.filters.pairs.masks import decode_mask
 from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS
 from editgen.filters.pairs.select import Thresholds
 from editgen.output.shard_writer import sample_key
+from editgen.output.type_funnel import FUNNEL_STAGES, funnel_rows
 from editgen.pipeline.freshness import refuse_stale
-from editgen.pipeline.records import GLOBAL_RECORD, part_name, read_checked, read_record, read_records
+from editgen.pipeline.records import (
+    GLOBAL_RECORD,
+    current_metrics,
+    part_name,
+    read_checked,
+    read_record,
+    read_records,
+)
 from editgen.pipeline.stage import KEPT
 from editgen.pipeline.storage import Storage, parquet_table, parse_storage_options
 from editgen.stages import REGISTRY
@@ -43,7 +51,7 @@ PREVIEW_DIR = "preview"
 PAGE = "preview.html"
 THUMB = 256
 META_COLUMNS = [
-    "id", "candidate", "caption", "edited_caption", "instruction", "edit_kind", "url", *SCORE_COLUMNS,
+    "id", "candidate", "caption", "edited_caption", "instruction", "edit_kind", "edit_type", "url", *SCORE_COLUMNS,
     *OUTSIDE_MASK_COLUMNS, "status", "drop_reason",
 ]
 #: The edit-mask tint (RGBA) laid over a thumbnail.
@@ -68,7 +76,8 @@ CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
 pointer-events:none}body.hide-masks img.mask{display:none}
 .instr{font-weight:bold;margin:6px 0}.cap{font-size:.85em;color:#444}
 .scores{font-family:monospace;font-size:.8em}
-.plots img{max-width:100%}"""
+.plots img{max-width:100%}
+.funnel{border-collapse:collapse;font-size:.85em}.funnel td,.funnel th{border:1px solid #ccc;padding:2px 6px}"""
 
 
 def _stage_order(storage: Storage) -> list[str]:
@@ -288,9 +297,27 @@ def _card(r: dict[str, Any]) -> str:
         f'<div class="instr">{e(r.get("instruction"))}</div>'
         f'<div class="cap">before: {e(r.get("caption"))}</div>'
         f'<div class="cap">after: {e(r.get("edited_caption"))}</div>{mask}'
-        f'<div class="scores">{e(scores)}<br>{e(status)} · {e(r.get("edit_kind"))} · '
+        f'<div class="scores">{e(scores)}<br>{e(status)} · {e(r.get("edit_type") or r.get("edit_kind"))} · '
         f'{e(r.get("id"))}#{e(r.get("candidate"))} {link}</div></div>'
     )
+
+
+def funnel_html(storage: Storage) -> str:
+    """The funnel by edit type as an HTML table (empty when no stage counted a type): the same figures
+    as `editgen status` (output/type_funnel.py)."""
+    funnel = funnel_rows({s: current_metrics(storage, s) for s in FUNNEL_STAGES})
+    if not funnel:
+        return ""
+    head = ("edit type", "asked", "answers kept", "candidates", "passed filter", "kept", "UNet FLOPs/kept", "drops")
+    rows = []
+    for name, r in funnel.items():
+        per = "" if r.unet_flops_per_kept is None else f"{r.unet_flops_per_kept:.3g}"
+        drops = ", ".join(f"{k} {n}" for k, n in r.drops.items())
+        cells = (name, "" if r.asked is None else r.asked, r.answers_kept, r.candidates, r.passed_filter,
+                 r.kept_samples, per, drops)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return f'<h2>Edit types</h2><table class="funnel">{header}{"".join(rows)}</table>'
 
 
 def build_preview(out: str, limit: int = 48, rejected: int = 12,
@@ -320,6 +347,7 @@ def build_preview(out: str, limit: int = 48, rejected: int = 12,
     body = [
         f"<h1>editgen preview: {html.escape(out)}</h1><p id=\"load-status\"></p><ul>{summary}</ul>{MASK_TOGGLE}",
         f'<div class="plots">{"".join(plots)}</div>',
+        funnel_html(storage),
         f"<h2>Kept pairs ({len(kept_rows)} shown)</h2>"
         f"<div class=\"grid\">{''.join(map(_card, kept_rows))}</div>",
     ]

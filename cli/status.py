@@ -12,6 +12,7 @@ from rich.table import Table
 
 from editgen.output.compute_report import compute_report, format_report
 from editgen.output.inverse import INVERSE_METRIC
+from editgen.output.type_funnel import FUNNEL_STAGES, type_funnel
 from editgen.pipeline.config import out_config
 from editgen.pipeline.freshness import stage_states
 from editgen.pipeline.lease import read_lease, stale_reason
@@ -71,7 +72,8 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
         })
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
-            "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages)}
+            "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages),
+            "funnel": _funnel(stages)}
 
 
 def inverse_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
@@ -100,21 +102,38 @@ def edit_types(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"requested": n_asked, "kept": n_kept, "fallback": int(m.get(TYPE_FALLBACK, 0)), "types": types}
 
 
+def _funnel(stages: list[dict[str, Any]]) -> dict[str, object] | None:
+    """The funnel by edit type (output/type_funnel.py) from the stages' summed metrics."""
+    present = {s["stage"]: s["metrics"] for s in stages if s.get("present")}
+    return type_funnel({name: present.get(name) for name in FUNNEL_STAGES})
+
+
+def _share(n: int, share: float | None) -> str:
+    return str(n) if share is None else f"{n} ({share:.0%})"
+
+
 def types_table(status: dict[str, Any]) -> Table | None:
-    """Requested vs achieved shares per edit type (None when instruct has not run or counted no type)."""
-    report = status.get("edit_types")
-    if not report or not report["types"]:
+    """The funnel by edit type: rows asked for it and answers kept (with their shares: requested vs
+    achieved), candidates rendered, passed filter, kept samples, UNet FLOPs per kept sample, top drops
+    (None when no stage counted a type)."""
+    report, funnel = status.get("edit_types") or {}, status.get("funnel")
+    if not funnel:
         return None
-    asked = report["requested"]
-    caption = (f"{asked} rows asked for a type, {report['fallback']} answered another" if asked
+    asked = report.get("requested", 0)
+    caption = (f"{asked} rows asked for a type, {report.get('fallback', 0)} answered another" if asked
                else "no type_weights: the model's choice")
-    table = Table(title=f"edit types: {report['kept']} answers kept", caption=caption)
-    for col in ("edit type", "asked", "asked share", "kept", "kept share"):
+    table = Table(title=f"edit types: {funnel['kept_samples']} kept samples", caption=caption)
+    for col in ("edit type", "asked", "answers kept", "candidates", "passed filter", "kept", "UNet FLOPs/kept",
+                "top drops"):
         table.add_column(col)
-    for name, t in report["types"].items():
-        share = "" if t["requested_share"] is None else f"{t['requested_share']:.1%}"
-        kept_share = "" if t["kept_share"] is None else f"{t['kept_share']:.1%}"
-        table.add_row(name, str(t["requested"]) if asked else "", share, str(t["kept"]), kept_share)
+    shares = report.get("types", {})
+    for name, row in funnel["types"].items():
+        mine = shares.get(name, {})
+        per = row["unet_flops_per_kept"]
+        top = ", ".join(f"{k} {n}" for k, n in list(row["drops"].items())[:3])
+        table.add_row(name, _share(row["asked"], mine.get("requested_share")) if asked else "",
+                      _share(row["answers_kept"], mine.get("kept_share")), str(row["candidates"]),
+                      str(row["passed_filter"]), str(row["kept_samples"]), "" if per is None else f"{per:.3g}", top)
     return table
 
 

@@ -24,7 +24,7 @@ import math
 import re
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -385,14 +385,21 @@ def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: Sh
     return rows_in
 
 
-def _add_counts(manifest: dict[str, Any], n_inverse: int, render_metrics: Mapping[str, float] | None) -> int:
-    """Forward and inverse sample counts (only with inverse pairs: a dataset without them keeps its manifest
-    as it was) and compute per kept (forward) sample; returns `n_inverse`."""
+def _add_sections(manifest: dict[str, Any], model_edits: dict[str, Any], n_inverse: int,
+                  render_metrics: Mapping[str, float] | None, extra: Mapping[str, Any]) -> int:
+    """The manifest's optional sections: model edits; forward and inverse sample counts (only with inverse
+    pairs: a dataset without them keeps its manifest as it was); compute per kept (forward) sample; the
+    caller's (a None value: left out). Returns `n_inverse`."""
+    if model_edits:
+        manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
     if n_inverse:
         manifest["forward_samples"], manifest[INVERSE_METRIC] = manifest["samples"] - n_inverse, n_inverse
     report = compute_report(render_metrics, manifest["samples"] - n_inverse, n_inverse) if render_metrics else None
     if report is not None:
         manifest["compute"] = report
+    for name, value in extra.items():
+        if value is not None:
+            manifest[name] = value
     return n_inverse
 
 
@@ -408,9 +415,12 @@ def write_dataset(
     config_hash: str = "",
     upstream_key: str = "",
     render_metrics: Mapping[str, float] | None = None,
+    sections: Callable[[], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary.
-    ``render_metrics`` (the render partitions' summed metrics) put compute per kept sample in the manifest."""
+    ``render_metrics`` (the render partitions' summed metrics) put compute per kept sample in the manifest;
+    ``sections``, called once every row is written, gives further manifest sections (the funnel by edit
+    type, counted while the rows streamed); a None value leaves its section out."""
     limits: dict[str, Any] = {
         "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers,
     }
@@ -437,9 +447,8 @@ def write_dataset(
     }
     if rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
-    if model_edits:
-        manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
-    n_inverse = _add_counts(manifest, counts.get("inverse", 0), render_metrics)
+    n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics,
+                              sections() if sections is not None else {})
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, MANIFEST)  # the publication point
     remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})

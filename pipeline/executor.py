@@ -162,11 +162,12 @@ def compute_partition(stage: Stage[Any], step: Step, job: MapJob, storage: Stora
     stop_in_partition(f"{job.stage}/{job.step}" if job.step else job.stage, spec.pid, spec.attempt)
     sha, nbytes = storage.write_table(out, job.stage_dir, part_name(spec.pid))
     kept, dropped = count_reasons(out)
+    metrics = {**stage.metrics, **stage.type_metrics(out)} if not step.name else stage.metrics
     record: PartitionRecord = {
         "stage": job.stage, "partition": spec.pid, "file": part_name(spec.pid), "stage_hash": job.stage_hash,
         "input_key": spec.input_key, "sha256": sha, "bytes": nbytes, "rows_in": table.num_rows,
         "rows_total": out.num_rows, "rows_out": kept, "dropped": dropped,
-        "metrics": {k: float(v) for k, v in stage.metrics.items()}, "seconds": round(time.perf_counter() - t0, 4),
+        "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": round(time.perf_counter() - t0, 4),
         "cpu_seconds": round(time.process_time() - c0, 4),
         "worker": f"{socket.gethostname()}:{os.getpid()}", "actor": actor, "attempt": spec.attempt,
         "content_key": content,

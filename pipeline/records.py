@@ -378,3 +378,15 @@ def sum_records(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str
         for k, v in r.get("metrics", {}).items():
             metrics[k] = metrics.get(k, 0.0) + v
     return dict(sorted(dropped.items())), metrics
+
+
+def current_metrics(storage: Storage, stage: str) -> dict[str, float] | None:
+    """A stage's summed metrics over the records of its current run (render's UNet row-steps, FLOPs and
+    GPU seconds; every stage's per-type counts), read from the records, never from the partitions.
+    None when the stage has not run."""
+    meta = read_stage_meta(storage, stage)
+    if not meta:
+        return None
+    glob = read_record(storage, stage, GLOBAL_RECORD)
+    records = [glob] if glob else read_records(storage, stage)
+    return sum_records([r for r in records if r.get("stage_hash") == meta.get("stage_hash")])[1]

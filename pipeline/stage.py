@@ -238,6 +238,11 @@ class Stage(Generic[SettingsT]):
     def teardown(self) -> None:
         """Release resources; called when a worker is retired."""
 
+    def type_metrics(self, out: pa.Table) -> dict[str, float]:
+        """Per-edit-type counts of this partition's output (`count_types`), added to its metrics by the
+        runner; a stage with a per-row cost (render's FLOPs) overrides this to add it."""
+        return count_types(out)
+
 
 def missing_columns(table: pa.Table, columns: tuple[str, ...]) -> list[str]:
     return [c for c in columns if c not in table.column_names]
@@ -248,6 +253,45 @@ def kept_rows(table: pa.Table) -> pa.Table:
         table = table.filter(pc.equal(table["status"], KEPT))
     drop = [c for c in BOOKKEEPING if c in table.column_names]
     return table.drop_columns(drop) if drop else table
+
+
+#: Per-edit-type counts in a partition's metrics (`by_type/<what>:<type>[:<reason>]`), summed like every
+#: metric: rows out, kept rows, dropped rows per reason, and (render) UNet FLOPs. Status, the manifest and
+#: the preview build the per-type funnel from them (output/type_funnel.py).
+BY_TYPE = "by_type/"
+UNTYPED = "untyped"
+TYPE_COLUMN = "edit_type"
+REQUESTED_COLUMN = "type_requested"
+
+
+def row_types(table: pa.Table) -> list[str] | None:
+    """Each row's edit type: its answer's `edit_type`, else the type it was asked for, else `untyped`
+    (None when the table has no `edit_type` column: stages before instruct)."""
+    if TYPE_COLUMN not in table.column_names:
+        return None
+    given = table[TYPE_COLUMN].to_pylist()
+    asked = table[REQUESTED_COLUMN].to_pylist() if REQUESTED_COLUMN in table.column_names else [None] * len(given)
+    return [t or a or UNTYPED for t, a in zip(given, asked, strict=True)]
+
+
+def count_types(table: pa.Table, weights: list[float] | None = None, what: str = "unet_flops") -> dict[str, float]:
+    """The `by_type/` metrics of a stage output table: rows, kept and drops per reason for each type,
+    and the sum of `weights` (a per-row figure such as FLOPs) as `by_type/<what>:<type>`."""
+    types = row_types(table)
+    if types is None:
+        return {}
+    out: dict[str, float] = {}
+
+    def add(key: str, value: float = 1.0) -> None:
+        out[BY_TYPE + key] = out.get(BY_TYPE + key, 0.0) + value
+
+    statuses, reasons = table["status"].to_pylist(), table["drop_reason"].to_pylist()
+    for i, (t, status, reason) in enumerate(zip(types, statuses, reasons, strict=True)):
+        add(f"rows:{t}")
+        add(f"kept:{t}" if status == KEPT else f"drop:{t}:{reason or 'unspecified'}")
+        if weights is not None:
+            add(f"{what}:{t}", float(weights[i]))
+    return out
 
 
 def with_status(table: pa.Table, reasons: list[str | None]) -> pa.Table:

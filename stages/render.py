@@ -14,6 +14,7 @@ engine's reason. This module holds no engine-specific code: it asks the engines.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -39,7 +40,7 @@ from editgen.engines.record import CandidateRecord
 from editgen.engines.runtime import Runtime, prepare_models
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.render import RenderConfig
-from editgen.pipeline.stage import Partition, Stage, with_status
+from editgen.pipeline.stage import Partition, Stage, count_types, with_status
 
 if TYPE_CHECKING:
     from editgen.pipeline.config import EditgenConfig
@@ -114,6 +115,13 @@ class RenderStage(Stage[RenderConfig]):
         """The pair's engine: its edit type's route (`render.routes`), else the one `render.engine` names
         or a weighted draw from the pair's key."""
         return self.engines[pair_engine(self.settings, row)[0]]
+
+    def type_metrics(self, out: pa.Table) -> dict[str, float]:
+        """Per-type counts plus each type's UNet FLOPs (from every candidate's record, kept or not), so the
+        funnel can say what a kept sample of each type cost."""
+        flops = [(json.loads(p).get("compute") or {}).get("unet_flops", 0.0) if p else 0.0
+                 for p in out["params"].to_pylist()]
+        return count_types(out, flops)
 
     def candidates_for(self, row: dict[str, Any]) -> int:
         """Candidates of the pair: `render.type_candidates` of its edit type, else `render.candidates`."""

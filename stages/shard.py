@@ -15,15 +15,17 @@ from typing import Any
 
 from editgen.output.manifest import MANIFEST, read_manifest
 from editgen.output.shard_writer import iter_rows, write_dataset
-from editgen.pipeline.records import GlobalSummary, combined_key, read_records, read_stage_meta, sum_records
+from editgen.output.type_funnel import type_funnel
+from editgen.output.type_quota import OVER_QUOTA, QuotaGate, kept_samples, select
+from editgen.pipeline.records import GlobalSummary, combined_key, current_metrics
 from editgen.pipeline.settings.shard import ShardConfig
-from editgen.pipeline.stage import PlanContext, Stage, part_name
+from editgen.pipeline.stage import BY_TYPE, PlanContext, Stage, part_name
 from editgen.pipeline.storage import FileInfo, Storage
 
 
 class ShardStage(Stage[ShardConfig]):
     name = "shard"
-    version = "2"  # 2: OUT/manifest.json, rejected tars under OUT/rejected, a mask in every sample
+    version = "3"  # 2: OUT/manifest.json, rejected tars, a mask in every sample; 3: the funnel by edit type
     is_global = True
     input_columns = ("candidate", "input_image", "edited_image")
 
@@ -35,9 +37,11 @@ class ShardStage(Stage[ShardConfig]):
         cfg = self.settings
         parts = [(ctx.upstream_dir, r.get("file") or part_name(r["partition"]), r["sha256"]) for r in records]
         t0 = time.perf_counter()
+        quota = cfg.type_quota
+        gate = QuotaGate(select(kept_samples(ctx.storage, parts), quota) if quota is not None else None)
         summary = write_dataset(
             ctx.storage,
-            iter_rows(ctx.storage, parts),
+            gate.rows(iter_rows(ctx.storage, parts)),
             prefix=cfg.prefix,
             samples_per_shard=cfg.samples_per_shard,
             max_shard_bytes=cfg.max_shard_bytes,
@@ -45,8 +49,10 @@ class ShardStage(Stage[ShardConfig]):
             workers=cfg.resources.concurrency,
             config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
-            render_metrics=render_metrics(ctx.storage),
+            render_metrics=current_metrics(ctx.storage, "render"),
+            sections=lambda: {"edit_types": funnel(ctx.storage, gate)},
         )
+        _account_quota(summary, gate)
         summary["markers"] = self._markers(ctx.storage)
         seconds = time.perf_counter() - t0
         summary["metrics"]["shard_seconds"] = seconds
@@ -84,14 +90,26 @@ class ShardStage(Stage[ShardConfig]):
         return True
 
 
-def render_metrics(storage: Storage) -> dict[str, float] | None:
-    """The current render partitions' summed metrics (UNet row-steps, FLOPs, GPU seconds) for the
-    manifest's compute per kept sample; read from the records, never from the partitions."""
-    meta = read_stage_meta(storage, "render")
-    if not meta:
-        return None
-    records = [r for r in read_records(storage, "render") if r.get("stage_hash") == meta.get("stage_hash")]
-    return sum_records(records)[1]
+def gate_metrics(gate: QuotaGate) -> dict[str, float]:
+    """The shard stage's own per-type counts: samples kept and over the quota."""
+    out = {f"{BY_TYPE}kept:{t}": float(n) for t, n in gate.kept.items()}
+    out.update({f"{BY_TYPE}drop:{t}:{OVER_QUOTA}": float(n) for t, n in gate.over.items()})
+    return out
+
+
+def funnel(storage: Storage, gate: QuotaGate) -> dict[str, object] | None:
+    """The manifest's `edit_types`: the per-type funnel up to the samples this publication keeps."""
+    found = {s: current_metrics(storage, s) for s in ("instruct", "render", "filter")}
+    return type_funnel({**found, "shard": gate_metrics(gate)})
+
+
+def _account_quota(summary: GlobalSummary, gate: QuotaGate) -> None:
+    """Over-quota samples are the stage's drops (rows in = kept + dropped); per-type counts in metrics."""
+    over = sum(gate.over.values())
+    if over:
+        summary["rows_in"] += over
+        summary["dropped"] = dict(sorted({**summary["dropped"], OVER_QUOTA: over}.items()))
+    summary["metrics"].update(gate_metrics(gate))
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -45,7 +45,8 @@ DIST = "editgen"
 ALLOWED_DYNAMIC = {("editgen.pipeline.registry", "editgen.stages"),
                    ("editgen.pipeline.settings.render", "editgen.engines.base"),
                    ("editgen.pipeline.settings.render", "editgen.engines.routes"),
-                   ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy")}
+                   ("editgen.pipeline.settings.instruct", "editgen.prompts.taxonomy"),
+                   ("editgen.pipeline.settings.shard", "editgen.prompts.taxonomy")}
 
 
 def _sources(*, tests: bool) -> list[Path]:
