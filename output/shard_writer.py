@@ -418,12 +418,10 @@ def write_dataset(
     sections: Callable[[], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary.
-    ``render_metrics`` (the render partitions' summed metrics) put compute per kept sample in the manifest;
-    ``sections``, called once every row is written, gives further manifest sections (the funnel by edit
-    type, counted while the rows streamed); a None value leaves its section out."""
-    limits: dict[str, Any] = {
-        "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, "workers": workers,
-    }
+    ``render_metrics`` (render's summed metrics) give compute per kept sample; ``sections``, called once
+    every row is written, further manifest sections (the funnel by edit type, counted as rows streamed)."""
+    limits: dict[str, Any] = {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes,
+                              "workers": workers}
     dropped: dict[str, int] = {}
     gen = generation_name(config_hash, upstream_key, prefix)
     kept_dir, rejected_dir = f"{SHARDS_DIR}/{gen}", f"{REJECTED_DIR}/{gen}"
