@@ -79,10 +79,10 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
 def inverse_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
     """Forward and inverse samples the shard stage published (None: no inverse pairs, instruct.inverse off)."""
     shard = next((s for s in stages if s["stage"] == "shard" and s.get("present")), None)
-    inverse = int(shard["metrics"].get(INVERSE_METRIC, 0)) if shard else 0
-    if not inverse:
+    if shard is None or not shard["metrics"].get(INVERSE_METRIC):
         return None
-    return {"forward_samples": int(shard["rows_out"]) - inverse, "inverse_samples": inverse}  # type: ignore[index]
+    inverse = int(shard["metrics"][INVERSE_METRIC])
+    return {"forward_samples": int(shard["rows_out"]) - inverse, "inverse_samples": inverse}
 
 
 def edit_types(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
