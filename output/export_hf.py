@@ -67,14 +67,14 @@ from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind", "inverse", "inverse_of")
+           "mask_kind", "inverse", "inverse_of", "edit_type")
 _IMAGE = {"_type": "Image"}
 _STRING = {"dtype": "string", "_type": "Value"}
 SCHEMA = pa.schema(
     [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE),
      ("key", pa.string()), ("id", pa.string()), ("mask", IMAGE_TYPE), ("mask_area", pa.float64()),
      ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string()),
-     ("inverse", pa.bool_()), ("inverse_of", pa.string())]
+     ("inverse", pa.bool_()), ("inverse_of", pa.string()), ("edit_type", pa.string())]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
@@ -87,6 +87,7 @@ SCHEMA = pa.schema(
                         "mask_bbox": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
                         "mask_words": {"feature": _STRING, "_type": "Sequence"},
                         "mask_kind": _STRING, "inverse": {"dtype": "bool", "_type": "Value"}, "inverse_of": _STRING,
+                        "edit_type": _STRING,
                     }
                 }
             }
@@ -151,9 +152,10 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
     meta = json.loads(sample["json"])
     row = {"input_image": image("input"), "edit_prompt": sample["txt"].decode("utf-8"),
            "edited_image": image("edited"), "key": key, "id": str(meta["id"])}
-    inverse_of = meta.get("inverse_of")
+    inverse_of, edit_type = meta.get("inverse_of"), meta.get("edit_type")
     return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"]), "inverse": meta.get("inverse") is True,
-            "inverse_of": inverse_of if isinstance(inverse_of, str) else None}
+            "inverse_of": inverse_of if isinstance(inverse_of, str) else None,
+            "edit_type": edit_type if isinstance(edit_type, str) and edit_type else None}
 
 
 def _mask_columns(sample: dict[str, Any], meta: dict[str, Any], input_image: bytes) -> dict[str, Any]:
@@ -316,7 +318,9 @@ def dataset_card(splits: list[str]) -> str:
               "null where it did not say) |",
               "| `inverse` | true for an inverse pair: a kept pair published reversed (its edited image as the "
               "input, the instruction that undoes the edit); filter on it to train without them |",
-              "| `inverse_of` | an inverse pair's forward sample `key` (null for forward rows) |", ""]
+              "| `inverse_of` | an inverse pair's forward sample `key` (null for forward rows) |",
+              "| `edit_type` | the edit's type from editgen's taxonomy (docs/edit_types.md; null where the dataset was "
+              "made before edit types) |", ""]
     return "\n".join(lines)
 
 

@@ -116,6 +116,11 @@ def test_the_funnel_by_type_equals_the_partitions_counts(typed_out: Path) -> Non
     assert "passed filter" in table.stdout and "UNet FLOPs/kept" in table.stdout
     assert editgen("preview", str(out)).returncode == 0
     assert '<table class="funnel">' in (out / "preview.html").read_text()
+    hf = out.parent / "hf"
+    assert editgen("export-hf", str(out), str(hf)).returncode == 0
+    files = sorted((hf / "data").glob("train-*.parquet"))
+    exported = sorted((r["id"], r["edit_type"]) for r in pq.read_table(files, columns=["id", "edit_type"]).to_pylist())
+    assert exported == sorted((s["id"], s["edit_type"]) for s in _samples(out))
 
 
 def test_a_type_quota_keeps_the_capped_best_samples_and_the_same_on_a_rerun(typed_out: Path) -> None:
