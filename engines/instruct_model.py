@@ -65,16 +65,11 @@ def edit_dtype(settings: RenderConfig, device: str, base_dtype: str) -> str:
 
 
 def source_draw(pair_id: str, index: int, settings: RenderConfig) -> tuple[int, float]:
-    """(seed, CFG scale) of candidate `index`: P2P's draws for the same candidate (p2p.candidates.sample_requests:
-    seed, window p, [self window], guidance, from the same RNG), so a generated source is P2P's source."""
-    from editgen.p2p.candidates import candidate_rng
+    """(seed, CFG scale) of candidate `index`: P2P's draws for the same candidate, so a generated source is
+    P2P's source (imported here: this module stays torch-free at import time)."""
+    from editgen.p2p.candidates import source_draw as p2p_source_draw
 
-    rng = candidate_rng(pair_id, index)
-    seed = rng.randrange(2**31)
-    rng.uniform(*settings.p_range)
-    if not settings.tie_windows:
-        rng.uniform(*settings.p_range)
-    return seed, rng.uniform(*settings.guidance_range)
+    return p2p_source_draw(pair_id, index, settings)
 
 
 def guidance_draw(pair_id: str, index: int, settings: RenderConfig) -> tuple[float, float | None]:

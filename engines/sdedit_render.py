@@ -30,7 +30,7 @@ from editgen.engines.base import PairRejected, RenderedCandidate
 from editgen.engines.record import CandidateRecord
 from editgen.engines.sdedit_request import GENERATED, SDEditRequest
 from editgen.filters.pairs.fidelity import image_pixels
-from editgen.p2p.candidates import candidate_rng, encode_image, image_format_name
+from editgen.p2p.candidates import candidate_rng, encode_image, image_format_name, source_draw
 from editgen.p2p.generate import (
     P2PPipeline,
     RenderRequest,
@@ -64,23 +64,12 @@ class SDEditResult:
 
 
 # ---- draws ---------------------------------------------------------------------------------------------
-def p2p_draw(s: RenderConfig, pair_id: str, i: int) -> tuple[int, float]:
-    """The seed and CFG scale P2P draws for candidate `i` (p2p.candidates.sample_requests' order: seed,
-    window fraction(s), scale), so an sdedit candidate's generated source is the p2p engine's."""
-    rng = candidate_rng(pair_id, i)
-    seed = rng.randrange(2**31)
-    rng.uniform(*s.p_range)
-    if not s.tie_windows:
-        rng.uniform(*s.p_range)
-    return seed, rng.uniform(*s.guidance_range)
-
-
 def draw_params(s: RenderConfig, pair_id: str, i: int, k: int) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Candidate `i`'s seed, its own parameters (strength and CFG scale, from this engine's RNG) and its
     generated source: the seed and scale P2P draws for its group's first candidate (`k` candidates share
     one source, as P2P's shared sources)."""
-    seed, guidance = p2p_draw(s, pair_id, i)
-    lead_seed, lead_guidance = p2p_draw(s, pair_id, i // k * k) if k > 1 else (seed, guidance)
+    seed, guidance = source_draw(pair_id, i, s)
+    lead_seed, lead_guidance = source_draw(pair_id, i // k * k, s) if k > 1 else (seed, guidance)
     own = candidate_rng(f"{pair_id}\x00sdedit", i)
     strength = own.uniform(*s.sdedit.strength_range)
     scale = own.uniform(*s.sdedit.guidance_range)

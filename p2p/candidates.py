@@ -15,7 +15,7 @@ import io
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +51,31 @@ def candidate_rng(pair_id: str, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+class DrawSpace(Protocol):
+    """What a candidate's draws depend on: CandidateSpace, or the render settings of an engine that
+    reuses P2P's source image for the same candidate."""
+
+    p_range: tuple[float, float]
+    guidance_range: tuple[float, float]
+    tie_windows: bool
+
+
+def draw_candidate(pair_id: str, index: int, space: DrawSpace) -> tuple[int, float, float, float]:
+    """(seed, cross window p, self window p, CFG scale) of candidate ``index``, in the one order every
+    engine relies on: a generated source rendered by another engine is P2P's for the same candidate."""
+    rng = candidate_rng(pair_id, index)
+    seed = rng.randrange(2**31)
+    p_cross = rng.uniform(*space.p_range)
+    p_self = p_cross if space.tie_windows else rng.uniform(*space.p_range)
+    return seed, p_cross, p_self, rng.uniform(*space.guidance_range)
+
+
+def source_draw(pair_id: str, index: int, space: DrawSpace) -> tuple[int, float]:
+    """(seed, CFG scale) of candidate ``index``'s generated source: P2P's draws for the same candidate."""
+    seed, _, _, guidance = draw_candidate(pair_id, index, space)
+    return seed, guidance
+
+
 def sample_requests(
     pair_id: str,
     source: str,
@@ -66,11 +91,7 @@ def sample_requests(
     space = space or CandidateSpace()
     requests = []
     for i in range(n):
-        rng = candidate_rng(pair_id, i)
-        seed = rng.randrange(2**31)
-        p_cross = rng.uniform(*space.p_range)
-        p_self = p_cross if space.tie_windows else rng.uniform(*space.p_range)
-        guidance = rng.uniform(*space.guidance_range)
+        seed, p_cross, p_self, guidance = draw_candidate(pair_id, i, space)
         control = EditControl(
             prompt=edit,
             mode=space.mode,

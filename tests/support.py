@@ -153,3 +153,18 @@ def freeze_always(value: int) -> int:
 
 def total(*values: int) -> int:
     return sum(values)
+
+
+def smooth_photo(size: int = 32) -> bytes:
+    """A PNG with smooth gradients and a low-frequency pattern: a stand-in photograph for real-image
+    engine tests (inversion, DiffEdit masks, inpainting) that is the same bytes on every machine."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255).round().astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()

@@ -4,14 +4,11 @@ the per-pair engine choice, and regeneration through the interface for P2P on ge
 from __future__ import annotations
 
 import inspect
-import io
 import json
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
 
 from editgen.cli.main import main as cli_main
 from editgen.engines import REGISTRY
@@ -31,6 +28,7 @@ from editgen.p2p.candidates import CandidateSpace
 from editgen.pipeline.config import build_config
 from editgen.pipeline.runner import stage_hashes
 from editgen.pipeline.settings.render import RenderConfig
+from tests.support import smooth_photo
 
 #: A shared-source P2P record as the code before engines wrote it (p2p.candidates + p2p.shared + the
 #: render stage's keys), byte for byte: the typed record must read and write exactly this.
@@ -144,14 +142,6 @@ def test_engine_choice_is_a_deterministic_weighted_draw_per_pair():
     assert {choose_engine(k, {"only": 2.0}) for k in keys[:50]} == {"only"}
 
 
-def _photo(size: int = 32) -> bytes:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
-    buf = io.BytesIO()
-    Image.fromarray((rgb * 255).round().astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 ROWS = {"id": ["a", "b"], "caption": ["a photo of a cat on a bench"] * 2,
         "edited_caption": ["a photo of a dog on a bench", "a photo of a cat on a sofa"],
         "edit_kind": ["replace", "replace"], "changed_words": [["cat", "dog"], ["bench", "sofa"]],
@@ -176,7 +166,7 @@ def test_stage_records_regenerate_through_the_interface(case):
     stage.setup()
     rows = dict(ROWS)
     if "render.source=real" in overrides:
-        rows.update(image=[_photo()] * 2, image_width=[32, 32], image_height=[32, 32])
+        rows.update(image=[smooth_photo()] * 2, image_width=[32, 32], image_height=[32, 32])
     out = [r for r in stage.process_partition(pa.table(rows)).to_pylist() if r["status"] == "kept"]
     assert len(out) == 4
     for r in out:

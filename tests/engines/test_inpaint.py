@@ -26,7 +26,7 @@ from editgen.engines.runtime import Runtime
 from editgen.p2p import masks
 from editgen.pipeline.config import build_config
 from editgen.pipeline.errors import ConfigError
-from tests.support import ROOT, cli_env
+from tests.support import ROOT, cli_env, smooth_photo
 
 pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # tests/conftest.py
 
@@ -172,16 +172,8 @@ def test_pairs_without_a_region_to_locate_are_refused_before_the_source_pass(run
     assert calls == []
 
 
-def _photo(size: int = 32) -> bytes:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
-    buf = io.BytesIO()
-    Image.fromarray((rgb * 255).round().astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_a_real_photo_is_edited_inside_diffedits_region_only(runtime):
-    photo = _photo()
+    photo = smooth_photo()
     engine = _engine(runtime, "render.source=real", "render.inpaint.model=tiny-inpaint",
                      "render.inpaint.diffedit.n_draws=2")
     (out,) = engine.render(engine.draw({**ROW, "image": photo}, 1))

@@ -21,6 +21,7 @@ from editgen.p2p.controls import BlendConfig, EditControl
 from editgen.p2p.generate import RenderRequest, render
 from editgen.p2p.local_blend import LocalBlend
 from editgen.p2p.word_maps import MapRequest
+from tests.support import smooth_photo
 
 pytestmark = pytest.mark.usefixtures("p2p_one_thread")  # fixtures in tests/conftest.py
 
@@ -166,14 +167,6 @@ ROWS = {"id": ["a", "b"], "caption": [SRC, "a red car in the street"],
         "source_words": [["cat"], ["red"]], "target_words": [["dog"], ["blue"]]}
 
 
-def _photo(size: int = 32) -> bytes:
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    rgb = np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
-    buf = io.BytesIO()
-    Image.fromarray((rgb * 255).round().astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 REAL = ["render.source=real", "render.inversion.method=negative_prompt"]
 
 
@@ -184,7 +177,7 @@ def test_every_p2p_pair_has_a_mask_and_regenerates_it(overrides, source):
     import pyarrow as pa
 
     rows = dict(ROWS)
-    photo = _photo() if "render.source=real" in overrides else None
+    photo = smooth_photo() if "render.source=real" in overrides else None
     if photo is not None:
         rows.update(image=[photo] * 2, image_width=[32, 32], image_height=[32, 32])
     out = [r for r in _p2p_stage(*overrides).process_partition(pa.table(rows)).to_pylist() if r["status"] == "kept"]
