@@ -47,7 +47,7 @@ HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sou
                                     "sdedit", "inpaint", "routes", "type_candidates"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim", "outside_mask",
                                     "max_outside_mask_l1", "min_outside_mask_ssim"),
-                         "instruct": ("inverse",),
+                         "instruct": ("inverse", "turns"),
                          "shard": ("type_quota",)}
 
 

@@ -79,6 +79,12 @@ class InstructConfig(Strict):
         "edited image it gives the input back); the shard stage then publishes each kept pair reversed too "
         "(docs/inverse_edits.md). Off: prompts, schema and outputs as without it",
     )
+    turns: int = Field(
+        1, ge=1, le=8,
+        description="edits per session (multi-turn, docs/sessions.md): the LLM edits the caption, then edits its "
+        "own edited caption, k times, each turn with its own type; a session keeps the turns up to its first "
+        "failure. 1: single edits, outputs as without it",
+    )
     # ---- validation -------------------------------------------------------------------------
     max_instruction_words: int = Field(16, ge=1, description="longer instructions: llm_instruction_too_long")
     max_instruction_chars: int = Field(160, ge=8, description="JSON-schema maxLength of the instruction")
