@@ -52,6 +52,16 @@ class PairRejected(ValueError):
 
 
 @dataclass
+class SessionDraw:
+    """A multi-turn session's draw (docs/sessions.md): the records of each turn of the prefix the engine
+    can render (`turns[t - 1]` for turn t, candidates in order), and why the next turn was refused, if
+    one was (`rejected`: the refused turn is `len(turns) + 1`; it and every later turn are dropped)."""
+
+    turns: list[list[CandidateRecord]]
+    rejected: PairRejected | None = None
+
+
+@dataclass
 class RenderedCandidate:
     """One rendered candidate: its record and its encoded images. `extra_row_steps` is UNet work done
     for it beyond its own render (a real image's inversion, charged to the first candidate that used
@@ -74,6 +84,8 @@ class EditEngine(ABC):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    #: Whether it renders multi-turn sessions (`instruct.turns` > 1: `draw_session`, `session_group`).
+    sessions: ClassVar[bool] = False
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         self.runtime = runtime
@@ -95,6 +107,12 @@ class EditEngine(ABC):
     def check_settings(cls, settings: RenderConfig) -> None:
         """Raise ValueError (one line) for render settings this engine cannot run with; runs when the
         config is validated, for each chosen engine."""
+        return None
+
+    @classmethod
+    def check_sessions(cls, settings: RenderConfig) -> None:
+        """Raise ValueError (one line) for render settings it cannot render sessions with (only asked
+        when `instruct.turns` > 1 and the engine has `sessions`)."""
         return None
 
     @classmethod
@@ -125,6 +143,16 @@ class EditEngine(ABC):
         """Records of candidates `start`.. of a pair (at least `n`, whole groups of `group_size`), their
         parameters drawn from a per-(pair, candidate) RNG so a redone partition draws the same. Raises
         PairRejected (its reason is recorded) or ValueError/KeyError (`render_invalid_pair`)."""
+
+    def draw_session(self, rows: Sequence[Mapping[str, Any]], n: int) -> SessionDraw:
+        """Records of candidates 0..n-1 of every turn of a session (`rows`: its turns in order, turn 1
+        first), so that candidate c of turn t starts from candidate c of turn t-1's edited image."""
+        raise NotImplementedError(f"render.engine {self.name} does not render multi-turn sessions")
+
+    def session_group(self, record: CandidateRecord) -> object | None:
+        """A key shared by the records that render as one unit with it (a session's turns of one
+        candidate), or None; a render call gets whole units."""
+        return None
 
     @abstractmethod
     def request(self, record: CandidateRecord) -> object:
@@ -205,6 +233,23 @@ def needs_of(settings: RenderConfig) -> EngineNeeds:
 def reconstructs(settings: RenderConfig) -> bool:
     """Whether any chosen engine gives reconstructions (the filter then scores their fidelity)."""
     return any(cls.reconstructs(settings) for cls in chosen_engines(settings))
+
+
+def check_sessions(turns: int, settings: RenderConfig) -> None:
+    """ConfigError (one line) when `instruct.turns` > 1 and an engine the run uses cannot render sessions."""
+    if turns <= 1:
+        return
+    if settings.early_stop:
+        raise ConfigError("instruct.turns > 1: render.early_stop stops single pairs, not sessions; set it false")
+    for cls in chosen_engines(settings):
+        if not cls.sessions:
+            able = [n for n in known_engines() if engine_class(n).sessions]
+            raise ConfigError(f"instruct.turns={turns}: render.engine {cls.name} does not render multi-turn sessions "
+                              f"yet (engines that do: {', '.join(able)}; docs/sessions.md)")
+        try:
+            cls.check_sessions(settings)
+        except ValueError as exc:
+            raise ConfigError(f"instruct.turns={turns} with render.engine {cls.name}: {exc}") from None
 
 
 def pair_key(row_id: str, seed: int) -> str:

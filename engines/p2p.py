@@ -14,12 +14,12 @@ plus a real image's inversion once per (pair, guidance) (docs/compute.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from editgen.engines.base import EditEngine, EngineNeeds, PairRejected, RenderedCandidate, pair_key
+from editgen.engines.base import EditEngine, EngineNeeds, RenderedCandidate, SessionDraw, pair_key
+from editgen.engines.p2p_drops import truncation_drops
 from editgen.engines.record import CandidateRecord
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.render import RenderConfig
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from editgen.engines.p2p_real import RealSources
     from editgen.engines.runtime import Runtime
+    from editgen.p2p.candidates import CandidateSpace
 
 
 def blend_words(row: Mapping[str, Any]) -> list[str]:
@@ -43,21 +44,10 @@ def blend_words(row: Mapping[str, Any]) -> list[str]:
     return seen
 
 
-@contextmanager
-def truncation_drops() -> Iterator[None]:
-    """An edit whose words lie past the text encoder's 77 tokens would publish identical before/after
-    images: the pair is dropped as `render_edit_truncated` before any UNet work."""
-    from editgen.p2p.seq_align import TruncatedWord
-
-    try:
-        yield
-    except TruncatedWord as exc:
-        raise PairRejected("render_edit_truncated", str(exc)) from None
-
-
 class P2PEngine(EditEngine):
     name = "p2p"
     version = 1  # editgen.p2p/1: what engines/p2p_records.py writes (ENGINE, VERSION there; a test checks)
+    sessions = True  # one group per session candidate from the same noise (engines/p2p_sessions.py)
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)
@@ -87,6 +77,17 @@ class P2PEngine(EditEngine):
         if s.source == "real" and s.scheduler != "ddim":
             raise ValueError(f"source=real inverts the image with DDIM: scheduler must be ddim (got {s.scheduler})")
 
+    @classmethod
+    def check_sessions(cls, settings: RenderConfig) -> None:
+        """A session is one group from one generated source: not shared by candidates, not a real photograph
+        (its inversion renders one edit), not LocalBlend-ed (each turn's mask is its own words')."""
+        if settings.shared_sources > 1:
+            raise ValueError("render.shared_sources must be 1 (a session's turns already share one source)")
+        if settings.source == "real":
+            raise ValueError("render.source=real: P2P renders sessions from a generated source only")
+        if settings.local_blend:
+            raise ValueError("render.local_blend: a session's turns are masked by their own words; set it false")
+
     def setup(self) -> None:
         p2p = self.runtime.pipeline
         if self.real is not None and p2p.is_sdxl:
@@ -105,14 +106,9 @@ class P2PEngine(EditEngine):
 
     def draw(self, row: Mapping[str, Any], n: int, start: int = 0) -> list[CandidateRecord]:
         from editgen.engines.p2p_records import mask_spec, sample_candidates, share_sources
-        from editgen.p2p.candidates import CandidateSpace
 
         s = self.settings
-        space = CandidateSpace(
-            p_range=tuple(s.p_range), guidance_range=tuple(s.guidance_range), steps=s.steps,
-            scheduler=s.scheduler, mode=s.mode, tie_windows=s.tie_windows, self_max_res=s.self_max_res,
-            height=s.height, width=s.width, negative_prompt=s.negative_prompt,
-        )
+        space = self._space()
         if self.real is not None:
             self.real.shape_space(space, row)
         blend = None
@@ -131,6 +127,30 @@ class P2PEngine(EditEngine):
         spec = mask_spec(self._mask_source(blend), blend_words(row), s.blend_threshold)
         recs = [replace(r, mask=spec) for r in share_sources(recs, k)[start:upto]]
         return self.real.attach(recs, row, pair_id) if self.real is not None else recs
+
+    def _space(self) -> CandidateSpace:
+        """What candidates are drawn from: the render section's P2P settings."""
+        from editgen.p2p.candidates import CandidateSpace
+
+        s = self.settings
+        return CandidateSpace(
+            p_range=tuple(s.p_range), guidance_range=tuple(s.guidance_range), steps=s.steps,
+            scheduler=s.scheduler, mode=s.mode, tie_windows=s.tie_windows, self_max_res=s.self_max_res,
+            height=s.height, width=s.width, negative_prompt=s.negative_prompt,
+        )
+
+    def draw_session(self, rows: Sequence[Mapping[str, Any]], n: int) -> SessionDraw:
+        """Candidates 0..n-1 of each turn that renders: one group per candidate (engines/p2p_sessions.py)."""
+        from editgen.engines.p2p_sessions import draw_session
+
+        s = self.settings
+        return draw_session(self.runtime.pipeline, rows, n, self._space(), s.seed, self.runtime.model,
+                            [blend_words(r) for r in rows], s.blend_threshold)
+
+    def session_group(self, record: CandidateRecord) -> object | None:
+        from editgen.engines.p2p_sessions import group_key
+
+        return group_key(record)
 
     def _mask_source(self, blend: Mapping[str, Any] | None) -> str:
         """Where a candidate's edit mask comes from: LocalBlend's when it blends, DiffEdit's when a real
@@ -159,9 +179,12 @@ class P2PEngine(EditEngine):
             check_request(p2p, record_request(record))
 
     def render(self, records: Sequence[CandidateRecord]) -> list[RenderedCandidate]:
-        from editgen.engines.p2p_records import render_records, render_shared
+        from editgen.engines.p2p_records import SESSION, render_records, render_shared
+        from editgen.engines.p2p_sessions import render_sessions
 
         s, p2p = self.settings, self.runtime.pipeline
+        if records and SESSION in records[0].params:  # a chunk is whole session units (session_group)
+            return render_sessions(p2p, records, s.image_format, s.jpeg_quality)
         if self.real is not None:
             return self.real.render(p2p, records)
         if s.shared_sources > 1:
@@ -185,16 +208,28 @@ class P2PEngine(EditEngine):
             return pr.replay_packed(p2p, record, image_format)
         if kind == pr.SHARED:
             return pr.render_shared(p2p, [record], image_format)[0]
+        if kind == pr.SESSION:
+            from editgen.engines.p2p_sessions import render_sessions
+
+            return render_sessions(p2p, [record], image_format)[0]
         return pr.render_records(p2p, [record], image_format=image_format)[0]
 
     def row_steps(self, record: CandidateRecord) -> float:
+        from editgen.engines.p2p_records import SESSION
         from editgen.p2p.compute import record_compute
 
         share = int((record.params.get("shared_source") or {}).get("size", 1))
+        session = record.params.get(SESSION)
+        if session is not None:  # the group's 1 + k rows, shared by its k turns
+            share = int(session["turns"])
+            return record_compute({**record.params, "edits": [{}]}, 0, share=share).unet_row_steps
         return record_compute(record.params, 0, share=share).unet_row_steps
 
     def flops_per_row(self, record: CandidateRecord) -> int:
         return self.runtime.flops_at(int(record.params["height"]), int(record.params["width"]))
 
     def mode(self, record: CandidateRecord) -> str:
-        return str(record.params["edits"][0]["mode"])
+        from editgen.engines.p2p_records import SESSION
+
+        turn = int((record.params.get(SESSION) or {}).get("turn", 1))
+        return str(record.params["edits"][turn - 1]["mode"])

@@ -14,6 +14,8 @@ most one of them, the layout it was rendered in, which regeneration follows:
   batch size: ~1e-5 on CPU), so the record stores its position and every member's render inputs, and
   regeneration replays the batch.
 - `real_source`: a real photograph, inverted (engines/p2p_real.py).
+- `session`: one turn of a multi-turn session, rendered with its session's other turns as one group
+  (engines/p2p_sessions.py).
 
 A record without any rendered alone, one group per batch.
 
@@ -52,8 +54,8 @@ from editgen.p2p.word_maps import MapRequest
 
 #: The engine's name and record version: `editgen.p2p/1`, the records P2P wrote before engines existed.
 ENGINE, VERSION = "p2p", 1
-SHARED, PACKED, REAL = "shared_source", "packed", "real_source"
-LAYOUTS = (SHARED, PACKED, REAL)
+SHARED, PACKED, REAL, SESSION = "shared_source", "packed", "real_source", "session"
+LAYOUTS = (SHARED, PACKED, REAL, SESSION)
 
 
 def p2p_record(request: RenderRequest, model: ModelRef, *, pair_id: str | None = None,

@@ -33,6 +33,9 @@ class MapRequest:
     normalize: str = "max"
     downscale: int = 4  # the cross-attention layers whose query grid is latent / downscale
     probe: str | None = None  # a prompt whose `words` are read with the source row's queries
+    #: A session's group (docs/sessions.md): edit row j's mask is turn j's words in rows j-1 and j (its own
+    #: pair's before and after), not `words` against the source row. One entry per edit row.
+    turn_words: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -102,6 +105,7 @@ class GroupMaps:
     edits: list[int | None] = field(default_factory=list)
     probe: int | None = None
     words: list[str] = field(default_factory=list)  # the words found in some prompt
+    chain: list[tuple[int | None, int | None]] = field(default_factory=list)  # turn_words: (row j-1, row j)
 
 
 def build_recorder(tokenizer: object, groups: Sequence[tuple[int, int]], prompts: Sequence[str],
@@ -120,6 +124,11 @@ def build_recorder(tokenizer: object, groups: Sequence[tuple[int, int]], prompts
             continue
         plan = GroupMaps(req)
         tokens = [tokenize(tokenizer, p) for p in prompts[a:b]]
+        if req.turn_words:
+            plan.chain = _chain_entries(tokens, req.turn_words, cond_offset + a, rows, cols)
+            plan.words = [w for ws in req.turn_words for w in ws if any(word_cols(t, [w]) is not None for t in tokens)]
+            plans.append(plan)
+            continue
         for offset, tok in enumerate(tokens):
             found = word_cols(tok, req.words)
             index = None if found is None else len(rows)
@@ -148,6 +157,25 @@ def build_recorder(tokenizer: object, groups: Sequence[tuple[int, int]], prompts
     return WordMaps(rows, table, latent_hw, scales, device, probes), plans
 
 
+def _chain_entries(tokens: Sequence[PromptTokens], turn_words: Sequence[Sequence[str]], first_row: int,
+                   rows: list[int], cols: list[torch.Tensor]) -> list[tuple[int | None, int | None]]:
+    """Entries of a session group: turn j's words in the row before it and in its own row (appended to
+    `rows`/`cols`); their indices per edit row."""
+    if len(turn_words) != len(tokens) - 1:
+        raise ValueError(f"{len(turn_words)} turns' words for a group of {len(tokens) - 1} edit rows")
+    chain: list[tuple[int | None, int | None]] = []
+    for j, words in enumerate(turn_words, start=1):
+        pair: list[int | None] = []
+        for r in (j - 1, j):
+            found = word_cols(tokens[r], words)
+            pair.append(None if found is None else len(rows))
+            if found is not None:
+                rows.append(first_row + r)
+                cols.append(found)
+        chain.append((pair[0], pair[1]))
+    return chain
+
+
 def regions(recorder: WordMaps | None, plan: GroupMaps | None
             ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
     """A group's masks: (source row's words OR the probe's, [source's OR edit row e's words, ...])."""
@@ -162,6 +190,8 @@ def regions(recorder: WordMaps | None, plan: GroupMaps | None
         return attention_region(recorder.acc[index], recorder.latent_hw, r.threshold, r.dilate, r.smooth,
                                 r.normalize).cpu()
 
+    if plan.chain:
+        return None, [union([mask(a), mask(b)]) for a, b in plan.chain]
     source = mask(plan.source)
     probe = mask(None if plan.probe is None else n_rows + plan.probe)
     return union([source, probe]), [union([source, mask(e)]) for e in plan.edits]

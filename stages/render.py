@@ -28,6 +28,7 @@ from editgen.engines.base import (
     EditEngine,
     PairRejected,
     RenderedCandidate,
+    check_sessions,
     chosen_engines,
     engine_class,
     engine_names,
@@ -39,6 +40,7 @@ from editgen.engines.base import (
 from editgen.engines.record import CandidateRecord
 from editgen.engines.runtime import Runtime, prepare_models
 from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.sessions import AFTER_FAILURE, session_of, session_units
 from editgen.pipeline.settings.render import RenderConfig
 from editgen.pipeline.stage import Partition, Stage, count_types, with_status
 
@@ -96,6 +98,7 @@ class RenderStage(Stage[RenderConfig]):
         s = self.settings
         if s.early_stop and self.config.filter.top_k is None:
             raise ConfigError("render.early_stop needs filter.top_k (how many passing candidates end a pair)")
+        check_sessions(self.config.instruct.turns, s)
         prepare_models(s)
         for cls in chosen_engines(s):
             cls.preflight(s)
@@ -151,6 +154,22 @@ class RenderStage(Stage[RenderConfig]):
         engine.check((recs or engine.draw(row, 1))[0])
         return i, recs
 
+    def _draw_unit(self, unit: list[int], rows: list[dict[str, Any]], take: list[int], cols: dict[str, list[Any]],
+                   reasons: list[str | None]) -> list[tuple[int, list[CandidateRecord]]]:
+        """A lone pair's records, or a session's (pipeline/sessions.py): its engine draws every turn that
+        renders; the first turn it refuses is dropped with the engine's reason, later ones after it."""
+        first = rows[unit[0]]
+        if session_of(first) is None:
+            return [self._draw(unit[0], first, self.candidates_for(first) if not self.settings.early_stop else 0)]
+        drawn = self.engine_for(first).draw_session([rows[i] for i in unit], self.candidates_for(first))
+        done = len(drawn.turns)
+        if drawn.rejected is not None:
+            log.warning("render: session %s turn %d dropped: %s", first.get("id"), done + 1, drawn.rejected)
+            self._drop(unit[done], drawn.rejected.reason, take, cols, reasons)
+            for i in unit[done + 1:]:
+                self._drop(i, AFTER_FAILURE, take, cols, reasons)
+        return [(unit[t], recs) for t, recs in enumerate(drawn.turns)]
+
     def process_partition(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
         s = self.settings
         for engine in self.engines.values():
@@ -161,15 +180,20 @@ class RenderStage(Stage[RenderConfig]):
         cols: dict[str, list[Any]] = {name: [] for name, _ in OUTPUT_FIELDS}
         reasons: list[str | None] = []
         pairs: list[tuple[int, list[CandidateRecord]]] = []
-        for i, row in enumerate(rows):
+        units, orphans = session_units(rows)
+        for i in orphans:  # a turn whose predecessor is not here: nothing to edit
+            self._drop(i, AFTER_FAILURE, take, cols, reasons)
+        for unit in units:
             try:
-                pairs.append(self._draw(i, row, self.candidates_for(row) if not s.early_stop else 0))
+                pairs += self._draw_unit(unit, rows, take, cols, reasons)
             except PairRejected as exc:  # refused before any GPU time is spent (e.g. a no-op edit)
-                log.warning("render: pair %s dropped: %s", row.get("id"), exc)
-                self._drop(i, exc.reason, take, cols, reasons)
+                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
+                for j, i in enumerate(unit):
+                    self._drop(i, exc.reason if j == 0 else AFTER_FAILURE, take, cols, reasons)
             except (ValueError, KeyError) as exc:
-                log.warning("render: pair %s dropped: %s", row.get("id"), exc)
-                self._drop(i, "render_invalid_pair", take, cols, reasons)
+                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
+                for j, i in enumerate(unit):
+                    self._drop(i, "render_invalid_pair" if j == 0 else AFTER_FAILURE, take, cols, reasons)
         if s.early_stop:
             outputs = self._render_early_stop(rows, [i for i, _ in pairs])
         else:
@@ -215,11 +239,17 @@ class RenderStage(Stage[RenderConfig]):
         for i, r in plan:
             by_engine.setdefault(r.engine, []).append((i, r))
         for name, mine in by_engine.items():
-            k = self.engines[name].group_size()
+            engine = self.engines[name]
+            k = engine.group_size()
             size = max(1, self.resources().batch_size)
+            units: dict[object, Planned] = {}  # a session candidate's turns render as one unit
+            for i, r in mine:
+                units.setdefault(engine.session_group(r), []).append((i, r))
+            plain = units.pop(None, [])
             size = max(k, size - size % k)
-            for start in range(0, len(mine), size):
-                yield mine[start:start + size]
+            for start in range(0, len(plain), size):
+                yield plain[start:start + size]
+            yield from pack_units(list(units.values()), size)
 
     def _finish_metrics(self, seconds: float, candidates: int) -> None:
         self.metrics["render_seconds"] = self.metrics.get("render_seconds", 0.0) + seconds
@@ -321,6 +351,18 @@ class RenderStage(Stage[RenderConfig]):
         for j, (i, o) in enumerate(ok):
             done[i].append(o)
             es(i).add(rows[i]["id"], {k: float(v[j]) for k, v in scores.items()})
+
+
+def pack_units(units: list[Planned], size: int) -> Iterator[Planned]:
+    """Whole units, in order, into chunks of at most `size` records (a larger unit is a chunk alone)."""
+    chunk: Planned = []
+    for unit in units:
+        if chunk and len(chunk) + len(unit) > size:
+            yield chunk
+            chunk = []
+        chunk += unit
+    if chunk:
+        yield chunk
 
 
 #: Test hook: "oom" makes every UNet batch raise CUDA's out-of-memory error, "pair" a per-pair ValueError.
