@@ -53,7 +53,9 @@ def test_a_three_turn_chain_is_reproducible_and_typed_per_turn() -> None:
     assert sum(v for k, v in stage.metrics.items() if k.startswith(TYPE_REQUESTED)) == len(rows)
     for t in {r["edit_type"] for r in rows}:
         assert stage.metrics[TYPE_KEPT + t] == sum(r["edit_type"] == t for r in rows)
-    assert _run(batch, turns=3, type_weights=WEIGHTS, seed=5)[1].equals(out)  # a rerun writes the same rows
+    # A rerun writes the same rows, also in other batches (a turn's seed and type follow from its id alone).
+    assert _run(batch, turns=3, type_weights=WEIGHTS, seed=5)[1].equals(out)
+    assert _run(batch, turns=3, type_weights=WEIGHTS, seed=5, resources={"batch_size": 64})[1].equals(out)
 
 
 def test_turn_one_of_a_session_is_the_single_edit_and_turns_1_adds_nothing() -> None:
