@@ -3,7 +3,7 @@
 Per batch: build every row's seeded prompt, make ONE backend call for all of them, parse tolerantly,
 re-ask only the unparseable rows with a new seed (up to `max_attempts` calls per batch), validate,
 then derive what Prompt-to-Prompt needs (edit kind, changed words). Exactly one output row per input
-row; a dropped row carries a named reason and nulls in the edit columns.
+row (per emitted turn with sessions); a dropped row carries a named reason and nulls in the edit columns.
 
 Every kept answer has an `edit_type` (prompts/taxonomy.py). With `instruct.type_weights`, each row is
 first assigned the type it is asked for (`type_requested`, by a hash of its id and the seed); an answer
@@ -13,6 +13,12 @@ of another type is kept and flagged `type_fallback`. The per-type counts (`type_
 With `instruct.inverse` the same request also asks for the instruction that undoes the edit, validated with
 it, and the output gains the column `inverse_instruction` (docs/inverse_edits.md); without it the output
 is exactly as before (no such column), so the stage version and every hash stay.
+
+With `instruct.turns` = k > 1 each row starts a session (docs/sessions.md): turn 1 is asked as above, then
+turn t+1, on turn t's edited caption, for the sessions whose turn t was kept, one backend round per turn.
+Each turn is a row of its own (id `turn_id(session, t)`, its own type, seed and validation, plus a drop of a
+turn that repeats an earlier caption of its session), emitted up to and including the first dropped turn,
+with the columns `session_id` and `turn` (llm/turns.py). With turns = 1 none of this exists.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import pyarrow as pa
 
 from editgen.llm.base import LLMBackend, LLMRequest
 from editgen.llm.parse import ParsedEdit, parse_edit
+from editgen.llm.turns import SESSION_REPEATS, repeats_caption, turn_rows
 from editgen.llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
 from editgen.p2p.edit_diff import EditDiff, diff_captions
 from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.sessions import turn_id
 from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.instruct import InstructConfig
 from editgen.pipeline.stage import Stage, with_status
@@ -80,9 +88,26 @@ class RowState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def kept(self) -> bool:
+        """Validated and diffed, with no drop reason."""
+        return self.reason is None and self.edit is not None and self.diff is not None
+
+    @property
+    def edited_caption(self) -> str | None:
+        return self.edit.edited_caption if self.edit is not None else None
+
+    @property
     def fallback(self) -> bool | None:
         """Whether a kept answer is of another type than the one asked for (None: none was asked for)."""
         return None if self.requested is None else self.edit_type != self.requested
+
+
+def _drop_repeat(chain: list[RowState]) -> None:
+    """Drop a session's last turn (`SESSION_REPEATS`) when its edited caption is one the session already had:
+    its input caption or an earlier turn's (an LLM undoing the previous turn, or going in a circle)."""
+    last = chain[-1]
+    if last.kept and repeats_caption(last.edited_caption or "", [r.caption for r in chain]):
+        last.reason = SESSION_REPEATS
 
 
 class InstructStage(Stage[InstructConfig]):
@@ -195,11 +220,21 @@ class InstructStage(Stage[InstructConfig]):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         if self.backend is None:
             self.setup()
-        assert self.validator is not None and self.backend is not None
         for key in METRIC_KEYS:
             self.metrics.setdefault(key, 0.0)
         ids = [str(x) for x in batch.column("id").to_pylist()]
-        rows = [RowState(caption=c) for c in batch.column("caption").to_pylist()]
+        captions = batch.column("caption").to_pylist()
+        if self.settings.turns > 1:
+            return self._sessions(batch, ids, captions)
+        rows = [RowState(caption=c) for c in captions]
+        self._ask(rows, ids)
+        self._count_types(rows)
+        return self._output(batch, rows)
+
+    def _ask(self, rows: list[RowState], ids: list[str]) -> None:
+        """One edit per row (a single edit, or one turn of every live session): the requested types, the
+        backend calls, validation and the diff. Types and seeds follow from `ids` alone."""
+        assert self.validator is not None
         weights = self.settings.type_weights
         for row, row_id in zip(rows, ids, strict=True):
             if not isinstance(row.caption, str) or not row.caption.strip():
@@ -213,8 +248,26 @@ class InstructStage(Stage[InstructConfig]):
                 if row.reason is None:
                     row.diff = diff_captions(row.caption, row.edit.edited_caption)
                     row.edit_type = canonical(row.edit.edit_type or "")
-        self._count_types(rows)
-        return self._output(batch, rows)
+
+    def _sessions(self, batch: pa.Table, ids: list[str], captions: list[Any]) -> pa.Table:
+        """`instruct.turns` > 1: turn 1 for every row, then turn t+1 for the sessions whose turn t was kept,
+        on its edited caption; one backend round per turn (docs/sessions.md). A session's turns are asked
+        exactly as single edits with the turn's row id, so turn 1 is the single-turn answer."""
+        chains = [[RowState(caption=c)] for c in captions]
+        live = list(range(len(chains)))
+        for t in range(1, self.settings.turns + 1):
+            if t > 1:
+                live = [s for s in live if chains[s][-1].kept]
+                for s in live:
+                    chains[s].append(RowState(caption=chains[s][-1].edited_caption))
+            if not live:
+                break
+            self._ask([chains[s][-1] for s in live], [turn_id(ids[s], t) for s in live])
+            for s in live if t > 1 else ():
+                _drop_repeat(chains[s])
+        flat = [row for chain in chains for row in chain]
+        self._count_types(flat)
+        return self._output(turn_rows(batch, [len(c) for c in chains], [r.caption for r in flat]), flat)
 
     def _count_types(self, rows: list[RowState]) -> None:
         """Rows asked per type, answers kept per type and fallbacks, into the partition's metrics (status
@@ -228,7 +281,7 @@ class InstructStage(Stage[InstructConfig]):
                     self._add(TYPE_FALLBACK, 1)
 
     def _output(self, batch: pa.Table, rows: list[RowState]) -> pa.Table:
-        kept = [r.reason is None and r.edit is not None and r.diff is not None for r in rows]
+        kept = [r.kept for r in rows]
 
         def col(values: list[Any]) -> list[Any]:
             return [v if k else None for v, k in zip(values, kept, strict=True)]
