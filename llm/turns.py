@@ -17,8 +17,6 @@ import pyarrow as pa
 from editgen.p2p.edit_diff import normalized
 from editgen.pipeline.sessions import SESSION_ID, TURN, turn_id
 
-#: Drop reason of a turn whose edited caption is one its session already had (an undo, a loop).
-SESSION_REPEATS = "session_repeats_caption"
 #: The session columns the stage appends when turns > 1, with fixed types (stable for all-null batches).
 SESSION_FIELDS = (pa.field(SESSION_ID, pa.string()), pa.field(TURN, pa.int32()))
 

@@ -35,6 +35,8 @@ TYPE_MISSING = "llm_type_missing"
 TYPE_UNKNOWN = "llm_type_unknown"
 INVERSE_MISSING = "llm_inverse_missing"
 INVERSE_SAME = "llm_inverse_same"
+#: A session's turn whose edited caption is one the session already had (an undo: llm/turns.py).
+SESSION_REPEATS = "session_repeats_caption"
 
 #: Every drop reason the instruct stage can emit.
 REASONS = (
@@ -50,6 +52,7 @@ REASONS = (
     TYPE_UNKNOWN,
     INVERSE_MISSING,
     INVERSE_SAME,
+    SESSION_REPEATS,
     *(t.reason for t in EDIT_TYPES),
 )
 

@@ -34,8 +34,8 @@ import pyarrow as pa
 
 from editgen.llm.base import LLMBackend, LLMRequest
 from editgen.llm.parse import ParsedEdit, parse_edit
-from editgen.llm.turns import SESSION_REPEATS, repeats_caption, turn_rows
-from editgen.llm.validate import MISSING_CAPTION, UNPARSEABLE, Validator
+from editgen.llm.turns import repeats_caption, turn_rows
+from editgen.llm.validate import MISSING_CAPTION, SESSION_REPEATS, UNPARSEABLE, Validator
 from editgen.p2p.edit_diff import EditDiff, diff_captions
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.sessions import turn_id

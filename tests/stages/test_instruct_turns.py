@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from editgen.llm.template_backend import template_edit
-from editgen.llm.turns import SESSION_REPEATS
+from editgen.llm.validate import SESSION_REPEATS
 from editgen.p2p.edit_diff import words
 from editgen.pipeline.config import section_hash
 from editgen.pipeline.sessions import SESSION_ID, TURN, turn_id
