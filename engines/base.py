@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from editgen.engines.runtime import Runtime
 
 
+#: `EditEngine.sessions`: all turns drawn and rendered together, or each turn from the previous turn's image.
+GROUP, CHAIN = "group", "chain"
+
+
 @dataclass(frozen=True)
 class EngineNeeds:
     """What an engine needs to render a pair under given settings."""
@@ -84,8 +88,10 @@ class EditEngine(ABC):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
-    #: Whether it renders multi-turn sessions (`instruct.turns` > 1: `draw_session`, `session_group`).
-    sessions: ClassVar[bool] = False
+    #: How it renders multi-turn sessions (`instruct.turns` > 1, docs/sessions.md): GROUP (`draw_session`
+    #: draws every turn at once, `session_group` keeps a chain's records in one render call), CHAIN (the
+    #: render stage asks for turn t as a pair whose photograph is turn t-1's output), or None (it cannot).
+    sessions: ClassVar[str | None] = None
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         self.runtime = runtime
@@ -248,8 +254,22 @@ def check_sessions(turns: int, settings: RenderConfig) -> None:
                               f"yet (engines that do: {', '.join(able)}; docs/sessions.md)")
         try:
             cls.check_sessions(settings)
+            if cls.sessions == CHAIN:  # turns after the first edit a picture: the engine's real-image path
+                cls.check_settings(chained_settings(settings))
         except ValueError as exc:
             raise ConfigError(f"instruct.turns={turns} with render.engine {cls.name}: {exc}") from None
+
+
+def chained_settings(settings: RenderConfig) -> RenderConfig:
+    """The settings a CHAIN engine renders turns 2.. with: its source is a picture (the previous turn's)."""
+    return settings.model_copy(update={"source": "real"})
+
+
+def chain_row(row: Mapping[str, Any], candidate: int, image: bytes) -> dict[str, Any]:
+    """Turn t's row as candidate `candidate`'s chain sees it: the previous turn's edited image as its
+    photograph, and an id of its own (`<row id>@c<candidate>`: engines cache a pair's picture by its key,
+    and each candidate's chain has another picture)."""
+    return {**row, "id": f"{row['id']}@c{candidate}", "image": image}
 
 
 def pair_key(row_id: str, seed: int) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from editgen.engines.base import EditEngine, EngineNeeds, PairRejected, RenderedCandidate, pair_key
+from editgen.engines.base import CHAIN, EditEngine, EngineNeeds, PairRejected, RenderedCandidate, pair_key
 from editgen.engines.record import CandidateRecord
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.render import RenderConfig
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 class InpaintEngine(EditEngine):
     name = "inpaint"
     version = 1
+    sessions = CHAIN  # turn t edits turn t-1's output as a photograph (docs/sessions.md)
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)

@@ -26,7 +26,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from editgen.engines.base import EditEngine, EngineNeeds, RenderedCandidate, pair_key
+from editgen.engines.base import CHAIN, EditEngine, EngineNeeds, RenderedCandidate, pair_key
 from editgen.engines.instruct_model_kinds import PIPELINES, TINY, PipelineKind, edit_call, edit_rows, source_rows
 from editgen.engines.record import CandidateRecord
 from editgen.p2p.models import TINY_MODELS
@@ -87,6 +87,7 @@ def guidance_draw(pair_id: str, index: int, settings: RenderConfig) -> tuple[flo
 class InstructModelEngine(EditEngine):
     name = "instruct_model"
     version = 1
+    sessions = CHAIN  # turn t edits turn t-1's output as a photograph (docs/sessions.md)
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)

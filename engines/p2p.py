@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from editgen.engines.base import EditEngine, EngineNeeds, RenderedCandidate, SessionDraw, pair_key
+from editgen.engines.base import GROUP, EditEngine, EngineNeeds, RenderedCandidate, SessionDraw, pair_key
 from editgen.engines.p2p_drops import truncation_drops
 from editgen.engines.record import CandidateRecord
 from editgen.pipeline.errors import ConfigError
@@ -47,7 +47,7 @@ def blend_words(row: Mapping[str, Any]) -> list[str]:
 class P2PEngine(EditEngine):
     name = "p2p"
     version = 1  # editgen.p2p/1: what engines/p2p_records.py writes (ENGINE, VERSION there; a test checks)
-    sessions = True  # one group per session candidate from the same noise (engines/p2p_sessions.py)
+    sessions = GROUP  # one group per session candidate from the same noise (engines/p2p_sessions.py)
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from editgen.engines.base import EditEngine, EngineNeeds, RenderedCandidate, pair_key
+from editgen.engines.base import CHAIN, EditEngine, EngineNeeds, RenderedCandidate, pair_key
 from editgen.engines.record import CandidateRecord
 from editgen.engines.sdedit_request import REAL, SDEditRequest
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 class SDEditEngine(EditEngine):
     name = "sdedit"
     version = 1  # editgen.sdedit/1
+    sessions = CHAIN  # turn t edits turn t-1's output as a photograph (docs/sessions.md)
 
     def __init__(self, runtime: Runtime, settings: RenderConfig) -> None:
         super().__init__(runtime, settings)

@@ -9,7 +9,9 @@ record, engines.record), from which `engines.regenerate.regenerate` re-renders t
 With early stop, candidates are CLIP-scored as they finish and a pair stops once filter.top_k pass (so
 the filter keys early stop reads are part of render's stage hash). A pair an engine refuses before any
 UNet work (an edit past the text encoder's 77 tokens: `render_edit_truncated`) is dropped with the
-engine's reason. This module holds no engine-specific code: it asks the engines.
+engine's reason. Multi-turn sessions (docs/sessions.md): a GROUP engine draws a session's turns at once;
+a CHAIN engine's turn t is rendered, a round per turn, from turn t-1's output by the engine's twin whose
+source is a picture. This module holds no engine-specific code: it asks the engines.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from editgen.engines.base import (
+    CHAIN,
     EditEngine,
     PairRejected,
     RenderedCandidate,
+    chain_row,
+    chained_settings,
     check_sessions,
     chosen_engines,
     engine_class,
@@ -92,6 +97,7 @@ class RenderStage(Stage[RenderConfig]):
         super().__init__(config)
         self.runtime: Runtime | None = None
         self.engines: dict[str, EditEngine] = {}
+        self.chained: dict[str, EditEngine] = {}  # CHAIN engines' twins whose source is a picture
         self.scorer: Any = None
 
     def preflight(self) -> None:
@@ -109,6 +115,10 @@ class RenderStage(Stage[RenderConfig]):
             engine = engine_class(name)(self.runtime, self.settings)
             engine.setup()
             self.engines[name] = engine
+            if engine.sessions == CHAIN and self.config.instruct.turns > 1:  # its twin for turns 2..
+                twin = engine_class(name)(self.runtime, chained_settings(self.settings))
+                twin.setup()
+                self.chained[name] = twin
         if self.settings.early_stop:
             from editgen.filters.pairs.clip_score import ClipScorer
 
@@ -140,12 +150,13 @@ class RenderStage(Stage[RenderConfig]):
         route = pair_engine(self.settings, row)[1]
         return out if route is None else replace(out, record=replace(out.record, route=route))
 
-    def _render(self, records: list[CandidateRecord]) -> list[RenderedCandidate]:
+    def _render(self, records: list[CandidateRecord],
+                engines: dict[str, EditEngine] | None = None) -> list[RenderedCandidate]:
         injected = os.environ.get(FAULT_RENDER_ERROR, "")
         if injected:  # test hook (docs/faults.md): the errors a real GPU job meets
             raise (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)") if injected == "oom"
                    else ValueError("injected per-pair render failure"))
-        return self.engines[records[0].engine].render(records)
+        return (engines or self.engines)[records[0].engine].render(records)
 
     def _draw(self, i: int, row: dict[str, Any], n: int) -> tuple[int, list[CandidateRecord]]:
         """A pair's first `n` records (none with early stop: rounds draw them), checked against the model."""
@@ -155,13 +166,19 @@ class RenderStage(Stage[RenderConfig]):
         return i, recs
 
     def _draw_unit(self, unit: list[int], rows: list[dict[str, Any]], take: list[int], cols: dict[str, list[Any]],
-                   reasons: list[str | None]) -> list[tuple[int, list[CandidateRecord]]]:
-        """A lone pair's records, or a session's (pipeline/sessions.py): its engine draws every turn that
-        renders; the first turn it refuses is dropped with the engine's reason, later ones after it."""
+                   reasons: list[str | None], chains: list[list[int]]) -> list[tuple[int, list[CandidateRecord]]]:
+        """A lone pair's records, or a session's (pipeline/sessions.py): a GROUP engine draws every turn
+        that renders (the first turn it refuses is dropped with its reason, later ones after it); a CHAIN
+        engine's turn 1 is drawn as a pair and the session goes to `chains` for its later turns."""
         first = rows[unit[0]]
         if session_of(first) is None:
             return [self._draw(unit[0], first, self.candidates_for(first) if not self.settings.early_stop else 0)]
-        drawn = self.engine_for(first).draw_session([rows[i] for i in unit], self.candidates_for(first))
+        engine = self.engine_for(first)
+        if engine.sessions == CHAIN:
+            pair = self._draw(unit[0], first, self.candidates_for(first))
+            chains.append(unit)
+            return [pair]
+        drawn = engine.draw_session([rows[i] for i in unit], self.candidates_for(first))
         done = len(drawn.turns)
         if drawn.rejected is not None:
             log.warning("render: session %s turn %d dropped: %s", first.get("id"), done + 1, drawn.rejected)
@@ -174,34 +191,24 @@ class RenderStage(Stage[RenderConfig]):
         s = self.settings
         for engine in self.engines.values():
             engine.begin(table)
+        for twin in self.chained.values():  # its pictures are the previous turns' outputs, not fetched ones
+            twin.begin(pa.table({"image": pa.array([], pa.binary())}))
         rows = table.to_pylist()
         t0 = time.perf_counter()
         take: list[int] = []
         cols: dict[str, list[Any]] = {name: [] for name, _ in OUTPUT_FIELDS}
         reasons: list[str | None] = []
-        pairs: list[tuple[int, list[CandidateRecord]]] = []
-        units, orphans = session_units(rows)
-        for i in orphans:  # a turn whose predecessor is not here: nothing to edit
-            self._drop(i, AFTER_FAILURE, take, cols, reasons)
-        for unit in units:
-            try:
-                pairs += self._draw_unit(unit, rows, take, cols, reasons)
-            except PairRejected as exc:  # refused before any GPU time is spent (e.g. a no-op edit)
-                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
-                for j, i in enumerate(unit):
-                    self._drop(i, exc.reason if j == 0 else AFTER_FAILURE, take, cols, reasons)
-            except (ValueError, KeyError) as exc:
-                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
-                for j, i in enumerate(unit):
-                    self._drop(i, "render_invalid_pair" if j == 0 else AFTER_FAILURE, take, cols, reasons)
+        pairs, chains = self._draw_all(rows, take, cols, reasons)
         if s.early_stop:
             outputs = self._render_early_stop(rows, [i for i, _ in pairs])
         else:
             outputs = self._render_all(pairs)
-        check_failures(s.max_failed_fraction, len(rows), [o for _, o, _ in outputs if isinstance(o, Exception)])
+        outputs += self._render_chains(rows, chains, outputs)
+        check_failures(s.max_failed_fraction, len(rows), [o for _, o, _ in outputs if isinstance(o, Exception)
+                                                           and not isinstance(o, PairRejected)])
         for i, outs, drawn in outputs:
             if isinstance(outs, Exception):
-                self._drop(i, "render_failed", take, cols, reasons)
+                self._drop(i, outs.reason if isinstance(outs, PairRejected) else "render_failed", take, cols, reasons)
                 continue
             for o in outs:
                 self._keep(i, self._account(o, rows[i]), drawn, take, cols, reasons)
@@ -213,6 +220,81 @@ class RenderStage(Stage[RenderConfig]):
             out = out.append_column(name, pa.array([cols[name][j] for j in order], typ))
         self._finish_metrics(time.perf_counter() - t0, sum(1 for r in reasons if r is None))
         return with_status(out, [reasons[j] for j in order])
+
+    def _draw_all(self, rows: list[dict[str, Any]], take: list[int], cols: dict[str, list[Any]],
+                  reasons: list[str | None]) -> tuple[list[tuple[int, list[CandidateRecord]]], list[list[int]]]:
+        """Every unit's records (a lone pair, a GROUP engine's whole session, a CHAIN engine's turn 1), and
+        the CHAIN sessions whose later turns `_render_chains` renders; refused units dropped here."""
+        pairs: list[tuple[int, list[CandidateRecord]]] = []
+        chains: list[list[int]] = []
+        units, orphans = session_units(rows)
+        for i in orphans:  # a turn whose predecessor is not here: nothing to edit
+            self._drop(i, AFTER_FAILURE, take, cols, reasons)
+        for unit in units:
+            try:
+                pairs += self._draw_unit(unit, rows, take, cols, reasons, chains)
+            except PairRejected as exc:  # refused before any GPU time is spent (e.g. a no-op edit)
+                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
+                for j, i in enumerate(unit):
+                    self._drop(i, exc.reason if j == 0 else AFTER_FAILURE, take, cols, reasons)
+            except (ValueError, KeyError) as exc:
+                log.warning("render: pair %s dropped: %s", rows[unit[0]].get("id"), exc)
+                for j, i in enumerate(unit):
+                    self._drop(i, "render_invalid_pair" if j == 0 else AFTER_FAILURE, take, cols, reasons)
+        return pairs, chains
+
+    def _render_chains(self, rows: list[dict[str, Any]], chains: list[list[int]],
+                       outputs: list[tuple[int, Any, int]]) -> list[tuple[int, Any, int]]:
+        """Turns 2.. of CHAIN engines' sessions, one round per turn: candidate c of turn t is a pair whose
+        photograph is candidate c of turn t-1's edited image, rendered by the engine's chained twin; its
+        published input is those very bytes. A turn after a failed or refused one: AFTER_FAILURE."""
+        done: dict[int, Any] = {i: outs for i, outs, _ in outputs}
+        found: list[tuple[int, Any, int]] = []
+        for t in range(1, max((len(u) for u in chains), default=0)):
+            planned: list[tuple[int, list[CandidateRecord]]] = []
+            prev: dict[int, dict[int, RenderedCandidate]] = {}
+            for unit in (u for u in chains if len(u) > t):
+                i, before = unit[t], done.get(unit[t - 1])
+                if isinstance(before, Exception) or not before:
+                    done[i] = PairRejected(AFTER_FAILURE, "the turn before failed")
+                    found.append((i, done[i], 0))
+                    continue
+                prev[i] = {int(o.record.candidate or 0): o for o in before}
+                drawn = self._draw_chained(rows[i], list(prev[i].values()))
+                if isinstance(drawn, PairRejected):
+                    done[i] = drawn
+                    found.append((i, drawn, 0))
+                else:
+                    planned.append((i, drawn))
+            for i, outs, n in self._render_all(planned, self.chained):
+                if not isinstance(outs, Exception):
+                    outs = [replace(o, input_image=prev[i][int(o.record.candidate or 0)].edited_image) for o in outs]
+                done[i] = outs
+                found.append((i, outs, n))
+        return found
+
+    def _draw_chained(self, row: dict[str, Any], prev: list[RenderedCandidate]) -> list[CandidateRecord] | PairRejected:
+        """Turn t's records, one per candidate whose turn t-1 rendered, from that candidate's edited image
+        (engines.base.chain_row); the first refusal when none can be drawn."""
+        engine = self.chained[prev[0].record.engine]
+        records: list[CandidateRecord] = []
+        refused: PairRejected | None = None
+        for o in prev:
+            c = int(o.record.candidate or 0)
+            try:
+                records += engine.draw(chain_row(row, c, o.edited_image), 1, start=c)
+            except PairRejected as exc:
+                refused = refused or exc
+            except (ValueError, KeyError) as exc:
+                refused = refused or PairRejected("render_invalid_pair", str(exc))
+        if records:
+            try:
+                engine.check(records[0])
+            except PairRejected as exc:
+                return exc
+            except (ValueError, KeyError) as exc:
+                return PairRejected("render_invalid_pair", str(exc))
+        return records or refused or PairRejected("render_invalid_pair", "no candidate of the turn before")
 
     def _keep(self, i: int, o: RenderedCandidate, drawn: int, take: list[int], cols: dict[str, list[Any]],
               reasons: list[str | None]) -> None:
@@ -232,14 +314,14 @@ class RenderStage(Stage[RenderConfig]):
         cols["candidates_drawn"].append(drawn)
         reasons.append(None)
 
-    def _chunks(self, plan: Planned) -> Iterator[Planned]:
+    def _chunks(self, plan: Planned, engines: dict[str, EditEngine] | None = None) -> Iterator[Planned]:
         """Render calls: `resources.batch_size` records of one engine each, in plan order per engine
         (an engine's whole groups: its `group_size`)."""
         by_engine: dict[str, Planned] = {}
         for i, r in plan:
             by_engine.setdefault(r.engine, []).append((i, r))
         for name, mine in by_engine.items():
-            engine = self.engines[name]
+            engine = (engines or self.engines)[name]
             k = engine.group_size()
             size = max(1, self.resources().batch_size)
             units: dict[object, Planned] = {}  # a session candidate's turns render as one unit
@@ -256,8 +338,9 @@ class RenderStage(Stage[RenderConfig]):
         if self.runtime is not None and self.runtime.on_gpu:
             self.metrics["gpu_seconds"] = self.metrics["render_seconds"]
         self.metrics["candidates"] = self.metrics.get("candidates", 0.0) + candidates
-        for engine in self.engines.values():  # summed in: an engine's work no kept candidate carries (a
-            for key, value in engine.partition_metrics().items():  # dropped pair's) adds to unet_row_steps
+        # summed in: an engine's work no kept candidate carries (a dropped pair's) adds to unet_row_steps
+        for engine in [*self.engines.values(), *self.chained.values()]:
+            for key, value in engine.partition_metrics().items():
                 self.metrics[key] = self.metrics.get(key, 0.0) + value
 
     @staticmethod
@@ -267,32 +350,34 @@ class RenderStage(Stage[RenderConfig]):
             cols[name].append(-1 if name in ("candidate", "candidates_drawn") else None)
         reasons.append(reason)
 
-    def _render_chunk(self, chunk: Planned, failed: dict[int, Exception]) -> list[RenderedCandidate | None]:
+    def _render_chunk(self, chunk: Planned, failed: dict[int, Exception],
+                      engines: dict[str, EditEngine] | None = None) -> list[RenderedCandidate | None]:
         if not chunk:  # every pair of it failed already
             return []
         try:
-            return list(self._render([r for _, r in chunk]))
+            return list(self._render([r for _, r in chunk], engines))
         except Exception as exc:  # noqa: BLE001 - a bad pair must not kill the partition
             raise_if_systemic(exc)
-            return self._render_one_by_one(chunk, failed, exc)
+            return self._render_one_by_one(chunk, failed, exc, engines)
 
-    def _render_all(self, pairs: list[tuple[int, list[CandidateRecord]]]) -> list[tuple[int, Any, int]]:
+    def _render_all(self, pairs: list[tuple[int, list[CandidateRecord]]],
+                    engines: dict[str, EditEngine] | None = None) -> list[tuple[int, Any, int]]:
         """All candidates of all pairs, in chunks of `resources.batch_size` records."""
         flat = [(i, r) for i, recs in pairs for r in recs]
         by_pair: dict[int, list[RenderedCandidate]] = {i: [] for i, _ in pairs}
         failed: dict[int, Exception] = {}
         done = 0
-        for planned in self._chunks(flat):
+        for planned in self._chunks(flat, engines):
             chunk = [(i, r) for i, r in planned if i not in failed]
-            for (i, _), o in zip(chunk, self._render_chunk(chunk, failed), strict=True):
+            for (i, _), o in zip(chunk, self._render_chunk(chunk, failed, engines), strict=True):
                 if o is not None:
                     by_pair[i].append(o)
             done += len(planned)
             self.progress(len(pairs) * done / max(1, len(flat)))  # per candidate
         return [(i, failed.get(i) or by_pair[i], len(recs)) for i, recs in pairs]
 
-    def _render_one_by_one(self, chunk: Planned, failed: dict[int, Exception],
-                           first: Exception) -> list[RenderedCandidate | None]:
+    def _render_one_by_one(self, chunk: Planned, failed: dict[int, Exception], first: Exception,
+                           engines: dict[str, EditEngine] | None = None) -> list[RenderedCandidate | None]:
         log.warning("render: batch failed (%s); retrying its pairs one by one", first)
         outs: list[RenderedCandidate | None] = []
         for i, r in chunk:
@@ -300,7 +385,7 @@ class RenderStage(Stage[RenderConfig]):
                 outs.append(None)
                 continue
             try:
-                outs.append(self._render([r])[0])
+                outs.append(self._render([r], engines)[0])
             except Exception as exc:  # noqa: BLE001
                 raise_if_systemic(exc)
                 log.warning("render: candidate %s/%s failed: %s", r.pair_id, r.candidate, exc)

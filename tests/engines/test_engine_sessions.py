@@ -1,7 +1,7 @@
 """Multi-turn sessions in render (issue 22 item 5): a session's turns render as one P2P group from the same
-noise, turn t's input is turn t-1's published image byte for byte, each record regenerates its own pair,
-a turn the engine refuses ends the session there, and engines that cannot render sessions are refused
-as one line before anything runs."""
+noise; an image engine's turn t edits turn t-1's output; either way turn t's input is turn t-1's published
+image byte for byte and each record regenerates its own pair; a turn the engine refuses ends the session
+there; settings that cannot render sessions are refused as one line before anything runs."""
 
 from __future__ import annotations
 
@@ -82,8 +82,35 @@ def test_a_refused_turn_ends_the_session_and_a_lone_turn_cannot_render(stage):
                        "s3": None, turn_id("s3", 3): AFTER_FAILURE}  # s3: turn 2 is missing
 
 
+#: Each image engine on the tiny models, at its smallest (the inpainting region's bounds open: a random
+#: UNet's attention region may be any size, only the chaining is under test here).
+CHAINED = {
+    "sdedit": ["render.engine=sdedit"],
+    "instruct_model": ["render.engine=instruct_model", "render.resources.num_cpus=1"],
+    "inpaint": ["render.engine=inpaint", "render.inpaint.min_area=0", "render.inpaint.max_area=1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAINED))
+def test_an_image_engine_edits_the_previous_turns_output(name, p2p_one_thread):
+    stage = RenderStage(build_config(profile="tiny", overrides=[*FAST, "instruct.turns=2", *CHAINED[name]]))
+    stage.setup()
+    out = stage.process_partition(pa.Table.from_pylist(session_rows("s1", CHAIN[:3]))).to_pylist()
+    kept = by_turn(out)
+    assert len(kept) == 2 * 2, [(r["id"], r["drop_reason"]) for r in out]
+    for c in range(2):
+        first, second = kept[("s1", c)], kept[(turn_id("s1", 2), c)]
+        assert second["input_image"] == first["edited_image"]  # what turn 1 published, byte for byte
+        rec = CandidateRecord.from_row(json.loads(second["params"]))
+        assert rec.engine == name and rec.params["source"]["kind"] == "real" and rec.candidate == c
+        again = regenerate(rec, stage.runtime, image=first["edited_image"])  # its photograph: turn 1's output
+        assert again.edited_image == second["edited_image"]
+    assert {CandidateRecord.from_row(json.loads(kept[("s1", c)]["params"])).params["source"]["kind"]
+            for c in range(2)} == {"generated"}
+
+
 @pytest.mark.parametrize("overrides, words", [
-    (["render.engine=sdedit"], "does not render multi-turn sessions"),
+    (["render.engine=sdedit", "render.shared_sources=3"], "shared_sources > 1 is for generated sources"),
     (["render.early_stop=true", "filter.top_k=1"], "early_stop"),
     (["render.shared_sources=2", "render.candidates=2"], "shared_sources must be 1"),
 ])
