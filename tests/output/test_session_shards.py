@@ -16,6 +16,7 @@ import torch
 
 from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS
 from editgen.filters.pairs.sessions import SESSION_TURN_AFTER_FAILURE
+from editgen.output.export_hf import export_hf
 from editgen.output.loader import instruct_pix2pix_dataset, make_dataloader
 from editgen.output.sessions import PREV_MISSING
 from editgen.output.shard_writer import sample_key, write_dataset
@@ -76,12 +77,12 @@ def publish(root: Path, table: pa.Table, **shard) -> dict:
     return write_shards(root, [record], **shard)
 
 
-def read_samples(out: Path) -> list[tuple[str, dict]]:
+def read_samples(out: Path, folder: str = "shards") -> list[tuple[str, dict]]:
     """(tar name, raw sample) in publication order."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     found = []
-    for tar in tar_files(out):
+    for tar in tar_files(out, folder):
         with open(tar, "rb") as f:
             found += [(tar.name, s) for s in group_by_keys({**d, "__url__": str(tar)} for d in tar_file_iterator(f))]
     return found
@@ -92,7 +93,7 @@ def test_a_failing_turn_2_keeps_turn_1_and_the_shards_link_the_turns(tmp_path: P
     reasons = {(r["id"], r["candidate"]): r["drop_reason"] for r in table.to_pylist()}
     assert reasons[("sess0-t2", 1)] == "below_sim_direction"
     assert reasons[("sess0-t3", 1)] == SESSION_TURN_AFTER_FAILURE
-    summary = publish(tmp_path, table, samples_per_shard=2)
+    summary = publish(tmp_path, table, samples_per_shard=2, export_rejected=True)
     samples = {s["__key__"]: s for _, s in read_samples(tmp_path)}
     assert summary["rows_out"] == len(samples) == 10 and summary["dropped"] == {}
     assert manifest(tmp_path)["sessions"] == {"sessions": 2, "turn_samples": {"1": 4, "2": 3, "3": 3}}
@@ -110,6 +111,21 @@ def test_a_failing_turn_2_keeps_turn_1_and_the_shards_link_the_turns(tmp_path: P
             assert json.loads(prev["json"])["session"]["turn"] == block["turn"] - 1
             assert prev["edited.png"] == s["input.png"]
     assert len({frozenset(k for k in s if not k.startswith("__")) for s in samples.values()}) == 1
+    rejected = {s["__key__"]: s for _, s in read_samples(tmp_path, "rejected")}  # linked the same way
+    assert sorted(rejected) == [sample_key("sess0-t2", 1), sample_key("sess0-t3", 1)]
+    assert all(s["first_input.png"] == samples[sample_key("sess0", 1)]["input.png"] for s in rejected.values())
+    assert json.loads(rejected[sample_key("sess0-t3", 1)]["json"])["session"]["prev"] == sample_key("sess0-t2", 1)
+
+
+def test_export_hf_has_the_session_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    publish(tmp_path, filtered(render_rows(sessions=1, turns=2), fail=set()))
+    export_hf(str(tmp_path), str(tmp_path / "hf"))
+    rows = pq.read_table(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet",
+                         columns=["key", "session_id", "turn", "prev"]).to_pylist()
+    assert rows == [{"key": sample_key(turn_id("sess0", t), c), "session_id": "sess0", "turn": t,
+                     "prev": sample_key("sess0", c) if t == 2 else None} for t in (1, 2) for c in (0, 1)]
 
 
 def test_a_session_is_never_split_across_tars(tmp_path: Path) -> None:
@@ -128,7 +144,7 @@ def test_a_turn_whose_previous_turn_is_not_published_is_dropped(tmp_path: Path) 
     summary = write_dataset(Storage(str(tmp_path)), rows, config_hash="h")
     assert summary["dropped"] == {"missing_image": 1, PREV_MISSING: 3}
     assert summary["rows_out"] == 12 - 1 - 3 - 1
-    assert manifest(tmp_path)["sessions"]["turn_samples"] == {"1": 3, "2": 2, "3": 2}
+    assert manifest(tmp_path)["sessions"] == {"sessions": 2, "turn_samples": {"1": 3, "2": 2, "3": 2}}
 
 
 def test_inverse_pairs_of_session_turns_are_plain_pairs(tmp_path: Path) -> None:
