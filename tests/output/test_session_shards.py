@@ -187,3 +187,13 @@ def test_the_loader_reads_a_dataset_without_sessions_as_one_turn_sessions(tmp_pa
     chains = list(instruct_pix2pix_dataset(str(tmp_path), resolution=16, sessions=True, shuffle_buffer=0))
     assert chains and all(len(c) == 1 for c in chains)
     assert len(chains) == len(list(instruct_pix2pix_dataset(str(tmp_path), resolution=16, shuffle_buffer=0)))
+
+
+def test_ray_data_reads_a_session_dataset_with_one_schema(tmp_path: Path, ray_session) -> None:
+    """Every sample has a first_input member (turn 1 and inverse pairs: their own input), so Ray Data builds
+    one schema for the dataset."""
+    import ray.data
+
+    publish(tmp_path, filtered(render_rows(inverse=True), fail={("sess0", 2, 1)}), samples_per_shard=3)
+    rows = ray.data.read_webdataset([str(p) for p in tar_files(tmp_path)]).take_all()
+    assert len(rows) == 20 and all(r["first_input.png"] is not None for r in rows)
