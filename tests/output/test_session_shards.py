@@ -180,6 +180,9 @@ def test_the_loader_yields_whole_sessions_in_turn_order(tmp_path: Path) -> None:
     assert len(singles) == 20  # the default: every turn and inverse pair a sample, as before
     batches = list(make_dataloader(str(tmp_path), batch_size=3, num_workers=0, sessions=True, **kw))
     assert [len(b) for b in batches] == [3, 1] and isinstance(batches[0][0], list)
+    workers = make_dataloader(str(tmp_path), batch_size=1, num_workers=2, sessions=True, **kw)
+    got = sorted((c[0]["edit_prompt"], len(c)) for b in workers for c in b)  # whole tars per worker: whole sessions
+    assert got == sorted((c[0]["edit_prompt"], len(c)) for c in chains)
 
 
 def test_the_loader_reads_a_dataset_without_sessions_as_one_turn_sessions(tmp_path: Path) -> None:
