@@ -12,7 +12,9 @@ edit_prompt, edited_image). Two more columns trace a row back: `key` (the shard 
 `mask` (an Image: the sample's mask.png, all white where the engine gave no region), `mask_area`,
 `mask_bbox` ([x, y, w, h]), `mask_words` and `mask_kind` (filters.pairs.masks; the sample JSON). Last,
 `inverse` (a reversed pair of instruct.inverse, output.inverse: filter on it to train without them) and
-`inverse_of` (its forward sample's key); both kinds of row are in `train`.
+`inverse_of` (its forward sample's key); both kinds of row are in `train`. Then `edit_type`, and for
+multi-turn sessions (output.sessions) `session_id`, `turn` and `prev` (the previous turn's `key`), null
+outside a session.
 
 Splits: by default `train` (the kept samples; `--split` renames it) and `rejected` when the run
 published rejected shards; `rejected=True` exports only `rejected`, `rejected=False` only the kept one.
@@ -60,6 +62,7 @@ from editgen.output.manifest import (
     parse_manifest,
     read_manifest_text,
 )
+from editgen.output.sessions import SESSION_FIELD
 from editgen.output.shard_writer import whole_image_mask
 from editgen.pipeline.errors import InputError
 from editgen.pipeline.redact import redact_url
@@ -67,14 +70,15 @@ from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind", "inverse", "inverse_of", "edit_type")
+           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev")
 _IMAGE = {"_type": "Image"}
 _STRING = {"dtype": "string", "_type": "Value"}
 SCHEMA = pa.schema(
     [("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE),
      ("key", pa.string()), ("id", pa.string()), ("mask", IMAGE_TYPE), ("mask_area", pa.float64()),
      ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string()),
-     ("inverse", pa.bool_()), ("inverse_of", pa.string()), ("edit_type", pa.string())]
+     ("inverse", pa.bool_()), ("inverse_of", pa.string()), ("edit_type", pa.string()),
+     ("session_id", pa.string()), ("turn", pa.int32()), ("prev", pa.string())]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
@@ -87,7 +91,8 @@ SCHEMA = pa.schema(
                         "mask_bbox": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "Sequence"},
                         "mask_words": {"feature": _STRING, "_type": "Sequence"},
                         "mask_kind": _STRING, "inverse": {"dtype": "bool", "_type": "Value"}, "inverse_of": _STRING,
-                        "edit_type": _STRING,
+                        "edit_type": _STRING, "session_id": _STRING, "turn": {"dtype": "int32", "_type": "Value"},
+                        "prev": _STRING,
                     }
                 }
             }
@@ -155,7 +160,17 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
     inverse_of, edit_type = meta.get("inverse_of"), meta.get("edit_type")
     return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"]), "inverse": meta.get("inverse") is True,
             "inverse_of": inverse_of if isinstance(inverse_of, str) else None,
-            "edit_type": edit_type if isinstance(edit_type, str) and edit_type else None}
+            "edit_type": edit_type if isinstance(edit_type, str) and edit_type else None, **_session_columns(meta)}
+
+
+def _session_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    """session_id, turn, prev from the sample's `session` block (output.sessions); null outside a session."""
+    block = meta.get(SESSION_FIELD)
+    if not isinstance(block, dict):
+        return {"session_id": None, "turn": None, "prev": None}
+    prev, turn = block.get("prev"), block.get("turn")
+    return {"session_id": str(block.get("id")), "turn": turn if isinstance(turn, int) else None,
+            "prev": prev if isinstance(prev, str) else None}
 
 
 def _mask_columns(sample: dict[str, Any], meta: dict[str, Any], input_image: bytes) -> dict[str, Any]:
@@ -320,7 +335,11 @@ def dataset_card(splits: list[str]) -> str:
               "input, the instruction that undoes the edit); filter on it to train without them |",
               "| `inverse_of` | an inverse pair's forward sample `key` (null for forward rows) |",
               "| `edit_type` | the edit's type from editgen's taxonomy (docs/edit_types.md; null where the dataset was "
-              "made before edit types) |", ""]
+              "made before edit types) |",
+              "| `session_id` | a multi-turn session's id (docs/sessions.md; null outside a session) |",
+              "| `turn` | the turn's index in its session, from 1 (null outside a session) |",
+              "| `prev` | the `key` of the same candidate's previous turn, whose edited image is this row's input "
+              "(null for turn 1 and outside a session) |", ""]
     return "\n".join(lines)
 
 

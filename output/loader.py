@@ -18,13 +18,24 @@ $EDITGEN_STORAGE_OPTIONS).
 
 Inverse pairs (instruct.inverse, output.inverse) are read like any sample; `inverse=False` skips them (by
 their key, before any image is decoded) to train on the forward pairs alone.
+
+Multi-turn sessions (instruct.turns > 1, output.sessions): by default (`sessions=False`) every turn is a
+sample as above. `sessions=True` yields whole sessions instead: a list of turn samples (each the dict
+above), turn 1 first, one list per chain (the turns of one candidate of a session: turn t's input image is
+turn t-1's edited image). The turns of a list share one resize/crop/flip draw, so they stay pixel-aligned
+with each other too. A sample without a `session` block (a dataset without sessions) is a 1-turn session;
+inverse pairs are left out. A session's samples are consecutive in one tar (the shard writer keeps them
+so), so grouping needs no more memory than one session and the shuffle buffer shuffles whole sessions.
+`make_dataloader(..., sessions=True)` batches lists: a batch is a list of `batch_size` sessions (their
+lengths differ, so they are not stacked).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import torch
@@ -35,6 +46,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from editgen.output.inverse import is_inverse_key
 from editgen.output.manifest import SHARDS_DIR, published_urls
+from editgen.output.sessions import SESSION_FIELD
 from editgen.pipeline.storage import Storage, open_filesystem, parse_storage_options
 
 log = logging.getLogger("editgen")
@@ -129,14 +141,65 @@ class _ToTraining:
         }
         self.tokenizer = tokenizer
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        x0, x1 = paired_transform(_member(sample, "input"), _member(sample, "edited"), **self.kw)
+    def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        x0, x1 = paired_transform(_member(sample, "input"), _member(sample, "edited"), generator=generator,
+                                  **self.kw)
         if self.tokenizer is None:
             return {"input_image": x0, "edit_prompt": sample["txt"], "edited_image": x1}
         tok = self.tokenizer
         ids = tok(sample["txt"], max_length=tok.model_max_length, padding="max_length", truncation=True,
                   return_tensors="pt").input_ids[0]
         return {"original_pixel_values": x0, "edited_pixel_values": x1, "input_ids": ids}
+
+
+def _session_of(sample: dict[str, Any]) -> tuple[str, str, int]:
+    """(session id, chain: its first sample's key, turn) from a raw sample's JSON; a sample outside a
+    session is a session of its own (its key, turn 1)."""
+    try:
+        block = json.loads(sample["json"]).get(SESSION_FIELD)
+    except (KeyError, ValueError, AttributeError):
+        block = None
+    if not isinstance(block, dict):
+        return sample["__key__"], sample["__key__"], 1
+    return str(block["id"]), str(block["first"]), int(block["turn"])
+
+
+def _chains(found: list[tuple[str, int, dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """One session's raw samples -> its chains (by first key), each in turn order."""
+    chains: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for first, turn, sample in found:
+        chains.setdefault(first, []).append((turn, sample))
+    for first in sorted(chains):
+        yield [sample for _, sample in sorted(chains[first], key=lambda t: t[0])]
+
+
+def group_sessions(samples: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive raw samples of one session -> one list per chain (module doc); inverse pairs dropped."""
+    current: str | None = None
+    found: list[tuple[str, int, dict[str, Any]]] = []
+    for sample in samples:
+        if is_inverse_key(sample["__key__"]):
+            continue
+        sid, first, turn = _session_of(sample)
+        if sid != current and found:
+            yield from _chains(found)
+            found = []
+        current = sid
+        found.append((first, turn, sample))
+    if found:
+        yield from _chains(found)
+
+
+class _SessionToTraining:
+    """Picklable session mapper: decode each turn's images and apply one shared transform draw."""
+
+    def __init__(self, to_training: _ToTraining) -> None:
+        self.to_training = to_training
+        self.decode = wds.autodecode.Decoder([wds.autodecode.imagehandler("pil")])
+
+    def __call__(self, chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        seed = int(torch.randint(0, 2**62, ()))
+        return [self.to_training(self.decode(sample), torch.Generator().manual_seed(seed)) for sample in chain]
 
 
 def instruct_pix2pix_dataset(
@@ -152,9 +215,11 @@ def instruct_pix2pix_dataset(
     rejected: bool = False,
     tokenizer: Any = None,
     inverse: bool = True,
+    sessions: bool = False,
 ) -> wds.WebDataset:
     """An IterableDataset over editgen shards (OUT, OUT/shards, a list, or a brace pattern); `tokenizer`
-    (e.g. CLIPTokenizer) switches to diffusers' keys; `inverse=False` leaves inverse pairs out (module doc)."""
+    (e.g. CLIPTokenizer) switches to diffusers' keys; `inverse=False` leaves inverse pairs out; `sessions`
+    yields whole sessions, lists of turn samples (module doc)."""
     urls = shard_urls(source, rejected=rejected)
     ds = wds.WebDataset(
         urls,
@@ -164,11 +229,17 @@ def instruct_pix2pix_dataset(
         empty_check=False,  # more workers than shards leaves some workers empty; that is fine
         seed=seed,
     )
+    to_training = _ToTraining(resolution, max_upscale, center_crop, random_flip, tokenizer)
+    if sessions:
+        ds = ds.compose(group_sessions)
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer)
+        return ds.map(_SessionToTraining(to_training))
     if not inverse:
         ds = ds.select(lambda sample: not is_inverse_key(sample["__key__"]))
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer)
-    return ds.decode("pil").map(_ToTraining(resolution, max_upscale, center_crop, random_flip, tokenizer))
+    return ds.decode("pil").map(to_training)
 
 
 def node_shards(urls: Sequence[str]) -> int:
@@ -182,10 +253,11 @@ def node_shards(urls: Sequence[str]) -> int:
 
 def make_dataloader(
     source: str | Sequence[str], batch_size: int = 4, num_workers: int = 2, *, rejected: bool = False,
-    **kwargs: Any,
+    sessions: bool = False, **kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """DataLoader whose batches are {input_image: BxCxRxR, edited_image: ..., edit_prompt: [str]} (with
-    `tokenizer=`: {original_pixel_values, edited_pixel_values, input_ids}). A worker reads whole shards,
+    `tokenizer=`: {original_pixel_values, edited_pixel_values, input_ids}); with `sessions`, a batch is a
+    list of `batch_size` sessions (each a list of turn samples: module doc). A worker reads whole shards,
     so workers beyond this node's shard count would get nothing: they are not started (a log line says
     so and how to get more shards)."""
     urls = shard_urls(source, rejected=rejected)
@@ -195,7 +267,8 @@ def make_dataloader(
                     "worker reads whole shards; more, smaller shards: --set shard.samples_per_shard=N)",
                     shards, max(shards, 1), num_workers)
         num_workers = max(shards, 1)
-    ds = instruct_pix2pix_dataset(urls, **kwargs)
+    ds = instruct_pix2pix_dataset(urls, sessions=sessions, **kwargs)
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False
+        ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False,
+        collate_fn=list if sessions else None,
     )

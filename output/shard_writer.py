@@ -21,10 +21,9 @@ import hashlib
 import io
 import json
 import math
-import re
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import pyarrow as pa
 from editgen.filters.pairs.masks import MaskGeometry, mask_geometry
 from editgen.output.compute_report import compute_report
 from editgen.output.inverse import INVERSE_METRIC, forward_row, has_inverse, inverse_key, inverse_row
+from editgen.output.keys import sample_key
 from editgen.output.manifest import (
     GEN_PREFIX,
     LEGACY_MANIFEST,
@@ -43,6 +43,8 @@ from editgen.output.manifest import (
     SHARDS_DIR,
     entries,
 )
+from editgen.output.sessions import MANIFEST_SECTION as SESSIONS_SECTION
+from editgen.output.sessions import SessionChains, SessionGap
 from editgen.pipeline.faults import fault_delay_s
 from editgen.pipeline.records import read_verified
 from editgen.pipeline.redact import redact_text, redact_url
@@ -56,18 +58,6 @@ RECORD = tarfile.RECORDSIZE
 #: Image columns -> member suffix stem; `mask` (always PNG) is in every sample: see `sample_members`.
 IMAGE_MEMBERS = (("input_image", "input"), ("edited_image", "edited"))
 REQUIRED_JSON = ("id", "candidate", "instruction", "caption", "edited_caption", "seed")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_MAX_KEY_STEM = 64
-
-
-def sample_key(record_id: str, candidate: int) -> str:
-    """`<id>-cNNNN` with only [A-Za-z0-9_-]: no dots (webdataset splits there), no '/' or '..', never
-    `__meta__`-like; ids that needed sanitizing or truncating get a hash suffix to stay unique."""
-    stem = _UNSAFE.sub("_", record_id).strip("_-")[:_MAX_KEY_STEM]
-    if stem != record_id or not stem:
-        digest = hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:10]
-        stem = f"{stem}_{digest}" if stem else digest
-    return f"{stem}-c{int(candidate):04d}"
 
 
 def image_ext(data: bytes, declared: str | None) -> str:
@@ -167,9 +157,11 @@ def _mask(row: dict[str, Any]) -> tuple[bytes, MaskGeometry]:
         raise ValueError("input_image does not decode") from None
 
 
-def sample_members(row: dict[str, Any], key: str | None = None) -> tuple[str, list[tuple[str, bytes]]]:
+def sample_members(row: dict[str, Any], key: str | None = None,
+                   images: Sequence[tuple[str, bytes]] = ()) -> tuple[str, list[tuple[str, bytes]]]:
     """(key, [(member name, bytes)]) for one candidate row (`key`: the row's own, `<id>-cNNNN`, unless given:
-    an inverse pair's, output.inverse); raises ValueError on a missing image.
+    an inverse pair's, output.inverse); `images`: further (stem, bytes) image members (a session's first
+    input: output.sessions); raises ValueError on a missing image.
 
     Every sample of a dataset has the same members (readers that build one schema per dataset, such as
     Ray Data's read_webdataset, fail on a member only some samples have): `mask.png` is the edit region
@@ -188,6 +180,7 @@ def sample_members(row: dict[str, Any], key: str | None = None) -> tuple[str, li
     recon = row.get("reconstruction")
     if recon:  # real-image pairs: the photograph re-rendered from its inversion (p2p.real)
         members.append((f"{key}.reconstruction.{image_ext(recon, row.get('image_format'))}", bytes(recon)))
+    members += [(f"{key}.{stem}.{image_ext(data, row.get('image_format'))}", data) for stem, data in images]
     members.append((f"{key}.txt", str(row.get("instruction") or "").encode("utf-8")))
     meta = json.dumps(sample_metadata(row, geometry), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     members.append((f"{key}.json", meta.encode("utf-8")))
@@ -231,7 +224,8 @@ class ShardSetWriter:
     """Cuts a stream of samples into numbered shards (by count and size) and writes them in parallel.
 
     Shard boundaries depend only on the sample sequence and the limits (sizes are computed exactly,
-    before writing), so parallel writing cannot change the output.
+    before writing), so parallel writing cannot change the output. Consecutive samples of one `group` (a
+    session's turns: output.sessions) are never cut apart: a tar holding one may pass the limits.
     """
 
     def __init__(
@@ -253,6 +247,7 @@ class ShardSetWriter:
         self._count = 0
         self._payload = 0
         self._keys: set[str] = set()
+        self._group: str | None = None
 
     def name(self, index: int) -> str:
         return f"{self.prefix}-{index:06d}.tar"
@@ -260,13 +255,14 @@ class ShardSetWriter:
     def has_key(self, key: str) -> bool:
         return key in self._keys
 
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
+    def add(self, key: str, members: list[tuple[str, bytes]], group: str | None = None) -> None:
         size = members_size(members)
         full = self._count >= self.samples_per_shard or (
             self._count and tar_size(self._payload + size) > self.max_shard_bytes
         )
-        if full:
+        if full and (group is None or group != self._group):
             self._flush()
+        self._group = group
         self._keys.add(key)
         self._members.extend(members)
         self._count += 1
@@ -342,22 +338,39 @@ def _collect_model_edits(row: dict[str, Any], found: dict[str, Any]) -> None:
             found.setdefault(f"{key}:{params[key].get('checksum', '')}", {"applied": key, **params[key]})
 
 
-def _add_sample(writer: ShardSetWriter, row: dict[str, Any], key: str | None = None) -> str:
+def _add_sample(writer: ShardSetWriter, row: dict[str, Any], key: str | None = None,
+                images: Sequence[tuple[str, bytes]] = (), group: str | None = None) -> str:
     """The row's sample into `writer`; returns its key, or the drop reason's name prefixed with '!'."""
     try:
-        key, members = sample_members(row, key)
+        key, members = sample_members(row, key, images)
     except ValueError as exc:  # BadMask: bad_mask
         return "!" + getattr(exc, "reason", "missing_image")
     if writer.has_key(key):
         return "!duplicate_key"
-    writer.add(key, members)
+    writer.add(key, members, group)
     return key
 
 
+def _add_inverse(kept: ShardSetWriter, row: dict[str, Any], key: str, chains: SessionChains,
+                 dropped: dict[str, int], counts: dict[str, int]) -> None:
+    """A kept row's reversed sample right after its forward one (output.inverse), in its session's tar."""
+    try:
+        inv_row = inverse_row(row, key)
+        inv = _add_sample(kept, inv_row, inverse_key(key), chains.own_first_input(inv_row), chains.group(row))
+    except ValueError:
+        inv = "!no_inverse_instruction"
+    if inv.startswith("!"):
+        dropped[f"inverse_{inv[1:]}"] = dropped.get(f"inverse_{inv[1:]}", 0) + 1
+    else:
+        counts["inverse"] = counts.get("inverse", 0) + 1
+
+
 def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: ShardSetWriter | None,
-              dropped: dict[str, int], model_edits: dict[str, Any], counts: dict[str, int]) -> int:
-    """Every row to its writer (kept, or rejected when exported), and each kept row of an inverse dataset
-    reversed right after it (output.inverse; `counts["inverse"]` counts them); returns the kept rows seen."""
+              dropped: dict[str, int], model_edits: dict[str, Any], counts: dict[str, int],
+              chains: SessionChains) -> int:
+    """Every row to its writer (kept, or rejected when exported), each session turn linked to its chain
+    (`chains`: output.sessions), and each kept row of an inverse dataset reversed right after it
+    (output.inverse; `counts["inverse"]` counts them); returns the kept rows seen."""
     rows_in = 0
     for row in rows:
         is_kept = row.get("status", "kept") == "kept"
@@ -368,20 +381,19 @@ def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: Sh
         writer = kept if is_kept else rejected
         assert writer is not None
         reversed_too = is_kept and has_inverse(row)
-        key = _add_sample(writer, forward_row(row) if reversed_too else row)
+        try:
+            sample, images = chains.prepare(forward_row(row) if reversed_too else row, is_kept)
+            key = _add_sample(writer, sample, None, images, chains.group(row))
+        except SessionGap as exc:
+            key = "!" + exc.reason
         if key.startswith("!"):
             if is_kept:
                 dropped[key[1:]] = dropped.get(key[1:], 0) + 1
             continue
+        if is_kept:
+            chains.published(row)
         if reversed_too:
-            try:
-                inv = _add_sample(kept, inverse_row(row, key), inverse_key(key))
-            except ValueError:
-                inv = "!no_inverse_instruction"
-            if inv.startswith("!"):
-                dropped[f"inverse_{inv[1:]}"] = dropped.get(f"inverse_{inv[1:]}", 0) + 1
-            else:
-                counts["inverse"] = counts.get("inverse", 0) + 1
+            _add_inverse(kept, row, key, chains, dropped, counts)
     return rows_in
 
 
@@ -429,9 +441,9 @@ def write_dataset(
     rejected = ShardSetWriter(storage, REJECTED_PREFIX, subdir=rejected_dir, **limits) if export_rejected else None
     model_edits: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    complete = False
+    chains, complete = SessionChains(), False
     try:
-        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits, counts)
+        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits, counts, chains)
         complete = True
     finally:  # a failed row stream (a damaged partition) writes no short last tar
         kept_shards, rejected_shards = kept.close(complete), rejected.close(complete) if rejected else []
@@ -446,7 +458,7 @@ def write_dataset(
     if rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
     n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics,
-                              sections() if sections is not None else {})
+                              {**(sections() if sections is not None else {}), SESSIONS_SECTION: chains.summary()})
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, MANIFEST)  # the publication point
     remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})

@@ -1,4 +1,5 @@
-"""Filter stage: CLIP-score every rendered candidate, then keep the top k passing ones per pair.
+"""Filter stage: CLIP-score every rendered candidate, then keep the top k passing ones per pair (with
+sessions: each chain's passing prefix of turns, top k chains per session: filters.pairs.sessions).
 
 Scores are cached per render partition in OUT/filter/_scores/part-NNNNN.parquet, keyed by the render
 partition's checksum and the CLIP config: when only thresholds or top_k change, the runner recomputes
@@ -26,6 +27,7 @@ from editgen.filters.pairs.fidelity import FIDELITY_COLUMNS, fidelity_scores
 from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS, outside_mask_key, outside_mask_scores
 from editgen.filters.pairs.select import Thresholds, select
 from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.sessions import SESSION_ID, TURN, session_of
 from editgen.pipeline.settings.filter import FilterConfig
 from editgen.pipeline.stage import Partition, Stage, part_name, with_status
 
@@ -60,6 +62,14 @@ def _nullable(values: np.ndarray) -> pa.Array:
     return pa.array([None if np.isnan(v) else float(v) for v in values], pa.float32())
 
 
+def session_turns(table: pa.Table) -> list[tuple[str, int] | None] | None:
+    """(session id, turn) per row when the render rows belong to sessions (pipeline.sessions), else None:
+    rows of a run without sessions are selected exactly as before."""
+    if SESSION_ID not in table.column_names or TURN not in table.column_names:
+        return None
+    return [session_of(row) for row in table.select([SESSION_ID, TURN]).to_pylist()]
+
+
 def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterConfig,
                     clip_model_id: str, real: bool = False) -> pa.Table:
     """Render rows + scores -> filter output rows (scores, reconstruction fidelity, change outside the
@@ -81,6 +91,7 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterC
         scores,
         Thresholds.from_config(cfg),
         cfg.top_k,
+        session_turns(table),
     )
     own = (*SCORE_COLUMNS, *FIDELITY_COLUMNS, *OUTSIDE_MASK_COLUMNS, "filter_rank", "clip_model")
     drop = [c for c in own if c in table.column_names]

@@ -1,4 +1,5 @@
-"""Selection of candidates from their CLIP scores: thresholds, then top-k per pair by direction.
+"""Selection of candidates from their CLIP scores: thresholds, then top-k per pair by direction (per
+session over chains of turns when rows belong to sessions: filters.pairs.sessions).
 
 Pure functions over stored scores, so changing a threshold or k re-runs this (seconds) and never
 rendering or CLIP. Every candidate gets one named reason, checked in a fixed order, so drop counts
@@ -17,6 +18,7 @@ import numpy as np
 
 from editgen.filters.pairs.fidelity import POOR_INVERSION, poor_inversion
 from editgen.filters.pairs.outside_mask import CHANGED_OUTSIDE_MASK, OUTSIDE_MASK_COLUMNS, changed_outside
+from editgen.filters.pairs.sessions import select_chains
 
 if TYPE_CHECKING:
     from editgen.pipeline.settings.filter import FilterConfig
@@ -80,15 +82,20 @@ def select(
     scores: Mapping[str, np.ndarray],
     th: Thresholds,
     top_k: int | None,
+    sessions: Sequence[tuple[str, int] | None] | None = None,
 ) -> tuple[list[str | None], list[int | None]]:
-    """(reason per candidate — None = kept —, rank by sim_direction among passing candidates)."""
+    """(reason per candidate — None = kept —, rank by sim_direction among passing candidates). With
+    `sessions` ((session id, turn) per candidate, None outside a session), session rows follow the prefix
+    rule and top-k over chains (filters.pairs.sessions); the other rows are ranked per pair as always."""
     n = len(pair_ids)
     keys = [k for k, _ in th.items()] + [k for k in ("recon_psnr", "recon_ssim", *OUTSIDE_MASK_COLUMNS) if k in scores]
     reasons: list[str | None] = [threshold_reason({k: scores[k][i] for k in keys}, th) for i in range(n)]
     ranks: list[int | None] = [None] * n
+    if sessions is not None:
+        reasons, ranks = select_chains(sessions, candidates, reasons, scores["sim_direction"], top_k, NOT_TOP_K)
     passing: dict[str, list[int]] = defaultdict(list)
     for i in range(n):
-        if reasons[i] is None:
+        if reasons[i] is None and (sessions is None or sessions[i] is None):
             passing[pair_ids[i]].append(i)
     direction = scores["sim_direction"]
     for rows in passing.values():

@@ -19,7 +19,7 @@ from tests.support import filter_partitions, manifest, write_shards
 datasets = pytest.importorskip("datasets")
 #: diffusers' train_instruct_pix2pix.py takes column_names[0..2] as input image, prompt, edited image.
 COLUMNS = ["input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind", "inverse", "inverse_of", "edit_type"]
+           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev"]
 
 
 @pytest.fixture(scope="module")
