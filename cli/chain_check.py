@@ -33,6 +33,7 @@ from editgen.pipeline.records import (
     read_stage_meta,
 )
 from editgen.pipeline.storage import Storage, parquet_file
+from editgen.stages.instruct import LATER_TURNS
 
 #: Stages whose output rows are not their input rows one for one (render: N candidates per pair).
 EXPANDING = frozenset({"render"})
@@ -57,7 +58,8 @@ def _map_records(storage: Storage, name: str) -> tuple[list[str], dict[int, dict
         total = rec.get("rows_total", rec.get("rows_out", 0) + dropped)
         if total != rec.get("rows_out", 0) + dropped:
             problems.append(f"{name} partition {pid}: {total} rows != {rec.get('rows_out')} kept + {dropped} dropped")
-        if name not in EXPANDING and name != "ingest" and rec.get("rows_in") != total:
+        added = int((rec.get("metrics") or {}).get(LATER_TURNS, 0))  # instruct: sessions' turns 2..
+        if name not in EXPANDING and name != "ingest" and rec.get("rows_in", 0) + added != total:
             problems.append(f"{name} partition {pid}: {rec.get('rows_in')} rows in but {total} rows out "
                             "(rows lost or added)")
     return problems, records

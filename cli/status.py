@@ -12,6 +12,7 @@ from rich.table import Table
 
 from editgen.output.compute_report import compute_report, format_report
 from editgen.output.inverse import INVERSE_METRIC
+from editgen.output.sessions import session_counts
 from editgen.output.type_funnel import FUNNEL_STAGES, type_funnel
 from editgen.pipeline.config import out_config
 from editgen.pipeline.freshness import stage_states
@@ -73,7 +74,13 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
             "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages),
-            "funnel": _funnel(stages)}
+            "sessions": _sessions(stages), "funnel": _funnel(stages)}
+
+
+def _sessions(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Sessions and samples per turn the shard stage published (None: no multi-turn sessions)."""
+    shard = next((s for s in stages if s["stage"] == "shard" and s.get("present")), None)
+    return None if shard is None else session_counts(shard["metrics"])
 
 
 def inverse_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
@@ -194,6 +201,10 @@ def render_table(status: dict[str, Any]) -> Table:
         line = (f"inverse pairs: {inv['inverse_samples']} inverse samples published beside "
                 f"{inv['forward_samples']} forward samples (shard's kept count holds both)")
         caption = "\n".join(c for c in (caption, line) if c)
+    if status.get("sessions"):
+        ses = status["sessions"]
+        turns = ", ".join(f"turn {t}: {n}" for t, n in ses["turn_samples"].items())
+        caption = "\n".join(c for c in (caption, f"sessions: {ses['sessions']} published ({turns} samples)") if c)
     table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)

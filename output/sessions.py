@@ -20,6 +20,7 @@ image) is dropped as `session_prev_missing`. The shard writer never cuts a tar i
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from editgen.output.keys import sample_key
@@ -106,3 +107,26 @@ class SessionChains:
         if not self.turns:
             return None
         return {"sessions": self.sessions, "turn_samples": {str(t): n for t, n in sorted(self.turns.items())}}
+
+
+#: Shard-stage metrics of a session dataset (what `editgen status` reports): sessions, samples per turn.
+SESSIONS_METRIC, TURN_METRIC = "sessions", "session_turn_samples:"
+
+
+def session_metrics(section: Mapping[str, Any] | None) -> dict[str, float]:
+    """The manifest's sessions section as flat metrics (none without sessions)."""
+    if not section:
+        return {}
+    found = {SESSIONS_METRIC: float(section["sessions"])}
+    found.update({TURN_METRIC + t: float(n) for t, n in section["turn_samples"].items()})
+    return found
+
+
+def session_counts(metrics: Mapping[str, float]) -> dict[str, Any] | None:
+    """Inverse of `session_metrics`: {sessions, turn_samples: {turn: n}} (None: no sessions)."""
+    if SESSIONS_METRIC not in metrics:
+        return None
+    turns = {k[len(TURN_METRIC):]: int(v) for k, v in metrics.items() if k.startswith(TURN_METRIC)}
+    ordered = dict(sorted(turns.items(), key=lambda kv: int(kv[0])))
+    return {"sessions": int(metrics[SESSIONS_METRIC]), "turn_samples": ordered}
+

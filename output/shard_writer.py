@@ -44,7 +44,7 @@ from editgen.output.manifest import (
     entries,
 )
 from editgen.output.sessions import MANIFEST_SECTION as SESSIONS_SECTION
-from editgen.output.sessions import SessionChains, SessionGap
+from editgen.output.sessions import SessionChains, SessionGap, session_metrics
 from editgen.pipeline.faults import fault_delay_s
 from editgen.pipeline.records import read_verified
 from editgen.pipeline.redact import redact_text, redact_url
@@ -447,14 +447,8 @@ def write_dataset(
         complete = True
     finally:  # a failed row stream (a damaged partition) writes no short last tar
         kept_shards, rejected_shards = kept.close(complete), rejected.close(complete) if rejected else []
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "config_hash": config_hash,
-        "upstream_key": upstream_key,
-        "prefix": prefix,
-        "generation": gen,
-        **_set_summary(kept_shards, kept_dir),
-    }
+    manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "config_hash": config_hash, "upstream_key": upstream_key,
+                                "prefix": prefix, "generation": gen, **_set_summary(kept_shards, kept_dir)}
     if rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
     n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics,
@@ -473,6 +467,7 @@ def write_dataset(
             "rejected_samples": float(sum(s.samples for s in rejected_shards)),
             "rejected_shards": float(len(rejected_shards)),
             **({INVERSE_METRIC: float(n_inverse)} if n_inverse else {}),
+            **session_metrics(manifest.get(SESSIONS_SECTION)),
         },
     }
 

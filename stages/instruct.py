@@ -68,6 +68,8 @@ OUTPUT_FIELDS = [
 ]
 #: The column `instruct.inverse` adds after those (kept rows only).
 INVERSE_FIELD = pa.field("inverse_instruction", pa.string())
+#: Metric: the rows a partition wrote for turns 2.. of its sessions (its rows out beyond its rows in).
+LATER_TURNS = "session_later_turns"
 METRIC_KEYS = ("requests", "generated_tokens", "prompt_tokens", "llm_seconds", "retries", "request_retries")
 #: Metric-key prefixes of the per-type counts (rows asked for a type; answers kept, by their type).
 TYPE_REQUESTED, TYPE_KEPT, TYPE_FALLBACK = "type_requested:", "type_kept:", "type_fallback"
@@ -266,6 +268,7 @@ class InstructStage(Stage[InstructConfig]):
             for s in live if t > 1 else ():
                 _drop_repeat(chains[s])
         flat = [row for chain in chains for row in chain]
+        self._add(LATER_TURNS, len(flat) - len(chains))  # rows out = rows in + this (validate's accounting)
         self._count_types(flat)
         return self._output(turn_rows(batch, [len(c) for c in chains], [r.caption for r in flat]), flat)
 
