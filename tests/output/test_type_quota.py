@@ -120,3 +120,22 @@ def test_a_quota_moves_only_the_shard_hash() -> None:
         capped = stage_hashes(build_config(profile="tiny", overrides=[quota]))
         assert {k: v for k, v in capped.items() if k != "shard"} == {k: v for k, v in plain.items() if k != "shard"}
         assert capped["shard"] != plain["shard"], quota
+
+
+def test_a_quota_caps_session_turns_without_breaking_a_chain() -> None:
+    """Turn 2 of a chain competes only once its turn 1 stays: no kept turn lacks its previous turn, and a
+    type's room left by turns 1 goes to the turns 2 that can stay (issue 22 item 5)."""
+    rng = random.Random(3)
+    samples = []
+    for s in range(12):  # 12 chains of 2 turns: turn 1 a colour edit, turn 2 a colour or a style edit
+        first = f"s{s}-c0000"
+        samples.append((first, "colour", rng.random(), None))
+        samples.append((f"s{s}-t2-c0000", "colour" if s % 2 else "style_medium", rng.random(), first))
+    keep = select(samples, {"colour": 8, "style_medium": 3})
+    prev = {k: p for k, _, _, p in samples}
+    assert all(prev[k] is None or prev[k] in keep for k in keep)
+    kinds = [t for k, t, _, _ in samples if k in keep]
+    assert kinds.count("colour") == 8 and kinds.count("style_medium") == 3
+    assert select(list(reversed(samples)), {"colour": 8, "style_medium": 3}) == keep
+    best_firsts = sorted((x for x in samples if x[3] is None), key=lambda x: -x[2])[:8]
+    assert {x[0] for x in best_firsts} <= keep  # turns 1 fill the colour room first
