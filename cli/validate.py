@@ -34,7 +34,9 @@ from editgen.output.manifest import (
     read_manifest,
     read_manifest_text,
 )
+from editgen.output.sessions import FIRST_INPUT, SESSION_FIELD, session_block
 from editgen.output.shard_writer import REQUIRED_JSON, sample_key
+from editgen.pipeline.sessions import turn_id
 from editgen.pipeline.storage import Storage, parse_storage_options
 
 #: Per-shard cap on sample-level lines, so one corrupt shard does not bury the rest.
@@ -78,7 +80,36 @@ def check_sample(sample: dict[str, Any]) -> list[str]:
     why = mask_rle_problem(meta, sample.get("mask.png"))
     if why is not None:
         problems.append(f"sample {key}: {why}")
-    return problems
+    return problems + _session_problems(key, meta, sample)
+
+
+def _session_problems(key: str, meta: dict[str, Any], sample: dict[str, Any]) -> list[str]:
+    """A session turn's block names its own turn (id, candidate) and the keys output/sessions.py derives;
+    its first input decodes (docs/sessions.md). Whether `prev`/`first` are published: `session_links`."""
+    found = [k for k in sample if k.startswith(f"{FIRST_INPUT}.")]
+    if found and not _decodes(sample[found[0]]):
+        return [f"sample {key}: {found[0]} does not decode"]
+    block = meta.get(SESSION_FIELD)
+    if block is None:
+        return []
+    try:
+        want = session_block(str(block["id"]), int(block["turn"]), int(meta["candidate"]))
+        own = turn_id(str(block["id"]), int(block["turn"])) == str(meta["id"])
+    except (KeyError, TypeError, ValueError):
+        return [f"sample {key}: json session block lacks id/turn or is not numbers"]
+    if block != want or not own:
+        return [f"sample {key}: json session block {block} does not name this turn (expected {want})"]
+    return []
+
+
+def session_links(sample: dict[str, Any]) -> tuple[str | None, str] | None:
+    """(prev, first) sample keys a forward session turn links to, else None."""
+    try:
+        meta = json.loads(sample["json"])
+        block = meta.get(SESSION_FIELD) if not meta.get("inverse") else None
+        return None if not isinstance(block, dict) else (block.get("prev"), str(block.get("first")))
+    except (KeyError, ValueError, AttributeError):
+        return None
 
 
 def _key_problems(key: str, meta: dict[str, Any]) -> list[str]:
@@ -113,17 +144,20 @@ def mask_rle_problem(meta: Any, mask_png: bytes | None) -> str | None:
     return None
 
 
-def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int, set[str]]:
-    """(problems, samples read, keys) for one manifest entry."""
+Links = dict[str, tuple[str | None, str]]  # session turn's key -> (its prev key, its first key)
+
+
+def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int, set[str], Links]:
+    """(problems, samples read, keys, session links) for one manifest entry."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     name = entry["name"]
     try:
         present = storage.exists(name)
     except ValueError:  # pipeline.errors.UnsafePathError: a name that would leave OUT
-        return [f"{name!r}: unsafe shard name in the manifest (not read)"], 0, set()
+        return [f"{name!r}: unsafe shard name in the manifest (not read)"], 0, set(), {}
     if not present:
-        return [f"{name}: listed in manifest but missing"], 0, set()
+        return [f"{name}: listed in manifest but missing"], 0, set(), {}
     problems: list[str] = []
     size = storage.size(name)
     if size != entry["bytes"]:
@@ -136,6 +170,7 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
         problems.append(f"{name}: sha256 {h.hexdigest()[:16]}... does not match the manifest (damaged; "
                         "`editgen run --set run.verify_checksums=full` re-hashes every shard and rewrites it)")
     count, keys, sample_lines = 0, set(), []
+    links: Links = {}
     try:
         with storage.open(name) as f:
             for sample in group_by_keys({**d, "__url__": name} for d in tar_file_iterator(f)):
@@ -145,6 +180,9 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
                     sample_lines.append(f"sample {key}: duplicate key")
                 keys.add(key)
                 sample_lines.extend(check_sample(sample))
+                link = session_links(sample)
+                if link is not None:
+                    links[key] = link
     except Exception as exc:  # noqa: BLE001 - tarfile/webdataset errors on a damaged archive
         problems.append(f"{name}: unreadable tar after {count} samples ({type(exc).__name__}: {exc})")
     if count != entry["samples"]:
@@ -153,7 +191,7 @@ def check_shard(storage: Storage, entry: dict[str, Any]) -> tuple[list[str], int
     problems += [f"{name}: {line}" for line in sample_lines[:MAX_LINES_PER_SHARD]]
     if extra > 0:
         problems.append(f"{name}: ... and {extra} more sample problems")
-    return problems, count, keys
+    return problems, count, keys, links
 
 
 def validate(out: str, workers: int = 2, storage_options: dict[str, Any] | None = None,
@@ -194,15 +232,17 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
         sets.append(("rejected ", manifest["rejected"]))
     listed: set[str] = set()
     all_keys: dict[str, str] = {}
+    kept_links: Links = {}
     for label, part in sets:
         entries = part.get("shards", [])
         listed.update(e["name"] for e in entries)
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(lambda e: check_shard(storage, e), entries))
-        for entry, (shard_problems, _count, keys) in zip(entries, results, strict=True):
+        for entry, (shard_problems, _count, keys, links) in zip(entries, results, strict=True):
             problems += shard_problems
             if not label:
                 kept_keys += sorted(keys)
+                kept_links.update(links)
             for key in sorted(keys):
                 other = all_keys.setdefault(f"{label}{key}", entry["name"])
                 if other != entry["name"]:
@@ -211,7 +251,18 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
             total = sum(e[field] for e in entries)
             if total != part.get(field):
                 problems.append(f"manifest: {label}{field} total {part.get(field)} != shard sum {total}")
+    problems += _broken_links(kept_links, set(kept_keys))
     return problems + _unlisted(storage, manifest, listed), manifest, kept_keys
+
+
+def _broken_links(links: Links, published: set[str]) -> list[str]:
+    """Session turns whose previous turn or first turn is not a published sample (at most a few named)."""
+    broken = [f"sample {key}: its session's {what} {target} is not published"
+              for key, (prev, first) in sorted(links.items())
+              for what, target in (("previous turn", prev), ("first turn", first))
+              if target and target not in published]
+    return broken[:MAX_LINES_PER_SHARD] + ([f"... and {len(broken) - MAX_LINES_PER_SHARD} more broken session links"]
+                                           if len(broken) > MAX_LINES_PER_SHARD else [])
 
 
 def _unlisted(storage: Storage, manifest: dict[str, Any], listed: set[str]) -> list[str]:

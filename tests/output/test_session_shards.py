@@ -200,3 +200,23 @@ def test_ray_data_reads_a_session_dataset_with_one_schema(tmp_path: Path, ray_se
     publish(tmp_path, filtered(render_rows(inverse=True), fail={("sess0", 2, 1)}), samples_per_shard=3)
     rows = ray.data.read_webdataset([str(p) for p in tar_files(tmp_path)]).take_all()
     assert len(rows) == 20 and all(r["first_input.png"] is not None for r in rows)
+
+
+def test_validate_checks_session_blocks_and_links(tmp_path: Path) -> None:
+    """`editgen validate` accepts the linked shards; a turn whose block names another turn, or whose previous
+    turn is not published, is one line each (issue 22 item 5)."""
+    from editgen.cli.validate import _broken_links, check_sample, validate
+
+    publish(tmp_path, filtered(render_rows(), fail=set()), samples_per_shard=2)
+    assert validate(str(tmp_path), chain=False) == []
+    samples = {s["__key__"]: s for _, s in read_samples(tmp_path)}
+    key = sample_key("sess0-t2", 1)
+    meta = json.loads(samples[key]["json"])
+    wrong = {**meta, "session": {**meta["session"], "turn": 3}}
+    problems = check_sample({**samples[key], "json": json.dumps(wrong).encode()})
+    assert len(problems) == 1 and "does not name this turn" in problems[0]
+    links = {key: (sample_key("sess0", 1), sample_key("sess0", 1))}
+    assert _broken_links(links, set(samples)) == []
+    assert _broken_links(links, set(samples) - {sample_key("sess0", 1)}) == [
+        f"sample {key}: its session's previous turn {sample_key('sess0', 1)} is not published",
+        f"sample {key}: its session's first turn {sample_key('sess0', 1)} is not published"]
