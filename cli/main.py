@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("validate", "editgen.cli.validate", "check shards against the manifest"),
         ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
         ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
+        ("judge-agreement", "editgen.cli.judge_agreement",
+         "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
     ):
         add, main = _delegate(module)
         p = _command(sub, name, help_text, _module_doc(module) or help_text)
@@ -336,7 +338,7 @@ def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:
 
 
 #: Commands whose OUT (and export-hf's DEST) must be a directory or not exist yet.
-OUT_COMMANDS = ("run", "status", "validate", "preview", "shards", "export-hf")
+OUT_COMMANDS = ("run", "status", "validate", "preview", "shards", "export-hf", "judge-agreement")
 
 
 def check_out_paths(args: argparse.Namespace) -> None:
