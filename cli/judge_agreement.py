@@ -128,7 +128,8 @@ def render_table(rep: dict[str, Any]) -> Table:
     for r in rep["rows"]:
         none_pass = r["best_threshold"] is None and r["best_accuracy"] is not None
         best = "none pass" if none_pass else _fmt(r["best_threshold"], 4)
-        table.add_row(r["score"], "higher" if r["higher_is_better"] else "lower", str(r["n"]), _threshold(r),
+        better = "" if r["kind"] == "rule" else "higher" if r["higher_is_better"] else "lower"
+        table.add_row(r["score"], better, str(r["n"]), _threshold(r),
                       _fmt(r["accuracy"]), best, _fmt(r["best_accuracy"]), _fmt(r["spearman"]))
     return table
 
