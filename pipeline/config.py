@@ -25,6 +25,7 @@ from editgen.pipeline.settings.fetch import FetchConfig
 from editgen.pipeline.settings.filter import FilterConfig
 from editgen.pipeline.settings.ingest import IngestConfig
 from editgen.pipeline.settings.instruct import InstructConfig
+from editgen.pipeline.settings.judge import JudgeConfig
 from editgen.pipeline.settings.render import RenderConfig
 from editgen.pipeline.settings.run import RayConfig, RunConfig
 from editgen.pipeline.settings.shard import ShardConfig
@@ -60,6 +61,7 @@ class EditgenConfig(Strict):
     instruct: InstructConfig = Field(default_factory=InstructConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="off unless judge.enabled (docs/judge.md)")
     shard: ShardConfig = Field(default_factory=ShardConfig)
 
 
