@@ -7,10 +7,10 @@ filter partitions but this stage re-runs selection alone and never loads CLIP. T
 pair's edit mask (filters.pairs.outside_mask) is cached in the same file under a key of its own (its
 dilation and metric version) and digest: a cache written before it existed still gives its CLIP scores,
 and only the outside-mask scores are computed and added. The consistency metrics (DINOv2 similarity
-`dinov2_sim` with `filter.dino_model`, whole-image `ssim` with `filter.ssim`: filters.pairs.dino_score,
-filters.pairs.consistency) are cached the same way, each under its own key and digest, so turning one
-on computes it alone and a bound change loads no model. Output keeps every candidate with its scores
-and a status, so rejected candidates stay available (shard.export_rejected).
+`dinov2_sim` with `filter.dino_model`, whole-image `ssim` with `filter.ssim` or an SSIM bound:
+filters.pairs.dino_score, filters.pairs.consistency) are cached the same way, each under its own key and
+digest, so turning one on computes it alone and a bound change loads no model. Output keeps every
+candidate with its scores and a status, so rejected candidates stay available (shard.export_rejected).
 """
 
 from __future__ import annotations
@@ -74,14 +74,14 @@ def score_groups(cfg: FilterConfig) -> list[ScoreGroup]:
     groups = [ScoreGroup("outside_mask", OUTSIDE_MASK_COLUMNS, outside_mask_key(cfg.outside_mask.dilation))]
     if cfg.dino_model:
         groups.append(ScoreGroup("dinov2", DINO_COLUMNS, DinoSpec.from_config(cfg).cache_key()))
-    if cfg.ssim:
+    if cfg.ssim_on:
         groups.append(ScoreGroup("ssim", SSIM_COLUMNS, ssim_key()))
     return groups
 
 
 def consistency_columns(cfg: FilterConfig) -> tuple[str, ...]:
     """The consistency score columns of the filter output under this config."""
-    return (*(DINO_COLUMNS if cfg.dino_model else ()), *(SSIM_COLUMNS if cfg.ssim else ()))
+    return (*(DINO_COLUMNS if cfg.dino_model else ()), *(SSIM_COLUMNS if cfg.ssim_on else ()))
 
 
 def _scores_digest(scores: dict[str, np.ndarray], columns: tuple[str, ...] = SCORE_COLUMNS) -> bytes:
@@ -120,7 +120,7 @@ def apply_selection(table: pa.Table, scores: dict[str, np.ndarray], cfg: FilterC
     scores = dict(scores)
     if any(c not in scores for c in OUTSIDE_MASK_COLUMNS):
         scores.update(outside_scores(table, cfg))
-    if cfg.ssim and any(c not in scores for c in SSIM_COLUMNS):
+    if cfg.ssim_on and any(c not in scores for c in SSIM_COLUMNS):
         scores.update(ssim_scores(table["input_image"].to_pylist(), table["edited_image"].to_pylist()))
     if cfg.dino_model and any(c not in scores for c in DINO_COLUMNS):
         raise ValueError("filter: dino_model is set but the scores have no dinov2_sim (FilterStage.partition_scores)")

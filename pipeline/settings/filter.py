@@ -72,19 +72,26 @@ class FilterConfig(Strict):
         0.9, ge=-1, le=1, description="dinov2_sim above this is dropped as above_dinov2 (UltraEdit's cap 0.9: nothing "
         "visible was edited); null = no check; only with dino_model",
     )
-    min_ssim: float | None = Field(None, ge=-1, le=1, description="ssim below this: below_ssim; null = no check")
-    max_ssim: float | None = Field(None, ge=-1, le=1, description="ssim above this: above_ssim; null = no check")
+    min_ssim: float | None = Field(
+        None, ge=-1, le=1, description="ssim below this: below_ssim (set: ssim is computed); null = no check",
+    )
+    max_ssim: float | None = Field(
+        None, ge=-1, le=1, description="ssim above this: above_ssim (set: ssim is computed); null = no check",
+    )
     top_k: int | None = Field(4, ge=1, description="kept candidates per pair, by sim_direction; null = all")
     cache_scores: bool = Field(
         True, description="reuse OUT/filter/_scores when only thresholds/top_k change"
     )
     resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1, batch_size=64))
 
+    @property
+    def ssim_on(self) -> bool:
+        """The whole-image SSIM is computed: asked for, or bounded (a bound on it would else check nothing)."""
+        return self.ssim or self.min_ssim is not None or self.max_ssim is not None
+
     @model_validator(mode="after")
     def _consistency_bounds(self) -> FilterConfig:
-        """A bound on a metric that is never computed would silently check nothing; min above max keeps nothing."""
-        if not self.ssim and (self.min_ssim is not None or self.max_ssim is not None):
-            raise ValueError("min_ssim / max_ssim need ssim: true (the whole-image SSIM is not computed)")
+        """A minimum above its maximum would keep nothing."""
         for lo, hi, name in ((self.min_dinov2, self.max_dinov2, "dinov2"), (self.min_ssim, self.max_ssim, "ssim")):
             if lo is not None and hi is not None and lo > hi:
                 raise ValueError(f"min_{name} ({lo:g}) is above max_{name} ({hi:g}): no pair could pass")

@@ -96,9 +96,10 @@ def test_bounds_are_validated_and_hash_neutral():
     assert section_hash(build_config(profile="tiny"), "filter", "up", "1") == "4f0444fa4b1c023d"
     on = build_config(profile="tiny", overrides=["filter.dino_model=tiny-dino"])
     assert section_hash(on, "filter", "up", "1") != "4f0444fa4b1c023d"
-    for bad, words in (("filter.min_ssim=0.5", "need ssim: true"), ("filter.min_dinov2=0.95", "above max_dinov2")):
+    for bad, words in (("filter.min_ssim=0.9", "above max_ssim"), ("filter.min_dinov2=0.95", "above max_dinov2")):
         with pytest.raises(ConfigError, match=words):
-            build_config(overrides=[bad])
+            build_config(overrides=[bad, "filter.max_ssim=0.5"])
+    assert build_config(overrides=["filter.min_ssim=0.5"]).filter.ssim_on  # a bound turns its metric on
     from editgen.stages.filter import FilterStage
 
     for model in ("no such model", "/nonexistent/folder"):
