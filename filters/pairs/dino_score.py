@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from editgen.filters.pairs.clip_score import decode_image
+from editgen.pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -61,9 +62,14 @@ class DinoSpec:
         return "fp16" if self.resolved_device().startswith("cuda") else "fp32"
 
     def cache_key(self) -> str:
-        """Fingerprint of what determines the scores (a local folder by its weights' path and size)."""
+        """Fingerprint of what determines the scores (a local folder by its weights' path and size, the tiny
+        one by its construction's version)."""
+        from editgen.tiny.dino import TINY_DINO_NAME, TINY_DINO_VERSION
+
         weights: object = self.model
-        if os.path.isdir(self.model):
+        if self.model == TINY_DINO_NAME:
+            weights = {"tiny": TINY_DINO_VERSION}
+        elif os.path.isdir(self.model):
             files = sorted(n for n in os.listdir(self.model) if n.endswith(".safetensors"))
             weights = {"dir": os.path.abspath(self.model),
                        "bytes": [os.path.getsize(os.path.join(self.model, n)) for n in files]}
@@ -115,8 +121,13 @@ class DinoScorer:
         self.device = torch.device(spec.resolved_device())
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.resolved_precision(), torch.float32)
         path = resolve_dino_model(spec.model)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, use_safetensors=True, dtype=self.dtype).to(self.device).eval()
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path, use_safetensors=True, dtype=self.dtype)
+        except Exception as exc:  # noqa: BLE001 - missing weights or config, no hub: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"filter.dino_model: cannot load {spec.model!r}: {first}") from None
+        self.model = self.model.to(self.device).eval()
 
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> DinoScorer:

@@ -55,6 +55,10 @@ def test_tiny_dinov2_through_the_transformers_loading_path():
     assert got[0] == pytest.approx(1.0, abs=1e-5)
     assert got[1] > 0.9 and got[2] < 0.8 and got[1] > got[2]  # a local edit keeps far more than another picture
     assert np.isnan(got[4:]).all()
+    half = DinoScorer(DinoSpec("tiny-dino", device="cpu", precision="fp16"))  # a GPU's default, here on CPU
+    assert half.model.dtype == torch.float16
+    assert np.allclose(half.score(inputs[:4], edited[:4])["dinov2_sim"], got[:4], atol=5e-3)
+    assert half.spec.cache_key() != scorer.spec.cache_key()  # cached fp32 scores are not fp16 ones
     # The same numbers as the model run directly, one pair at a time (no dedup, no batching).
     path = str(build_tiny_dino())
     model, proc = AutoModel.from_pretrained(path, use_safetensors=True).eval(), AutoImageProcessor.from_pretrained(path)
@@ -65,6 +69,15 @@ def test_tiny_dinov2_through_the_transformers_loading_path():
         with torch.inference_mode():
             e = model(**x).pooler_output
         assert got[i] == pytest.approx(float(torch.nn.functional.cosine_similarity(e[:1], e[1:])), abs=1e-5)
+
+
+def test_a_dinov2_that_does_not_load_is_one_line(tmp_path):
+    from editgen.filters.pairs.dino_score import DinoScorer, DinoSpec
+    from editgen.pipeline.errors import ConfigError
+
+    (tmp_path / "model.safetensors").write_bytes(b"not weights")  # passes preflight, fails loading
+    with pytest.raises(ConfigError, match=r"^filter.dino_model: cannot load '.*': [^\n]+$"):
+        DinoScorer(DinoSpec(str(tmp_path), device="cpu"))
 
 
 def test_bounds_name_their_reasons_in_a_fixed_order():
