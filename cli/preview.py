@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from editgen.filters.pairs.clip_score import SCORE_COLUMNS
+from editgen.filters.pairs.consistency import CONSISTENCY_COLUMNS
 from editgen.filters.pairs.masks import decode_mask
 from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS
 from editgen.filters.pairs.select import Thresholds
@@ -52,7 +53,7 @@ PAGE = "preview.html"
 THUMB = 256
 META_COLUMNS = [
     "id", "candidate", "caption", "edited_caption", "instruction", "edit_kind", "edit_type", "url", *SCORE_COLUMNS,
-    *OUTSIDE_MASK_COLUMNS, "status", "drop_reason",
+    *OUTSIDE_MASK_COLUMNS, *CONSISTENCY_COLUMNS, "status", "drop_reason",
 ]
 #: The edit-mask tint (RGBA) laid over a thumbnail.
 MASK_TINT = (255, 0, 200, 110)
@@ -279,7 +280,7 @@ def _png(fig: Any) -> bytes:
 def _card(r: dict[str, Any]) -> str:
     e = lambda v: html.escape("" if v is None else str(v), quote=True)  # noqa: E731
     scores = " ".join(f"{c}={r[c]:.3f}" if r.get(c) is not None else f"{c}=n/a" for c in SCORE_COLUMNS)
-    scores += "".join(f" {c}={r[c]:.3f}" for c in OUTSIDE_MASK_COLUMNS if r.get(c) is not None)
+    scores += "".join(f" {c}={r[c]:.3f}" for c in (*OUTSIDE_MASK_COLUMNS, *CONSISTENCY_COLUMNS) if r.get(c) is not None)
     status = "kept" if r.get("status") == KEPT else f"dropped: {r.get('drop_reason')}"
     thumbs = zip(r.get("thumbs", []), ("before", "after"), strict=False)
     tint = f'<img class="mask" src="{e(r["mask_tint"])}" alt="edit mask">' if r.get("mask_tint") else ""

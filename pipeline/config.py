@@ -47,7 +47,8 @@ UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
 HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sources", "instruct_model",
                                     "sdedit", "inpaint", "routes", "type_candidates"),
                          "filter": ("min_reconstruction_psnr", "min_reconstruction_ssim", "outside_mask",
-                                    "max_outside_mask_l1", "min_outside_mask_ssim"),
+                                    "max_outside_mask_l1", "min_outside_mask_ssim", "dino_model", "dino_batch_size",
+                                    "ssim", "min_dinov2", "max_dinov2", "min_ssim", "max_ssim"),
                          "instruct": ("inverse", "turns"),
                          "shard": ("type_quota",)}
 

@@ -54,8 +54,9 @@ def _grow(mask: torch.Tensor, size: int, pad: int) -> torch.Tensor:
     return F.max_pool2d(mask, (1, size), stride=1, padding=(0, pad))
 
 
-def _ssim_map(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-window SSIM ('valid' windows, separable Gaussian), channels averaged: (H-size+1, W-size+1)."""
+def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-window SSIM ('valid' windows, separable Gaussian), channels averaged: (H-size+1, W-size+1), of
+    images (1, C, H, W) in [0, 1]. Also the whole-image `ssim` (filters.pairs.consistency): its mean."""
     x = torch.arange(size, dtype=a.dtype) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * _SIGMA**2))
     g = g / g.sum()
@@ -100,7 +101,7 @@ def outside_change(input_image: bytes, edited_image: bytes, mask: bytes | None,
     if not bool(windows.any()):
         return l1, math.nan
     a, b = (torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None] for x in (before, after))
-    return l1, float(_ssim_map(a, b, size)[windows].double().mean())
+    return l1, float(ssim_map(a, b, size)[windows].double().mean())
 
 
 def outside_mask_scores(inputs: Sequence[bytes | None], edited: Sequence[bytes | None],

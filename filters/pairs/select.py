@@ -1,4 +1,4 @@
-"""Selection of candidates from their CLIP scores: thresholds, then top-k per pair by direction (per
+"""Selection of candidates from their scores: thresholds, then top-k per pair by direction (per
 session over chains of turns when rows belong to sessions: filters.pairs.sessions).
 
 Pure functions over stored scores, so changing a threshold or k re-runs this (seconds) and never
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from editgen.filters.pairs.consistency import CONSISTENCY_COLUMNS, range_reason
 from editgen.filters.pairs.fidelity import POOR_INVERSION, poor_inversion
 from editgen.filters.pairs.outside_mask import CHANGED_OUTSIDE_MASK, OUTSIDE_MASK_COLUMNS, changed_outside
 from editgen.filters.pairs.sessions import select_chains
@@ -39,12 +40,16 @@ class Thresholds:
     recon_ssim: float | None = None
     outside_l1: float | None = None  # pairs with an edit mask only (NaN scores = whole image: not checked)
     outside_ssim: float | None = None
+    #: Consistency bounds (min, max): checked where the metric was computed (NaN = off: not checked).
+    dinov2: tuple[float | None, float | None] = (0.3, 0.9)
+    ssim: tuple[float | None, float | None] = (None, None)
 
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> Thresholds:
         return cls(cfg.min_sim_image, cfg.min_sim_direction, cfg.min_sim_0, cfg.min_sim_1,
                    cfg.min_reconstruction_psnr, cfg.min_reconstruction_ssim,
-                   cfg.max_outside_mask_l1, cfg.min_outside_mask_ssim)
+                   cfg.max_outside_mask_l1, cfg.min_outside_mask_ssim,
+                   (cfg.min_dinov2, cfg.max_dinov2), (cfg.min_ssim, cfg.max_ssim))
 
     def items(self) -> list[tuple[str, float]]:
         """Check order: the first failing criterion names the drop."""
@@ -57,10 +62,13 @@ class Thresholds:
 
 
 def threshold_reason(scores: Mapping[str, float], th: Thresholds) -> str | None:
-    """None if the candidate passes every threshold, else `poor_inversion` (a real-image candidate whose
-    reconstruction misses its threshold: checked first, the edit was made on another picture),
-    `changed_outside_mask` (the edit spilled outside its mask: filters.pairs.outside_mask),
-    `below_<score>` or bad_image."""
+    """None if the candidate passes every threshold, else the first failing one in this order:
+    `poor_inversion` (a real-image candidate whose reconstruction misses its threshold: the edit was made
+    on another picture), `changed_outside_mask` (the edit spilled outside its mask:
+    filters.pairs.outside_mask), bad_image, `below_<clip score>`, then the consistency bounds
+    (filters.pairs.consistency): `below_dinov2`, `above_dinov2`, `below_ssim`, `above_ssim`. The
+    consistency checks come last so that turning them on never renames a drop the CLIP rule already made:
+    their counts are exactly what they add."""
     psnr_db, ssim_v = float(scores.get("recon_psnr", math.nan)), float(scores.get("recon_ssim", math.nan))
     if poor_inversion(psnr_db, ssim_v, th.recon_psnr, th.recon_ssim):
         return POOR_INVERSION
@@ -73,7 +81,7 @@ def threshold_reason(scores: Mapping[str, float], th: Thresholds) -> str | None:
     for (name, minimum), v in zip(th.items(), values, strict=True):
         if v < minimum:
             return f"below_{name}"
-    return None
+    return range_reason(scores, {"dinov2": th.dinov2, "ssim": th.ssim})
 
 
 def select(
@@ -88,7 +96,8 @@ def select(
     `sessions` ((session id, turn) per candidate, None outside a session), session rows follow the prefix
     rule and top-k over chains (filters.pairs.sessions); the other rows are ranked per pair as always."""
     n = len(pair_ids)
-    keys = [k for k, _ in th.items()] + [k for k in ("recon_psnr", "recon_ssim", *OUTSIDE_MASK_COLUMNS) if k in scores]
+    optional = ("recon_psnr", "recon_ssim", *OUTSIDE_MASK_COLUMNS, *CONSISTENCY_COLUMNS)
+    keys = [k for k, _ in th.items()] + [k for k in optional if k in scores]
     reasons: list[str | None] = [threshold_reason({k: scores[k][i] for k in keys}, th) for i in range(n)]
     ranks: list[int | None] = [None] * n
     if sessions is not None:

@@ -2,13 +2,15 @@
 
 Defaults reproduce InstructPix2Pix's released data: ViT-L/14 (OpenAI weights), thresholds
 sim_image >= 0.75, sim_direction >= 0.2, sim_0 >= 0.2, sim_1 >= 0.2, top 4 per pair by direction.
+The consistency metrics (DINOv2 similarity, whole-image SSIM: docs/filters.md) are off unless asked for
+(`dino_model`, `ssim`); their bounds follow UltraEdit (0.3 <= dinov2_sim <= 0.9, SSIM bounds off).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from editgen.pipeline.settings.base import Resources, Strict
 
@@ -55,8 +57,42 @@ class FilterConfig(Strict):
     min_outside_mask_ssim: float | None = Field(
         None, ge=-1, le=1, description="the same for SSIM outside the dilated mask (below this: changed_outside_mask)",
     )
+    dino_model: str | None = Field(
+        None, description="DINOv2 for dinov2_sim = cos of the input and edited images' CLS embeddings: a "
+        "transformers hub id (facebook/dinov2-base), a local model folder (safetensors), or 'tiny-dino'; "
+        "null = no dinov2_sim column",
+    )
+    dino_batch_size: int = Field(32, ge=1, description="images per DINOv2 forward pass")
+    ssim: bool = Field(False, description="store the whole-image SSIM of the input and edited images (column ssim)")
+    min_dinov2: float | None = Field(
+        0.3, ge=-1, le=1, description="dinov2_sim below this is dropped as below_dinov2 (UltraEdit: 0.3; the edit "
+        "replaced the picture); null = no check; only with dino_model",
+    )
+    max_dinov2: float | None = Field(
+        0.9, ge=-1, le=1, description="dinov2_sim above this is dropped as above_dinov2 (UltraEdit's cap 0.9: nothing "
+        "visible was edited); null = no check; only with dino_model",
+    )
+    min_ssim: float | None = Field(
+        None, ge=-1, le=1, description="ssim below this: below_ssim (set: ssim is computed); null = no check",
+    )
+    max_ssim: float | None = Field(
+        None, ge=-1, le=1, description="ssim above this: above_ssim (set: ssim is computed); null = no check",
+    )
     top_k: int | None = Field(4, ge=1, description="kept candidates per pair, by sim_direction; null = all")
     cache_scores: bool = Field(
         True, description="reuse OUT/filter/_scores when only thresholds/top_k change"
     )
     resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1, batch_size=64))
+
+    @property
+    def ssim_on(self) -> bool:
+        """The whole-image SSIM is computed: asked for, or bounded (a bound on it would else check nothing)."""
+        return self.ssim or self.min_ssim is not None or self.max_ssim is not None
+
+    @model_validator(mode="after")
+    def _consistency_bounds(self) -> FilterConfig:
+        """A minimum above its maximum would keep nothing."""
+        for lo, hi, name in ((self.min_dinov2, self.max_dinov2, "dinov2"), (self.min_ssim, self.max_ssim, "ssim")):
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"min_{name} ({lo:g}) is above max_{name} ({hi:g}): no pair could pass")
+        return self

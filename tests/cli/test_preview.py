@@ -104,6 +104,23 @@ def test_mask_overlay(tmp_path):
     assert "<script>document.body" not in page
 
 
+def test_cards_show_the_consistency_scores(tmp_path):
+    """`dinov2_sim` / `ssim` (issue 23 item 1) are on each card where the filter stored them."""
+    def consistency(t: pa.Table) -> pa.Table:
+        n = t.num_rows
+        t = t.append_column("dinov2_sim", pa.array([0.25 + i / 100 for i in range(n)], pa.float32()))
+        return t.append_column("ssim", pa.array([None] + [0.5] * (n - 1), pa.float32()))
+
+    storage = Storage(str(tmp_path))
+    for rec in filter_partitions(tmp_path, parts=1, pairs=2, keep_fraction=1.0, edit=consistency):
+        write_record(storage, "filter", rec)
+    preview.build_preview(str(tmp_path), limit=6, rejected=0)
+    cards = re.findall(r'<div class="card .*?</div></div>', (tmp_path / "preview.html").read_text())
+    shown = sorted(v for c in cards for v in re.findall(r"dinov2_sim=(\d\.\d{3})", c))
+    assert len(cards) == 6 and shown == [f"{0.25 + i / 100:.3f}" for i in range(6)]
+    assert sum("ssim=0.500" in c and "outside_mask_ssim=0.500" not in c for c in cards) == len(cards) - 1
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian `chromium` (apt-get install chromium)")
 def test_renders_in_headless_chromium(out, tmp_path):
     build(out)
