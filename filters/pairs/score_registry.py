@@ -38,6 +38,8 @@ SCORES: tuple[ScoreColumn, ...] = (
     ScoreColumn("recon_ssim", True, "filter.min_reconstruction_ssim", what="real image vs reconstruction, SSIM"),
     ScoreColumn("outside_mask_l1", False, maximum="filter.max_outside_mask_l1", what="change outside the mask"),
     ScoreColumn("outside_mask_ssim", True, "filter.min_outside_mask_ssim", what="SSIM outside the mask"),
+    ScoreColumn("dinov2_sim", True, "filter.min_dinov2", "filter.max_dinov2", what="DINOv2 cos(I0, I1)"),
+    ScoreColumn("ssim", True, "filter.min_ssim", "filter.max_ssim", what="SSIM(I0, I1), whole image"),
 )
 
 #: Stages whose partitions hold every candidate's scores, read in this order (a later stage's value of a

@@ -61,4 +61,4 @@ def test_registry_names_every_stored_score_and_real_settings():
                 assert key in type(getattr(cfg, section)).model_fields, path
     assert thresholds(cfg, by_name()["outside_mask_l1"]) == (None, 0.1)
     assert thresholds(cfg, by_name()["sim_direction"]) == (0.3, None)
-    assert setting(cfg, "judge.min_instruction") is None  # a section this checkout does not have
+    assert setting(cfg, "nosuch.min_score") is None  # a section this checkout does not have
