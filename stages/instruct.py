@@ -24,10 +24,8 @@ with the columns `session_id` and `turn` (llm/turns.py). With turns = 1 none of 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -44,11 +42,10 @@ from editgen.pipeline.settings.instruct import InstructConfig
 from editgen.pipeline.stage import Stage, with_status
 from editgen.prompts.builder import PromptBuilder
 from editgen.prompts.taxonomy import assign_type, canonical
+from editgen.stages.llm_actors import llm_python, llm_ray_options, llm_resources
 
 log = logging.getLogger(__name__)
 
-#: Env var naming the LLM venv's interpreter, used when `instruct.vllm.python` is not set.
-LLM_PYTHON_ENV = "EDITGEN_LLM_PYTHON"
 _LIST = pa.list_(pa.string())
 #: The columns this stage adds, in order, with fixed types (stable schema even for all-null batches).
 OUTPUT_FIELDS = [
@@ -129,29 +126,15 @@ class InstructStage(Stage[InstructConfig]):
     # ---- scheduling ------------------------------------------------------------------------
     def resources(self) -> Resources:
         """The template and openai backends never need a GPU; a vLLM engine needs its TP degree."""
-        res = self.settings.resources
-        if self.settings.backend != "vllm":
-            return res.model_copy(update={"num_gpus": 0.0})
-        tp = self.settings.vllm.tensor_parallel_size
-        if 0 < res.num_gpus < tp:
-            return res.model_copy(update={"num_gpus": float(tp)})
-        return res
+        return llm_resources(self.settings.resources, self.settings.backend, self.settings.vllm)
 
     def llm_python(self) -> str | None:
         """Interpreter of the LLM venv for the vLLM actors, if one is configured."""
-        if self.settings.backend != "vllm":
-            return None
-        return self.settings.vllm.python or os.environ.get(LLM_PYTHON_ENV) or None
+        return llm_python(self.settings.backend, self.settings.vllm)
 
     def ray_options(self) -> dict[str, Any]:
-        """vLLM pins its own torch, so it lives in its own venv: run this stage's actors under that
-        interpreter (Ray's runtime_env py_executable) with the project importable."""
-        python = self.llm_python()
-        if not python:
-            return {}
-        root = str(Path(__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        return {"runtime_env": {"py_executable": python, "env_vars": {"PYTHONPATH": path}}}
+        """vLLM pins its own torch: this stage's actors run under the LLM venv (stages/llm_actors.py)."""
+        return llm_ray_options(self.llm_python())
 
     def preflight(self) -> None:
         """The prompt files load (and, with `inverse`, hold inverse examples) before OUT is written."""
