@@ -178,7 +178,7 @@ PIPED_WIDTH = 1000
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from editgen.cli.status import collect, render_table, types_table
+    from editgen.cli.status import collect, render_table, survival_table, types_table
     from editgen.pipeline.storage import Storage
 
     options = storage_options(args)
@@ -191,6 +191,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:  # piped: as wide as the table needs (rich would cut it at 80 columns)
         console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
         console.print(render_table(status))
+        funnel = survival_table(status)  # rows and compute per stage, kept per GPU-hour (output/survival.py)
+        if funnel is not None:
+            console.print(funnel)
         types = types_table(status)  # requested vs achieved shares per edit type (docs/edit_types.md)
         if types is not None:
             console.print(types)

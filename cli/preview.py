@@ -32,7 +32,9 @@ from editgen.filters.pairs.masks import decode_mask
 from editgen.filters.pairs.outside_mask import OUTSIDE_MASK_COLUMNS
 from editgen.filters.pairs.select import Thresholds
 from editgen.output.shard_writer import sample_key
+from editgen.output.survival import compute_cell, drops_cell, end_line, read_survival, work_cell
 from editgen.output.type_funnel import FUNNEL_STAGES, funnel_rows
+from editgen.pipeline.config import out_config
 from editgen.pipeline.freshness import refuse_stale
 from editgen.pipeline.records import (
     GLOBAL_RECORD,
@@ -42,6 +44,7 @@ from editgen.pipeline.records import (
     read_record,
     read_records,
 )
+from editgen.pipeline.registry import stage_names
 from editgen.pipeline.stage import KEPT
 from editgen.pipeline.storage import Storage, parquet_table, parse_storage_options
 from editgen.stages import REGISTRY
@@ -321,6 +324,23 @@ def funnel_html(storage: Storage) -> str:
     return f'<h2>Edit types</h2><table class="funnel">{header}{"".join(rows)}</table>'
 
 
+def survival_html(storage: Storage) -> str:
+    """The survival funnel (rows, drops and compute per stage, kept per GPU-hour) as an HTML table: the
+    figures of `editgen status` and the manifest's `survival` (output/survival.py); empty before any stage."""
+    section = read_survival(storage, stage_names(out_config(storage)))
+    if not section:
+        return ""
+    head = ("stage", "rows in", "rows out", "dropped", "drop reasons", "compute", "work")
+    rows = []
+    for line in section["stages"]:
+        cells = (line["stage"], line["rows_in"], line["rows_out"], line["rows_dropped"], drops_cell(line),
+                 compute_cell(line), work_cell(line))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return (f'<h2>Survival and compute per stage</h2><table class="funnel survival">{header}{"".join(rows)}</table>'
+            f"<p>{html.escape(end_line(section))}</p>")
+
+
 def build_preview(out: str, limit: int = 48, rejected: int = 12,
                   storage_options: dict[str, Any] | None = None) -> str:
     """Write OUT/preview.html (+ OUT/preview/<generation>/*); returns the page path.
@@ -348,6 +368,7 @@ def build_preview(out: str, limit: int = 48, rejected: int = 12,
     body = [
         f"<h1>editgen preview: {html.escape(out)}</h1><p id=\"load-status\"></p><ul>{summary}</ul>{MASK_TOGGLE}",
         f'<div class="plots">{"".join(plots)}</div>',
+        survival_html(storage),
         funnel_html(storage),
         f"<h2>Kept pairs ({len(kept_rows)} shown)</h2>"
         f"<div class=\"grid\">{''.join(map(_card, kept_rows))}</div>",

@@ -13,6 +13,7 @@ from rich.table import Table
 from editgen.output.compute_report import compute_report, format_report
 from editgen.output.inverse import INVERSE_METRIC
 from editgen.output.sessions import session_counts
+from editgen.output.survival import SURVIVAL, compute_cell, drops_cell, end_line, read_survival, work_cell
 from editgen.output.type_funnel import FUNNEL_STAGES, type_funnel
 from editgen.pipeline.config import out_config
 from editgen.pipeline.freshness import stage_states
@@ -74,7 +75,25 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
             "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages),
-            "sessions": _sessions(stages), "funnel": _funnel(stages)}
+            "sessions": _sessions(stages), "funnel": _funnel(stages),
+            SURVIVAL: read_survival(storage, list(metas))}
+
+
+def survival_table(status: dict[str, Any]) -> Table | None:
+    """The survival funnel (output/survival.py): per stage rows in and out, drops, compute (GPU-seconds
+    where a GPU ran, else CPU-seconds) and work (UNet FLOPs, LLM/VLM tokens); kept per GPU-hour below."""
+    section = status.get(SURVIVAL)
+    if not section:
+        return None
+    table = Table(title="survival funnel: rows and compute per stage", caption=end_line(section))
+    for col in ("stage", "rows in", "rows out", "dropped", "top drops", "compute", "work"):
+        table.add_column(col)
+    for line in section["stages"]:
+        table.add_row(line["stage"], str(line["rows_in"]), str(line["rows_out"]), str(line["rows_dropped"]),
+                      drops_cell(line, 3), compute_cell(line), work_cell(line))
+    for name in section["not_run"]:
+        table.add_row(name, "", "", "", "", "not run", "")
+    return table
 
 
 def _sessions(stages: list[dict[str, Any]]) -> dict[str, Any] | None:

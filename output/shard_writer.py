@@ -46,7 +46,7 @@ from editgen.output.manifest import (
 from editgen.output.sessions import MANIFEST_SECTION as SESSIONS_SECTION
 from editgen.output.sessions import SessionChains, SessionGap, session_metrics
 from editgen.pipeline.faults import fault_delay_s
-from editgen.pipeline.records import read_verified
+from editgen.pipeline.records import GlobalSummary, read_verified
 from editgen.pipeline.redact import redact_text, redact_url
 from editgen.pipeline.storage import Storage, parquet_file
 
@@ -427,11 +427,12 @@ def write_dataset(
     config_hash: str = "",
     upstream_key: str = "",
     render_metrics: Mapping[str, float] | None = None,
-    sections: Callable[[], Mapping[str, Any]] | None = None,
+    sections: Callable[[GlobalSummary], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary.
     ``render_metrics`` (render's summed metrics) give compute per kept sample; ``sections``, called once
-    every row is written, further manifest sections (the funnel by edit type, counted as rows streamed)."""
+    every row is written with the rows in, out and dropped so far, further manifest sections (the funnel
+    by edit type, counted as rows streamed; the survival funnel, which ends with this stage's own line)."""
     limits: dict[str, Any] = {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes,
                               "workers": workers}
     dropped: dict[str, int] = {}
@@ -451,8 +452,10 @@ def write_dataset(
                                 "prefix": prefix, "generation": gen, **_set_summary(kept_shards, kept_dir)}
     if rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
-    n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics,
-                              {**(sections() if sections is not None else {}), SESSIONS_SECTION: chains.summary()})
+    so_far: GlobalSummary = {"rows_in": rows_in, "rows_out": manifest["samples"],
+                             "dropped": dict(sorted(dropped.items()))}
+    extra = {**(sections(so_far) if sections is not None else {}), SESSIONS_SECTION: chains.summary()}
+    n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics, extra)
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, MANIFEST)  # the publication point
     remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})

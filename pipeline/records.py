@@ -83,7 +83,11 @@ class GlobalSummary(TypedDict, total=False):
 
 
 class GlobalRecord(GlobalSummary, total=False):
-    """A global step's completion record (OUT/<stage>/[<step dir>/]_done/global.json)."""
+    """A global step's completion record (OUT/<stage>/[<step dir>/]_done/global.json), with the body's
+    wall and driver CPU time (`editgen status`'s compute per stage)."""
+
+    seconds: float
+    cpu_seconds: float
 
     stage: str
     partition: int

@@ -257,8 +257,10 @@ class Runner:
                 and (step.valid is None or step.valid(ctx, rec))):
             self.progress.advance(task, rows=rec.get("rows_in", rows), skipped=True)
             return [rec], 1, 0
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = step.run(ctx)
-        rec = {"stage": name, "partition": 0, "stage_hash": ctx.stage_hash, "input_key": key, **summary}
+        spent = {"seconds": round(time.perf_counter() - t0, 4), "cpu_seconds": round(time.process_time() - c0, 4)}
+        rec = {"stage": name, "partition": 0, "stage_hash": ctx.stage_hash, "input_key": key, **spent, **summary}
         write_record(self.storage, base, rec, GLOBAL_RECORD)  # type: ignore[arg-type]
         self.progress.advance(task, rows=rec.get("rows_in", rows))
         return [rec], 1, 1

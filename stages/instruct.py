@@ -125,7 +125,9 @@ class InstructStage(Stage[InstructConfig]):
 
     # ---- scheduling ------------------------------------------------------------------------
     def resources(self) -> Resources:
-        """The template and openai backends never need a GPU; a vLLM engine needs its TP degree."""
+        """The template and openai backends never need a GPU; a vLLM engine needs its TP degree. With
+        GPUs, the generation time times their number is the partition's `gpu_seconds` (an openai
+        server's GPUs are someone else's: its partitions report CPU time only)."""
         return llm_resources(self.settings.resources, self.settings.backend, self.settings.vllm)
 
     def llm_python(self) -> str | None:
@@ -179,7 +181,10 @@ class InstructStage(Stage[InstructConfig]):
             ]
             t0 = time.perf_counter()
             results = self.backend.generate(requests)
-            self._add("llm_seconds", time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self._add("llm_seconds", seconds)
+            if self.resources().num_gpus > 0:  # a vLLM engine on this actor's GPUs (output/survival.py)
+                self._add("gpu_seconds", seconds * self.resources().num_gpus)
             self._add("requests", len(requests))
             if attempt:
                 self._add("retries", len(requests))

@@ -15,9 +15,11 @@ from typing import Any
 
 from editgen.output.manifest import MANIFEST, read_manifest
 from editgen.output.shard_writer import iter_rows, write_dataset
+from editgen.output.survival import SURVIVAL, read_stage, stage_survival, survival, untimed
 from editgen.output.type_funnel import type_funnel
 from editgen.output.type_quota import OVER_QUOTA, QuotaGate, kept_samples, select
 from editgen.pipeline.records import GlobalSummary, combined_key, current_metrics
+from editgen.pipeline.registry import stage_names
 from editgen.pipeline.settings.shard import ShardConfig
 from editgen.pipeline.stage import BY_TYPE, PlanContext, Stage, part_name
 from editgen.pipeline.storage import FileInfo, Storage
@@ -50,7 +52,8 @@ class ShardStage(Stage[ShardConfig]):
             config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
             render_metrics=current_metrics(ctx.storage, "render"),
-            sections=lambda: {"edit_types": funnel(ctx.storage, gate)},
+            sections=lambda so_far: {"edit_types": funnel(ctx.storage, gate),
+                                     SURVIVAL: self._survival(ctx.storage, so_far, gate)},
         )
         _account_quota(summary, gate)
         summary["markers"] = self._markers(ctx.storage)
@@ -58,6 +61,16 @@ class ShardStage(Stage[ShardConfig]):
         summary["metrics"]["shard_seconds"] = seconds
         summary["metrics"]["shard_mb_per_s"] = summary["bytes"] / 1e6 / seconds if seconds > 0 else 0.0
         return summary
+
+    def _survival(self, storage: Storage, so_far: GlobalSummary, gate: QuotaGate) -> dict[str, object] | None:
+        """The manifest's survival funnel (output/survival.py), untimed: the graph's stages up to this one,
+        read from their records, then this stage's own rows and drops as its record will hold them."""
+        names = stage_names(self.config)
+        graph = names[: names.index(self.name) + 1]
+        own: GlobalSummary = {**so_far, "dropped": dict(so_far["dropped"])}
+        _account_quota(own, gate)
+        lines = {name: read_stage(storage, name) for name in graph[:-1]}
+        return untimed(survival(graph, {**lines, self.name: stage_survival(self.name, [dict(own)])}))
 
     @staticmethod
     def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
@@ -109,7 +122,7 @@ def _account_quota(summary: GlobalSummary, gate: QuotaGate) -> None:
     if over:
         summary["rows_in"] += over
         summary["dropped"] = dict(sorted({**summary["dropped"], OVER_QUOTA: over}.items()))
-    summary["metrics"].update(gate_metrics(gate))
+    summary.setdefault("metrics", {}).update(gate_metrics(gate))
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from editgen.output.survival import untimed
 from editgen.prompts.taxonomy import NAMES
-from tests.support import ROOT, cli_env, tar_files
+from tests.support import ROOT, cli_env, manifest, tar_files
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,15 @@ def test_tiny_run_keeps_typed_samples_and_status_shows_the_mix(typed_out: Path) 
         assert t["kept_share"] == round(achieved[name] / len(kept), 4)
     table = editgen("status", str(out))
     assert table.returncode == 0 and "edit types:" in table.stdout and "style_medium" in table.stdout
+    # the survival funnel (issue 23 item 5): every stage's compute, the manifest's copy untimed, on CPU per CPU-hour
+    funnel = json.loads(status.stdout)["survival"]
+    lines = {s["stage"]: s for s in funnel["stages"]}
+    assert list(lines) == ["ingest", "instruct", "render", "filter", "shard"]
+    assert untimed(funnel) == manifest(out)["survival"]
+    assert min(lines[s]["cpu_seconds"] for s in ("ingest", "render", "shard")) > 0  # global steps timed too
+    assert lines["render"]["unet_flops"] > 0 and lines["instruct"]["generated_tokens"] is not None
+    assert funnel["kept_samples"] == len(samples) and funnel["gpu_seconds"] is None and funnel["kept_per_cpu_hour"] > 0
+    assert "survival funnel" in table.stdout and "kept samples per CPU-hour" in table.stdout
 
 
 def _samples(out: Path, folder: str = "shards") -> list[dict]:

@@ -164,3 +164,20 @@ def test_vllm_engine_kwargs() -> None:
         pass
 
     assert engine_dead(EngineDeadError("x")) and not engine_dead(ValueError("prompt too long"))
+
+
+@pytest.mark.parametrize(("cfg", "gpus"), [({}, 1), ({"vllm": {"tensor_parallel_size": 2}}, 2),
+                                           ({"backend": "openai"}, 0), ({"resources": {"num_gpus": 0}}, 0)])
+def test_gpu_seconds_are_generation_time_on_the_actors_gpus(cfg: dict, gpus: int) -> None:
+    """The survival funnel's compute (output/survival.py): a vLLM engine on the actor's GPUs reports its
+    generation time times their number; an openai server's GPUs or a CPU engine report none."""
+    backend = ScriptedBackend(lambda req, call: edit_json("make it night", req.caption + " at night"))
+    stage = InstructStage(instruct_config(**cfg))
+    stage.setup(backend=backend, blocked_terms=[])  # the openai config's engine: the scripted one too
+    stage.process_partition(caption_batch(CAPTIONS[:3]))
+    m = stage.metrics
+    assert m["llm_seconds"] > 0 and m["generated_tokens"] >= 0
+    if gpus:
+        assert m["gpu_seconds"] == pytest.approx(m["llm_seconds"] * gpus)
+    else:
+        assert "gpu_seconds" not in m
