@@ -69,8 +69,11 @@ from editgen.pipeline.redact import redact_url
 from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+#: The judge's scores and reasons (stages/judge.py, docs/judge.md; null where no judge ran), then its combined score.
+JUDGE_SCORES = ("judge_instruction", "judge_preservation", "judge_quality")
+JUDGE_COLUMNS = (*(c for s in JUDGE_SCORES for c in (s, f"{s}_reason")), "judge_score")
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev")
+           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev", *JUDGE_COLUMNS)
 _IMAGE = {"_type": "Image"}
 _STRING = {"dtype": "string", "_type": "Value"}
 SCHEMA = pa.schema(
@@ -78,7 +81,9 @@ SCHEMA = pa.schema(
      ("key", pa.string()), ("id", pa.string()), ("mask", IMAGE_TYPE), ("mask_area", pa.float64()),
      ("mask_bbox", pa.list_(pa.int32())), ("mask_words", pa.list_(pa.string())), ("mask_kind", pa.string()),
      ("inverse", pa.bool_()), ("inverse_of", pa.string()), ("edit_type", pa.string()),
-     ("session_id", pa.string()), ("turn", pa.int32()), ("prev", pa.string())]
+     ("session_id", pa.string()), ("turn", pa.int32()), ("prev", pa.string()),
+     *((c, pa.float64() if c == "judge_score" else pa.string() if c.endswith("_reason") else pa.int32())
+       for c in JUDGE_COLUMNS)]
 ).with_metadata(
     {
         b"huggingface": json.dumps(
@@ -93,6 +98,8 @@ SCHEMA = pa.schema(
                         "mask_kind": _STRING, "inverse": {"dtype": "bool", "_type": "Value"}, "inverse_of": _STRING,
                         "edit_type": _STRING, "session_id": _STRING, "turn": {"dtype": "int32", "_type": "Value"},
                         "prev": _STRING,
+                        **{c: {"dtype": "float64" if c == "judge_score" else "string" if c.endswith("_reason")
+                               else "int32", "_type": "Value"} for c in JUDGE_COLUMNS},
                     }
                 }
             }
@@ -160,7 +167,22 @@ def _row(sample: dict[str, Any]) -> dict[str, Any]:
     inverse_of, edit_type = meta.get("inverse_of"), meta.get("edit_type")
     return {**row, **_mask_columns(sample, meta, row["input_image"]["bytes"]), "inverse": meta.get("inverse") is True,
             "inverse_of": inverse_of if isinstance(inverse_of, str) else None,
-            "edit_type": edit_type if isinstance(edit_type, str) and edit_type else None, **_session_columns(meta)}
+            "edit_type": edit_type if isinstance(edit_type, str) and edit_type else None, **_session_columns(meta),
+            **_judge_columns(meta)}
+
+
+def _judge_columns(meta: dict[str, Any]) -> dict[str, Any]:
+    """The judge's scores, reasons and combined score from the sample JSON (null where no judge ran)."""
+    out: dict[str, Any] = {}
+    for c in JUDGE_COLUMNS:
+        v = meta.get(c)
+        if c == "judge_score":
+            out[c] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v == v else None
+        elif c.endswith("_reason"):
+            out[c] = v if isinstance(v, str) else None
+        else:
+            out[c] = v if isinstance(v, int) and not isinstance(v, bool) else None
+    return out
 
 
 def _session_columns(meta: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +361,11 @@ def dataset_card(splits: list[str]) -> str:
               "| `session_id` | a multi-turn session's id (docs/sessions.md; null outside a session) |",
               "| `turn` | the turn's index in its session, from 1 (null outside a session) |",
               "| `prev` | the `key` of the same candidate's previous turn, whose edited image is this row's input "
-              "(null for turn 1 and outside a session) |", ""]
+              "(null for turn 1 and outside a session) |",
+              "| `judge_instruction`, `judge_preservation`, `judge_quality` | the VLM judge's scores 0-10 (instruction "
+              "following, preservation of the rest, visual quality; docs/judge.md; null where no judge ran) |",
+              "| `judge_*_reason` | the judge's one-sentence reason for each score |",
+              "| `judge_score` | the weighted combined score the judge's top-k ranks by (judge.weights) |", ""]
     return "\n".join(lines)
 
 

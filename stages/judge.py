@@ -112,7 +112,6 @@ class JudgeStage(Stage[JudgeConfig]):
         """Each row's judgement, or its drop reason; malformed answers re-asked, one call per round."""
         assert self.backend is not None
         found: list[JudgeAnswer | str] = [UNPARSEABLE] * len(rows)
-        self.attempts = getattr(self, "attempts", {})
         pending = []
         for i, row in enumerate(rows):
             try:

@@ -19,7 +19,9 @@ from tests.support import filter_partitions, manifest, write_shards
 datasets = pytest.importorskip("datasets")
 #: diffusers' train_instruct_pix2pix.py takes column_names[0..2] as input image, prompt, edited image.
 COLUMNS = ["input_image", "edit_prompt", "edited_image", "key", "id", "mask", "mask_area", "mask_bbox", "mask_words",
-           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev"]
+           "mask_kind", "inverse", "inverse_of", "edit_type", "session_id", "turn", "prev", "judge_instruction",
+           "judge_instruction_reason", "judge_preservation", "judge_preservation_reason", "judge_quality",
+           "judge_quality_reason", "judge_score"]
 
 
 @pytest.fixture(scope="module")
