@@ -16,7 +16,8 @@ import pytest
 from editgen.llm.vlm_request import JudgeInput, judge_request, judge_schema
 from tests.llm_fixtures import VlmHarness, requires_vllm, tiny_vlm_dir, vllm_server
 
-pytestmark = [pytest.mark.llm, requires_vllm]
+#: slow: an engine start each (~20 s on an idle 2-core machine, more under load).
+pytestmark = [pytest.mark.llm, pytest.mark.slow, requires_vllm]
 
 RUBRIC = "You judge image edits. Score each criterion from 0 to 10 with a one-sentence reason."
 SCHEMA = judge_schema(("instruction_following", "preservation", "visual_quality"), max_reason_chars=40)
