@@ -56,6 +56,33 @@ def assert_schema_valid(texts: list[str | None], reasons: list[str | None]) -> N
         jsonschema.validate(json.loads(text or "", strict=False), SCHEMA)
 
 
+def test_vlm_through_the_openai_compatible_server(tmp_path: Path) -> None:
+    """First in the module: it runs before the offline engine below starts, so the two never share the CPUs."""
+    from editgen.llm.base import GenerationSettings
+    from editgen.llm.openai_backend import OpenAIBackend
+    from editgen.pipeline.settings.instruct import OpenAISettings
+
+    inputs = candidates()[:3]
+    requests = [judge_request(i, RUBRIC) for i in inputs]
+    assert all("base64" not in repr(r) for r in requests)  # no image bytes in a logged request
+    args = ["--limit-mm-per-prompt", json.dumps({"image": 2})]
+    with vllm_server(tiny_vlm_dir(), tmp_path / "server.log", name="tiny-vlm", extra_args=args) as url:
+        backend = OpenAIBackend(
+            "tiny-vlm", GenerationSettings(temperature=0.7, max_tokens=300, schema=SCHEMA),
+            OpenAISettings(base_url=url, timeout_s=120, max_retries=1, max_concurrency=3),
+        )
+        body = backend.body(requests[0])
+        results = backend.generate(requests)
+        backend.close()
+    parts = body["messages"][1]["content"]
+    assert [p["image_url"]["url"][:22] for p in parts if p["type"] == "image_url"] == ["data:image/png;base64,"] * 2
+    assert body["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert [r.error for r in results] == [None] * 3
+    assert_schema_valid([r.text for r in results], [r.finish_reason for r in results])
+    # The server counted both images' tokens: far more than the text alone.
+    assert all(r.prompt_tokens > 2 * 4 + 40 for r in results)
+
+
 @pytest.fixture(scope="module")
 def harness(ray_session):
     """One engine for the module (engine start is the slow part)."""
@@ -87,29 +114,3 @@ def test_vlm_engine_answers_schema_valid_judgements_from_two_images(harness) -> 
     # The wide pair is cut into fewer tiles than the square pairs: the images, not only the text, shape the
     # prompt; the square pairs differ only in content, not in length.
     assert lengths["wide"] < lengths["sq"] == lengths["sq-b"]
-
-
-def test_vlm_through_the_openai_compatible_server(tmp_path: Path) -> None:
-    from editgen.llm.base import GenerationSettings
-    from editgen.llm.openai_backend import OpenAIBackend
-    from editgen.pipeline.settings.instruct import OpenAISettings
-
-    inputs = candidates()[:3]
-    requests = [judge_request(i, RUBRIC) for i in inputs]
-    assert all("base64" not in repr(r) for r in requests)  # no image bytes in a logged request
-    args = ["--limit-mm-per-prompt", json.dumps({"image": 2})]
-    with vllm_server(tiny_vlm_dir(), tmp_path / "server.log", name="tiny-vlm", extra_args=args) as url:
-        backend = OpenAIBackend(
-            "tiny-vlm", GenerationSettings(temperature=0.7, max_tokens=300, schema=SCHEMA),
-            OpenAISettings(base_url=url, timeout_s=120, max_retries=1, max_concurrency=3),
-        )
-        body = backend.body(requests[0])
-        results = backend.generate(requests)
-        backend.close()
-    parts = body["messages"][1]["content"]
-    assert [p["image_url"]["url"][:22] for p in parts if p["type"] == "image_url"] == ["data:image/png;base64,"] * 2
-    assert body["response_format"]["json_schema"]["schema"] == SCHEMA
-    assert [r.error for r in results] == [None] * 3
-    assert_schema_valid([r.text for r in results], [r.finish_reason for r in results])
-    # The server counted both images' tokens: far more than the text alone.
-    assert all(r.prompt_tokens > 2 * 4 + 40 for r in results)
