@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from editgen.llm.vlm_request import JudgeInput, judge_request, judge_schema
+from editgen.llm.vlm_request import JudgeInput, judge_request, judge_schema, processor_prompt
 from tests.llm_fixtures import VlmHarness, requires_vllm, tiny_vlm_dir, vllm_server
 
 #: slow: an engine start each (~20 s on an idle 2-core machine, more under load).
@@ -56,6 +56,15 @@ def assert_schema_valid(texts: list[str | None], reasons: list[str | None]) -> N
         jsonschema.validate(json.loads(text or "", strict=False), SCHEMA)
 
 
+def hf_prompt_ids(inp: JudgeInput) -> list[int]:
+    """The judge turn's token ids as transformers' own processor makes them (images expanded into tiles)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm_dir()))
+    p = processor_prompt(processor, inp, RUBRIC)
+    return list(processor(text=[p["prompt"]], images=[p["multi_modal_data"]["image"]])["input_ids"][0])
+
+
 def test_vlm_through_the_openai_compatible_server(tmp_path: Path) -> None:
     """First in the module: it runs before the offline engine below starts, so the two never share the CPUs."""
     from editgen.llm.base import GenerationSettings
@@ -79,8 +88,8 @@ def test_vlm_through_the_openai_compatible_server(tmp_path: Path) -> None:
     assert body["response_format"]["json_schema"]["schema"] == SCHEMA
     assert [r.error for r in results] == [None] * 3
     assert_schema_valid([r.text for r in results], [r.finish_reason for r in results])
-    # The server counted both images' tokens: far more than the text alone.
-    assert all(r.prompt_tokens > 2 * 4 + 40 for r in results)
+    # The server expanded both images as transformers' processor does for the same turn: exactly as many tokens.
+    assert [r.prompt_tokens for r in results] == [len(hf_prompt_ids(i)) for i in inputs]
 
 
 @pytest.fixture(scope="module")
