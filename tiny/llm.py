@@ -50,8 +50,16 @@ def _training_corpus() -> list[str]:
     return corpus
 
 
-def build_tokenizer(out_dir: str | Path, vocab_size: int = 1024) -> None:
-    """Train a byte-level BPE on the corpus and save it as a transformers fast tokenizer."""
+def build_tokenizer(
+    out_dir: str | Path,
+    vocab_size: int = 1024,
+    special_tokens: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> None:
+    """Train a byte-level BPE on the corpus and save it as a transformers fast tokenizer.
+
+    `special_tokens` beyond ChatML's (a VLM's image placeholders) come after them, so ChatML's ids stay put.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +68,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 1024) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(special_tokens or []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -72,7 +80,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 1024) -> None:
         pad_token="<|endoftext|>",
         unk_token=None,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.model_max_length = 4096
     fast.save_pretrained(str(out_dir))
 
