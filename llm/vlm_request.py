@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from editgen.llm.base import LLMRequest
+from editgen.prompts.judge import SCORES
 
 #: The three criteria of the issue's rubric, in the order the model answers them.
-CRITERIA = ("instruction_following", "preservation", "visual_quality")
+CRITERIA = SCORES
 #: Leading bytes of the formats every judge backend accepts (vLLM decodes with PIL, servers by MIME type).
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
           (b"GIF89a", "image/gif"))

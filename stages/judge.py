@@ -20,11 +20,13 @@ import pyarrow as pa
 
 from editgen.filters.pairs.judge_select import NOT_TOP_K, SCORES, below_reason, combined, top_k
 from editgen.llm.judge_parse import UNPARSEABLE, JudgeAnswer, parse_judgement
+from editgen.llm.vlm_request import JudgeInput, judge_request, judge_schema
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.judge import JudgeConfig
 from editgen.pipeline.stage import Stage, with_status
-from editgen.prompts.judge import judge_request, judge_schema, load_rubric
+from editgen.prompts.builder import row_seed
+from editgen.prompts.judge import load_rubric, shrink
 from editgen.stages.llm_actors import llm_python, llm_ray_options, llm_resources
 
 if TYPE_CHECKING:
@@ -103,10 +105,11 @@ class JudgeStage(Stage[JudgeConfig]):
         return self._output(table, rows, answers)
 
     def _request(self, row: dict[str, Any], attempt: int) -> LLMRequest:
-        s = self.settings
-        return judge_request(sample_id(row), str(row.get("instruction") or ""), row["input_image"],
-                             row["edited_image"], rubric=self.rubric, seed=s.seed, attempt=attempt,
-                             image_side=s.image_side)
+        s, key = self.settings, sample_id(row)
+        inp = JudgeInput(row_id=key, instruction=str(row.get("instruction") or ""),
+                         input_image=shrink(row["input_image"], s.image_side),
+                         edited_image=shrink(row["edited_image"], s.image_side), seed=row_seed(key, s.seed, attempt))
+        return judge_request(inp, self.rubric)
 
     def _judge(self, rows: list[dict[str, Any]]) -> list[JudgeAnswer | str]:
         """Each row's judgement, or its drop reason; malformed answers re-asked, one call per round."""
@@ -185,11 +188,24 @@ def make_judge_backend(cfg: JudgeConfig) -> LLMBackend:
     from editgen.llm.base import GenerationSettings
 
     gen = GenerationSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                             schema=judge_schema(cfg.max_reason_chars))
+                             schema=judge_schema(max_reason_chars=cfg.max_reason_chars))
     if cfg.backend == "openai":
         from editgen.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(cfg.model, gen, cfg.openai)
     from editgen.llm.vllm_backend import VllmBackend
 
-    return VllmBackend(cfg.model, gen, cfg.vllm)
+    return VllmBackend(judge_model(cfg.model), gen, cfg.vllm)
+
+
+#: `judge.model` of the tiny profile: the random Idefics3 tiny/vlm.py builds (once, into the cache).
+TINY_VLM = "tiny-vlm"
+
+
+def judge_model(model: str) -> str:
+    """The model vLLM loads: a hub id or local path as given; `tiny-vlm` built on first use."""
+    if model != TINY_VLM:
+        return model
+    from editgen.tiny.vlm import build_tiny_vlm, default_dir
+
+    return str(build_tiny_vlm(default_dir()))

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from editgen.pipeline.settings.judge import SCORES
+
 #: A candidate beyond `judge.top_k` of its pair (it passed every threshold).
 NOT_TOP_K = "judge_not_top_k"
-#: The judge's scores, in rubric order (prompts/judge.py SCORES).
-SCORES = ("instruction", "preservation", "quality")
 
 
 def below_reason(scores: Mapping[str, int], minimum: Mapping[str, int]) -> str | None:
