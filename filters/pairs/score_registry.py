@@ -40,11 +40,15 @@ SCORES: tuple[ScoreColumn, ...] = (
     ScoreColumn("outside_mask_ssim", True, "filter.min_outside_mask_ssim", what="SSIM outside the mask"),
     ScoreColumn("dinov2_sim", True, "filter.min_dinov2", "filter.max_dinov2", what="DINOv2 cos(I0, I1)"),
     ScoreColumn("ssim", True, "filter.min_ssim", "filter.max_ssim", what="SSIM(I0, I1), whole image"),
+    ScoreColumn("judge_instruction", True, "judge.min_instruction", what="VLM judge: instruction following 0-10"),
+    ScoreColumn("judge_preservation", True, "judge.min_preservation", what="VLM judge: preservation 0-10"),
+    ScoreColumn("judge_quality", True, "judge.min_quality", what="VLM judge: visual quality 0-10"),
+    ScoreColumn("judge_score", True, what="VLM judge: the weighted combined score (judge.weights)"),
 )
 
 #: Stages whose partitions hold every candidate's scores, read in this order (a later stage's value of a
 #: column replaces an earlier one's for the same sample key).
-SOURCE_STAGES: tuple[str, ...] = ("filter",)
+SOURCE_STAGES: tuple[str, ...] = ("filter", "judge")
 
 #: "CLIP alone": InstructPix2Pix's rule, the four CLIP thresholds, ranked by direction similarity.
 CLIP_RULE: tuple[str, ...] = ("sim_image", "sim_direction", "sim_0", "sim_1")
