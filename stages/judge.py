@@ -11,6 +11,7 @@ the judge's reasons as preference negatives. Off unless `judge.enabled`: then th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -72,11 +73,16 @@ class JudgeStage(Stage[JudgeConfig]):
         return llm_ray_options(llm_python(self.settings.backend, self.settings.vllm))
 
     def preflight(self) -> None:
-        """The rubric loads before OUT is written."""
+        """The rubric loads, and a vLLM judge has an interpreter with vLLM, before OUT is written."""
         try:
             load_rubric(self.settings.rubric_file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"judge: {exc}") from None
+        s = self.settings
+        if s.backend == "vllm" and llm_python(s.backend, s.vllm) is None and importlib.util.find_spec("vllm") is None:
+            raise ConfigError("judge.backend=vllm: this Python has no vLLM; point EDITGEN_LLM_PYTHON (or "
+                              "judge.vllm.python) at the LLM venv's interpreter (`make venv-llm` builds "
+                              ".venv-llm), or use judge.backend=openai with a server")
 
     def setup(self, backend: LLMBackend | None = None) -> None:
         """The rubric and the backend, once per worker (tests may inject a backend)."""

@@ -97,6 +97,13 @@ def check_make(argv: list[str]) -> None:
 
 def check_python(argv: list[str]) -> None:
     if argv[1] == "-m":
+        if argv[2].startswith("editgen."):  # a project module run as a script: it exists and has a main
+            import importlib.util
+
+            spec = importlib.util.find_spec(argv[2])
+            assert spec is not None and spec.origin, f"python -m {argv[2]}: no such module"
+            assert "__main__" in Path(spec.origin).read_text(), f"python -m {argv[2]}: not runnable"
+            return
         assert argv[2] == "pytest", argv
         check_pytest(argv[2:])
         return

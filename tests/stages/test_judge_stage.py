@@ -22,6 +22,9 @@ from editgen.stages.judge import BAD_IMAGE, JudgeStage
 from editgen.tiny.synthetic import encode
 from tests.llm_fixtures import ScriptedBackend
 
+#: The default thresholds (the tiny profile sets them to 0: its judge is a random model).
+DEFAULT_MINIMA = ("judge.min_instruction=6", "judge.min_preservation=5", "judge.min_quality=5")
+
 
 def answer(i: int, p: int = 8, q: int = 7) -> str:
     return json.dumps({"instruction": i, "instruction_reason": "the car is blue now", "preservation": p,
@@ -57,7 +60,7 @@ def test_every_candidate_gets_scores_reasons_and_a_combined_score():
         pid, c = req.row_id.split("#")
         return answer(scores[(pid, int(c))])
 
-    out, backend, stage = judged(script, "judge.top_k=1")
+    out, backend, stage = judged(script, "judge.top_k=1", *DEFAULT_MINIMA)
     by = {(r["id"], r["candidate"]): r for r in out}
     assert by[("pair0", 1)]["drop_reason"] == "judge_below_instruction"  # 5 < min_instruction 6
     assert by[("pair1", 2)]["drop_reason"] == "judge_below_instruction"
@@ -136,3 +139,16 @@ def test_the_stage_is_in_the_graph_only_when_enabled_and_checks_its_settings(tmp
     with pytest.raises(ConfigError, match="empty"):
         JudgeStage(build_config(profile="tiny", overrides=["judge.enabled=true",
                                                            f"judge.rubric_file={empty}"])).preflight()
+
+
+def test_a_vllm_judge_without_vllm_is_one_line_before_any_work(monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this interpreter has vLLM")
+    monkeypatch.delenv("EDITGEN_LLM_PYTHON", raising=False)
+    stage = JudgeStage(build_config(profile="tiny", overrides=["judge.enabled=true"]))
+    with pytest.raises(ConfigError, match="EDITGEN_LLM_PYTHON"):
+        stage.preflight()
+    monkeypatch.setenv("EDITGEN_LLM_PYTHON", "/some/llm/venv/bin/python")
+    stage.preflight()  # the actors run under that interpreter
