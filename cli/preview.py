@@ -45,9 +45,13 @@ from editgen.pipeline.records import (
     read_records,
 )
 from editgen.pipeline.registry import stage_names
+from editgen.pipeline.settings.judge import SCORES as JUDGE_SCORES
 from editgen.pipeline.stage import KEPT
 from editgen.pipeline.storage import Storage, parquet_table, parse_storage_options
 from editgen.stages import REGISTRY
+
+#: The judge stage's columns a card shows (stages/judge.py), when it ran.
+JUDGE_COLUMNS = [*(c for n in JUDGE_SCORES for c in (f"judge_{n}", f"judge_{n}_reason")), "judge_score"]
 
 log = logging.getLogger("editgen")
 
@@ -122,29 +126,50 @@ def load_thresholds(storage: Storage) -> Thresholds:
     )
 
 
-def read_filter(storage: Storage, rec: dict[str, Any], columns: list[str]) -> pa.Table | None:
-    """Those columns (the ones it has) of one committed filter partition, read checked against its
+def read_filter(storage: Storage, rec: dict[str, Any], columns: list[str], stage: str = "filter") -> pa.Table | None:
+    """Those columns (the ones it has) of one committed partition of `stage`, read checked against its
     record; None (and a line on stderr) when it does not match."""
     fname = rec.get("file") or part_name(rec["partition"])
     try:
-        data, why = read_checked(storage, "filter", fname, rec.get("sha256"))
+        data, why = read_checked(storage, stage, fname, rec.get("sha256"))
     except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
         data, why = None, "is named by a damaged record"
     if data is None:
-        log.warning("filter/%s %s; not shown", fname, why)
+        log.warning("%s/%s %s; not shown", stage, fname, why)
         return None
     return parquet_table(data, columns)
 
 
 def filter_rows(storage: Storage) -> pa.Table | None:
-    """Scores and text of every filtered candidate (no images), with its partition file."""
+    """Scores and text of every filtered candidate (no images), with its partition file; with a judge
+    stage, its scores and reasons too (and its verdict as the status of the candidates it judged)."""
     tables = []
     for rec in read_records(storage, "filter"):
         t = read_filter(storage, rec, META_COLUMNS)
         if t is not None:
             t = t.append_column("_part", pa.array([str(rec["partition"])] * t.num_rows, pa.string()))
             tables.append(t)
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    return with_judge(storage, table) if table is not None else None
+
+
+def with_judge(storage: Storage, table: pa.Table) -> pa.Table:
+    """The judge's columns (stages/judge.py) joined on (id, candidate); the table as is without a judge."""
+    judged: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec in read_records(storage, "judge"):
+        t = read_filter(storage, rec, ["id", "candidate", *JUDGE_COLUMNS, "status", "drop_reason"], "judge")
+        for r in t.to_pylist() if t is not None else []:
+            judged[(str(r["id"]), int(r["candidate"]))] = r
+    if not judged:
+        return table
+    keys = [(str(i), int(c)) for i, c in zip(table["id"].to_pylist(), table["candidate"].to_pylist(), strict=True)]
+    for col in ("status", "drop_reason"):
+        own = table[col].to_pylist()
+        table = table.set_column(table.schema.get_field_index(col), col, pa.array(
+            [judged[k][col] if k in judged else v for k, v in zip(keys, own, strict=True)], pa.string()))
+    for col in JUDGE_COLUMNS:
+        table = table.append_column(col, pa.array([judged.get(k, {}).get(col) for k in keys]))
+    return table
 
 
 def _pick(table: pa.Table, status_kept: bool, n: int) -> list[dict[str, Any]]:
@@ -288,6 +313,10 @@ def _card(r: dict[str, Any]) -> str:
     thumbs = zip(r.get("thumbs", []), ("before", "after"), strict=False)
     tint = f'<img class="mask" src="{e(r["mask_tint"])}" alt="edit mask">' if r.get("mask_tint") else ""
     imgs = "".join(f'<span class="thumb"><img src="{e(src)}" alt="{e(alt)}">{tint}</span>' for src, alt in thumbs)
+    judge = ""
+    if r.get("judge_score") is not None:
+        parts = [f"{n} {r.get(f'judge_{n}')}: {r.get(f'judge_{n}_reason')}" for n in JUDGE_SCORES]
+        judge = f'<div class="cap">judge ({r["judge_score"]:.2f}): {e(" · ".join(parts))}</div>'
     mask = ""
     if r.get("mask_tint"):
         words = ", ".join(r.get("mask_words") or []) or "n/a"
@@ -300,7 +329,7 @@ def _card(r: dict[str, Any]) -> str:
         f'<div class="pair">{imgs}</div>'
         f'<div class="instr">{e(r.get("instruction"))}</div>'
         f'<div class="cap">before: {e(r.get("caption"))}</div>'
-        f'<div class="cap">after: {e(r.get("edited_caption"))}</div>{mask}'
+        f'<div class="cap">after: {e(r.get("edited_caption"))}</div>{judge}{mask}'
         f'<div class="scores">{e(scores)}<br>{e(status)} · {e(r.get("edit_type") or r.get("edit_kind"))} · '
         f'{e(r.get("id"))}#{e(r.get("candidate"))} {link}</div></div>'
     )

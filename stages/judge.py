@@ -153,6 +153,9 @@ class JudgeStage(Stage[JudgeConfig]):
         m["requests"] += n
         m["retries"] += n if attempt else 0
         m["judge_seconds"] += seconds
+        gpus = self.resources().num_gpus  # a vLLM engine on this actor's GPUs (an openai server's are not ours)
+        if gpus and self.settings.backend == "vllm":
+            m["gpu_seconds"] = m.get("gpu_seconds", 0.0) + seconds * gpus
         m["generated_tokens"] += sum(r.generated_tokens for r in results)
         m["prompt_tokens"] += sum(r.prompt_tokens for r in results)
 

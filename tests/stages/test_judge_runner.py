@@ -42,6 +42,14 @@ def test_tiny_run_with_the_judge_on_publishes_its_scores(ray_session, tmp_path: 
         for name in ("instruction", "preservation", "quality"):
             assert 0 <= m[f"judge_{name}"] <= 10 and m[f"judge_{name}_reason"].strip()
         assert 0.0 <= m["judge_score"] <= 1.0
+    import argparse
+
+    from editgen.cli import preview
+
+    parser = argparse.ArgumentParser()
+    preview.add_arguments(parser)
+    assert preview.main(parser.parse_args([str(out), "--limit", "4"])) == 0
+    assert "judge (" in (out / "preview.html").read_text()  # the cards show the judge's scores and reasons
     before = (out / "manifest.json").read_bytes()
     again = run_pipeline(cfg, str(out))
     assert all(s.computed == 0 for s in again.stages if s.name != "shard")
