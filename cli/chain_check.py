@@ -140,22 +140,22 @@ def _inverse_vs_forward(manifest: dict[str, Any], keys: list[str]) -> tuple[list
 
 
 def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], kept: dict[int, list[str]],
-                     shard_keys: list[str]) -> list[str]:
+                     shard_keys: list[str], upstream: str = "filter") -> list[str]:
     rec = read_record(storage, "shard", GLOBAL_RECORD) or {}
     # A kept row's sample and, when its inverse could not be published, that drop (counted apart).
     dropped = sum(v for k, v in rec.get("dropped", {}).items() if not k.startswith("inverse_"))
     want = [k for pid in sorted(kept) for k in kept[pid]]
     shard_keys, problems = _inverse_vs_forward(manifest, shard_keys)
     if len(want) != len(shard_keys) + dropped:
-        problems.append(f"shards: {len(shard_keys)} samples (+{dropped} dropped by shard) but the filter stage "
+        problems.append(f"shards: {len(shard_keys)} samples (+{dropped} dropped by shard) but the {upstream} stage "
                         f"kept {len(want)}")
     missing = sorted(set(want) - set(shard_keys))
     extra = sorted(set(shard_keys) - set(want))
     if missing and len(missing) > dropped:
-        problems.append(f"shards: {len(missing)} kept candidates of the filter stage are missing "
+        problems.append(f"shards: {len(missing)} kept candidates of the {upstream} stage are missing "
                         f"(e.g. {', '.join(missing[:MAX_EXAMPLES])})")
     if extra:
-        problems.append(f"shards: {len(extra)} samples are not kept by the filter stage "
+        problems.append(f"shards: {len(extra)} samples are not kept by the {upstream} stage "
                         f"(e.g. {', '.join(extra[:MAX_EXAMPLES])})")
     if len(shard_keys) != len(set(shard_keys)):
         problems.append(f"shards: {len(shard_keys) - len(set(shard_keys))} samples appear more than once")
@@ -173,24 +173,26 @@ def check_chain(storage: Storage, stage_order: list[str], manifest: dict[str, An
     notes: list[str] = []
     prev_name, prev = None, {}
     kept: dict[int, list[str]] = {}
-    for name in [n for n in stage_order if n != "shard"]:
+    chain = [n for n in stage_order if n != "shard"]
+    last = chain[-1] if chain else None  # what the shard stage read: filter, or the judge after it
+    for name in chain:
         found, recs = _map_records(storage, name)
         problems += found
         if prev_name is not None:
             problems += _link(name, prev_name, recs, prev)
         problems += _step_files(storage, name, (read_stage_meta(storage, name) or {}).get("stage_hash"), workers)
-        damaged, kept = check_files(storage, name, recs, workers, kept_keys if name == "filter" else None)
+        damaged, kept = check_files(storage, name, recs, workers, kept_keys if name == last else None)
         problems += damaged
         prev_name, prev = name, recs
-    if prev_name != "filter":
+    if prev_name not in ("filter", "judge"):
         return problems, notes
     if len(kept) < len(prev):
-        return problems, notes  # a damaged filter partition: its keys are unknown, its line says so
+        return problems, notes  # a damaged partition: its keys are unknown, its line says so
     current = combined_key([prev[p]["sha256"] for p in sorted(prev)])
     if manifest.get("upstream_key") != current:
         meta = read_stage_meta(storage, "shard") or {}
-        line = ("shards: the published dataset was built from an earlier filter output; the shard stage "
+        line = (f"shards: the published dataset was built from an earlier {prev_name} output; the shard stage "
                 "has not finished since (rerun `editgen run` to publish the current one)")
         (notes if not meta.get("complete") else problems).append(line)
         return problems, notes
-    return problems + _shard_vs_filter(storage, manifest, kept, shard_keys), notes
+    return problems + _shard_vs_filter(storage, manifest, kept, shard_keys, prev_name), notes

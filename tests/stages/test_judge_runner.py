@@ -62,6 +62,9 @@ def test_tiny_run_with_the_judge_on_publishes_its_scores(judged: Path) -> None:
         for name in ("instruction", "preservation", "quality"):
             assert 0 <= m[f"judge_{name}"] <= 10 and m[f"judge_{name}_reason"].strip()
         assert 0.0 <= m["judge_score"] <= 1.0
+    from editgen.cli.validate import validate
+
+    assert validate(str(judged)) == []  # the shards hold exactly what the judge kept, the chain accounts
     survival = json.loads((judged / "manifest.json").read_text())["survival"]
     assert "judge" in json.dumps(survival)  # the funnel has the judge stage, with its tokens
     from editgen.cli import preview
