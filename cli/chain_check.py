@@ -174,7 +174,7 @@ def check_chain(storage: Storage, stage_order: list[str], manifest: dict[str, An
     prev_name, prev = None, {}
     kept: dict[int, list[str]] = {}
     chain = [n for n in stage_order if n != "shard"]
-    last = chain[-1] if chain else None  # what the shard stage read: filter, or the judge after it
+    last = chain[-1] if chain and chain[-1] in ("filter", "judge") else None  # what the shard stage read
     for name in chain:
         found, recs = _map_records(storage, name)
         problems += found
