@@ -64,15 +64,15 @@ def _enclosing_source(path: Path, call: ast.Call) -> str:
 
 # ---- safetensors only ---------------------------------------------------------------------------------
 def test_every_model_from_pretrained_uses_safetensors():
-    """Tokenizers load JSON/text files; every other from_pretrained must pass use_safetensors=True
-    (directly or through a kwargs dict built in the same function)."""
+    """Tokenizers and image processors load JSON/text files; every other from_pretrained must pass
+    use_safetensors=True (directly or through a kwargs dict built in the same function)."""
     checked = 0
     for path in python_files():
         for call, callee in calls(path):
             if not callee.endswith(".from_pretrained"):
                 continue
             checked += 1
-            if re.search(r"Tokenizer(Fast)?\.from_pretrained$", callee):
+            if re.search(r"(Tokenizer(Fast)?|ImageProcessor)\.from_pretrained$", callee):
                 continue
             kw = {k.arg: k.value for k in call.keywords}
             if isinstance(kw.get("use_safetensors"), ast.Constant) and kw["use_safetensors"].value is True:
