@@ -11,23 +11,29 @@ import hashlib
 import json
 import posixpath
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from editgen.output.manifest import MANIFEST, read_manifest
+from editgen.output.rejects import Part, with_earlier_rejects
 from editgen.output.shard_writer import iter_rows, write_dataset
 from editgen.output.survival import SURVIVAL, read_stage, stage_survival, survival, untimed
 from editgen.output.type_funnel import type_funnel
 from editgen.output.type_quota import OVER_QUOTA, QuotaGate, kept_samples, select
-from editgen.pipeline.records import GlobalSummary, combined_key, current_metrics
-from editgen.pipeline.registry import stage_names
+from editgen.pipeline.records import GlobalSummary, combined_key, current_metrics, read_records
+from editgen.pipeline.registry import load_stage_class, stage_names
 from editgen.pipeline.settings.shard import ShardConfig
 from editgen.pipeline.stage import BY_TYPE, PlanContext, Stage, part_name
 from editgen.pipeline.storage import FileInfo, Storage
 
+#: The stage whose rejects the rejected export holds, whatever judges its kept rows after it.
+FILTER = "filter"
+
 
 class ShardStage(Stage[ShardConfig]):
     name = "shard"
-    version = "3"  # 2: OUT/manifest.json, rejected tars, a mask in every sample; 3: the funnel by edit type
+    version = "4"  # 2: OUT/manifest.json, rejected tars, a mask in every sample; 3: the funnel by edit type;
+    # 4: with a judge, the rejected export holds the filter's rejects too
     is_global = True
     input_columns = ("candidate", "input_image", "edited_image")
 
@@ -41,9 +47,10 @@ class ShardStage(Stage[ShardConfig]):
         t0 = time.perf_counter()
         quota = cfg.type_quota
         gate = QuotaGate(select(kept_samples(ctx.storage, parts), quota) if quota is not None else None)
+        rows, upstream_key = self._rows(ctx, records, parts, upstream_key)
         summary = write_dataset(
             ctx.storage,
-            gate.rows(iter_rows(ctx.storage, parts)),
+            gate.rows(rows),
             prefix=cfg.prefix,
             samples_per_shard=cfg.samples_per_shard,
             max_shard_bytes=cfg.max_shard_bytes,
@@ -61,6 +68,23 @@ class ShardStage(Stage[ShardConfig]):
         summary["metrics"]["shard_seconds"] = seconds
         summary["metrics"]["shard_mb_per_s"] = summary["bytes"] / 1e6 / seconds if seconds > 0 else 0.0
         return summary
+
+    def _rows(self, ctx: PlanContext, records: list[Any], parts: list[Part],
+              upstream_key: str) -> tuple[Iterator[dict[str, Any]], str]:
+        """(the rows to publish, the key of what they are built from). With the rejected export and a stage
+        between the filter and this one (the judge, which sees the filter's kept rows only), the filter's
+        own rejects are merged back in (output/rejects.py), and its partitions join the key."""
+        names = stage_names(self.config)
+        judging = names[names.index(FILTER) + 1: names.index(self.name)] if FILTER in names else []
+        if not (self.settings.export_rejected and judging):
+            return iter_rows(ctx.storage, parts), upstream_key
+        screened = sorted(read_records(ctx.storage, FILTER), key=lambda r: r["partition"])
+        by_pid = {int(r["partition"]): (FILTER, r.get("file") or part_name(r["partition"]), r["sha256"])
+                  for r in screened}
+        added = [c for n in judging for c in load_stage_class(n).output_columns]
+        judged = [(int(r["partition"]), p) for r, p in zip(records, parts, strict=True)]
+        key = combined_key([upstream_key, *(r["sha256"] for r in screened)])
+        return with_earlier_rejects(ctx.storage, judged, by_pid, added), key
 
     def _survival(self, storage: Storage, so_far: GlobalSummary, gate: QuotaGate) -> dict[str, object] | None:
         """The manifest's survival funnel (output/survival.py), untimed: the graph's stages up to this one,
