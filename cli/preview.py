@@ -39,15 +39,14 @@ from editgen.pipeline.freshness import refuse_stale
 from editgen.pipeline.records import (
     GLOBAL_RECORD,
     current_metrics,
-    part_name,
-    read_checked,
     read_record,
+    read_record_table,
     read_records,
 )
 from editgen.pipeline.registry import stage_names
 from editgen.pipeline.settings.judge import SCORES as JUDGE_SCORES
 from editgen.pipeline.stage import KEPT
-from editgen.pipeline.storage import Storage, parquet_table, parse_storage_options
+from editgen.pipeline.storage import Storage, parse_storage_options
 from editgen.stages import REGISTRY
 
 #: The judge stage's columns a card shows (stages/judge.py), when it ran.
@@ -127,17 +126,8 @@ def load_thresholds(storage: Storage) -> Thresholds:
 
 
 def read_filter(storage: Storage, rec: dict[str, Any], columns: list[str], stage: str = "filter") -> pa.Table | None:
-    """Those columns (the ones it has) of one committed partition of `stage`, read checked against its
-    record; None (and a line on stderr) when it does not match."""
-    fname = rec.get("file") or part_name(rec["partition"])
-    try:
-        data, why = read_checked(storage, stage, fname, rec.get("sha256"))
-    except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
-        data, why = None, "is named by a damaged record"
-    if data is None:
-        log.warning("%s/%s %s; not shown", stage, fname, why)
-        return None
-    return parquet_table(data, columns)
+    """Those columns of one committed partition of `stage`, checked against its record (None: not shown)."""
+    return read_record_table(storage, stage, rec, columns, "not shown")
 
 
 def filter_rows(storage: Storage) -> pa.Table | None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from editgen.filters.pairs.score_registry import SCORES, SOURCE_STAGES
 from editgen.output.manifest import entries, read_manifest
 from editgen.output.shard_writer import sample_key
-from editgen.pipeline.records import part_name, read_checked, read_records
+from editgen.pipeline.records import part_name, read_record_table, read_records
 from editgen.pipeline.stage import KEPT
-from editgen.pipeline.storage import Storage, parquet_table
+from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
 
@@ -64,16 +64,11 @@ def from_partitions(storage: Storage) -> StoredScores | None:
     for stage in SOURCE_STAGES:
         for rec in read_records(storage, stage):
             any_record = True
-            fname = rec.get("file") or part_name(rec["partition"])
-            try:
-                data, why = read_checked(storage, stage, fname, rec.get("sha256"))
-            except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
-                data, why = None, "is named by a damaged record"
-            if data is None:
-                log.warning("%s/%s %s; its samples are left out", stage, fname, why)
-                found.skipped.append(f"{stage}/{fname}")
+            table = read_record_table(storage, stage, rec, columns, "its samples are left out")
+            if table is None:
+                found.skipped.append(f"{stage}/{rec.get('file') or part_name(rec['partition'])}")
                 continue
-            for row in parquet_table(data, columns).to_pylist():
+            for row in table.to_pylist():
                 _merge(found, sample_key(str(row["id"]), int(row["candidate"])), row)
     return found if any_record else None
 

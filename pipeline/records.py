@@ -32,7 +32,7 @@ from typing import Any, TypedDict
 import pyarrow as pa
 
 from editgen.pipeline.errors import DamagedInput
-from editgen.pipeline.storage import FileInfo, Storage, parquet_file, sha256_bytes
+from editgen.pipeline.storage import FileInfo, Storage, parquet_file, parquet_table, sha256_bytes
 
 log = logging.getLogger("editgen")
 
@@ -321,6 +321,22 @@ def read_checked(storage: Storage, stage_dir: str, fname: str, sha256: str | Non
     if sha256 is None:
         return None, "has no checksum in its completion record"
     return None, f"is damaged: its sha256 {got[:12]}... differs from {sha256[:12]}... in its completion record"
+
+
+def read_record_table(storage: Storage, stage_dir: str, rec: dict[str, Any], columns: list[str],
+                      consequence: str) -> pa.Table | None:
+    """Those columns (the ones it has) of one committed partition, read checked against its record `rec`;
+    None, with a warning that ends in `consequence`, when it does not match. For readers that report
+    (preview, calibration): a damaged partition leaves its rows out, it never stops the report."""
+    fname = rec.get("file") or part_name(rec["partition"])
+    try:
+        data, why = read_checked(storage, stage_dir, fname, rec.get("sha256"))
+    except ValueError:  # pipeline.errors.UnsafePathError: a record naming a path outside OUT
+        data, why = None, "is named by a damaged record"
+    if data is None:
+        log.warning("%s/%s %s; %s", stage_dir, fname, why, consequence)
+        return None
+    return parquet_table(data, columns)
 
 
 def read_verified(storage: Storage, stage_dir: str, fname: str, sha256: str | None, reader: str,

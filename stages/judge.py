@@ -121,17 +121,17 @@ class JudgeStage(Stage[JudgeConfig]):
         """Each row's judgement, or its drop reason; malformed answers re-asked, one call per round."""
         assert self.backend is not None
         found: list[JudgeAnswer | str] = [UNPARSEABLE] * len(rows)
-        pending = []
+        first: dict[int, LLMRequest] = {}  # attempt 0's requests; building one is the images' decode check
         for i, row in enumerate(rows):
             try:
-                self._request(row, 0)
-                pending.append(i)
+                first[i] = self._request(row, 0)
             except (ValueError, KeyError, TypeError):
                 found[i] = BAD_IMAGE
+        pending = list(first)
         for attempt in range(self.settings.max_attempts):
             if not pending:
                 break
-            requests = [self._request(rows[i], attempt) for i in pending]
+            requests = [first[i] if attempt == 0 else self._request(rows[i], attempt) for i in pending]
             t0 = time.perf_counter()
             results = self.backend.generate(requests)
             self._count(len(requests), attempt, time.perf_counter() - t0, results)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from editgen.filters.pairs.placement import Placement
+
 if TYPE_CHECKING:
     import pyarrow as pa
     import torch
@@ -45,7 +47,7 @@ def clip_similarities(
 
 
 @dataclass(frozen=True)
-class ClipSpec:
+class ClipSpec(Placement):
     """Which CLIP, where and how: everything that decides the scores, resolved for this machine."""
 
     model: str = "ViT-L-14"
@@ -57,18 +59,6 @@ class ClipSpec:
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> ClipSpec:
         return cls(cfg.clip_model, cfg.clip_pretrained, cfg.device, cfg.precision, cfg.clip_cache_dir)
-
-    def resolved_device(self) -> str:
-        import torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "fp16" if self.resolved_device().startswith("cuda") else "fp32"
 
     def model_id(self) -> str:
         """Human-readable id stored with every scored row."""

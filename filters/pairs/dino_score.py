@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from editgen.filters.pairs.clip_score import decode_image
+from editgen.filters.pairs.placement import Placement
 from editgen.pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class DinoSpec:
+class DinoSpec(Placement):
     """Which DINOv2 and how: everything that decides `dinov2_sim`, resolved for this machine."""
 
     model: str = "facebook/dinov2-base"
@@ -48,18 +49,6 @@ class DinoSpec:
     @classmethod
     def from_config(cls, cfg: FilterConfig) -> DinoSpec:
         return cls(cfg.dino_model or "", cfg.device, cfg.precision)
-
-    def resolved_device(self) -> str:
-        import torch
-
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "fp16" if self.resolved_device().startswith("cuda") else "fp32"
 
     def cache_key(self) -> str:
         """Fingerprint of what determines the scores (a local folder by its weights' path and size, the tiny
