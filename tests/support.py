@@ -46,6 +46,34 @@ def wait_until(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float 
     pytest.fail("the awaited progress never came")
 
 
+def kill_mid_stage_then_rerun(cmd: list[str], out: Path, clean: Path, stage: str, upstream: tuple[str, ...],
+                              delay_s: float) -> dict[str, Any]:
+    """A run into `out` (the stages `upstream` copied from the clean run's OUT `clean`, so the kill lands in
+    `stage`) SIGKILLed once `stage` has committed a partition, then rerun to the end: the rerun reuses the
+    partitions that survived and publishes exactly what the clean run did. Returns the survivors' records."""
+    import shutil
+    import signal
+
+    from tests.pipeline.test_faults import assert_nothing_corrupt, assert_same_outputs, done_records, stage_complete
+
+    out.mkdir()
+    for name in upstream:
+        shutil.copytree(clean / name, out / name)
+    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": f"{stage}={delay_s}"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(done_records(out, stage)) >= 1, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survived = done_records(out, stage)
+    assert survived and not stage_complete(out, stage)
+    again = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {k: done_records(out, stage)[k] for k in survived} == survived  # finished partitions reused, not redone
+    assert_same_outputs(out, clean)
+    assert_nothing_corrupt(out)
+    return survived
+
+
 # ---- tiny Prompt-to-Prompt pipelines ---------------------------------------------------------
 def one_thread() -> Iterator[None]:
     """Body of a module-scoped fixture: 2 shared cores make OpenMP spinning far slower than 1 thread."""

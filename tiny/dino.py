@@ -12,25 +12,16 @@ identical images score 1 and unrelated ones clearly less. Usage: `python -m edit
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from editgen.pipeline.cache import cache_dir
+from editgen.tiny.folder import build_once
 
 TINY_DINO_NAME = "tiny-dino"
 TINY_DINO_VERSION = 1  # bump when the construction changes, so cached folders get rebuilt
 #: ImageNet statistics, as facebook/dinov2-base's preprocessor_config.json.
 _MEAN, _STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def _marker_matches(folder: Path, meta: dict[str, object]) -> bool:
-    try:
-        return json.loads((folder / "editgen_tiny.json").read_text()) == meta
-    except (OSError, ValueError):
-        return False
 
 
 def _save(folder: Path, seed: int) -> None:
@@ -59,25 +50,7 @@ def build_tiny_dino(path: str | os.PathLike[str] | None = None, seed: int = 0) -
     to a temporary sibling and renamed into place, so concurrent builders never expose a half-written model."""
     out = Path(path) if path is not None else cache_dir() / TINY_DINO_NAME
     meta: dict[str, object] = {"version": TINY_DINO_VERSION, "variant": "dinov2", "seed": seed}
-    if _marker_matches(out, meta):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        _save(tmp / "model", seed)
-        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
-        if _marker_matches(out, meta):
-            return out  # another process finished first; its folder is equivalent
-        if out.exists():
-            shutil.rmtree(out, ignore_errors=True)  # stale: another version or seed
-        try:
-            os.replace(tmp / "model", out)
-        except OSError:
-            if not _marker_matches(out, meta):  # lost a race to an equivalent build: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return build_once(out, meta, lambda folder: _save(folder, seed))
 
 
 def main(argv: list[str] | None = None) -> None:

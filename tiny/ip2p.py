@@ -11,25 +11,16 @@ saved as an ordinary diffusers folder (`StableDiffusionInstructPix2PixPipeline`)
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from editgen.tiny.folder import build_once
 from editgen.tiny.sd import build_tiny_sd, default_cache_dir
 
 TINY_IP2P_VERSION = 1  # bump when the construction changes, so cached folders get rebuilt
 PIPELINE_CLASS = "StableDiffusionInstructPix2PixPipeline"
-
-
-def _marker_matches(folder: Path, meta: dict[str, object]) -> bool:
-    try:
-        return json.loads((folder / "editgen_tiny.json").read_text()) == meta
-    except (OSError, ValueError):
-        return False
 
 
 def _widened_unet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -62,27 +53,12 @@ def build_tiny_ip2p(path: str | os.PathLike[str] | None = None, seed: int = 0) -
     a temporary sibling and renamed into place, so concurrent builders never expose a half-written model."""
     out = Path(path) if path is not None else default_cache_dir() / "tiny-ip2p"
     meta: dict[str, object] = {"version": TINY_IP2P_VERSION, "variant": "ip2p", "seed": seed}
-    if _marker_matches(out, meta):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        sd_folder = build_tiny_sd(tmp / "sd", "sd", seed=seed)
-        pipe = _build(sd_folder, seed)
-        pipe.save_pretrained(str(tmp / "model"), safe_serialization=True)
-        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
-        if _marker_matches(out, meta):
-            return out  # another process finished first; its folder is equivalent
-        if out.exists():
-            shutil.rmtree(out, ignore_errors=True)  # stale: another version or seed
-        try:
-            os.replace(tmp / "model", out)
-        except OSError:
-            if not _marker_matches(out, meta):  # lost a race to an equivalent build: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def write(folder: Path) -> None:
+        _build(build_tiny_sd(folder.parent / "sd", "sd", seed=seed), seed).save_pretrained(
+            str(folder), safe_serialization=True)
+
+    return build_once(out, meta, write)
 
 
 __all__ = ["PIPELINE_CLASS", "build_tiny_ip2p"]

@@ -11,16 +11,14 @@ Weights are a deterministic function of ``seed`` (and the library versions).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from editgen.pipeline.cache import cache_dir
 from editgen.tiny.clip_tokenizer import EOS, write_clip_tokenizer
+from editgen.tiny.folder import build_once
 
 TINY_VERSION = 1  # bump when the architecture changes, so cached folders get rebuilt
 VARIANTS = ("sd", "sdxl")
@@ -157,13 +155,6 @@ def _build_sdxl(tokenizer_dir: Path, tokenizer2_dir: Path):
     )
 
 
-def _matches(marker: Path, meta: dict[str, object]) -> bool:
-    try:
-        return json.loads(marker.read_text()) == meta
-    except (OSError, ValueError):
-        return False
-
-
 def build_tiny_sd(
     path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 0, text_width: int = 32
 ) -> Path:
@@ -182,34 +173,18 @@ def build_tiny_sd(
     meta: dict[str, object] = {"version": TINY_VERSION, "variant": variant, "seed": seed}
     if text_width != 32:  # only then, so folders cached before the option are still reused
         meta["text_width"] = text_width
-    marker = out / "editgen_tiny.json"
-    if _matches(marker, meta):
-        return out
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        tok_dir = write_clip_tokenizer(tmp / "_tok")
+    def write(folder: Path) -> None:
+        tok_dir = write_clip_tokenizer(folder.parent / "_tok")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if variant == "sd":
                 pipe = _build_sd(tok_dir, text_width)
             else:
-                pipe = _build_sdxl(tok_dir, write_clip_tokenizer(tmp / "_tok2", pad_token="!"))
-        pipe.save_pretrained(str(tmp / "model"), safe_serialization=True)
-        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
-        if _matches(marker, meta):
-            return out  # another process finished first; its folder is equivalent
-        if out.exists():
-            shutil.rmtree(out, ignore_errors=True)  # stale: other version/variant/seed
-        try:
-            os.replace(tmp / "model", out)
-        except OSError:
-            if not _matches(marker, meta):  # lost a race to an equivalent build: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+                pipe = _build_sdxl(tok_dir, write_clip_tokenizer(folder.parent / "_tok2", pad_token="!"))
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+
+    return build_once(out, meta, write)
 
 
 def build_tiny_inpaint(path: str | os.PathLike[str] | None = None, variant: str = "sd", seed: int = 1) -> Path:
@@ -225,27 +200,14 @@ def build_tiny_inpaint(path: str | os.PathLike[str] | None = None, variant: str 
     name = "tiny-sd-inpaint" if variant == "sd" else "tiny-sdxl-inpaint"
     out = Path(path) if path is not None else default_cache_dir() / name
     meta: dict[str, object] = {"version": TINY_VERSION, "variant": variant, "seed": seed, "inpaint": True}
-    marker = out / "editgen_tiny.json"
-    if _matches(marker, meta):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+
+    def write(folder: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet = _sd_unet(in_channels=9) if variant == "sd" else _sdxl_unet(in_channels=9)
-        unet.save_pretrained(str(tmp / "model" / "unet"), safe_serialization=True)
-        (tmp / "model" / "editgen_tiny.json").write_text(json.dumps(meta))
-        if out.exists() and not _matches(marker, meta):
-            shutil.rmtree(out, ignore_errors=True)
-        try:
-            os.replace(tmp / "model", out)
-        except OSError:
-            if not _matches(marker, meta):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+
+    return build_once(out, meta, write)
 
 
 __all__ = ["EOS", "VARIANTS", "build_tiny_inpaint", "build_tiny_sd", "default_cache_dir"]

@@ -6,9 +6,6 @@ counts them; and a run SIGKILLed mid-render, then rerun, publishes exactly what 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -16,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_faults import DEMO, assert_nothing_corrupt, assert_same_outputs, done_records, stage_complete
-from tests.support import ROOT, cli_env, manifest, wait_until
+from tests.pipeline.test_faults import DEMO
+from tests.support import ROOT, cli_env, kill_mid_stage_then_rerun, manifest
 
 pytestmark = pytest.mark.slow
 
@@ -91,21 +88,5 @@ def test_sessions_and_inverse_pairs_are_published_linked(baseline: Path) -> None
 
 def test_sigkill_mid_render_with_sessions_then_rerun_equals_a_clean_run(baseline, ray_address, tmp_path):
     out = tmp_path / "killed"
-    out.mkdir()
-    for stage in ("ingest", "instruct"):  # the same upstream: the kill lands in render
-        shutil.copytree(baseline / stage, out / stage)
-    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=1.5"}
-    proc = subprocess.Popen(cli(out, ray_address), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: len(done_records(out, "render")) >= 1, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    survived = done_records(out, "render")
-    assert 1 <= len(survived) < 4 and not stage_complete(out, "render")
-    again = subprocess.run(cli(out, ray_address), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                           timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    now = done_records(out, "render")
-    assert {k: now[k] for k in survived} == survived  # finished partitions reused, not redone
-    assert_same_outputs(out, baseline)
-    assert_nothing_corrupt(out)
+    survived = kill_mid_stage_then_rerun(cli(out, ray_address), out, baseline, "render", ("ingest", "instruct"), 1.5)
+    assert len(survived) < 4

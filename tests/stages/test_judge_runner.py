@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -17,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_faults import assert_nothing_corrupt, assert_same_outputs, done_records, stage_complete
-from tests.support import ROOT, cli_env, manifest, wait_until
+from tests.support import ROOT, cli_env, kill_mid_stage_then_rerun, manifest
 
 pytestmark = pytest.mark.slow
 
@@ -77,20 +74,6 @@ def test_tiny_run_with_the_judge_on_publishes_its_scores(judged: Path) -> None:
 
 def test_a_judge_killed_mid_stage_resumes_to_the_clean_output(judged: Path, ray_address, tmp_path) -> None:
     out = tmp_path / "killed"
-    out.mkdir()
-    for stage in ("ingest", "instruct", "render", "filter"):
-        shutil.copytree(judged / stage, out / stage)
-    env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "judge=3"}
-    proc = subprocess.Popen(cli(out, ray_address), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: len(done_records(out, "judge")) >= 1, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    survived = done_records(out, "judge")
-    assert len(survived) == 1 and not stage_complete(out, "judge")
-    again = subprocess.run(cli(out, ray_address), cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                           timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert {k: done_records(out, "judge")[k] for k in survived} == survived  # reused, not redone
-    assert_same_outputs(out, judged)
-    assert_nothing_corrupt(out)
+    survived = kill_mid_stage_then_rerun(cli(out, ray_address), out, judged, "judge",
+                                         ("ingest", "instruct", "render", "filter"), 3)
+    assert len(survived) == 1
