@@ -69,7 +69,7 @@ def latest(model_dir: Path) -> tuple[Path, TrainState] | None:
 def check_run(model_dir: Path, identity: dict[str, Any]) -> None:
     """Record what this run trains with, or refuse a MODEL whose checkpoints came from another run."""
     path = model_dir / CHECKPOINTS / RUN
-    if path.is_file():
+    if path.is_file() and latest(model_dir) is not None:  # without a checkpoint there is nothing to mix
         try:
             before = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

@@ -15,6 +15,7 @@ Only the manifest's `shards` are read: the train split (the held-out eval split,
 from __future__ import annotations
 
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from editgen.output.loader import instruct_pix2pix_dataset
 from editgen.output.manifest import entries, read_manifest
 from editgen.pipeline.errors import InputError
-from editgen.pipeline.redact import redact_url
+from editgen.pipeline.redact import redact_text, redact_url
 from editgen.pipeline.storage import Storage
 
 #: The held-out split's tar prefix (docs/sessions.md' sibling contract, issue 24): never training data.
@@ -113,10 +114,15 @@ class BatchStream:
         epoch, skip = start.epoch, start.batch
         while True:
             taken = 0
-            for index, batch in enumerate(self.epoch(epoch)):
-                taken += 1
-                if index >= skip:
-                    yield Position(epoch, index + 1), batch
+            try:
+                for index, batch in enumerate(self.epoch(epoch)):
+                    taken += 1
+                    if index >= skip:
+                        yield Position(epoch, index + 1), batch
+            except (OSError, ValueError, KeyError, tarfile.TarError) as exc:  # a damaged published tar
+                detail = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+                raise InputError(f"train shards: an unreadable sample in epoch {epoch} ({redact_text(detail)}); "
+                                 "`editgen validate OUT` names the damaged tar") from None
             if taken == 0:
                 raise InputError("the train shards yielded no samples (every tar empty or unreadable)")
             epoch, skip = epoch + 1, 0

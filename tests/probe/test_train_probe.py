@@ -151,6 +151,8 @@ def _cli(out: Path, model: Path, args: list[str], capsys) -> tuple[int, str]:
     ("model_is_file", "--out is a file"),
     ("foreign_folder", "holding something other than a probe"),
     ("missing_out", "no such output directory"),
+    ("eval_listed", "must not be trained on"),
+    ("damaged_shard", "unreadable sample"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_out, two_steps, tmp_path, capsys, case, expected):
     model, out, args = tmp_path / "probe", run_out, ["--steps", "2"]
@@ -173,6 +175,18 @@ def test_bad_input_is_one_line_and_exit_2(run_out, two_steps, tmp_path, capsys, 
         (model / "notes.txt").write_text("x")
     elif case == "missing_out":
         out = tmp_path / "nowhere"
+    elif case in ("eval_listed", "damaged_shard"):
+        out = tmp_path / "other-run"
+        shutil.copytree(run_out, out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        first = out / manifest["shards"][0]["name"]
+        if case == "damaged_shard":
+            first.write_bytes(b"not a tar" * 100)
+        else:
+            eval_name = manifest["shards"][0]["name"].replace("edits-", "eval-")
+            first.rename(out / eval_name)
+            manifest["shards"][0]["name"] = eval_name
+            (out / "manifest.json").write_text(json.dumps(manifest))
     code, err = _cli(out, model, args, capsys)
     assert code == 2 and expected in err and "\n" not in err and "Traceback" not in err, err
 
