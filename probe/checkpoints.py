@@ -4,8 +4,8 @@ A checkpoint is written to a hidden temporary folder (UNet weights as safetensor
 states: accelerate loads them back with `weights_only=True`, never an arbitrary pickle), then
 `state.json` (the step, the data stream's position, the loss curve so far), then renamed into place: a
 `step-N` folder is complete or absent, so a run killed mid-save resumes from the one before. The two
-newest are kept. `run.json` beside them records what the run trains with (data, base model, seed, batch
-size, learning rate, resolution, dropout): a rerun that differs in any of these is refused rather than
+newest are kept. `run.json` beside them records what the run trains with (the shard generation, base model, seed,
+batch size, learning rate, resolution, dropout): a rerun that differs in any of these is refused rather than
 resumed into a mixture (only --steps may change: more steps go on from the latest checkpoint).
 """
 

@@ -162,10 +162,10 @@ def probe_record(out: str, split: TrainSplit, base: BaseModel, settings: ProbeSe
             "versions": versions(), "loss": state.losses}
 
 
-def identity(out: str, split: TrainSplit, cfg: EditgenConfig, settings: ProbeSettings,
-             resolution: int) -> dict[str, Any]:
-    """What a checkpoint's run trained with (all but --steps, --checkpoint-every and precision)."""
-    return {"data": redact_url(out), "generation": split.generation, "base_model": cfg.render.model,
+def identity(split: TrainSplit, cfg: EditgenConfig, settings: ProbeSettings, resolution: int) -> dict[str, Any]:
+    """What a checkpoint's run trained with (all but --steps, --checkpoint-every and precision). The data is
+    its shard generation (a function of the config and input: OUT spelt another way, or moved, is the same)."""
+    return {"generation": split.generation, "train_samples": split.samples, "base_model": cfg.render.model,
             "model_edits": cfg.render.model_dump(mode="json", include={"model_edits", "model_edit_lambda",
                                                                        "model_edit_preserve"}),
             "seed": settings.seed, "batch_size": settings.batch_size, "lr": settings.lr,
@@ -177,7 +177,7 @@ def train_probe(out: str, split: TrainSplit, cfg: EditgenConfig, model_dir: Path
                 settings: ProbeSettings) -> dict[str, Any]:
     """Train (or resume) the probe into `model_dir`; returns probe.json's content."""
     resolution = settings.resolution or default_resolution(cfg)
-    check_run(model_dir, identity(out, split, cfg, settings, resolution))
+    check_run(model_dir, identity(split, cfg, settings, resolution))
     base = load_base(cfg)
     trainer = prepare(base, split, settings, resolution)
     state = run_steps(trainer, resume(trainer, model_dir, settings.steps), settings, model_dir)
