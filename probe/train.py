@@ -104,7 +104,6 @@ def run_steps(trainer: Trainer, state: TrainState, settings: ProbeSettings, mode
     """Train from `state.step` to `settings.steps`, checkpointing every `checkpoint_every` and at the end."""
     acc, unet, opt = trainer.accelerator, trainer.unet, trainer.optimizer
     batches = trainer.stream.batches(state.position)
-    saved = state.step
     while state.step < settings.steps:
         position, batch = next(batches)
         gen = step_generator(settings.seed, state.step)
@@ -119,11 +118,8 @@ def run_steps(trainer: Trainer, state: TrainState, settings: ProbeSettings, mode
         state.samples_seen += int(batch["input_ids"].shape[0])
         if state.step % settings.checkpoint_every == 0 or state.step == settings.steps:
             save(acc, model_dir, state)
-            saved = state.step
         if state.step % 10 == 0 or state.step == settings.steps:
             log.info("train-probe: step %d/%d loss %.4f", state.step, settings.steps, state.losses[-1])
-    if saved != state.step:  # resumed at exactly --steps: the checkpoint is already there
-        save(acc, model_dir, state)
     return state
 
 
