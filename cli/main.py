@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
         ("judge-agreement", "editgen.cli.judge_agreement",
          "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
+        ("train-probe", "editgen.cli.train_probe", "fine-tune InstructPix2Pix on OUT's shards (a probe model)"),
     ):
         add, main = _delegate(module)
         p = _command(sub, name, help_text, _module_doc(module) or help_text)
@@ -341,7 +342,7 @@ def _missing(name: str, module: str) -> Callable[[argparse.Namespace], int]:
 
 
 #: Commands whose OUT (and export-hf's DEST) must be a directory or not exist yet.
-OUT_COMMANDS = ("run", "status", "validate", "preview", "shards", "export-hf", "judge-agreement")
+OUT_COMMANDS = ("run", "status", "validate", "preview", "shards", "export-hf", "judge-agreement", "train-probe")
 
 
 def check_out_paths(args: argparse.Namespace) -> None:

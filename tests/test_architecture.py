@@ -28,6 +28,7 @@ LAYERS = (
     ("engines",),  # edit engines: the interface, the typed candidate record, the registry, each engine
     ("llm",),  # LLM backends, parsing, validation
     ("output",),  # shards, manifest, loader, exporter
+    ("probe",),  # the probe model: InstructPix2Pix fine-tuned on a run's shards (editgen train-probe)
     ("stages",),  # the thin stage classes
     ("cli",),  # the editgen command and its tools
     ("bench",),

@@ -4,7 +4,8 @@ InstructPix2Pix is Stable Diffusion whose UNet also reads the input image's late
 takes 8 channels (4 noisy latent + 4 image latent), initialised from SD's with the extra channels added
 (Brooks et al. 2023, section 3.2). The tiny one is built the same way from the tiny SD (tiny.sd): the
 same VAE, text encoder, tokenizer and scheduler, and the same UNet weights, with `conv_in` widened to 8
-channels whose image half is seeded random (not zero, so the input image does steer a test's edit). It is
+channels whose image half is seeded random (not zero, so the input image does steer a test's edit;
+`widen_conv_in`, which `editgen train-probe` shares, zero-initialises it as the paper does). It is
 saved as an ordinary diffusers folder (`StableDiffusionInstructPix2PixPipeline`) and loaded back through
 ``from_pretrained(..., use_safetensors=True)``, the path a hub id takes.
 """
@@ -23,18 +24,29 @@ TINY_IP2P_VERSION = 1  # bump when the construction changes, so cached folders g
 PIPELINE_CLASS = "StableDiffusionInstructPix2PixPipeline"
 
 
-def _widened_unet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """The SD UNet with an 8-channel `conv_in`: latent half SD's weights, image half seeded random."""
-    from diffusers import UNet2DConditionModel
+def widen_conv_in(unet: torch.nn.Module, extra: torch.Tensor | None = None) -> torch.nn.Module:
+    """InstructPix2Pix's UNet from an SD UNet, in place: `conv_in` also reads the input image's latent
+    (as many channels again). Its latent half keeps SD's weights and bias; the image half is `extra`, or
+    zeros (Brooks et al. 2023, sec. 3.2: so the widened UNet starts out exactly as SD). Shared by the tiny
+    IP2P test model and `editgen train-probe` (probe/base.py)."""
+    old = unet.conv_in
+    weight = old.weight.detach()
+    added = torch.zeros_like(weight) if extra is None else extra.to(weight)
+    wide = torch.nn.Conv2d(2 * old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                           device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        wide.weight.copy_(torch.cat([weight, added], dim=1))
+        wide.bias.copy_(old.bias.detach())
+    unet.conv_in = wide
+    unet.register_to_config(in_channels=wide.in_channels)
+    return unet
 
-    wide = UNet2DConditionModel.from_config({**dict(unet.config), "in_channels": 8})
-    state = unet.state_dict()
-    old = state.pop("conv_in.weight")
+
+def _widened_unet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The tiny IP2P's UNet: the image half seeded random, not zero, so the input image steers a test's edit."""
+    weight = unet.conv_in.weight.detach()
     gen = torch.Generator("cpu").manual_seed(seed + 1)
-    extra = torch.randn(old.shape, generator=gen) * old.std()
-    state["conv_in.weight"] = torch.cat([old, extra], dim=1)
-    wide.load_state_dict(state)
-    return wide
+    return widen_conv_in(unet, torch.randn(weight.shape, generator=gen) * weight.std())
 
 
 def _build(sd_folder: Path, seed: int):
@@ -61,4 +73,4 @@ def build_tiny_ip2p(path: str | os.PathLike[str] | None = None, seed: int = 0) -
     return build_once(out, meta, write)
 
 
-__all__ = ["PIPELINE_CLASS", "build_tiny_ip2p"]
+__all__ = ["PIPELINE_CLASS", "build_tiny_ip2p", "widen_conv_in"]

@@ -32,7 +32,8 @@ from editgen.pipeline.storage import Storage, sha256_bytes
 from editgen.tiny.synthetic import filter_table, render_table
 from tests.support import ROOT
 
-CODE_DIRS = ("pipeline", "stages", "output", "p2p", "tiny", "llm", "filters", "prompts", "sources", "cli", "bench")
+CODE_DIRS = ("pipeline", "stages", "output", "p2p", "tiny", "llm", "filters", "prompts", "sources", "cli", "bench",
+             "probe")
 
 
 def python_files(dirs: tuple[str, ...] = CODE_DIRS) -> list[Path]:
