@@ -123,3 +123,35 @@ def test_packed_and_shared_records_regenerate_bit_for_bit(pipes, variant, schedu
         assert torch.equal(again.result.latents, out.result.latents)
     assert "packed" in packed[0].record.params and "shared_source" in shared[0].record.params
     assert shared[0].input_image == shared[1].input_image  # one source for the group
+
+
+def test_sdxl_turbo_profile_validates():
+    from editgen.engines.p2p import P2PEngine
+    from editgen.p2p import compute
+    from editgen.pipeline.config import build_config
+    from tests.support import ROOT
+
+    cfg = build_config("sdxl-turbo")
+    r = cfg.render
+    assert (r.model, r.scheduler, tuple(r.guidance_range), r.height) == ("stabilityai/sdxl-turbo",
+                                                                        "euler_a_trailing", (0.0, 0.0), 512)
+    assert 1 <= r.steps <= 4
+    P2PEngine.check_settings(r)
+    recipe = compute.profile_recipe(r, cfg.filter.top_k)
+    assert recipe.rows_per_candidate == 1 + 1 / r.shared_sources  # CFG-free: one row per prompt
+    # the tiny SDXL with the same render recipe (examples/turbo-tiny.yaml) validates on the tiny profile
+    tiny = build_config("tiny", files=[str(ROOT / "examples" / "turbo-tiny.yaml")])
+    assert (tiny.render.model, tiny.render.scheduler, tiny.render.guidance_range[1]) == ("tiny-sdxl",
+                                                                                         "euler_a_trailing", 0.0)
+    P2PEngine.check_settings(tiny.render)
+
+
+@pytest.mark.slow  # counts FLOPs of SD 1.5's and SDXL's UNets (meta device): ~30-50 s on 2 busy cores
+def test_sdxl_turbo_costs_under_a_hundredth_of_ip2p_per_kept_sample():
+    from bench.bench_render import turbo_estimate
+    from editgen.p2p import compute
+
+    sd15 = compute.measure_unet_flops(compute.sd15_unet(), 512, 512).total
+    est = turbo_estimate(sd15)
+    assert est["unet_flops"]["total"] > 1.5 * sd15  # SDXL's UNet, not SD 1.5's
+    assert est["pass"] and est["ratio"] <= 0.01 and est["ip2p"]["flops_per_row"] == sd15
