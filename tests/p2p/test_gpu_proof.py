@@ -58,5 +58,5 @@ def test_cpu_run_has_every_field(tmp_path):
         assert r["mfu"] == NOT_CPU and r["peak_mib"] == NOT_CPU
     assert _measured(res["best"]["candidates_per_s"]) and _measured(res["p2p"]["time_ratio"])
     assert res["regeneration"]["bit_exact"] is True and res["regeneration"]["regenerated"] == 2
-    assert res["regeneration"]["deterministic"] == "strict"
+    assert res["regeneration"]["deterministic"] == "strict" and res["regeneration"]["latents_finite"] is True
     assert _measured(res["clip"]["images_per_s"]) and _measured(res["unet"]["flops_per_row_step"])
