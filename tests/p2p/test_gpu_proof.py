@@ -10,7 +10,18 @@ import sys
 
 import pytest
 
-from bench.gpu_proof import NOT_CPU, RUN_FIELDS, SCHEMA, TOP, peak_tflops
+from bench.gpu_proof import (
+    DTYPES,
+    NOT_CPU,
+    RUN_FIELDS,
+    SCHEMA,
+    TOP,
+    Ctx,
+    compile_grid,
+    eager_grid,
+    guarded,
+    peak_tflops,
+)
 from tests.support import ROOT, cli_env
 
 #: What the CPU run cannot measure (no peak table for CPUs, no compile, no vLLM, no CUDA allocator).
@@ -25,6 +36,27 @@ def test_device_peaks_by_name():
     assert peak_tflops("NVIDIA A10G") == 70.0 and peak_tflops("NVIDIA A10") == 125.0
     assert peak_tflops("NVIDIA L40S") == 362.0 and peak_tflops("NVIDIA L4") == 121.0
     assert peak_tflops("Some Future GPU") is None
+
+
+def test_spent_budget_skips_each_cell_and_section_with_its_reason():
+    """On a GPU, what does not fit the budget is skipped with the reason, cell by cell (no compilation
+    starts); a section that raises reports the error in its fields and the run goes on."""
+    import time
+
+    import torch
+
+    ctx = Ctx(gpu=True, device=torch.device("cpu"), budget=0.0, iters=1, start=time.perf_counter())
+    unet = torch.nn.Linear(2, 2)  # never called: every cell is skipped
+    for runs in (eager_grid(ctx, unet, {}), compile_grid(ctx, unet, {})):
+        assert len(runs) == len(DTYPES) * 4 and all(list(r) == list(RUN_FIELDS) for r in runs)
+        assert all(str(r["step_s"]).startswith("skipped: time budget spent") for r in runs)
+    assert all(v.startswith("skipped: time budget spent") for v in guarded(ctx, "clip", 30.0, dict).values())
+    ctx.budget = 1e9
+
+    def boom() -> dict:
+        raise RuntimeError("no kernel")
+
+    assert set(guarded(ctx, "clip", 1.0, boom).values()) == {"error: RuntimeError: no kernel"}
 
 
 def _measured(v: object) -> bool:
