@@ -9,8 +9,11 @@ With random weights built from the real architectures (bench/gpu_proof_models.py
 * the fused Prompt-to-Prompt processors vs plain SDPA at the best eager batch: time and peak memory;
 * a packed record rendered and regenerated (engines.regenerate) under ``torch.use_deterministic_algorithms``
   on the SD-1.5-architecture pipeline: bit for bit or not, and how far packing moves a row;
-* open_clip ViT-L/14 image tower images per second; vLLM tokens per second on a Qwen2.5-0.5B-architecture
-  model when vLLM is installed (bench/gpu_proof_vllm.py, in its own process).
+* open_clip ViT-L/14 image tower images per second;
+* the ``sdxl-turbo`` profile's render: SDXL's UNet at 512 px, guidance-free (one row per prompt), 32 rows:
+  candidates per second by the profile's recipe, TFLOP/s, MFU;
+* vLLM tokens per second on a Qwen2.5-0.5B-architecture model when vLLM is installed
+  (bench/gpu_proof_vllm.py, in its own process).
 
 One global time budget (``--budget-s``, 420 s on a GPU: under 8 minutes on one H100 with model
 construction): the essential sections run first, ``torch.compile`` cells last (the largest batches
@@ -66,6 +69,8 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "regeneration": ("model", "dtype", "size", "steps", "records", "rows_per_half", "deterministic", "bit_exact",
                      "regenerated", "latents_finite", "packed_vs_alone_max_abs_diff", "seconds"),
     "clip": ("model", "dtype", "batch", "images_per_s"),
+    "turbo": ("model", "dtype", "size", "rows", "flops_per_row_step", "row_steps_per_candidate", "step_s",
+              "candidates_per_s", "unet_tflops", "mfu"),
     "vllm": ("model", "prompts", "prompt_tokens", "max_tokens", "engine_start_s", "generated_tokens", "tokens_per_s"),
 }
 TOP = ("header", "gpu_figure", "device", "torch", "cuda", "peak_tflops", "budget_s", "elapsed_s", *SCHEMA)
@@ -318,6 +323,42 @@ def clip_section(ctx: Ctx) -> dict[str, Any]:
             "images_per_s": batch / sorted(times)[len(times) // 2]}
 
 
+def turbo_section(ctx: Ctx) -> dict[str, Any]:
+    """The sdxl-turbo profile's render on the SDXL architecture (random) at its 512 px, guidance-free: one
+    UNet row per prompt, 32 rows per call; candidates/s by the profile's recipe (UNet only)."""
+    from editgen.p2p import compute
+    from editgen.pipeline.config import build_config
+    from editgen.tiny.sd import build_tiny_sd
+
+    cfg = build_config("sdxl-turbo")
+    recipe = compute.profile_recipe(cfg.render, cfg.filter.top_k)
+    if ctx.gpu:
+        unet, model, size, rows = compute.sdxl_unet(ctx.device, torch.float16), "SDXL UNet (random)", 512, 32
+    else:
+        from diffusers import UNet2DConditionModel
+
+        path = build_tiny_sd(variant="sdxl") / "unet"
+        unet = UNet2DConditionModel.from_pretrained(str(path), use_safetensors=True).eval().requires_grad_(False)
+        model, size, rows = "tiny SDXL UNet (random)", 64, 2
+    dt = torch.float16 if ctx.gpu else torch.float32
+    one = compute._unet_inputs(unet, (size // 8, size // 8), 77, compute._cross_dim(unet, None), ctx.device)
+    inputs = {**one, "sample": one["sample"].to(dt).repeat(rows, 1, 1, 1),
+              "encoder_hidden_states": one["encoder_hidden_states"].to(dt).repeat(rows, 1, 1),
+              "added_cond_kwargs": {k: v.to(dt).repeat(rows, 1) for k, v in one["added_cond_kwargs"].items()}}
+    from bench.bench_render import _step_time
+
+    step = _step_time(unet, inputs, ctx.iters, lambda i: None, ctx.gpu)
+    flops = compute.measure_unet_flops(unet, size, size).total
+    tflops = rows * flops / step / 1e12
+    name = torch.cuda.get_device_name(ctx.device) if ctx.gpu else "cpu"
+    peak = peak_tflops(name)
+    mfu: float | str = NOT_CPU if not ctx.gpu else (UNKNOWN_PEAK if peak is None else tflops / peak)
+    row_steps = recipe.rows_per_candidate * recipe.steps
+    return {"model": model, "dtype": str(dt).removeprefix("torch."), "size": size, "rows": rows,
+            "flops_per_row_step": flops, "row_steps_per_candidate": row_steps, "step_s": step,
+            "candidates_per_s": rows / row_steps / step, "unet_tflops": tflops, "mfu": mfu}
+
+
 def llm_python(given: str | None) -> str | None:
     """The interpreter that has vLLM: --llm-python, this one, or the project's LLM venv."""
     import importlib.util
@@ -387,6 +428,7 @@ def run_all(ctx: Ctx, args: argparse.Namespace) -> dict[str, Any]:
                          lambda: p2p_section(ctx, holder["unet"], holder["grid"], eager_best))
     res["regeneration"] = guarded(ctx, "regeneration", 60.0 if gpu else 5.0, lambda: regeneration_section(ctx))
     res["clip"] = guarded(ctx, "clip", 30.0 if gpu else 3.0, lambda: clip_section(ctx))
+    res["turbo"] = guarded(ctx, "turbo", 40.0 if gpu else 3.0, lambda: turbo_section(ctx))
     if gpu:
         torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory(prefix="gpu-proof-") as work:
@@ -432,7 +474,7 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
         else:
             value = str(r["step_s"])
         rows.append((cell, value))
-    for section in ("best", "p2p", "regeneration", "clip", "vllm"):
+    for section in ("best", "p2p", "regeneration", "clip", "turbo", "vllm"):
         rows += [(f"{section} {k}", _fmt(res[section][k])) for k in SCHEMA[section]]
     rows.append(("elapsed s (budget)", f"{res['elapsed_s']:.1f} ({res['budget_s']:.0f})"))
     return rows

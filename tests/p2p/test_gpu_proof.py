@@ -25,7 +25,7 @@ from bench.gpu_proof import (
 from tests.support import ROOT, cli_env
 
 #: What the CPU run cannot measure (no peak table for CPUs, no compile, no vLLM, no CUDA allocator).
-GPU_ONLY = {("p2p", "plain_peak_mib"), ("p2p", "p2p_peak_mib"), ("p2p", "mem_ratio"), ("best", "mfu"),
+GPU_ONLY = {("p2p", "plain_peak_mib"), ("p2p", "p2p_peak_mib"), ("p2p", "mem_ratio"), ("best", "mfu"), ("turbo", "mfu"),
             ("vllm", "engine_start_s"), ("vllm", "generated_tokens"), ("vllm", "tokens_per_s")}
 
 
@@ -66,7 +66,7 @@ def _measured(v: object) -> bool:
 @pytest.mark.slow
 def test_cpu_run_has_every_field(tmp_path):
     out = tmp_path / "gpu-proof.json"
-    proc = subprocess.run([sys.executable, "bench/gpu_proof.py", "--json", str(out), "--budget-s", "90"],
+    proc = subprocess.run([sys.executable, "bench/gpu_proof.py", "--json", str(out), "--budget-s", "150"],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "NOT A GPU FIGURE" in proc.stdout.splitlines()[1]  # the table's header line
@@ -91,4 +91,5 @@ def test_cpu_run_has_every_field(tmp_path):
     assert _measured(res["best"]["candidates_per_s"]) and _measured(res["p2p"]["time_ratio"])
     assert res["regeneration"]["bit_exact"] is True and res["regeneration"]["regenerated"] == 2
     assert res["regeneration"]["deterministic"] == "strict" and res["regeneration"]["latents_finite"] is True
+    assert _measured(res["turbo"]["candidates_per_s"]) and res["turbo"]["row_steps_per_candidate"] == 5.0
     assert _measured(res["clip"]["images_per_s"]) and _measured(res["unet"]["flops_per_row_step"])
