@@ -75,6 +75,6 @@ gpu-proof: venv
 	$(VENV)/bin/python bench/gpu_proof.py --json gpu-proof.json
 
 clean:
-	rm -rf $(OUT) $(OUT)-real $(OUT)-real-captions.jsonl .pytest_cache .ruff_cache
+	rm -rf $(OUT) $(OUT)-real $(OUT)-real-captions.jsonl gpu-proof.json .pytest_cache .ruff_cache
 
 .PHONY: help venv venv-llm chromium lint demo demo-real test bench gpu-proof clean
