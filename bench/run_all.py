@@ -111,6 +111,15 @@ def _later_rows(results: dict[str, Any], add: Any) -> None:
     for name, v in sorted((r.get("ratios") or {}).items()):
         add(f"render {name} vs plain SDPA: time", v.get("time"), "{:.3f}x")
         add(f"render {name} vs plain SDPA: peak memory", v.get("mem"), "{:.3f}x")
+    fl = (results.get("render") or {}).get("flops") or {}
+    for name, target in (("sd15", "1/10"), ("sd15+proposed", "1/10"), ("sdxl-turbo", "1/100")):
+        if name in fl:
+            add(f"UNet FLOPs per kept sample, {name} profile (PFLOP)", fl[name]["profile"]["flops_per_kept"] / 1e15,
+                "{:.4f}")
+            add(f"  {name} / InstructPix2Pix's recipe (target <= {target})", fl[name]["ratio"], "{:.4f}x")
+    if "sd15" in fl:
+        add("UNet FLOPs per kept sample, InstructPix2Pix's recipe (PFLOP)", fl["sd15"]["ip2p"]["flops_per_kept"] / 1e15,
+            "{:.2f}")
     for r in (results.get("inversion") or {}).get("results") or []:
         add(f"inversion {r['method']}: UNet rows per pair (tiny)", r["unet_rows"], "{:.0f}")
         add(f"inversion {r['method']}: CPU s per pair (tiny)", r["cpu_s"], "{:.2f}")

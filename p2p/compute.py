@@ -180,12 +180,33 @@ SD15_UNET_CONFIG: dict[str, Any] = {
 }
 
 
-def sd15_unet(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> Any:
-    """A random-weight SD 1.5 UNet (on ``meta`` by default: no 3.4 GB allocation)."""
+#: Stable Diffusion XL base 1.0's UNet config (``unet/config.json``), also SDXL-Turbo's (a distilled SDXL).
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+    "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "downsample_padding": 1,
+    "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 2048, "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+    "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
+
+def sdxl_unet(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> Any:
+    """A random-weight SDXL UNet (on ``meta`` by default: no 10 GB allocation)."""
+    return sd15_unet(device, dtype, SDXL_UNET_CONFIG)
+
+
+def sd15_unet(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32,
+              config: dict[str, Any] | None = None) -> Any:
+    """A random-weight SD 1.5 UNet (on ``meta`` by default: no 3.4 GB allocation); ``config``: another
+    architecture's UNet config."""
     from diffusers import UNet2DConditionModel
 
     with torch.device(device):
-        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        unet = UNet2DConditionModel(**(config or SD15_UNET_CONFIG))
     if dtype != torch.float32:
         unet = unet.to(dtype)
     return unet.eval().requires_grad_(False)
@@ -554,12 +575,14 @@ def profile_recipe(render: Any, top_k: int | None, share: int | None = None, nam
 
 
 def production_estimate(render: Any, top_k: int | None, flops_per_row: int, model: AcceptanceModel | None = None,
-                        share: int | None = None, target: float = 0.1) -> dict[str, Any]:
+                        share: int | None = None, target: float = 0.1, ip2p_flops_per_row: int | None = None
+                        ) -> dict[str, Any]:
     """FLOPs per kept sample of a profile's render settings vs InstructPix2Pix's recipe, as a ratio
-    (target <= 1/10), both under the same acceptance model."""
+    (target <= 1/10), both under the same acceptance model. ``ip2p_flops_per_row``: InstructPix2Pix's
+    UNet (SD 1.5 at 512 px) when the profile's model is another (default: the same as ours)."""
     model = model or AcceptanceModel()
     ours = recipe_cost(profile_recipe(render, top_k, share), flops_per_row, model)
-    ip2p = recipe_cost(IP2P, flops_per_row, model)
+    ip2p = recipe_cost(IP2P, ip2p_flops_per_row or flops_per_row, model)
     ratio = ours.flops_per_kept / ip2p.flops_per_kept
     return {"profile": ours.to_dict(), "ip2p": ip2p.to_dict(), "acceptance": asdict(model),
             "ratio": ratio, "target": target, "pass": ratio <= target}

@@ -10,6 +10,7 @@ regenerated later.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -64,6 +65,23 @@ def cross_window_steps(window: Any, num_steps: int) -> tuple[int, int]:
     int(f * (N + 1))``, one step longer than the self window for most ``f``."""
     start, end = parse_window(window)
     return int(start * (num_steps + 1)), int(end * (num_steps + 1))
+
+
+def few_step_window(window: Any, num_steps: int) -> tuple[int, int]:
+    """Step range ``[start, end)`` of a window under a few-step sampler (1-8 steps: LCM, SD/SDXL-Turbo).
+
+    The many-step rules floor ``f * N`` (``int``), which at N = 1..4 drops most windows to nothing (a
+    0.3 self window at 2 steps: ``int(0.6) = 0``). Here a window covers the steps it overlaps:
+    ``[floor(s * N), ceil(e * N))``, at least one step when ``e > s`` (a non-empty window always acts),
+    none when ``e == s`` (a zero window is a plain generation). The same rule for cross and self windows
+    (the many-step cross rule's ``N + 1`` table is the reference's quirk, not worth carrying to 2 steps).
+    ``ceil`` forgives float noise (``0.3 * 10`` is 3, not 4)."""
+    start, end = parse_window(window)
+    if end <= start:
+        return 0, 0
+    a = min(int(math.floor(start * num_steps + 1e-9)), num_steps - 1)
+    b = max(a + 1, int(math.ceil(end * num_steps - 1e-9)))
+    return a, min(b, num_steps)
 
 
 def ip2p_steps(window: Any, num_steps: int) -> tuple[int, int]:
@@ -218,19 +236,20 @@ def _alignment(mode: str, src: PromptTokens, tgt: PromptTokens) -> Alignment:
     return refine_alignment(src, tgt)
 
 
-def _cross_window(windows: Any, tgt: PromptTokens, num_steps: int) -> torch.Tensor:
+def _cross_window(windows: Any, tgt: PromptTokens, num_steps: int, few_step: bool = False) -> torch.Tensor:
     """(T, L) 1 where the cross edit is active; a per-word dict without ``default_`` defaults to the
     whole run, as the reference's ``get_time_words_attention_alpha``."""
     if not isinstance(windows, Mapping):
         windows = {DEFAULT_KEY: windows}
+    steps_of = few_step_window if few_step else cross_window_steps
     win = torch.zeros(num_steps, tgt.length)
-    s, e = cross_window_steps(windows.get(DEFAULT_KEY, 1.0), num_steps)
+    s, e = steps_of(windows.get(DEFAULT_KEY, 1.0), num_steps)
     win[s:e] = 1.0
     for word, window in windows.items():
         if word == DEFAULT_KEY:
             continue
         pos = locate_word(tgt, word, "cross_replace")
-        s, e = cross_window_steps(window, num_steps)
+        s, e = steps_of(window, num_steps)
         win[:, pos] = 0.0
         win[s:e, pos] = 1.0
     return win
@@ -257,8 +276,10 @@ def _compile_blend(b: BlendConfig, src: PromptTokens, tgt: PromptTokens, num_ste
     return CompiledBlend(src_cols, edit_cols, b.threshold, window_steps(b.start, num_steps)[1], b.downscale)
 
 
-def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num_steps: int) -> CompiledEdit:
-    """Build the processors' tensors for one edit row over ``num_steps`` denoising steps.
+def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num_steps: int,
+                 few_step: bool = False) -> CompiledEdit:
+    """Build the processors' tensors for one edit row over ``num_steps`` denoising steps (``few_step``:
+    windows by :func:`few_step_window`, the rule of the few-step samplers).
 
     Raises :class:`p2p.seq_align.TruncatedWord` when the prompts differ only past the encoder's
     token limit (the pair would be a no-op) or a word the edit names lies past it.
@@ -276,7 +297,7 @@ def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num
     if mode != "ip2p":
         align = _alignment(mode, src, tgt)
         mapper = None if align.identity else align.mapper
-        win = _cross_window(control.cross_replace, tgt, num_steps)
+        win = _cross_window(control.cross_replace, tgt, num_steps, few_step)
         alpha = win * align.mapped.to(win.dtype)
         own = _own_weight(win, align.mapped.to(win.dtype), weights, control.reweight_all_steps)
     elif weights is not None and control.reweight_all_steps:
@@ -284,7 +305,8 @@ def compile_edit(control: EditControl, src: PromptTokens, tgt: PromptTokens, num
     if mode == "ip2p":
         self_steps, max_res = ip2p_steps(control.self_replace, num_steps), None
     else:
-        self_steps, max_res = window_steps(control.self_replace, num_steps), control.self_max_res
+        steps_of = few_step_window if few_step else window_steps
+        self_steps, max_res = steps_of(control.self_replace, num_steps), control.self_max_res
     blend = None if control.blend is None else _compile_blend(control.blend, src, tgt, num_steps)
     return CompiledEdit(
         mode=mode,

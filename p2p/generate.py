@@ -48,7 +48,13 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
+    # Few-step generators (docs/fewstep.md): LCM (an LCM-LoRA fused into the model) and SD-Turbo /
+    # SDXL-Turbo's Euler ancestral sampler on trailing timesteps; P2P windows use the few-step rule.
+    "lcm": ("LCMScheduler", {}),
+    "euler_a_trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
+#: Schedulers whose P2P windows follow the few-step rule (p2p.controls.few_step_window).
+FEW_STEP_SCHEDULERS = frozenset({"lcm", "euler_a_trailing"})
 
 DTYPES = {
     "float32": torch.float32,
@@ -303,7 +309,8 @@ def compile_batch(p2p: P2PPipeline, requests: Sequence[RenderRequest], num_steps
         src_tok = tokenize(p2p.tokenizer, req.source)
         group_modes = []
         for edit in req.edits:
-            compiled = compile_edit(edit, src_tok, tokenize(p2p.tokenizer, edit.prompt), num_steps)
+            compiled = compile_edit(edit, src_tok, tokenize(p2p.tokenizer, edit.prompt), num_steps,
+                                    few_step=req.scheduler in FEW_STEP_SCHEDULERS)
             batch.rows.append(EditRow(len(batch.prompts), start, compiled))
             group_modes.append(compiled.mode)
             batch.prompts.append(edit.prompt)
@@ -480,7 +487,9 @@ def check_request(p2p: P2PPipeline, request: RenderRequest) -> list[str]:
         raise ValueError("steps must be >= 1")
     make_scheduler(request.scheduler, p2p.base_scheduler_config)
     src = tokenize(p2p.tokenizer, request.source)
-    return [compile_edit(e, src, tokenize(p2p.tokenizer, e.prompt), request.steps).mode for e in request.edits]
+    few = request.scheduler in FEW_STEP_SCHEDULERS
+    return [compile_edit(e, src, tokenize(p2p.tokenizer, e.prompt), request.steps, few_step=few).mode
+            for e in request.edits]
 
 
 def render_one(p2p: P2PPipeline, request: RenderRequest, explicit: bool = False) -> RenderResult:

@@ -213,7 +213,10 @@ class RenderConfig(Strict):
         "auto", description="auto = float16 on GPU, float32 on CPU"
     )
     compile: bool = Field(False, description="torch.compile the UNet once per actor")
-    scheduler: Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"] = "ddim"
+    scheduler: Literal["ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm",
+                       "euler_a_trailing"] = Field(
+        "ddim", description="sampler; lcm and euler_a_trailing (SD/SDXL-Turbo) are the few-step ones, whose P2P "
+                            "windows follow the few-step rule (docs/fewstep.md)")
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     height: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
     width: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
