@@ -1,0 +1,142 @@
+"""Run-wide near-duplicate image removal and benchmark-image exclusion by perceptual hash (pHash).
+
+Semantics: over the fetched rows that were kept, in global order (partition, row), a row is a
+`benchmark_image` if its pHash is within `exclude_distance` bits of a benchmark image's, else a
+`near_duplicate_image` if it is within `near_dup_distance` bits of an earlier *kept* row's, else kept.
+An exact copy is distance 0. Deterministic: the first occurrence wins.
+
+Candidates without comparing every pair (multi-index hashing): the 64 bits are cut into D + 1 bands
+(D: the larger distance in use); two hashes within D bits agree exactly on at least one band. One task
+per bucket of (band, band value) keys reads only the pHash column of every partition (8 bytes a row,
+never the images) and the benchmark hashes, groups by band key and compares each group's members
+pairwise (in blocks: memory stays bounded for a large group), returning only the close pairs. One
+resolve task replays the rule above over those pairs (only rows that have one: bounded like the
+caption dedup's conflicts) and writes the drops with filters.captions.dedup's file layout and digests,
+so publish reads them the same way (`dedup.read_drops`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from editgen.filters.captions import dedup as dd
+from editgen.pipeline.records import read_verified_table
+from editgen.pipeline.stage import KEPT, part_name, with_status
+from editgen.pipeline.storage import Storage
+from editgen.sources.phash import band_values, bands, distances, from_hex
+
+NEAR_DUP = "near_duplicate_image"
+BENCHMARK = "benchmark_image"
+HASH_COLUMN = "image_phash"
+#: Rows of a group compared at once against the whole group (memory: BLOCK x group size x 8 bytes).
+BLOCK = 1024
+#: Multiplier that spreads (band, value) keys over buckets.
+_SPREAD = np.uint64(0x9E3779B97F4A7C15)
+_EMPTY = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def run_hashes(storage: Storage, stage: str, pre_dir: str, pids: list[int],
+               shas: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ordinal, hash) of every kept row with a pHash, in global order; ordinal = pid << 32 | row. Only
+    the status and hash columns are parsed (the partition is read whole once, to check its checksum)."""
+    ords, hashes = [], []
+    for pid in pids:
+        t = read_verified_table(storage, pre_dir, part_name(pid), shas.get(pid), f"{stage} near-dup",
+                                columns=["status", HASH_COLUMN])
+        status, hexes = t["status"].to_pylist(), t[HASH_COLUMN].to_pylist()
+        pos = [i for i, (s, h) in enumerate(zip(status, hexes, strict=True)) if s == KEPT and h]
+        ords.append((np.int64(pid) << 32) | np.array(pos, np.int64))
+        hashes.append(np.array([from_hex(hexes[i]) for i in pos], np.uint64))
+    if not ords:
+        return np.empty(0, np.int64), np.empty(0, np.uint64)
+    return np.concatenate(ords), np.concatenate(hashes)
+
+
+def _bucket_of(band: int, values: np.ndarray, buckets: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        mixed = (values + np.uint64(band + 1)) * _SPREAD
+    return ((mixed >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64)
+
+
+def _close_pairs(ords: np.ndarray, hashes: np.ndarray, limit: int) -> tuple[np.ndarray, ...]:
+    """(earlier ordinal, later ordinal, distance) of a group's pairs within `limit`; benchmark-only pairs
+    are left out (benchmark hashes have negative ordinals, so they are always the earlier one)."""
+    order = np.argsort(ords, kind="stable")
+    ords, hashes = ords[order], hashes[order]
+    found = []
+    for i in range(0, len(ords), BLOCK):
+        d = distances(hashes[i:i + BLOCK], hashes)
+        rows, cols = np.nonzero(d <= limit)
+        keep = (cols > rows + i) & (ords[cols] >= 0)
+        rows, cols = rows[keep], cols[keep]
+        found.append((ords[rows + i], ords[cols], d[rows, cols].astype(np.int64)))
+    return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
+
+
+def bucket_pairs(out: str, options: dict[str, Any], stage: str, pre_dir: str, pids: list[int],
+                 shas: dict[int, str], bench: np.ndarray, limit: int, b: int,
+                 buckets: int) -> tuple[np.ndarray, ...]:
+    """The close pairs (earlier, later, distance) among the rows (and benchmark images) whose band keys
+    fall in bucket b. Benchmark hash i has ordinal -1 - i: it precedes every row."""
+    ords, hashes = run_hashes(Storage(out, options), stage, pre_dir, pids, shas)
+    ords = np.concatenate([-1 - np.arange(len(bench), dtype=np.int64), ords])
+    hashes = np.concatenate([bench.astype(np.uint64), hashes])
+    found: list[tuple[np.ndarray, ...]] = []
+    for band, (shift, width) in enumerate(bands(limit)):
+        values = band_values(hashes, shift, width)
+        mine = np.nonzero(_bucket_of(band, values, buckets) == b)[0]
+        _, inverse, counts = np.unique(values[mine], return_inverse=True, return_counts=True)
+        multi = counts[inverse] > 1
+        mine, inverse = mine[multi], inverse[multi]
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.diff(inverse[order], prepend=-1)) if len(order) else order
+        for members in np.split(mine[order], starts[1:]):
+            if len(members) > 1 and (ords[members] >= 0).any():
+                found.append(_close_pairs(ords[members], hashes[members], limit))
+    if not found:
+        return _EMPTY
+    return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
+
+
+def resolve(out: str, options: dict[str, Any], stage: str, near_dup: int | None, exclude: int | None,
+            *pairs: tuple[np.ndarray, ...]) -> dict[int, str]:
+    """Replay the rule over the close pairs in global order; write the drops; a digest per partition."""
+    a, b, d = (np.concatenate([p[k] for p in pairs]) if pairs else _EMPTY[k] for k in range(3))
+    bench = (a < 0) & (d <= (exclude if exclude is not None else -1))
+    near = (a >= 0) & (d <= (near_dup if near_dup is not None else -1))
+    reasons: dict[int, str] = {int(o): BENCHMARK for o in np.unique(b[bench]).tolist()}
+    earlier: dict[int, set[int]] = {}
+    for x, y in zip(a[near].tolist(), b[near].tolist(), strict=True):
+        earlier.setdefault(y, set()).add(x)
+    for row in sorted(earlier):  # rows in global order: every earlier row's fate is settled first
+        if row not in reasons and any(x not in reasons for x in earlier[row]):
+            reasons[row] = NEAR_DUP
+    return write_drops(Storage(out, options), stage, reasons)
+
+
+def write_drops(storage: Storage, stage: str, reasons: dict[int, str]) -> dict[int, str]:
+    """OUT/<stage>/_dedup/drops.parquet (dedup's layout: ordinal, reason) and a digest per partition."""
+    dropped = np.array(sorted(reasons), np.int64)
+    names = [reasons[int(o)] for o in dropped]
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"o": pa.array(dropped, pa.int64()), "drop_reason": pa.array(names, pa.string())}),
+                   buf, row_group_size=65_536, compression="zstd")
+    storage.write_bytes(buf.getvalue(), stage, dd.DEDUP_DIR, dd.DROPS_FILE)
+    codes = np.array([dd.CODES[n] for n in names], np.int8)
+    pids = dropped >> 32
+    return {int(p): dd.drops_digest(dropped[pids == p], codes[pids == p]) for p in np.unique(pids).tolist()}
+
+
+def apply_drops(table: pa.Table, pid: int, drops: dict[int, str]) -> pa.Table:
+    """A fetched partition with its near-duplicate and benchmark images dropped (their columns stay)."""
+    reasons = table["drop_reason"].to_pylist()
+    for pos, status in enumerate(table["status"].to_pylist()):
+        why = drops.get((pid << 32) | pos)
+        if why and status == KEPT:
+            reasons[pos] = why
+    return with_status(table, reasons)
