@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from editgen.pipeline.settings.fetch import FetchConfig
 from editgen.sources.budget import DecodeBudget
-from editgen.sources.phash import phash
+from editgen.sources.phash import phash, thumbnail
 
 NOT_IMAGE = "fetch_not_image"
 DECODE_ERROR = "fetch_decode_error"
@@ -98,10 +98,11 @@ def prepare_image(data: bytes, settings: FetchConfig, size: tuple[int, int],
         try:
             with budget.reserve(cost):
                 decoded = decode(img)
-                out.phash = phash(decoded)  # the whole upright picture: a crop would miss the same photo
+                small = thumbnail(decoded)  # the whole upright picture: a crop would miss the same photo
                 resized = resize(decoded, settings, target)
                 del decoded
                 img.close()  # its decoded pixels go before their bytes are given back to the budget
+            out.phash = phash(small)  # hashed once the full-size pixels are gone
             out.data = encode(resized, settings.encode_format, settings.quality)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
             return _fail(out, DECODE_ERROR, f"{type(exc).__name__}: {exc}")

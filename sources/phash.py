@@ -25,12 +25,18 @@ DCT[0] /= np.sqrt(2)
 _WEIGHTS = (np.uint64(1) << np.arange(BITS, dtype=np.uint64)[::-1]).astype(np.uint64)
 
 
-def phash(img: Image.Image) -> int:
-    """The 64-bit pHash of a decoded image (any mode; alpha is ignored). Resized before it is made gray,
-    so an RGB photo costs no full-size copy (gray is a linear mix of the channels either way)."""
+def thumbnail(img: Image.Image) -> Image.Image:
+    """The 32x32 gray picture the hash is computed from. Resized before it is made gray, so an RGB photo
+    costs no full-size copy (gray is a linear mix of the channels either way); a decoder can take this
+    while the full image is in memory and hash it after freeing that (fetch's decode budget)."""
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
-    gray = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS).convert("L")
+    return img.resize((SIZE, SIZE), Image.Resampling.LANCZOS).convert("L")
+
+
+def phash(img: Image.Image) -> int:
+    """The 64-bit pHash of a decoded image (any mode; alpha is ignored)."""
+    gray = img if img.size == (SIZE, SIZE) and img.mode == "L" else thumbnail(img)
     pixels = np.asarray(gray, dtype=np.float64)
     low = (DCT @ pixels @ DCT.T)[:LOW, :LOW].ravel()
     bits = low > np.median(low[1:])

@@ -103,6 +103,7 @@ def served():
         yield s
 
 
+@pytest.mark.slow
 def test_planted_benchmark_rows_are_dropped_and_nothing_else(ray_session, served, tmp_path):
     from editgen.cli.status import collect
 
