@@ -230,7 +230,10 @@ class FetchStage(Stage[FetchConfig]):
             self.progress(min(len(urls), i + step))
         check_unreachable(self.settings.max_failed_fraction, results)
         self._count(results, time.perf_counter() - t0)
-        return self._output(table, results)
+        out = self._output(table, results)
+        if part is not None and self.image_checks() != (None, None):  # read by the run-wide image step
+            part.storage.write_bytes(nd.hash_file_bytes(out), self.name, nd.HASHES_DIR, nd.hashes_name(part.spec.pid))
+        return out
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         return self.process_partition(batch)

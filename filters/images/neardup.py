@@ -7,8 +7,9 @@ An exact copy is distance 0. Deterministic: the first occurrence wins.
 
 Candidates without comparing every pair (multi-index hashing): the 64 bits are cut into D + 1 bands
 (D: the larger distance in use); two hashes within D bits agree exactly on at least one band. One task
-per bucket of (band, band value) keys reads only the pHash column of every partition (8 bytes a row,
-never the images) and the benchmark hashes, groups by band key and compares each group's members
+per bucket of (band, band value) keys reads the hash file each fetch worker wrote beside its partition
+(16 bytes a kept row, never the images; rebuilt from the partition when missing or damaged) and the
+benchmark hashes, groups by band key and compares each group's members
 pairwise (in blocks: memory stays bounded for a large group), returning only the close pairs. One
 resolve task replays the rule above over those pairs (only rows that have one: bounded like the
 caption dedup's conflicts) and writes the drops with filters.captions.dedup's file layout and digests,
@@ -17,7 +18,9 @@ so publish reads them the same way (`dedup.read_drops`).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -30,9 +33,13 @@ from editgen.pipeline.stage import KEPT, part_name, with_status
 from editgen.pipeline.storage import Storage
 from editgen.sources.phash import band_values, bands, distances, from_hex
 
+log = logging.getLogger("editgen")
+
 NEAR_DUP = "near_duplicate_image"
 BENCHMARK = "benchmark_image"
 HASH_COLUMN = "image_phash"
+#: OUT/<stage>/_phash/part-N.bin: each fetched partition's kept rows' hashes (`hash_file_bytes`).
+HASHES_DIR = "_phash"
 #: Rows of a group compared at once against the whole group (memory: BLOCK x group size x 8 bytes).
 BLOCK = 1024
 #: Multiplier that spreads (band, value) keys over buckets.
@@ -40,21 +47,60 @@ _SPREAD = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
 
 
+def hashes_name(pid: int) -> str:
+    return f"part-{pid:05d}.bin"
+
+
+def hash_file_bytes(table: pa.Table) -> bytes:
+    """A partition's kept rows' (position, pHash), written by the fetch worker beside the partition: the
+    bucket tasks read these (16 bytes a row) instead of the partitions (the images). Layout: a 16-byte
+    blake2b digest of the body, then the body: row count, positions (int64), hashes (uint64)."""
+    status, hexes = table["status"].to_pylist(), table[HASH_COLUMN].to_pylist()
+    pos = [i for i, (s, h) in enumerate(zip(status, hexes, strict=True)) if s == KEPT and h]
+    body = (np.array([len(pos)], "<u8").tobytes() + np.array(pos, "<i8").tobytes()
+            + np.array([from_hex(hexes[i]) for i in pos], "<u8").tobytes())
+    return hashlib.blake2b(body, digest_size=16).digest() + body
+
+
+def _parse_hash_file(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    body = data[16:]
+    if len(data) < 24 or hashlib.blake2b(body, digest_size=16).digest() != data[:16]:
+        return None
+    n = int(np.frombuffer(body[:8], "<u8")[0])
+    if len(body) != 8 + 16 * n:
+        return None
+    return np.frombuffer(body[8:8 + 8 * n], "<i8").astype(np.int64), np.frombuffer(body[8 + 8 * n:], "<u8")
+
+
+def partition_hashes(storage: Storage, stage: str, pre_dir: str, pid: int, sha: str | None) -> tuple[np.ndarray, ...]:
+    """(positions, hashes) of one fetched partition's kept rows, from its hash file; rebuilt from the
+    partition itself (read verified against its record) when that file is missing or damaged."""
+    try:
+        got = _parse_hash_file(storage.read_bytes(stage, HASHES_DIR, hashes_name(pid)))
+    except FileNotFoundError:
+        got = None
+    if got is not None:
+        return got
+    log.warning("%s/%s/%s: missing or damaged; rebuilt from %s", stage, HASHES_DIR, hashes_name(pid), pre_dir)
+    t = read_verified_table(storage, pre_dir, part_name(pid), sha, f"{stage} near-dup", columns=["status", HASH_COLUMN])
+    data = hash_file_bytes(t)
+    storage.write_bytes(data, stage, HASHES_DIR, hashes_name(pid))
+    parsed = _parse_hash_file(data)
+    assert parsed is not None
+    return parsed
+
+
 def run_hashes(storage: Storage, stage: str, pre_dir: str, pids: list[int],
                shas: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ordinal, hash) of every kept row with a pHash, in global order; ordinal = pid << 32 | row. Only
-    the status and hash columns are parsed (the partition is read whole once, to check its checksum)."""
+    """(ordinal, hash) of every kept row with a pHash, in global order; ordinal = pid << 32 | row."""
     ords, hashes = [], []
     for pid in pids:
-        t = read_verified_table(storage, pre_dir, part_name(pid), shas.get(pid), f"{stage} near-dup",
-                                columns=["status", HASH_COLUMN])
-        status, hexes = t["status"].to_pylist(), t[HASH_COLUMN].to_pylist()
-        pos = [i for i, (s, h) in enumerate(zip(status, hexes, strict=True)) if s == KEPT and h]
-        ords.append((np.int64(pid) << 32) | np.array(pos, np.int64))
-        hashes.append(np.array([from_hex(hexes[i]) for i in pos], np.uint64))
+        pos, h = partition_hashes(storage, stage, pre_dir, pid, shas.get(pid))
+        ords.append((np.int64(pid) << 32) | pos)
+        hashes.append(h)
     if not ords:
         return np.empty(0, np.int64), np.empty(0, np.uint64)
-    return np.concatenate(ords), np.concatenate(hashes)
+    return np.concatenate(ords), np.concatenate(hashes).astype(np.uint64)
 
 
 def _bucket_of(band: int, values: np.ndarray, buckets: int) -> np.ndarray:

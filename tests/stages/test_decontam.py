@@ -69,7 +69,8 @@ def flip(value: int, bits: int, rng: np.random.Generator) -> int:
 
 def test_banded_search_equals_brute_force_across_partitions(tmp_path):
     """Copies at exactly the distance are found whichever bits moved, one bit further are not; the first
-    occurrence wins, a copy of a dropped row is kept only when no kept row is close; benchmark wins."""
+    occurrence wins, a copy of a dropped row is kept only when no kept row is close; benchmark wins; a
+    damaged hash file is rebuilt from its partition."""
     rng, d = np.random.default_rng(0), 4
     base = [int(x) for x in rng.integers(0, 2**63, 60, dtype=np.int64)]
     rows = base + [flip(h, d, rng) for h in base[:20]] + [flip(h, d + 1, rng) for h in base[20:40]]
@@ -87,6 +88,15 @@ def test_banded_search_equals_brute_force_across_partitions(tmp_path):
     ordinal = [(i // 25) << 32 | (i % 25) for i in range(len(rows))]
     want = {ordinal[i]: nd.NEAR_DUP for i in [*range(60, 80), 100]} | {ordinal[59]: nd.BENCHMARK}
     assert got == want
+    # the hash files (here rebuilt from the partitions, as when a worker's file is lost) are what the tasks
+    # read; a flipped byte in one is found by its digest and rebuilt, never read as other hashes
+    damaged = tmp_path / "fetch" / nd.HASHES_DIR / nd.hashes_name(1)
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    again = [nd.bucket_pairs(str(tmp_path), {}, "fetch", "fetch/_pre", pids, shas, bench, d, b, 3) for b in range(3)]
+    assert all((x == y).all() for p, q in zip(pairs, again, strict=True) for x, y in zip(p, q, strict=True))
+    assert damaged.read_bytes() != bytes(data)
 
 
 def write_benchmark(path: Path, rows: list[dict]) -> Path:
@@ -131,6 +141,7 @@ def test_planted_benchmark_rows_are_dropped_and_nothing_else(ray_session, served
     assert fetch.dropped == {"benchmark_image": 1, "near_duplicate_image": 2} and fetch.rows_out == 3
     kept = pq.read_table(out / "fetch", filters=[("status", "=", KEPT)]).column("caption").to_pylist()
     assert sorted(kept) == sorted(captions[i] for i in (0, 1, 8))
+    assert len(list((out / "fetch" / nd.HASHES_DIR).glob("part-*.bin"))) == 3  # the workers' hash files
     status = {s["stage"]: s["dropped"] for s in collect(str(out))["stages"] if s["present"]}
     assert status["fetch"] == fetch.dropped and status["ingest"]["benchmark_url"] == 1
     write_benchmark(bench_txt, [{"url": served.url("s2.png")}])  # edited in place: same path, new content
