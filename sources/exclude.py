@@ -52,12 +52,13 @@ def columns_by_kind(names: list[str]) -> dict[str, list[str]]:
     return {kind: [n for n in names if n.lower() in wanted] for kind, wanted in KINDS.items()}
 
 
-def _rows(fs: Any, path: str, url: str) -> tuple[list[str], Iterator[dict[str, Any]]]:
-    """(column names, rows as dicts) of one parquet or JSON-lines file."""
+def _rows(fs: Any, path: str, url: str, images: bool) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """(column names, rows as dicts) of one parquet or JSON-lines file (a parquet file's image columns
+    are not read when images=False)."""
     if path.endswith(".parquet"):
         pf = pq.ParquetFile(fs.open(path, "rb"))
         names = pf.schema_arrow.names
-        cols = [n for found in columns_by_kind(names).values() for n in found]
+        cols = [n for kind, found in columns_by_kind(names).items() if images or kind != "image" for n in found]
         return names, (row for b in pf.iter_batches(batch_size=256, columns=cols) for row in b.to_pylist())
     if path.endswith((".jsonl", ".json")):
         rows = []
@@ -112,7 +113,7 @@ def read_file(url: str, out: ExcludeSet, digest: Any, images: bool = True) -> No
         with fs.open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        names, rows = _rows(fs, path, url)
+        names, rows = _rows(fs, path, url, images)
         kinds = columns_by_kind(names)
         if not any(kinds.values()):
             raise InputError(f"{url}: no caption, url, image or hash column (has: {', '.join(names[:12]) or 'none'}; "

@@ -22,6 +22,7 @@ BITS = LOW * LOW
 _K, _N = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
 DCT = np.cos(np.pi * (2 * _N + 1) * _K / (2 * SIZE)) * np.sqrt(2 / SIZE)
 DCT[0] /= np.sqrt(2)
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 _WEIGHTS = (np.uint64(1) << np.arange(BITS, dtype=np.uint64)[::-1]).astype(np.uint64)
 
 
@@ -63,8 +64,11 @@ def from_hex(text: str) -> int:
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per element of a uint64 array."""
-    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1, dtype=np.int64)
+    """Set bits per element of a uint64 array (numpy 2's bitwise_count, else a byte table)."""
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    return _BYTE_BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int64)
 
 
 def hamming(a: int, b: int) -> int:

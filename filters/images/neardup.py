@@ -9,8 +9,8 @@ Candidates without comparing every pair (multi-index hashing): the 64 bits are c
 (D: the larger distance in use); two hashes within D bits agree exactly on at least one band. One task
 per bucket of (band, band value) keys reads the hash file each fetch worker wrote beside its partition
 (16 bytes a kept row, never the images; rebuilt from the partition when missing or damaged) and the
-benchmark hashes, groups by band key and compares each group's members
-pairwise (in blocks: memory stays bounded for a large group), returning only the close pairs. One
+benchmark hashes, sorts by band value and compares the rows of each group pairwise (vectorised over
+all groups at once), returning only the close pairs. One
 resolve task replays the rule above over those pairs (only rows that have one: bounded like the
 caption dedup's conflicts) and writes the drops with filters.captions.dedup's file layout and digests,
 so publish reads them the same way (`dedup.read_drops`).
@@ -31,7 +31,7 @@ from editgen.filters.captions import dedup as dd
 from editgen.pipeline.records import read_verified_table
 from editgen.pipeline.stage import KEPT, part_name, with_status
 from editgen.pipeline.storage import Storage
-from editgen.sources.phash import band_values, bands, distances, from_hex
+from editgen.sources.phash import band_values, bands, from_hex, popcount
 
 log = logging.getLogger("editgen")
 
@@ -40,8 +40,6 @@ BENCHMARK = "benchmark_image"
 HASH_COLUMN = "image_phash"
 #: OUT/<stage>/_phash/part-N.bin: each fetched partition's kept rows' hashes (`hash_file_bytes`).
 HASHES_DIR = "_phash"
-#: Rows of a group compared at once against the whole group (memory: BLOCK x group size x 8 bytes).
-BLOCK = 1024
 #: Multiplier that spreads (band, value) keys over buckets.
 _SPREAD = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
@@ -109,19 +107,25 @@ def _bucket_of(band: int, values: np.ndarray, buckets: int) -> np.ndarray:
     return ((mixed >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64)
 
 
-def _close_pairs(ords: np.ndarray, hashes: np.ndarray, limit: int) -> tuple[np.ndarray, ...]:
-    """(earlier ordinal, later ordinal, distance) of a group's pairs within `limit`; benchmark-only pairs
-    are left out (benchmark hashes have negative ordinals, so they are always the earlier one)."""
-    order = np.argsort(ords, kind="stable")
-    ords, hashes = ords[order], hashes[order]
-    found = []
-    for i in range(0, len(ords), BLOCK):
-        d = distances(hashes[i:i + BLOCK], hashes)
-        rows, cols = np.nonzero(d <= limit)
-        keep = (cols > rows + i) & (ords[cols] >= 0)
-        rows, cols = rows[keep], cols[keep]
-        found.append((ords[rows + i], ords[cols], d[rows, cols].astype(np.int64)))
-    return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
+def _band_pairs(ords: np.ndarray, hashes: np.ndarray, values: np.ndarray, limit: int) -> list[tuple[np.ndarray, ...]]:
+    """(earlier ordinal, later ordinal, distance) of the pairs within `limit` among rows that share a band
+    value. Sorted by (value, ordinal), the members of a group are contiguous: offset k pairs each row with
+    the one k places on while any such pair is still inside a group, so the work is the pairs compared
+    plus the rows, all vectorised, whatever the groups' sizes. Benchmark-only pairs are left out
+    (benchmark hashes have negative ordinals: the earlier of any pair they are in)."""
+    order = np.lexsort((ords, values))
+    v, o, h = values[order], ords[order], hashes[order]
+    found, idx, k = [], np.arange(max(len(v) - 1, 0)), 1
+    while idx.size:
+        idx = idx[idx + k < len(v)]
+        idx = idx[v[idx + k] == v[idx]]
+        j = idx + k
+        dist = popcount(h[idx] ^ h[j])
+        keep = (dist <= limit) & (o[j] >= 0)
+        if keep.any():
+            found.append((o[idx[keep]], o[j[keep]], dist[keep]))
+        k += 1
+    return found
 
 
 def bucket_pairs(out: str, options: dict[str, Any], stage: str, pre_dir: str, pids: list[int],
@@ -136,14 +140,7 @@ def bucket_pairs(out: str, options: dict[str, Any], stage: str, pre_dir: str, pi
     for band, (shift, width) in enumerate(bands(limit)):
         values = band_values(hashes, shift, width)
         mine = np.nonzero(_bucket_of(band, values, buckets) == b)[0]
-        _, inverse, counts = np.unique(values[mine], return_inverse=True, return_counts=True)
-        multi = counts[inverse] > 1
-        mine, inverse = mine[multi], inverse[multi]
-        order = np.argsort(inverse, kind="stable")
-        starts = np.flatnonzero(np.diff(inverse[order], prepend=-1)) if len(order) else order
-        for members in np.split(mine[order], starts[1:]):
-            if len(members) > 1 and (ords[members] >= 0).any():
-                found.append(_close_pairs(ords[members], hashes[members], limit))
+        found += _band_pairs(ords[mine], hashes[mine], values[mine], limit)
     if not found:
         return _EMPTY
     return tuple(np.concatenate([f[k] for f in found]) for k in range(3))
