@@ -25,6 +25,7 @@ from editgen.pipeline.settings.fetch import FetchConfig
 from editgen.pipeline.settings.ingest import IngestConfig
 from editgen.pipeline.stage import KEPT, part_name
 from editgen.pipeline.storage import Storage
+from editgen.sources.exclude import load_exclude
 from editgen.sources.phash import hamming, phash, phash_bytes, to_hex
 from editgen.stages.ingest import IngestStage
 from tests.image_server import ImageServer
@@ -148,6 +149,20 @@ def test_planted_benchmark_rows_are_dropped_and_nothing_else(ray_session, served
     ingest, fetch = run_pipeline(cfg, str(out), to_stage="fetch").stages
     assert ingest.dropped == {"benchmark_url": 1, "benchmark_canary": 1}
     assert fetch.dropped == {"benchmark_image": 1, "near_duplicate_image": 2} and fetch.rows_out == 4
+
+
+def test_benchmark_columns_are_found_by_name_and_normalised_like_dedup(tmp_path):
+    photo = jpeg(scene(7), (160, 120), 80)
+    pq.write_table(pa.table({"Caption": ["Red  BICYCLE &amp; a dog!"], "IMAGE_URL": ["HTTPS://Example.COM/a/B.jpg"],
+                             "source_img": [{"bytes": photo, "path": "x.jpg"}], "target_img": [photo],
+                             "instruction": ["make it snowy"]}), tmp_path / "b.parquet")
+    write_benchmark(tmp_path / "c.jsonl", [{"phash": to_hex(phash(scene(8))).upper()}, {"text": None}])
+    got = load_exclude([str(tmp_path / "b.parquet"), str(tmp_path / "c.jsonl")])
+    assert got.captions == {"red bicycle a dog"}  # the instruction is not a caption
+    assert got.urls == {"https://example.com/a/B.jpg"}
+    assert got.hash_array().tolist() == sorted({phash_bytes(photo), phash(scene(8))})
+    words = load_exclude([str(tmp_path / "b.parquet")], images=False)
+    assert not words.hashes and words.digest == load_exclude([str(tmp_path / "b.parquet")]).digest
 
 
 @pytest.mark.parametrize("make, words", [
