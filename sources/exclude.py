@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import UnidentifiedImageError
 
 from editgen.filters.captions.clean import caption_key, clean_caption, private_url_key
 from editgen.pipeline.errors import InputError
+from editgen.pipeline.storage import open_filesystem
 from editgen.sources.phash import from_hex, phash_bytes
 
 CAPTION_COLUMNS = ("caption", "text", "input_caption", "output_caption", "edited_caption", "prompt")
@@ -83,33 +83,41 @@ def _image_bytes(value: Any) -> bytes | None:
 
 
 def _add_row(out: ExcludeSet, row: dict[str, Any], kinds: dict[str, list[str]], where: str,
-             images: bool = True) -> None:
+             images: bool = True) -> int:
+    """Add one row's usable values to `out`; returns how many it had."""
+    used = 0
     for col in kinds["caption"]:
-        if isinstance(row.get(col), str) and row[col].strip():
-            out.captions.add(caption_key(clean_caption(row[col])))
+        key = caption_key(clean_caption(row[col])) if isinstance(row.get(col), str) else ""
+        if key:
+            out.captions.add(key)
+            used += 1
     for col in kinds["url"]:
         key = private_url_key(row.get(col)) if isinstance(row.get(col), str) else None
         if key:
             out.urls.add(key)
+            used += 1
     for col in kinds["hash"]:
         if row.get(col) is not None:
             try:
                 out.hashes.append(from_hex(str(row[col])))
             except ValueError as exc:
                 raise InputError(f"{where}, column {col}: {exc}") from None
-    for col in kinds["image"] if images else ():
+            used += 1
+    for col in kinds["image"]:
         data = _image_bytes(row.get(col))
-        if data is not None:
+        if data is not None and images:
             try:
                 out.hashes.append(phash_bytes(bytes(data)))
             except (UnidentifiedImageError, OSError, ValueError) as exc:
                 raise InputError(f"{where}, column {col}: not a decodable image ({exc})") from None
+        used += data is not None
+    return used
 
 
 def read_file(url: str, out: ExcludeSet, digest: Any, images: bool = True) -> None:
     """Add one benchmark file to `out` (and its bytes to `digest`); images=False skips decoding images."""
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = open_filesystem(url)
         with fs.open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
@@ -118,8 +126,10 @@ def read_file(url: str, out: ExcludeSet, digest: Any, images: bool = True) -> No
         if not any(kinds.values()):
             raise InputError(f"{url}: no caption, url, image or hash column (has: {', '.join(names[:12]) or 'none'}; "
                              f"expected one of {', '.join(c for cs in KINDS.values() for c in cs)})")
-        for n, row in enumerate(rows):
-            _add_row(out, row, kinds, f"{url}: row {n}", images)
+        used = sum(_add_row(out, row, kinds, f"{url}: row {n}", images) for n, row in enumerate(rows))
+        if not used and images:  # (without images, an image-only file was checked by the preflight)
+            found = ", ".join(c for cs in kinds.values() for c in cs)
+            raise InputError(f"{url}: no usable value in its columns {found} (empty, null or not text)")
     except FileNotFoundError:
         raise InputError(f"{url}: no such file (ingest.exclude)") from None
     except PermissionError:

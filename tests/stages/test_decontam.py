@@ -163,6 +163,10 @@ def test_benchmark_columns_are_found_by_name_and_normalised_like_dedup(tmp_path)
     assert got.hash_array().tolist() == sorted({phash_bytes(photo), phash(scene(8))})
     words = load_exclude([str(tmp_path / "b.parquet")], images=False)
     assert not words.hashes and words.digest == load_exclude([str(tmp_path / "b.parquet")]).digest
+    pq.write_table(pa.table({"image": [photo]}), tmp_path / "only.parquet")  # images only: fine on a worker
+    assert load_exclude([str(tmp_path / "only.parquet")], images=False).captions == set()
+    again = load_exclude([str(tmp_path / "b.parquet"), str(tmp_path / "b.parquet")])  # the same values twice
+    assert again.captions == got.captions
 
 
 @pytest.mark.parametrize("make, words", [
@@ -170,6 +174,7 @@ def test_benchmark_columns_are_found_by_name_and_normalised_like_dedup(tmp_path)
     (lambda p: p.write_text('{"question": "q"}\n'), "no caption, url, image or hash column"),
     (lambda p: p.write_text('{"phash": "xyz"}\n'), "row 0, column phash: not a 64-bit hex hash"),
     (lambda p: p.write_text("{not json\n"), "line 1: not JSON"),
+    (lambda p: p.write_text('{"caption": null}\n{"caption": 3}\n'), "no usable value in its columns caption"),
 ])
 def test_a_bad_benchmark_file_is_one_line(make, words, tmp_path):
     path = tmp_path / "bench.jsonl"
