@@ -50,7 +50,8 @@ HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sou
                                     "max_outside_mask_l1", "min_outside_mask_ssim", "dino_model", "dino_batch_size",
                                     "ssim", "min_dinov2", "max_dinov2", "min_ssim", "max_ssim"),
                          "instruct": ("inverse", "turns"),
-                         "shard": ("type_quota",)}
+                         "shard": ("type_quota",),
+                         "ingest": ("exclude", "exclude_distance", "canary")}
 
 
 class EditgenConfig(Strict):

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from editgen.pipeline.settings.fetch import FetchConfig
 from editgen.sources.budget import DecodeBudget
+from editgen.sources.phash import phash, thumbnail
 
 NOT_IMAGE = "fetch_not_image"
 DECODE_ERROR = "fetch_decode_error"
@@ -62,6 +63,9 @@ class Prepared:
     height: int | None = None
     original_width: int | None = None
     original_height: int | None = None
+    #: 64-bit perceptual hash of the upright original, before any crop or resize (sources.phash): the same
+    #: photo at another size or aspect of crop still matches a benchmark's copy or another row's.
+    phash: int | None = None
 
 
 def target_size(settings: FetchConfig, width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -93,8 +97,12 @@ def prepare_image(data: bytes, settings: FetchConfig, size: tuple[int, int],
         target, cost = checked
         try:
             with budget.reserve(cost):
-                resized = resize(decode(img), settings, target)
+                decoded = decode(img)
+                small = thumbnail(decoded)  # the whole upright picture: a crop would miss the same photo
+                resized = resize(decoded, settings, target)
+                del decoded
                 img.close()  # its decoded pixels go before their bytes are given back to the budget
+            out.phash = phash(small)  # hashed once the full-size pixels are gone
             out.data = encode(resized, settings.encode_format, settings.quality)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
             return _fail(out, DECODE_ERROR, f"{type(exc).__name__}: {exc}")

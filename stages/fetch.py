@@ -19,22 +19,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from editgen.engines.base import needs_of
+from editgen.filters.captions import dedup as dd
+from editgen.filters.images import neardup as nd
+from editgen.pipeline.records import GlobalSummary, PartitionRecord, combined_key
 from editgen.pipeline.redact import redact_text
 from editgen.pipeline.settings.base import Resources
 from editgen.pipeline.settings.fetch import FetchConfig
-from editgen.pipeline.stage import Partition, Stage, with_status
+from editgen.pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, with_status
 from editgen.sources.budget import DecodeBudget
+from editgen.sources.exclude import ExcludeSet, load_exclude
 from editgen.sources.http import BAD_URL, Download, Fetcher
 from editgen.sources.image import Prepared, prepare_image
+from editgen.sources.phash import to_hex
 from editgen.sources.secret_urls import real_urls
 
 if TYPE_CHECKING:
     from editgen.pipeline.config import EditgenConfig
 
 log = logging.getLogger("editgen")
+
+PRE = "_pre"
 
 OUTPUT_FIELDS = [
     pa.field("image", pa.binary()),
@@ -44,6 +52,7 @@ OUTPUT_FIELDS = [
     pa.field("original_width", pa.int64()),
     pa.field("original_height", pa.int64()),
     pa.field("image_sha256", pa.string()),
+    pa.field("image_phash", pa.string()),
     pa.field("http_status", pa.int64()),
     pa.field("fetch_error", pa.string()),
 ]
@@ -85,7 +94,9 @@ def _error_text(error: str | None) -> str | None:
 
 class FetchStage(Stage[FetchConfig]):
     name = "fetch"
-    version = "2"  # 2: web image formats only, decoded-bytes budget, PNG text cap (issue 19)
+    # 2: web image formats only, decoded-bytes budget, PNG text cap (issue 19); 3: pHash column, run-wide
+    # near-duplicate and benchmark image removal (issue 24)
+    version = "3"
     active_when = "render.source=real (an edit engine needs each row's photograph)"
     input_columns = ("url",)
     output_columns = tuple(f.name for f in OUTPUT_FIELDS)
@@ -95,6 +106,7 @@ class FetchStage(Stage[FetchConfig]):
         self.fetcher: Fetcher | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.budget: DecodeBudget | None = None
+        self._benchmark: ExcludeSet | None = None
 
     @classmethod
     def active(cls, config: EditgenConfig) -> bool:
@@ -108,6 +120,75 @@ class FetchStage(Stage[FetchConfig]):
 
     def resources(self) -> Resources:
         return self.settings.resources.model_copy(update={"num_gpus": 0.0})
+
+    # ---- steps: fetch -> near-duplicate / benchmark images (global) -> publish ------------------
+    def image_checks(self) -> tuple[int | None, int | None]:
+        """(near-duplicate distance, benchmark distance): None where that check is off."""
+        ingest = self.config.ingest
+        return self.settings.near_dup_distance, ingest.exclude_distance if ingest.exclude else None
+
+    def steps(self) -> tuple[Step, ...]:
+        """One map step, or with an image check on (filters.images.neardup): fetch into _pre, resolve the
+        drops over the whole run, publish. Ingest's dedup pattern: no process holds more than a bucket."""
+        if self.image_checks() == (None, None):
+            return super().steps()
+        return (
+            Step("", subdir=PRE, plan=self.plan, load=self.load_input, process=self.process_partition),
+            Step("dedup", "global", subdir=dd.DEDUP_DIR, run=self.image_dedup, input_key=self.image_dedup_key,
+                 valid=lambda ctx, rec: not rec.get("digests") or ctx.storage.exists(self.name, dd.DEDUP_DIR,
+                                                                                    dd.DROPS_FILE)),
+            Step("publish", plan=self.plan_publish, load=self.load_pre, process=self.publish, actors=False),
+        )
+
+    def preflight(self) -> None:
+        """The benchmark files (`ingest.exclude`) are read and checked here, before OUT is touched."""
+        self.benchmark()
+
+    def benchmark(self) -> ExcludeSet:
+        if self._benchmark is None:
+            self._benchmark = load_exclude(self.config.ingest.exclude)
+        return self._benchmark
+
+    def image_dedup_key(self, ctx: PlanContext) -> str:
+        """The fetched partitions' checksums and the benchmark files' content."""
+        return combined_key([*(r["sha256"] for r in ctx.steps[""]), self.benchmark().digest])
+
+    def image_dedup(self, ctx: PlanContext) -> GlobalSummary:
+        """Close pHash pairs per bucket of band keys on the cluster, resolved in one task: drop digests."""
+        near, bench_d = self.image_checks()
+        records: list[PartitionRecord] = ctx.steps[""]
+        storage = ctx.storage
+        bench = self.benchmark().hash_array() if bench_d is not None else np.empty(0, np.uint64)
+        rows = sum(r.get("rows_out", 0) for r in records)
+        buckets = dd.auto_buckets(0, rows)
+        pids, shas = [r["partition"] for r in records], {r["partition"]: r["sha256"] for r in records}
+        limit = max(d for d in (near, bench_d) if d is not None)
+        calls = [(storage.root, storage.storage_options, self.name, f"{self.name}/{PRE}", pids, shas, bench, limit,
+                  b, buckets) for b in range(buckets)]
+        digests = ctx.tasks.map_reduce(nd.bucket_pairs, calls, nd.resolve,
+                                       (storage.root, storage.storage_options, self.name, near, bench_d))
+        log.info("fetch: image near-duplicates over %d buckets: %d partitions with drops", buckets, len(digests))
+        return {"rows_in": rows, "rows_out": rows, "digests": {str(k): v for k, v in sorted(digests.items())}}
+
+    def plan_publish(self, ctx: PlanContext) -> list[PartitionSpec]:
+        """One partition per fetched partition, keyed by its checksum and its drop digest."""
+        digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
+        specs = []
+        for r in ctx.steps[""]:
+            digest = digests.get(str(r["partition"]), "")
+            specs.append(PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digest),
+                                       rows_in=r.get("rows_in", 0), payload=digest, input_sha=r["sha256"]))
+        return specs
+
+    def load_pre(self, part: Partition, upstream_dir: str | None) -> pa.Table:
+        """The whole fetched partition, dropped rows included (they keep their reasons)."""
+        assert upstream_dir is not None
+        return part.read_upstream(upstream_dir)
+
+    def publish(self, table: pa.Table, part: Partition | None = None) -> pa.Table:
+        assert part is not None
+        drops = dd.read_drops(part.storage, part.spec.pid, self.name, part.spec.payload) if part.spec.payload else {}
+        return nd.apply_drops(table, part.spec.pid, drops)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -149,7 +230,10 @@ class FetchStage(Stage[FetchConfig]):
             self.progress(min(len(urls), i + step))
         check_unreachable(self.settings.max_failed_fraction, results)
         self._count(results, time.perf_counter() - t0)
-        return self._output(table, results)
+        out = self._output(table, results)
+        if part is not None and self.image_checks() != (None, None):  # read by the run-wide image step
+            part.storage.write_bytes(nd.hash_file_bytes(out), self.name, nd.HASHES_DIR, nd.hashes_name(part.spec.pid))
+        return out
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         return self.process_partition(batch)
@@ -177,6 +261,8 @@ class FetchStage(Stage[FetchConfig]):
             "original_width": [im.original_width for im in images],
             "original_height": [im.original_height for im in images],
             "image_sha256": [hashlib.sha256(d).hexdigest() if d is not None else None for d in data],
+            "image_phash": [to_hex(im.phash) if d is not None and im.phash is not None else None
+                            for im, d in zip(images, data, strict=True)],
             "http_status": [r.download.status for r in results],
             "fetch_error": [_error_text(r.download.error or (r.image.error if r.image else None)) for r in results],
         }

@@ -21,15 +21,16 @@ import pyarrow as pa
 
 from editgen.filters.captions import dedup as dd
 from editgen.filters.captions.blocklist import load_blocklist
-from editgen.filters.captions.clean import caption_key, clean_caption, url_key
+from editgen.filters.captions.clean import caption_key, clean_caption, private_url_key
 from editgen.filters.captions.lang import LanguageGuess, load_language_model
 from editgen.filters.captions.rules import check_captions
 from editgen.pipeline.errors import InputError
-from editgen.pipeline.records import GlobalSummary, PartitionRecord, part_pid
+from editgen.pipeline.records import GlobalSummary, PartitionRecord, combined_key, part_pid
 from editgen.pipeline.redact import redact_text, redact_url
 from editgen.pipeline.settings.ingest import IngestConfig
 from editgen.pipeline.stage import Partition, PartitionSpec, PlanContext, Stage, Step, with_status
 from editgen.pipeline.storage import Storage
+from editgen.sources.exclude import ExcludeSet, load_exclude
 from editgen.sources.inputs import RAW_SCHEMA, discover
 from editgen.sources.plan import FileMeta, Segment, describe, pack, pack_sample, read_segment, save_scans
 
@@ -83,11 +84,12 @@ class IngestStage(Stage[IngestConfig]):
         self._out: Storage | None = None
         self._replace = False
         self._planned_buckets = 1
+        self._exclude: ExcludeSet | None = None
 
     def steps(self) -> tuple[Step, ...]:
         return (
             Step("", subdir=PRE, plan=self.plan, load=self.load_input, process=self.process_partition,
-                 content_key=raw_rows_key, reusable=self.keys_present),
+                 content_key=self.content_key, reusable=self.keys_present),
             Step("dedup", "global", subdir=dd.DEDUP_DIR, run=self.dedup, valid=self.dedup_valid),
             Step("publish", plan=self.plan_publish, load=self.load_pre, process=self.publish, actors=False),
         )
@@ -110,6 +112,8 @@ class IngestStage(Stage[IngestConfig]):
                 load_blocklist(s.blocklist)
             except OSError as exc:
                 raise InputError(f"{s.blocklist}: cannot read blocklist ({exc.strerror})") from None
+        if s.exclude:
+            self._exclude = load_exclude(s.exclude)  # every file, images included: checked once, here
         if self._out is not None:
             self._check_same_input(self._out, files)
         self._files = files
@@ -153,7 +157,8 @@ class IngestStage(Stage[IngestConfig]):
             parts = pack(files, s.rows_per_partition)
         buckets = dd.auto_buckets(s.dedup_buckets, min(total, s.limit or total))
         self._planned_buckets = buckets
-        return [PartitionSpec(pid=i, input_key=p.key(), rows_in=p.rows,
+        ex = self.exclude_set().digest
+        return [PartitionSpec(pid=i, input_key=combined_key([p.key(), ex]) if ex else p.key(), rows_in=p.rows,
                               payload=IngestWork(tuple(p.segments), buckets))
                 for i, p in enumerate(parts)]
 
@@ -208,9 +213,23 @@ class IngestStage(Stage[IngestConfig]):
                 storage.remove(self.name, dd.KEYS_DIR, fname)
 
     # ---- worker ---------------------------------------------------------------------------
+    def exclude_set(self) -> ExcludeSet:
+        """The benchmark captions and URLs (`ingest.exclude`), read once per process (images not decoded
+        on workers: ingest matches captions and URLs; fetch matches images)."""
+        if self._exclude is None:
+            self._exclude = load_exclude(self.settings.exclude, images=False)
+        return self._exclude
+
+    def content_key(self, table: pa.Table) -> str:
+        """The raw rows' fingerprint, and the benchmark files' when there are any: an edited benchmark
+        file recomputes the partitions (their drops may change) even though their rows did not."""
+        ex = self.exclude_set().digest
+        return combined_key([raw_rows_key(table), ex]) if ex else raw_rows_key(table)
+
     def setup(self) -> None:
         s = self.settings
         self._terms = tuple(load_blocklist(s.blocklist, s.extra_blocked_terms))
+        self.exclude_set()
         if s.languages:
             load_language_model()
 
@@ -261,6 +280,8 @@ class IngestStage(Stage[IngestConfig]):
         guesses: list[LanguageGuess | None] = [None] * len(texts)
         for i, (reason, guess) in zip(todo, checked, strict=True):
             reasons[i], guesses[i] = reason, guess
+        ckeys, ukeys = [caption_key(c) for c in captions], [private_url_key(u) for u in urls]
+        self._benchmark_reasons(texts, ckeys, ukeys, reasons)
         out = pa.table({
             "id": pa.array([row_id(src, row) for src, row in zip(batch["source"].to_pylist(),
                                                                    batch["source_row"].to_pylist(), strict=True)],
@@ -272,24 +293,33 @@ class IngestStage(Stage[IngestConfig]):
             "caption_raw": pa.array([t[:RAW_KEEP_CHARS] if t else t for t in texts], pa.string()),
             "language": pa.array([g.lang if g else None for g in guesses], pa.string()),
             "language_confidence": pa.array([round(g.confidence, 4) if g else None for g in guesses], pa.float32()),
-            "caption_key": pa.array([caption_key(c) for c in captions], pa.string()),
-            "url_key": pa.array([private_url_key(u) for u in urls], pa.string()),
+            "caption_key": pa.array(ckeys, pa.string()),
+            "url_key": pa.array(ukeys, pa.string()),
         })
         return with_status(out, reasons)
+
+
+    def _benchmark_reasons(self, texts: list[str | None], ckeys: list[str], ukeys: list[str | None],
+                           reasons: list[str | None]) -> None:
+        """Drop rows that would otherwise be kept and hold a canary string (in the raw caption), a
+        benchmark caption (same dedup key) or a benchmark URL (same URL key): decontamination."""
+        canary, ex = self.settings.canary, self.exclude_set()
+        if not (canary or ex.captions or ex.urls):
+            return
+        for i, (text, ck, uk) in enumerate(zip(texts, ckeys, ukeys, strict=True)):
+            if reasons[i] is not None:
+                continue
+            if canary and text and any(c in text for c in canary):
+                reasons[i] = "benchmark_canary"
+            elif ck and ck in ex.captions:
+                reasons[i] = "benchmark_caption"
+            elif uk and uk in ex.urls:
+                reasons[i] = "benchmark_url"
 
 
 def published_urls(files: list[FileMeta]) -> list[str]:
     """The input files' URLs as OUT may show them (no credentials)."""
     return [redact_url(f.url) for f in files]
-
-
-def private_url_key(url: str | None) -> str | None:
-    """The URL dedup key. A URL with credentials is kept by its digest: its redacted form would make
-    `?key=a` and `?key=b` duplicates, and its clear form would put the credentials in OUT/ingest/_pre."""
-    key = url_key(url)
-    if key is None or redact_url(key) == key:
-        return key
-    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def raw_rows_key(table: pa.Table) -> str:

@@ -6,11 +6,14 @@ NFC normalization runs before any matching so visually equal strings compare equ
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
 from functools import lru_cache
 from importlib import resources as importlib_resources
+
+from editgen.pipeline.redact import redact_url
 
 _TAG = re.compile(r"<\s*/?\s*[a-zA-Z][^<>]{0,200}>")
 #: Script and style elements go with their content (code is not caption text); an unclosed one runs to
@@ -134,3 +137,12 @@ def url_key(url: str | None) -> str | None:
         host, slash, path = rest.partition("/")
         u = f"{scheme.lower()}://{host.lower()}{slash}{path}"
     return u
+
+
+def private_url_key(url: str | None) -> str | None:
+    """The URL dedup key. A URL with credentials is kept by its digest: its redacted form would make
+    `?key=a` and `?key=b` duplicates, and its clear form would put the credentials in OUT/ingest/_pre."""
+    key = url_key(url)
+    if key is None or redact_url(key) == key:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()

@@ -48,7 +48,8 @@ KEYS_DIR = "_keys"
 DEDUP_DIR = "_dedup"
 DROPS_FILE = "drops.parquet"
 KEYS_SCHEMA = pa.schema([("kind", pa.int8()), ("key", pa.string()), ("pos", pa.int32())])
-REASONS = {1: "duplicate_caption", 2: "duplicate_url"}
+#: Drop codes in a drops file's digest (3, 4: fetch's image near-dup step, filters.images.neardup).
+REASONS = {1: "duplicate_caption", 2: "duplicate_url", 3: "near_duplicate_image", 4: "benchmark_image"}
 CODES = {v: k for k, v in REASONS.items()}
 #: Schema metadata of a keys file: the JSON list of its buckets' digests (`batch_digest`).
 META_DIGESTS = b"editgen.bucket_digests"

@@ -69,6 +69,11 @@ class FetchConfig(Strict):
         "(refused, DNS, connect timeout: the network is down, not the hosts) fails, resumably, instead of "
         "dropping them all; 404s and other answers never count; 1 = never",
     )
+    near_dup_distance: int | None = Field(
+        6, ge=0, le=32, description="a fetched image whose perceptual hash (64-bit pHash) is within this many "
+        "bits of an earlier kept image's, anywhere in the run, is dropped as near_duplicate_image (resized or "
+        "re-encoded copies); 0 = identical hashes only; null = no near-duplicate removal (docs/decontamination.md)",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(num_cpus=1, concurrency=0, batch_size=256),
         description="CPU only; concurrency 0 = as many workers as the cluster fits",

@@ -40,6 +40,21 @@ class IngestConfig(Strict):
         0, ge=0, le=65_536, description="hash buckets for global dedup (one task each); 0 = one per 500k rows. "
         "Never changes results, so it is not part of the stage hash"
     )
+    exclude: list[str] = Field(
+        default_factory=list, description="benchmark files (.parquet / .jsonl, paths or fsspec URLs) whose "
+        "captions, URLs and images must not be in the data: matching rows are dropped as benchmark_caption / "
+        "benchmark_url, and with render.source=real fetched images within exclude_distance of a benchmark "
+        "image as benchmark_image. Columns by name: docs/decontamination.md. Their content keys the steps "
+        "that use them: an edited file recomputes them",
+    )
+    exclude_distance: int = Field(
+        6, ge=0, le=32, description="pHash Hamming distance (of 64 bits) within which a fetched image counts as "
+        "a benchmark image (0 = the same hash only)",
+    )
+    canary: list[str] = Field(
+        default_factory=list, description="strings (a benchmark's canary, e.g. MagicBrush's) whose presence in a "
+        "row's raw caption drops it as benchmark_canary (case-sensitive substring)",
+    )
     resources: Resources = Field(default_factory=lambda: Resources(concurrency=2, batch_size=2048))
 
     @field_validator("languages")
@@ -49,6 +64,14 @@ class IngestConfig(Strict):
         unknown = [code for code in value if code not in LANGID_LANGUAGES]
         if unknown:
             raise ValueError(f"unknown language code {unknown[0]!r} (known: {', '.join(sorted(LANGID_LANGUAGES))})")
+        return value
+
+    @field_validator("canary")
+    @classmethod
+    def _no_empty_canary(cls, value: list[str]) -> list[str]:
+        """An empty string is in every caption: it would drop them all."""
+        if any(not c.strip() for c in value):
+            raise ValueError("an empty canary string would match every row")
         return value
 
     @model_validator(mode="after")

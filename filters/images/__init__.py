@@ -1,0 +1,1 @@
+"""Image filters: perceptual-hash near-duplicate and benchmark removal."""
