@@ -13,7 +13,8 @@ import posixpath
 import time
 from typing import Any
 
-from editgen.output.manifest import MANIFEST, read_manifest
+from editgen.output.card import CARD, build_card
+from editgen.output.manifest import MANIFEST, SHARDS_DIR, SPLITS, entries, read_manifest
 from editgen.output.shard_writer import iter_rows, write_dataset
 from editgen.output.survival import SURVIVAL, read_stage, stage_survival, survival, untimed
 from editgen.output.type_funnel import type_funnel
@@ -48,6 +49,7 @@ class ShardStage(Stage[ShardConfig]):
             samples_per_shard=cfg.samples_per_shard,
             max_shard_bytes=cfg.max_shard_bytes,
             export_rejected=cfg.export_rejected,
+            eval_fraction=cfg.eval_fraction,
             workers=cfg.resources.concurrency,
             config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
@@ -56,6 +58,7 @@ class ShardStage(Stage[ShardConfig]):
                                      SURVIVAL: self._survival(ctx.storage, so_far, gate)},
         )
         _account_quota(summary, gate)
+        self._write_card(ctx.storage)
         summary["markers"] = self._markers(ctx.storage)
         seconds = time.perf_counter() - t0
         summary["metrics"]["shard_seconds"] = seconds
@@ -72,6 +75,15 @@ class ShardStage(Stage[ShardConfig]):
         lines = {name: read_stage(storage, name) for name in graph[:-1]}
         return untimed(survival(graph, {**lines, self.name: stage_survival(self.name, [dict(own)])}))
 
+    def _write_card(self, storage: Storage) -> None:
+        """OUT/shards/README.md (output/card.py) from the manifest just published; a killed stage leaves the
+        previous card beside the new manifest, which `global_output_valid` then finds stale."""
+        storage.write_text(build_card(read_manifest(storage), self.config), SHARDS_DIR, CARD)
+
+    def _card_current(self, storage: Storage, manifest: dict[str, Any]) -> bool:
+        """The card on disk is what this manifest and config give (missing, edited or stale: rewrite)."""
+        return storage.read_text(SHARDS_DIR, CARD) == build_card(manifest, self.config)
+
     @staticmethod
     def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
         """ETag / mtime of every published tar, so a resume trusts them without reading them."""
@@ -79,7 +91,7 @@ class ShardStage(Stage[ShardConfig]):
         return {name: [info.etag, info.mtime] for name, info in infos.items()}
 
     def global_output_valid(self, ctx: PlanContext, record: Any) -> bool:
-        """Skip only if the manifest and every shard it lists are exactly what was written."""
+        """Skip only if the manifest, every shard it lists and the card are exactly what was written."""
         storage = ctx.storage
         try:
             text = storage.read_bytes(MANIFEST)
@@ -98,9 +110,9 @@ class ShardStage(Stage[ShardConfig]):
                     hashlib.sha256(storage.read_bytes(e["name"])).hexdigest() != e["sha256"]
                 ):
                     return False
+            return self._card_current(storage, manifest)
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # a manifest of the wrong shape
             return False
-        return True
 
 
 def gate_metrics(gate: QuotaGate) -> dict[str, float]:
@@ -126,8 +138,8 @@ def _account_quota(summary: GlobalSummary, gate: QuotaGate) -> None:
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every tar a manifest lists, kept and rejected."""
-    return list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+    """Every tar a manifest lists: kept (train), eval and rejected."""
+    return [e for split in SPLITS for e in entries(manifest, split=split)]
 
 
 def _tar_infos(storage: Storage, manifest: dict[str, Any]) -> dict[str, FileInfo]:
