@@ -51,7 +51,8 @@ def baseline(tmp_path_factory, ray_address) -> Path:
 def samples(out: Path) -> dict[str, dict[str, bytes]]:
     """Every published sample: key -> {member suffix: bytes}."""
     found: dict[str, dict[str, bytes]] = {}
-    for entry in manifest(out)["shards"]:
+    m = manifest(out)  # the train and eval tars (tiny's shard.eval_fraction)
+    for entry in [*m["shards"], *m.get("eval", {}).get("shards", [])]:
         with tarfile.open(out / entry["name"]) as tar:
             for m in tar.getmembers():
                 key, suffix = m.name.split(".", 1)
