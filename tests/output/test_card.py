@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from editgen.cli.chain_check import _shard_vs_filter, kept_keys
+from editgen.cli.status import eval_counts
 from editgen.cli.validate import validate
 from editgen.output.card import CARD, build_card, card_problems
 from editgen.output.eval_split import in_eval
@@ -84,6 +85,8 @@ def test_chain_check_counts_eval_samples_as_published(out, tmp_path):
     storage = Storage(str(tmp_path))
     assert record["rows_out"] == m["samples"] + m["eval"]["samples"] == sum(map(len, kept.values())) + \
         m["inverse_samples"] + m["eval"]["inverse_samples"]
+    shard_line = {"stage": "shard", "present": True, "rows_out": record["rows_out"], "metrics": record["metrics"]}
+    assert eval_counts([shard_line]) == {"train_samples": m["samples"], "eval_samples": m["eval"]["samples"]}  # status
     write_record(storage, "shard", {**record, "stage_hash": stage_hashes(cfg)["shard"]}, GLOBAL_RECORD)
     keys = keys_of(out, "train") + keys_of(out, "eval")
     assert _shard_vs_filter(storage, m, kept, keys) == []
