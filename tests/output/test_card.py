@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from editgen.cli.chain_check import _shard_vs_filter, kept_keys
+from editgen.cli.shards import published
 from editgen.cli.status import eval_counts
 from editgen.cli.validate import validate
 from editgen.output.card import CARD, build_card, card_problems
@@ -19,7 +20,7 @@ from editgen.output.inverse import is_inverse_key
 from editgen.output.loader import shard_urls
 from editgen.output.shard_writer import write_dataset
 from editgen.pipeline.config import build_config
-from editgen.pipeline.errors import ConfigError
+from editgen.pipeline.errors import ConfigError, InputError
 from editgen.pipeline.records import GLOBAL_RECORD, write_record
 from editgen.pipeline.runner import stage_hashes
 from editgen.pipeline.stage import PlanContext
@@ -61,9 +62,9 @@ def test_eval_split_is_whole_pairs_disjoint_and_deterministic(out, tmp_path):
     assert held_out and train and not set(train) & set(held_out)
     assert (len(train), len(held_out)) == (m["samples"], m["eval"]["samples"])
     assert all(e["name"].startswith(f"shards/{m['generation']}/eval-") for e in m["eval"]["shards"])
-    published = {k for k in train + held_out if not is_inverse_key(k)}
+    forward = {k for k in train + held_out if not is_inverse_key(k)}
     wanted = {k for p in sorted((out / "filter").glob("part-*.parquet")) for k in kept_keys(p.read_bytes())}
-    assert published == wanted  # every kept candidate published once, in one split or the other
+    assert forward == wanted  # every kept candidate published once, in one split or the other
     for k in held_out:  # a pair's candidates and its inverse go together, drawn by its id
         assert in_eval({"id": k.removesuffix("-inv").rsplit("-c", 1)[0]}, FRACTION)
     assert {k.removesuffix("-inv") for k in held_out if is_inverse_key(k)} <= set(held_out)
@@ -72,6 +73,8 @@ def test_eval_split_is_whole_pairs_disjoint_and_deterministic(out, tmp_path):
     write_shards(again, records, samples_per_shard=4, eval_fraction=FRACTION)
     assert keys_of(again, "eval") == held_out and manifest(again)["eval"] == m["eval"]
     assert validate(str(out), chain=False) == []
+    found = published(str(out), False, {}, held_out=True)  # `editgen shards OUT --eval`
+    assert found["set"] == "eval" and found["urls"] == shard_urls(str(out), split="eval")
 
 
 def test_chain_check_counts_eval_samples_as_published(out, tmp_path):
@@ -124,6 +127,8 @@ def test_no_eval_split_no_test_split(tmp_path):
     assert list(ds) == ["train"] and ds["train"].num_rows == m["samples"]
     with pytest.raises(ValueError, match="no eval split"):
         shard_urls(str(tmp_path), split="eval")
+    with pytest.raises(InputError, match="no eval split"):
+        published(str(tmp_path), False, {}, held_out=True)
 
 
 def test_sessions_go_whole_to_one_split(tmp_path):
