@@ -1,6 +1,7 @@
 """The dataset card: OUT/shards/README.md in the Hugging Face dataset-card format, from the manifest and the
 run's config alone (a pure function: the shard stage writes it after every manifest, and its resume check
-rebuilds it to compare; export-hf reads its sections; docs/dataset_card.md says what each number means).
+rebuilds it and rewrites a card that differs; export-hf reads its sections; docs/dataset_card.md says what
+each number means).
 
 The YAML header is what `datasets` and the hub read: `configs` (one config whose `data_files` map the splits
 to the published generation's tar globs, relative to OUT/shards: train -> `gen-<G>/<prefix>-*.tar`, test ->

@@ -77,12 +77,20 @@ class ShardStage(Stage[ShardConfig]):
 
     def _write_card(self, storage: Storage) -> None:
         """OUT/shards/README.md (output/card.py) from the manifest just published; a killed stage leaves the
-        previous card beside the new manifest, which `global_output_valid` then finds stale."""
+        previous card beside the new manifest, which `global_output_valid` then rewrites."""
         storage.write_text(build_card(read_manifest(storage), self.config), SHARDS_DIR, CARD)
 
-    def _card_current(self, storage: Storage, manifest: dict[str, Any]) -> bool:
-        """The card on disk is what this manifest and config give (missing, edited or stale: rewrite)."""
-        return storage.read_text(SHARDS_DIR, CARD) == build_card(manifest, self.config)
+    def _ensure_card(self, storage: Storage, manifest: dict[str, Any]) -> None:
+        """The card is a pure function of the (verified) manifest and the config: one missing, edited or stale
+        (an OUT published before cards, a new shard.card.license, which is outside the stage hash) is
+        rewritten in place rather than re-encoding every tar."""
+        card = build_card(manifest, self.config)
+        try:
+            current = storage.read_text(SHARDS_DIR, CARD) == card
+        except (FileNotFoundError, ValueError):  # ValueError: not UTF-8
+            current = False
+        if not current:
+            storage.write_text(card, SHARDS_DIR, CARD)
 
     @staticmethod
     def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
@@ -91,7 +99,8 @@ class ShardStage(Stage[ShardConfig]):
         return {name: [info.etag, info.mtime] for name, info in infos.items()}
 
     def global_output_valid(self, ctx: PlanContext, record: Any) -> bool:
-        """Skip only if the manifest, every shard it lists and the card are exactly what was written."""
+        """Skip only if the manifest and every shard it lists are exactly what was written; then the card is
+        made current (`_ensure_card`)."""
         storage = ctx.storage
         try:
             text = storage.read_bytes(MANIFEST)
@@ -110,9 +119,10 @@ class ShardStage(Stage[ShardConfig]):
                     hashlib.sha256(storage.read_bytes(e["name"])).hexdigest() != e["sha256"]
                 ):
                     return False
-            return self._card_current(storage, manifest)
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # a manifest of the wrong shape
             return False
+        self._ensure_card(storage, manifest)
+        return True
 
 
 def gate_metrics(gate: QuotaGate) -> dict[str, float]:

@@ -20,7 +20,7 @@ EVAL_PREFIX = "eval"
 
 class CardConfig(Strict):
     """The dataset card the shard stage writes (OUT/shards/README.md: output/card.py, docs/dataset_card.md).
-    Outside the stage hash: a change rewrites the card (the stage's resume check compares it), not the tars."""
+    Outside the stage hash: a change rewrites the card (the stage's resume check compares it), no tar."""
 
     license: str = Field(
         "other", pattern=r"^[a-z0-9][a-z0-9.+-]*$",

@@ -144,7 +144,8 @@ def test_sessions_go_whole_to_one_split(tmp_path):
 
 
 def test_card_is_in_the_resume_check_and_follows_the_config(out, tmp_path):
-    """A missing, edited or stale card (a new license: outside the stage hash) makes the stage publish again."""
+    """A missing, edited or stale card (a new license: outside the stage hash) is rewritten by the stage's
+    resume check, the tars left as they are; a damaged tar still means publishing again."""
     records = filter_partitions(tmp_path, parts=1, pairs=3, candidates=2, size=16)
 
     def stage(license_id: str) -> tuple[ShardStage, PlanContext]:
@@ -154,17 +155,20 @@ def test_card_is_in_the_resume_check_and_follows_the_config(out, tmp_path):
 
     shard, ctx = stage("other")
     record = shard.run_global(ctx)
-    card = tmp_path / "shards" / CARD
-    assert shard.global_output_valid(ctx, record)
-    assert card.read_text() == build_card(manifest(tmp_path), shard.config)
-    card.write_text(card.read_text().replace("n<1K", "1K<n<10K"))
-    assert not shard.global_output_valid(ctx, record)
-    assert card_problems(card.read_text(), manifest(tmp_path)) == []  # counts still right: only the bytes differ
+    card, want = tmp_path / "shards" / CARD, build_card(manifest(tmp_path), shard.config)
+    assert card.read_text() == want
+    tars = {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").rglob("*.tar")}
+    card.write_text(want.replace("n<1K", "1K<n<10K"))
+    assert shard.global_output_valid(ctx, record) and card.read_text() == want
     card.unlink()
-    assert not shard.global_output_valid(ctx, record)
-    record = shard.run_global(ctx)
+    assert shard.global_output_valid(ctx, record) and card.read_text() == want
     relicensed, ctx2 = stage("cc-by-4.0")
-    assert ctx2.stage_hash == ctx.stage_hash and not relicensed.global_output_valid(ctx2, record)
+    assert ctx2.stage_hash == ctx.stage_hash and relicensed.global_output_valid(ctx2, record)
+    assert header(tmp_path)["license"] == "cc-by-4.0" and card_problems(card.read_text(), manifest(tmp_path)) == []
+    assert tars == {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").rglob("*.tar")}  # no tar rewritten
+    first = tmp_path / manifest(tmp_path)["shards"][0]["name"]
+    first.write_bytes(first.read_bytes()[:-512])
+    assert not shard.global_output_valid(ctx, record)
 
 
 def test_validate_names_a_card_that_miscounts(out, tmp_path):
