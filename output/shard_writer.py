@@ -1,4 +1,5 @@
-"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar (kept), OUT/rejected/gen-<G>/
+"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar (kept), OUT/shards/gen-<G>/
+eval-NNNNNN.tar (kept pairs held out, with shard.eval_fraction: output/eval_split.py), OUT/rejected/gen-<G>/
 rejected-NNNNNN.tar (with shard.export_rejected) and OUT/manifest.json (the layout: output/manifest.py).
 
 Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers

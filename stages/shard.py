@@ -1,5 +1,6 @@
-"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest
-(OUT/shards/gen-<G>/*.tar, OUT/rejected/gen-<G>/*.tar, OUT/manifest.json: output/manifest.py).
+"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest + dataset card
+(OUT/shards/gen-<G>/*.tar, OUT/rejected/gen-<G>/*.tar, OUT/manifest.json: output/manifest.py;
+OUT/shards/README.md: output/card.py).
 
 Global because shard numbering must see every partition in order to be deterministic. Runs on the
 driver; shards are encoded and uploaded by a small thread pool (`shard.resources.concurrency`).

@@ -193,6 +193,9 @@ def test_export_hf_writes_the_eval_split_and_the_runs_card(out, tmp_path):
     assert json.loads((dest / "export-test.json").read_text())["rows"] == m["eval"]["samples"]
 
 
-def test_eval_prefix_is_refused_as_the_training_prefix():
+def test_eval_prefix_is_refused_and_only_a_split_moves_the_hash():
     with pytest.raises(ConfigError, match="eval tars"):
         build_config(extra={"shard": {"eval_fraction": 0.1, "prefix": "eval"}})
+    shard_hash = lambda **shard: stage_hashes(build_config(extra={"shard": shard}))["shard"]  # noqa: E731
+    assert shard_hash() == shard_hash(eval_fraction=0.0) == shard_hash(card={"license": "mit"})  # old runs keep theirs
+    assert shard_hash(eval_fraction=0.1) != shard_hash()
