@@ -19,6 +19,7 @@ from editgen.output.export_hf import export_hf
 from editgen.output.inverse import is_inverse_key
 from editgen.output.loader import shard_urls
 from editgen.output.shard_writer import write_dataset
+from editgen.output.stored_scores import from_shards
 from editgen.pipeline.config import build_config
 from editgen.pipeline.errors import ConfigError, InputError
 from editgen.pipeline.records import GLOBAL_RECORD, write_record
@@ -75,6 +76,8 @@ def test_eval_split_is_whole_pairs_disjoint_and_deterministic(out, tmp_path):
     assert validate(str(out), chain=False) == []
     found = published(str(out), False, {}, held_out=True)  # `editgen shards OUT --eval`
     assert found["set"] == "eval" and found["urls"] == shard_urls(str(out), split="eval")
+    stored = from_shards(Storage(str(out)))  # judge-agreement's scores of an OUT without its partitions
+    assert stored is not None and {k for k, kept in stored.kept.items() if kept} == set(train + held_out)
 
 
 def test_chain_check_counts_eval_samples_as_published(out, tmp_path):
