@@ -90,7 +90,8 @@ def shard_urls(source: str | Sequence[str], rejected: bool = False, split: str |
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
         if not urls and split == "eval":
-            raise ValueError(f"{source}: the published dataset has no eval split (run with shard.eval_fraction > 0)")
+            raise ValueError(f"{source}: the published dataset has no eval split (shard.eval_fraction is 0, or no "
+                             "pair was drawn for it)")
         return urls
     return list(wds.shardlists.expand_urls(source))
 
