@@ -1,7 +1,8 @@
 """The accounting chain behind a dataset: every stage complete, every row kept or dropped, every
 partition of a stage computed from the same partition of its upstream, every finished partition (each
 step's: ingest/_pre too) still holding the bytes its record's sha256 names, and the shards holding
-exactly the filter stage's kept candidates, each once.
+exactly the filter stage's kept candidates, each once (the train and eval tars together: a kept candidate
+held out for evaluation is published, not lost).
 
 Intact shards are not enough: a run that planned from a stale listing can publish a smaller dataset
 whose tars and manifest agree with each other, and a flipped byte in a partition passes size checks.
@@ -126,7 +127,7 @@ def _step_files(storage: Storage, name: str, meta_hash: str | None, workers: int
 
 def _inverse_vs_forward(manifest: dict[str, Any], keys: list[str]) -> tuple[list[str], list[str]]:
     """(forward keys, problems): inverse pairs (output.inverse) each name a published forward sample, and
-    the manifest counts them."""
+    the manifest counts them (its train and eval splits together)."""
     inverse = [k for k in keys if is_inverse_key(k)]
     forward = [k for k in keys if not is_inverse_key(k)]
     problems = []
@@ -134,8 +135,9 @@ def _inverse_vs_forward(manifest: dict[str, Any], keys: list[str]) -> tuple[list
     if orphans:
         problems.append(f"shards: {len(orphans)} inverse samples have no forward sample "
                         f"(e.g. {', '.join(orphans[:MAX_EXAMPLES])})")
-    if len(inverse) != manifest.get("inverse_samples", 0):
-        problems.append(f"shards: {len(inverse)} inverse samples, manifest says {manifest.get('inverse_samples', 0)}")
+    listed = manifest.get("inverse_samples", 0) + (manifest.get("eval") or {}).get("inverse_samples", 0)
+    if len(inverse) != listed:
+        problems.append(f"shards: {len(inverse)} inverse samples, manifest says {listed}")
     return forward, problems
 
 
@@ -159,8 +161,9 @@ def _shard_vs_filter(storage: Storage, manifest: dict[str, Any], kept: dict[int,
                         f"(e.g. {', '.join(extra[:MAX_EXAMPLES])})")
     if len(shard_keys) != len(set(shard_keys)):
         problems.append(f"shards: {len(shard_keys) - len(set(shard_keys))} samples appear more than once")
-    if rec and rec.get("rows_out") != manifest.get("samples"):
-        problems.append(f"shard record says {rec.get('rows_out')} samples, manifest {manifest.get('samples')}")
+    published = manifest.get("samples", 0) + (manifest.get("eval") or {}).get("samples", 0)
+    if rec and rec.get("rows_out") != published:
+        problems.append(f"shard record says {rec.get('rows_out')} samples, manifest {published} (train and eval)")
     return problems
 
 

@@ -145,7 +145,10 @@ def where_shards(out: str, options: dict[str, Any]) -> list[str]:
     except (FileNotFoundError, ValueError, TypeError, KeyError, AttributeError):
         return []
     where = ", ".join(storage.url(f) + "/" for f in folders) or "no folder (no kept samples)"
-    return [f"shards: {len(m['shards'])} tars, {m.get('samples')} samples in {where}; manifest {manifest_url(storage)}",
+    held_out = m.get("eval") or {}
+    held = f" (+ eval: {len(held_out['shards'])} tars, {held_out['samples']} samples)" if held_out.get("shards") else ""
+    return [f"shards: {len(m['shards'])} tars, {m.get('samples')} samples{held} in {where}; manifest "
+            f"{manifest_url(storage)}; card {storage.url('shards', 'README.md')}",
             f"their URLs (webdataset, Ray Data, datasets): editgen shards {shlex.quote(out)}"]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from editgen.output.compute_report import compute_report, format_report
+from editgen.output.eval_split import EVAL_SAMPLES_METRIC
 from editgen.output.inverse import INVERSE_METRIC
 from editgen.output.sessions import session_counts
 from editgen.output.survival import SURVIVAL, compute_cell, drops_cell, end_line, read_survival, work_cell
@@ -75,7 +76,7 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     lease = _lease_state(storage)
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
             "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages),
-            "sessions": _sessions(stages), "funnel": _funnel(stages),
+            "eval": eval_counts(stages), "sessions": _sessions(stages), "funnel": _funnel(stages),
             SURVIVAL: read_survival(storage, list(metas))}
 
 
@@ -109,6 +110,16 @@ def inverse_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
         return None
     inverse = int(shard["metrics"][INVERSE_METRIC])
     return {"forward_samples": int(shard["rows_out"]) - inverse, "inverse_samples": inverse}
+
+
+def eval_counts(stages: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Train and eval samples the shard stage published (None: no eval split, shard.eval_fraction 0); the
+    same counts as the manifest's and the dataset card's splits (output/card.py)."""
+    shard = next((s for s in stages if s["stage"] == "shard" and s.get("present")), None)
+    if shard is None or EVAL_SAMPLES_METRIC not in shard["metrics"]:
+        return None
+    held_out = int(shard["metrics"][EVAL_SAMPLES_METRIC])
+    return {"train_samples": int(shard["rows_out"]) - held_out, "eval_samples": held_out}
 
 
 def edit_types(stages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -219,6 +230,11 @@ def render_table(status: dict[str, Any]) -> Table:
         inv = status["inverse"]
         line = (f"inverse pairs: {inv['inverse_samples']} inverse samples published beside "
                 f"{inv['forward_samples']} forward samples (shard's kept count holds both)")
+        caption = "\n".join(c for c in (caption, line) if c)
+    if status.get("eval"):
+        held = status["eval"]
+        line = (f"eval split: {held['eval_samples']} samples held out beside {held['train_samples']} train samples "
+                "(shard's kept count holds both; the card's `test` and `train`)")
         caption = "\n".join(c for c in (caption, line) if c)
     if status.get("sessions"):
         ses = status["sessions"]

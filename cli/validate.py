@@ -4,7 +4,9 @@ the manifest against the stages that produced it.
 Checks per shard: present, size and sha256 as listed, a complete tar, the listed sample count, every
 sample with input/edited images that decode, an instruction, and metadata JSON with the required
 fields whose id/candidate match the sample key and whose mask_rle/mask_bbox/mask_area describe the
-sample's mask.png. Then the chain (cli.chain_check): every stage
+sample's mask.png; the eval tars (shard.eval_fraction) are checked like the kept ones, and a key in both
+splits is a duplicate; the dataset card (OUT/shards/README.md) names the published splits and counts them
+as the manifest does. Then the chain (cli.chain_check): every stage
 complete with rows_in = kept + dropped, every partition computed from its upstream's, and the shards
 holding exactly the filter stage's kept candidates. Exit 1 with one line per problem, 0 when valid.
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from editgen.cli.chain_check import check_chain
 from editgen.filters.pairs.masks import mask_geometry, rle_decode
+from editgen.output.card import CARD, card_problems
 from editgen.output.inverse import inverse_key, is_inverse_key
 from editgen.output.manifest import (
     GEN_PREFIX,
@@ -215,7 +218,8 @@ def _validate(storage: Storage, workers: int, chain: bool) -> tuple[list[str], l
 
 
 def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[str, Any] | None, list[str]]:
-    """(problems, manifest, kept sample keys in shard order) for the published generation."""
+    """(problems, manifest, published sample keys: train then eval, in shard order) for the published
+    generation; a key in both splits is a duplicate."""
     try:
         manifest = parse_manifest(*read_manifest_text(storage))
     except FileNotFoundError:
@@ -227,9 +231,7 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
         return [f"{manifest_url(storage)}: not an editgen manifest ({why})"], None, []
     problems: list[str] = []
     kept_keys: list[str] = []
-    sets = [("", manifest)]
-    if "rejected" in manifest:
-        sets.append(("rejected ", manifest["rejected"]))
+    sets = [("", manifest)] + [(f"{name} ", manifest[name]) for name in ("eval", "rejected") if name in manifest]
     listed: set[str] = set()
     all_keys: dict[str, str] = {}
     kept_links: Links = {}
@@ -238,21 +240,33 @@ def _validate_shards(storage: Storage, workers: int) -> tuple[list[str], dict[st
         listed.update(e["name"] for e in entries)
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(lambda e: check_shard(storage, e), entries))
+        published = label != "rejected "  # train and eval: one key space, published samples
         for entry, (shard_problems, _count, keys, links) in zip(entries, results, strict=True):
             problems += shard_problems
-            if not label:
+            if published:
                 kept_keys += sorted(keys)
                 kept_links.update(links)
             for key in sorted(keys):
-                other = all_keys.setdefault(f"{label}{key}", entry["name"])
+                other = all_keys.setdefault(f"{'' if published else label}{key}", entry["name"])
                 if other != entry["name"]:
                     problems.append(f"{entry['name']}: sample {key} also in {other}")
         for field in ("samples", "bytes"):
             total = sum(e[field] for e in entries)
             if total != part.get(field):
                 problems.append(f"manifest: {label}{field} total {part.get(field)} != shard sum {total}")
-    problems += _broken_links(kept_links, set(kept_keys))
+    problems += _broken_links(kept_links, set(kept_keys)) + _card(storage, manifest)
     return problems + _unlisted(storage, manifest, listed), manifest, kept_keys
+
+
+def _card(storage: Storage, manifest: dict[str, Any]) -> list[str]:
+    """The dataset card (OUT/shards/README.md) describes this manifest; an OUT published before cards has none."""
+    try:
+        text = storage.read_text(SHARDS_DIR, CARD)
+    except FileNotFoundError:
+        return []
+    except ValueError:  # not UTF-8
+        return [f"{SHARDS_DIR}/{CARD}: not UTF-8 text"]
+    return [f"{SHARDS_DIR}/{line}" for line in card_problems(text, manifest)]
 
 
 def _broken_links(links: Links, published: set[str]) -> list[str]:
@@ -299,5 +313,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {len(others)} unpublished generation(s) beside the published one (an interrupted "
               "re-shard; the next run removes them)", file=sys.stderr)
     inverse = f" ({m['inverse_samples']} of them inverse pairs)" if m.get("inverse_samples") else ""
-    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples{inverse}, {m.get('bytes')} bytes")
+    held_out = m.get("eval")
+    held = f"; eval: {len(held_out['shards'])} shards, {held_out['samples']} samples" if held_out else ""
+    print(f"valid: {len(m['shards'])} shards, {m.get('samples')} samples{inverse}, {m.get('bytes')} bytes{held}")
     return 0

@@ -2,6 +2,7 @@
 
     DEST/README.md                               dataset card: its YAML header names every split
     DEST/data/train-00000-of-00003.parquet       kept samples
+    DEST/data/test-00000-of-00001.parquet        the held-out eval split (shard.eval_fraction)
     DEST/data/rejected-00000-of-00001.parquet    filter-rejected candidates (shard.export_rejected)
     DEST/export-<split>.json                     editgen's record of a split: its files, rows and source
 
@@ -16,10 +17,13 @@ edit_prompt, edited_image). Two more columns trace a row back: `key` (the shard 
 multi-turn sessions (output.sessions) `session_id`, `turn` and `prev` (the previous turn's `key`), null
 outside a session.
 
-Splits: by default `train` (the kept samples; `--split` renames it) and `rejected` when the run
-published rejected shards; `rejected=True` exports only `rejected`, `rejected=False` only the kept one.
+Splits: by default `train` (the kept samples; `--split` renames it), `test` (the run's held-out eval tars,
+shard.eval_fraction) when it has them, and `rejected` when the run published rejected shards;
+`rejected=True` exports only `rejected`, `rejected=False` only the kept ones (train and test).
 An export rewrites only the splits it writes: another split's files are never deleted, and the card
-lists every split DEST holds. DEST must be new, empty (dot files aside, e.g. a cloned hub repo's .git)
+lists every split DEST holds with its rows, then the run's own card (OUT/shards/README.md, output/card.py)
+less its sections about the tars: the same license, categories, models, thresholds and funnel. DEST must
+be new, empty (dot files aside, e.g. a cloned hub repo's .git)
 or an earlier export (it has an export-<split>.json); any other folder is refused. The card is editgen's
 and is rewritten by each export.
 
@@ -52,10 +56,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import yaml
 
 from editgen.filters.pairs.masks import mask_geometry
+from editgen.output.card import CARD as RUN_CARD
+from editgen.output.card import TEST_SPLIT, shared_parts
 from editgen.output.manifest import (
     MANIFEST,
+    SHARDS_DIR,
     entries,
     manifest_problem,
     manifest_url,
@@ -219,14 +227,21 @@ def _mask_columns(sample: dict[str, Any], meta: dict[str, Any], input_image: byt
 
 
 def _plan(src: Storage, manifest: dict[str, Any], split: str, rejected: bool | None) -> list[SplitSet]:
-    """The splits to write: kept as `split` unless rejected=True, rejected as `rejected` unless
-    rejected=False (by default only when the run published any). Nothing to write is an error."""
+    """The splits to write: kept as `split` and the held-out eval tars as `test` (when the run has them)
+    unless rejected=True, rejected as `rejected` unless rejected=False (by default only when the run
+    published any). Nothing to write is an error."""
     has_rejected = isinstance(manifest.get("rejected"), dict)
     if rejected and not has_rejected:
         raise InputError(f"{src.root}: no rejected shards (run with --set shard.export_rejected=true)")
+    held_out = int((manifest.get("eval") or {}).get("samples", 0))
+    if held_out and split == TEST_SPLIT and not rejected:
+        raise InputError(f"--split {split!r}: the run's eval split is exported as {TEST_SPLIT!r}; name the kept "
+                         "samples' split otherwise")
     sets = []
     if not rejected:
         sets.append(SplitSet(split, False, entries(manifest), int(manifest.get("samples", 0))))
+        if held_out:
+            sets.append(SplitSet(TEST_SPLIT, False, entries(manifest, split="eval"), held_out))
     if rejected or (rejected is None and has_rejected):
         part = manifest["rejected"]
         sets.append(SplitSet(REJECTED_SPLIT, True, entries(manifest, True), int(part.get("samples", 0))))
@@ -287,7 +302,7 @@ def export_hf(
         marker = {"split": s.split, "files": [f"data/{f}" for f in files], "rows": rows, "rejected": s.rejected,
                   "rows_per_file": rows_per_file, "source": source_url, "source_manifest_sha256": source_sha}
         dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{s.split}.json")
-    dst.write_text(dataset_card(_splits(dst)), CARD)
+    dst.write_text(dataset_card(_splits(dst), _rows(dst), _run_card(src)), CARD)
     for s in sets:  # object stores: a shorter export's surplus files (local disks: gone with the swap)
         for name in dst.listdir("data"):
             if name.startswith(f"{s.split}-") and name not in done[s.split][0]:
@@ -331,15 +346,41 @@ def _splits(dst: Storage) -> list[str]:
     return [split for _, split in sorted(found)]
 
 
-def dataset_card(splits: list[str]) -> str:
-    """README.md: the YAML header `datasets` reads (one config, a data_files glob per split) and a
-    short description of the columns."""
+def _rows(dst: Storage) -> dict[str, int]:
+    """Rows of each split DEST holds, from its record (what the export wrote)."""
+    found = {}
+    for split in _splits(dst):
+        try:
+            found[split] = int(json.loads(dst.read_text(f"export-{split}.json")).get("rows"))
+        except (ValueError, TypeError, AttributeError, FileNotFoundError):
+            continue
+    return found
+
+
+def _run_card(src: Storage) -> str | None:
+    """The run's own card (OUT/shards/README.md: output/card.py), None for an OUT published before cards."""
+    try:
+        return src.read_text(SHARDS_DIR, RUN_CARD)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def dataset_card(splits: list[str], rows: dict[str, int] | None = None, run_card: str | None = None) -> str:
+    """README.md: the YAML header `datasets` reads (one config, a data_files glob per split; the run card's
+    license, task and size categories and tags), each split's rows, the columns, and the run card's account
+    of how the data was made (output/card.py: its sections that do not describe the tars)."""
     lines = ["---", "configs:", "- config_name: default", "  data_files:"]
     for split in splits:
         lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
+    fields, body = shared_parts(run_card)
+    if fields:
+        lines.append(yaml.safe_dump(fields, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n"))
     lines += ["---", "", "# editgen image-editing pairs", "",
-              "Instruction-based image edits made by editgen (Prompt-to-Prompt), in the InstructPix2Pix format.",
-              "Splits: " + ", ".join(f"`{s}`" for s in splits) + ".", "",
+              "Instruction-based image edits made by editgen, in the InstructPix2Pix format.",
+              "Splits: " + ", ".join(f"`{s}`" for s in splits) + (f" (`{TEST_SPLIT}`: the run's held-out eval split)"
+                                                                   if TEST_SPLIT in (rows or {}) else "") + ".", "",
+              *(["| split | rows |", "|---|---|", *(f"| `{s}` | {n} |" for s, n in (rows or {}).items()), ""]
+                if rows else []),
               "| column | what |", "|---|---|",
               "| `input_image` | the image before the edit |",
               "| `edit_prompt` | the edit instruction |",
@@ -366,7 +407,7 @@ def dataset_card(splits: list[str]) -> str:
               "following, preservation of the rest, visual quality; docs/judge.md; null where no judge ran) |",
               "| `judge_*_reason` | the judge's one-sentence reason for each score |",
               "| `judge_score` | the weighted combined score the judge's top-k ranks by (judge.weights) |", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n{body}" if body else "")
 
 
 def _swap_local(dst: Storage, stage: Storage, splits: list[str]) -> None:

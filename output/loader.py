@@ -16,6 +16,9 @@ names (never a directory glob, which could see a generation being written or rem
 shards stream through fsspec (credentials and endpoints from the standard variables, e.g. AWS_*, or
 $EDITGEN_STORAGE_OPTIONS).
 
+Splits: the training tars by default; `split="eval"` reads the held-out eval tars (shard.eval_fraction,
+output.eval_split: pairs never in the training tars), `split="rejected"` (or `rejected=True`) the rejected ones.
+
 Inverse pairs (instruct.inverse, output.inverse) are read like any sample; `inverse=False` skips them (by
 their key, before any image is decoded) to train on the forward pairs alone.
 
@@ -73,8 +76,9 @@ def register_fsspec_schemes() -> None:
 register_fsspec_schemes()
 
 
-def shard_urls(source: str | Sequence[str], rejected: bool = False) -> list[str]:
-    """Shard URLs from OUT (or OUT/shards) via its manifest, read fresh; lists/brace patterns pass through."""
+def shard_urls(source: str | Sequence[str], rejected: bool = False, split: str | None = None) -> list[str]:
+    """Shard URLs of one split (`train` by default, `eval`: the held-out tars, `rejected`; rejected=True is
+    `rejected`) from OUT (or OUT/shards) via its manifest, read fresh; lists/brace patterns pass through."""
     if not isinstance(source, str):
         return list(source)
     options = parse_storage_options(None)
@@ -82,9 +86,13 @@ def shard_urls(source: str | Sequence[str], rejected: bool = False) -> list[str]
     roots = [base] + ([base.rsplit("/", 1)[0]] if base.endswith(f"/{SHARDS_DIR}") else [])
     for root in roots:
         try:
-            return published_urls(Storage(root, options), rejected)
+            urls = published_urls(Storage(root, options), rejected, split)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             continue
+        if not urls and split == "eval":
+            raise ValueError(f"{source}: the published dataset has no eval split (shard.eval_fraction is 0, or no "
+                             "pair was drawn for it)")
+        return urls
     return list(wds.shardlists.expand_urls(source))
 
 
@@ -216,11 +224,13 @@ def instruct_pix2pix_dataset(
     tokenizer: Any = None,
     inverse: bool = True,
     sessions: bool = False,
+    split: str | None = None,
 ) -> wds.WebDataset:
     """An IterableDataset over editgen shards (OUT, OUT/shards, a list, or a brace pattern); `tokenizer`
     (e.g. CLIPTokenizer) switches to diffusers' keys; `inverse=False` leaves inverse pairs out; `sessions`
-    yields whole sessions, lists of turn samples (module doc)."""
-    urls = shard_urls(source, rejected=rejected)
+    yields whole sessions, lists of turn samples (module doc); `split="eval"` reads the held-out tars
+    (shard.eval_fraction) instead of the training ones."""
+    urls = shard_urls(source, rejected=rejected, split=split)
     ds = wds.WebDataset(
         urls,
         shardshuffle=len(urls) if shuffle_shards else False,
@@ -253,14 +263,14 @@ def node_shards(urls: Sequence[str]) -> int:
 
 def make_dataloader(
     source: str | Sequence[str], batch_size: int = 4, num_workers: int = 2, *, rejected: bool = False,
-    sessions: bool = False, **kwargs: Any,
+    sessions: bool = False, split: str | None = None, **kwargs: Any,
 ) -> torch.utils.data.DataLoader:
     """DataLoader whose batches are {input_image: BxCxRxR, edited_image: ..., edit_prompt: [str]} (with
     `tokenizer=`: {original_pixel_values, edited_pixel_values, input_ids}); with `sessions`, a batch is a
     list of `batch_size` sessions (each a list of turn samples: module doc). A worker reads whole shards,
     so workers beyond this node's shard count would get nothing: they are not started (a log line says
-    so and how to get more shards)."""
-    urls = shard_urls(source, rejected=rejected)
+    so and how to get more shards); `split` as `instruct_pix2pix_dataset`'s."""
+    urls = shard_urls(source, rejected=rejected, split=split)
     shards = node_shards(urls)
     if num_workers > max(shards, 1):
         log.warning("make_dataloader: %d shard(s) for this node, so %d DataLoader worker(s) instead of %d (each "

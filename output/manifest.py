@@ -1,13 +1,17 @@
 """Where a published dataset lives under OUT, and how its manifest is read.
 
     OUT/manifest.json                          the publication point: every tar, named relative to OUT
-    OUT/shards/gen-<G>/edits-NNNNNN.tar        kept samples, and nothing else under OUT/shards
+    OUT/shards/gen-<G>/edits-NNNNNN.tar        kept samples: the train split
+    OUT/shards/gen-<G>/eval-NNNNNN.tar         kept samples held out for evaluation (shard.eval_fraction)
+    OUT/shards/README.md                       the dataset card (output/card.py)
     OUT/rejected/gen-<G>/rejected-NNNNNN.tar   filter-rejected candidates (shard.export_rejected)
 
-Only kept tars sit under OUT/shards, so a directory or glob reader (Ray Data's
-`read_webdataset(OUT/shards)`, `OUT/shards/**/*.tar`) can mix in neither rejected samples nor a JSON
-file it would read as a tar. Such a glob still sees a generation a running re-shard is writing: the
-manifest (or `editgen shards OUT`, which prints its URLs) is the one exact list.
+Rejected tars never sit under OUT/shards, so a directory reader cannot mix them in. The folder holds the
+card and, with an eval split, the eval tars beside the train ones: a glob reader takes the train split as
+`OUT/shards/**/edits-*.tar` (Ray Data: `read_webdataset(OUT/shards, file_extensions=["tar"])` reads both
+splits), and `datasets.load_dataset(OUT/shards)` reads the card's split globs. A glob still sees a
+generation a running re-shard is writing: the manifest (or `editgen shards OUT`, which prints its URLs) is
+the one exact list, per split (`entries(manifest, split=...)`).
 
 An OUT published by an earlier editgen (format editgen-webdataset/2) has OUT/shards/manifest.json, with
 names relative to OUT/shards and rejected tars beside the kept ones; `read_manifest` reads it too, with
@@ -27,6 +31,8 @@ REJECTED_DIR = "rejected"
 MANIFEST = "manifest.json"
 LEGACY_MANIFEST = (SHARDS_DIR, MANIFEST)
 MANIFEST_FORMAT = "editgen-webdataset/3"
+#: The sets of tars a manifest lists: top-level `shards` (train), the `eval` section, the `rejected` section.
+SPLITS = ("train", "eval", "rejected")
 GEN_PREFIX = "gen-"
 #: What every manifest shard entry holds.
 ENTRY_FIELDS: dict[str, tuple[type, ...]] = {"name": (str,), "bytes": (int,), "samples": (int,), "sha256": (str,)}
@@ -62,7 +68,7 @@ def manifest_problem(manifest: Any) -> str | None:
         return f"a JSON {type(manifest).__name__}, not an object"
     if not isinstance(manifest.get("generation", ""), str):
         return "'generation' is not a string"
-    sets = [("", manifest)] + ([("rejected.", manifest["rejected"])] if "rejected" in manifest else [])
+    sets = [("", manifest)] + [(f"{name}.", manifest[name]) for name in SPLITS[1:] if name in manifest]
     for label, part in sets:
         entries = part.get("shards") if isinstance(part, dict) else None
         if not isinstance(entries, list):
@@ -89,12 +95,17 @@ def manifest_url(storage: Storage) -> str:
     return storage.url(MANIFEST)
 
 
-def entries(manifest: dict[str, Any], rejected: bool = False) -> list[dict[str, Any]]:
-    """The kept (or rejected) tars a manifest lists, in order."""
-    return list((manifest.get("rejected", {}) if rejected else manifest).get("shards", []))
+def entries(manifest: dict[str, Any], rejected: bool = False, split: str | None = None) -> list[dict[str, Any]]:
+    """The tars of one split a manifest lists, in order: `split` one of SPLITS (default: `rejected` when
+    `rejected`, else `train`, the kept tars); a split the manifest does not have lists none."""
+    split = split or ("rejected" if rejected else "train")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    part = manifest if split == "train" else manifest.get(split, {})
+    return list(part.get("shards", []))
 
 
-def published_urls(storage: Storage, rejected: bool = False) -> list[str]:
-    """Absolute URLs (local paths, or s3://... with the protocol) of the published kept (or rejected)
-    tars, in manifest order; FileNotFoundError when nothing is published."""
-    return [storage.url(e["name"]) for e in entries(read_manifest(storage), rejected)]
+def published_urls(storage: Storage, rejected: bool = False, split: str | None = None) -> list[str]:
+    """Absolute URLs (local paths, or s3://... with the protocol) of the published tars of one split
+    (`entries`), in manifest order; FileNotFoundError when nothing is published."""
+    return [storage.url(e["name"]) for e in entries(read_manifest(storage), rejected, split)]

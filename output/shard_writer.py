@@ -1,4 +1,5 @@
-"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar (kept), OUT/rejected/gen-<G>/
+"""Deterministic WebDataset shards: OUT/shards/gen-<G>/edits-NNNNNN.tar (kept), OUT/shards/gen-<G>/
+eval-NNNNNN.tar (kept pairs held out, with shard.eval_fraction: output/eval_split.py), OUT/rejected/gen-<G>/
 rejected-NNNNNN.tar (with shard.export_rejected) and OUT/manifest.json (the layout: output/manifest.py).
 
 Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers
@@ -25,13 +26,14 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from editgen.filters.pairs.masks import MaskGeometry, mask_geometry
 from editgen.output.compute_report import compute_report
+from editgen.output.eval_split import EVAL_PREFIX, EVAL_SAMPLES_METRIC, EVAL_SECTION, EVAL_SHARDS_METRIC, in_eval
 from editgen.output.inverse import INVERSE_METRIC, forward_row, has_inverse, inverse_key, inverse_row
 from editgen.output.keys import sample_key
 from editgen.output.manifest import (
@@ -41,6 +43,7 @@ from editgen.output.manifest import (
     MANIFEST_FORMAT,
     REJECTED_DIR,
     SHARDS_DIR,
+    SPLITS,
     entries,
 )
 from editgen.output.sessions import MANIFEST_SECTION as SESSIONS_SECTION
@@ -351,35 +354,66 @@ def _add_sample(writer: ShardSetWriter, row: dict[str, Any], key: str | None = N
     return key
 
 
-def _add_inverse(kept: ShardSetWriter, row: dict[str, Any], key: str, chains: SessionChains,
-                 dropped: dict[str, int], counts: dict[str, int]) -> None:
+@dataclass
+class Writers:
+    """Where each row's sample goes: the kept (train) tars, the eval tars (shard.eval_fraction:
+    output.eval_split) or the rejected tars (shard.export_rejected; None: rejected rows are not written)."""
+
+    kept: ShardSetWriter
+    rejected: ShardSetWriter | None = None
+    eval: ShardSetWriter | None = None
+    eval_fraction: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def for_row(self, row: dict[str, Any], is_kept: bool) -> ShardSetWriter | None:
+        if not is_kept:
+            return self.rejected
+        return self.eval if self.eval is not None and in_eval(row, self.eval_fraction) else self.kept
+
+    def count_inverse(self, writer: ShardSetWriter) -> None:
+        """An inverse sample published (`inverse`: every split; `eval_inverse`: those in eval)."""
+        for name in ("inverse", "eval_inverse") if writer is self.eval else ("inverse",):
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def close(self, complete: bool) -> tuple[list[ShardInfo], list[ShardInfo], list[ShardInfo]]:
+        """(kept, rejected, eval) shards, every writer closed even when one fails."""
+        try:
+            kept = self.kept.close(complete)
+        finally:
+            try:
+                rejected = self.rejected.close(complete) if self.rejected else []
+            finally:
+                held_out = self.eval.close(complete) if self.eval else []
+        return kept, rejected, held_out
+
+
+def _add_inverse(writers: Writers, writer: ShardSetWriter, row: dict[str, Any], key: str, chains: SessionChains,
+                 dropped: dict[str, int]) -> None:
     """A kept row's reversed sample right after its forward one (output.inverse), in its session's tar."""
     try:
         inv_row = inverse_row(row, key)
-        inv = _add_sample(kept, inv_row, inverse_key(key), chains.own_first_input(inv_row), chains.group(row))
+        inv = _add_sample(writer, inv_row, inverse_key(key), chains.own_first_input(inv_row), chains.group(row))
     except ValueError:
         inv = "!no_inverse_instruction"
     if inv.startswith("!"):
         dropped[f"inverse_{inv[1:]}"] = dropped.get(f"inverse_{inv[1:]}", 0) + 1
     else:
-        counts["inverse"] = counts.get("inverse", 0) + 1
+        writers.count_inverse(writer)
 
 
-def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: ShardSetWriter | None,
-              dropped: dict[str, int], model_edits: dict[str, Any], counts: dict[str, int],
-              chains: SessionChains) -> int:
-    """Every row to its writer (kept, or rejected when exported), each session turn linked to its chain
-    (`chains`: output.sessions), and each kept row of an inverse dataset reversed right after it
-    (output.inverse; `counts["inverse"]` counts them); returns the kept rows seen."""
+def _add_rows(rows: Iterable[dict[str, Any]], writers: Writers, dropped: dict[str, int],
+              model_edits: dict[str, Any], chains: SessionChains) -> int:
+    """Every row to its writer (kept or eval, or rejected when exported), each session turn linked to its
+    chain (`chains`: output.sessions), and each kept row of an inverse dataset reversed right after it, in
+    the same split (output.inverse; `writers.counts` counts them); returns the kept rows seen."""
     rows_in = 0
     for row in rows:
         is_kept = row.get("status", "kept") == "kept"
-        if not is_kept and rejected is None:
+        writer = writers.for_row(row, is_kept)
+        if writer is None:
             continue
         rows_in += int(is_kept)
         _collect_model_edits(row, model_edits)
-        writer = kept if is_kept else rejected
-        assert writer is not None
         reversed_too = is_kept and has_inverse(row)
         try:
             sample, images = chains.prepare(forward_row(row) if reversed_too else row, is_kept)
@@ -393,20 +427,26 @@ def _add_rows(rows: Iterable[dict[str, Any]], kept: ShardSetWriter, rejected: Sh
         if is_kept:
             chains.published(row)
         if reversed_too:
-            _add_inverse(kept, row, key, chains, dropped, counts)
+            _add_inverse(writers, writer, row, key, chains, dropped)
     return rows_in
 
 
-def _add_sections(manifest: dict[str, Any], model_edits: dict[str, Any], n_inverse: int,
+def _add_sections(manifest: dict[str, Any], model_edits: dict[str, Any], counts: Mapping[str, int],
                   render_metrics: Mapping[str, float] | None, extra: Mapping[str, Any]) -> int:
-    """The manifest's optional sections: model edits; forward and inverse sample counts (only with inverse
-    pairs: a dataset without them keeps its manifest as it was); compute per kept (forward) sample; the
-    caller's (a None value: left out). Returns `n_inverse`."""
+    """The manifest's optional sections: model edits; forward and inverse sample counts of each split (only
+    with inverse pairs: a dataset without them keeps its manifest as it was); compute per kept (forward)
+    sample of both splits; the caller's (a None value: left out). Returns the inverse samples of both splits."""
     if model_edits:
         manifest["model_edits"] = [model_edits[k] for k in sorted(model_edits)]
+    n_inverse, eval_inverse = counts.get("inverse", 0), counts.get("eval_inverse", 0)
+    held_out = manifest.get(EVAL_SECTION)
     if n_inverse:
-        manifest["forward_samples"], manifest[INVERSE_METRIC] = manifest["samples"] - n_inverse, n_inverse
-    report = compute_report(render_metrics, manifest["samples"] - n_inverse, n_inverse) if render_metrics else None
+        train_inverse = n_inverse - eval_inverse
+        manifest["forward_samples"], manifest[INVERSE_METRIC] = manifest["samples"] - train_inverse, train_inverse
+        if held_out is not None:
+            held_out["forward_samples"], held_out[INVERSE_METRIC] = held_out["samples"] - eval_inverse, eval_inverse
+    published = manifest["samples"] + (held_out["samples"] if held_out is not None else 0)
+    report = compute_report(render_metrics, published - n_inverse, n_inverse) if render_metrics else None
     if report is not None:
         manifest["compute"] = report
     for name, value in extra.items():
@@ -423,6 +463,7 @@ def write_dataset(
     samples_per_shard: int = 1000,
     max_shard_bytes: int = 1_000_000_000,
     export_rejected: bool = False,
+    eval_fraction: float = 0.0,
     workers: int = 2,
     config_hash: str = "",
     upstream_key: str = "",
@@ -430,56 +471,67 @@ def write_dataset(
     sections: Callable[[GlobalSummary], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write kept rows (and, optionally, rejected ones) as shards + manifest; returns a stage summary.
-    ``render_metrics`` (render's summed metrics) give compute per kept sample; ``sections``, called once
-    every row is written with the rows in, out and dropped so far, further manifest sections (the funnel
-    by edit type, counted as rows streamed; the survival funnel, which ends with this stage's own line)."""
+    ``eval_fraction`` holds kept pairs out in eval tars (output.eval_split); ``render_metrics`` (render's summed
+    metrics) give compute per kept sample; ``sections``, called once every row is written with the rows in,
+    out and dropped so far, further manifest sections (the funnel by edit type, counted as rows streamed; the
+    survival funnel, which ends with this stage's own line). Rows out: the samples of both splits."""
     limits: dict[str, Any] = {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes,
                               "workers": workers}
-    dropped: dict[str, int] = {}
-    gen = generation_name(config_hash, upstream_key, prefix)
+    dropped, gen = {}, generation_name(config_hash, upstream_key, prefix)
     kept_dir, rejected_dir = f"{SHARDS_DIR}/{gen}", f"{REJECTED_DIR}/{gen}"
-    kept = ShardSetWriter(storage, prefix, subdir=kept_dir, **limits)
-    rejected = ShardSetWriter(storage, REJECTED_PREFIX, subdir=rejected_dir, **limits) if export_rejected else None
+    writers = Writers(ShardSetWriter(storage, prefix, subdir=kept_dir, **limits),
+                      ShardSetWriter(storage, REJECTED_PREFIX, subdir=rejected_dir, **limits) if export_rejected
+                      else None,
+                      ShardSetWriter(storage, EVAL_PREFIX, subdir=kept_dir, **limits) if eval_fraction > 0 else None,
+                      eval_fraction)
     model_edits: dict[str, Any] = {}
-    counts: dict[str, int] = {}
     chains, complete = SessionChains(), False
     try:
-        rows_in = _add_rows(rows, kept, rejected, dropped, model_edits, counts, chains)
+        rows_in = _add_rows(rows, writers, dropped, model_edits, chains)
         complete = True
     finally:  # a failed row stream (a damaged partition) writes no short last tar
-        kept_shards, rejected_shards = kept.close(complete), rejected.close(complete) if rejected else []
+        kept_shards, rejected_shards, eval_shards = writers.close(complete)
     manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "config_hash": config_hash, "upstream_key": upstream_key,
                                 "prefix": prefix, "generation": gen, **_set_summary(kept_shards, kept_dir)}
-    if rejected is not None:
+    if writers.rejected is not None:
         manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
-    so_far: GlobalSummary = {"rows_in": rows_in, "rows_out": manifest["samples"],
-                             "dropped": dict(sorted(dropped.items()))}
+    if writers.eval is not None:
+        manifest[EVAL_SECTION] = _set_summary(eval_shards, kept_dir)
+    published = manifest["samples"] + sum(s.samples for s in eval_shards)
+    so_far: GlobalSummary = {"rows_in": rows_in, "rows_out": published, "dropped": dict(sorted(dropped.items()))}
     extra = {**(sections(so_far) if sections is not None else {}), SESSIONS_SECTION: chains.summary()}
-    n_inverse = _add_sections(manifest, model_edits, counts.get("inverse", 0), render_metrics, extra)
+    n_inverse = _add_sections(manifest, model_edits, writers.counts, render_metrics, extra)
     text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
     storage.write_text(text, MANIFEST)  # the publication point
-    remove_other_generations(storage, gen, {e["name"] for e in entries(manifest) + entries(manifest, True)})
+    remove_other_generations(storage, gen, {e["name"] for split in SPLITS for e in entries(manifest, split=split)})
     return {
         "rows_in": rows_in,
-        "rows_out": manifest["samples"],
+        "rows_out": published,
         "dropped": dict(sorted(dropped.items())),
         "shards": len(kept_shards),
         "bytes": manifest["bytes"],
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "metrics": {
-            "rejected_samples": float(sum(s.samples for s in rejected_shards)),
-            "rejected_shards": float(len(rejected_shards)),
-            **({INVERSE_METRIC: float(n_inverse)} if n_inverse else {}),
-            **session_metrics(manifest.get(SESSIONS_SECTION)),
-        },
+        "metrics": {**_split_metrics(manifest, rejected_shards, eval_shards),
+                    **({INVERSE_METRIC: float(n_inverse)} if n_inverse else {}),
+                    **session_metrics(manifest.get(SESSIONS_SECTION))},
     }
+
+
+def _split_metrics(manifest: Mapping[str, Any], rejected: list[ShardInfo],
+                   held_out: list[ShardInfo]) -> dict[str, float]:
+    """The record's counts of the rejected tars and, with an eval split, of the eval tars."""
+    found = {"rejected_samples": float(sum(s.samples for s in rejected)), "rejected_shards": float(len(rejected))}
+    if EVAL_SECTION in manifest:
+        found.update({EVAL_SAMPLES_METRIC: float(manifest[EVAL_SECTION]["samples"]),
+                      EVAL_SHARDS_METRIC: float(len(held_out))})
+    return found
 
 
 def remove_other_generations(storage: Storage, keep: str, listed: set[str]) -> None:
     """After OUT/manifest.json names `keep` and its tars (`listed`): the earlier layout's manifest (first,
     so no reader follows it to tars about to go), earlier generations, tars of the pre-generation layout,
     files in `keep`'s folders that it does not list (an earlier layout's rejected tars) and temp files of
-    killed writers go, so a glob over OUT/shards sees exactly the published kept tars."""
+    killed writers go, so a glob over OUT/shards sees exactly the published tars (kept and eval)."""
     storage.remove(*LEGACY_MANIFEST)
     for folder in (SHARDS_DIR, REJECTED_DIR):
         storage.clean_temp(folder)

@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 from editgen.filters.pairs.score_registry import SCORES, SOURCE_STAGES
-from editgen.output.manifest import entries, read_manifest
+from editgen.output.manifest import SPLITS, entries, read_manifest
 from editgen.output.shard_writer import sample_key
 from editgen.pipeline.records import part_name, read_record_table, read_records
 from editgen.pipeline.stage import KEPT
@@ -74,16 +74,16 @@ def from_partitions(storage: Storage) -> StoredScores | None:
 
 
 def from_shards(storage: Storage) -> StoredScores | None:
-    """Scores from the published samples' JSON (kept) and the rejected export's (dropped); None when
-    nothing is published."""
+    """Scores from the published samples' JSON (kept: the train and eval tars) and the rejected export's
+    (dropped); None when nothing is published."""
     try:
         manifest = read_manifest(storage)
     except (FileNotFoundError, ValueError, TypeError, KeyError, AttributeError):
         return None
     found = StoredScores(SHARDS)
-    for rejected in (False, True):
-        for entry in entries(manifest, rejected):
-            _read_tar(storage, str(entry.get("name")), found, kept=not rejected)
+    for split in SPLITS:
+        for entry in entries(manifest, split=split):
+            _read_tar(storage, str(entry.get("name")), found, kept=split != "rejected")
     return found
 
 

@@ -38,8 +38,9 @@ MAX_CONFIG_BYTES = 16 * 2**20
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
 #: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
-#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys.
-UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
+#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys;
+#: the shard stage's card settings change only OUT/shards/README.md, which the stage's resume check compares.
+UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets"), "shard": ("card",)}
 #: Per-section keys left out of the hash while they hold their default: options added after a section's
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.
@@ -50,7 +51,7 @@ HASH_NEUTRAL_DEFAULTS = {"render": ("engine", "source", "inversion", "shared_sou
                                     "max_outside_mask_l1", "min_outside_mask_ssim", "dino_model", "dino_batch_size",
                                     "ssim", "min_dinov2", "max_dinov2", "min_ssim", "max_ssim"),
                          "instruct": ("inverse", "turns"),
-                         "shard": ("type_quota",),
+                         "shard": ("type_quota", "eval_fraction"),
                          "ingest": ("exclude", "exclude_distance", "canary")}
 
 

@@ -1,5 +1,6 @@
-"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest
-(OUT/shards/gen-<G>/*.tar, OUT/rejected/gen-<G>/*.tar, OUT/manifest.json: output/manifest.py).
+"""Shard stage (global): all filter partitions -> numbered WebDataset shards + manifest + dataset card
+(OUT/shards/gen-<G>/*.tar, OUT/rejected/gen-<G>/*.tar, OUT/manifest.json: output/manifest.py;
+OUT/shards/README.md: output/card.py).
 
 Global because shard numbering must see every partition in order to be deterministic. Runs on the
 driver; shards are encoded and uploaded by a small thread pool (`shard.resources.concurrency`).
@@ -14,7 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from editgen.output.manifest import MANIFEST, read_manifest
+from editgen.output.card import CARD, build_card
+from editgen.output.manifest import MANIFEST, SHARDS_DIR, SPLITS, entries, read_manifest
 from editgen.output.rejects import Part, with_earlier_rejects
 from editgen.output.shard_writer import iter_rows, write_dataset
 from editgen.output.survival import SURVIVAL, read_stage, stage_survival, survival, untimed
@@ -55,6 +57,7 @@ class ShardStage(Stage[ShardConfig]):
             samples_per_shard=cfg.samples_per_shard,
             max_shard_bytes=cfg.max_shard_bytes,
             export_rejected=cfg.export_rejected,
+            eval_fraction=cfg.eval_fraction,
             workers=cfg.resources.concurrency,
             config_hash=ctx.stage_hash,
             upstream_key=upstream_key,
@@ -63,6 +66,7 @@ class ShardStage(Stage[ShardConfig]):
                                      SURVIVAL: self._survival(ctx.storage, so_far, gate)},
         )
         _account_quota(summary, gate)
+        self._write_card(ctx.storage)
         summary["markers"] = self._markers(ctx.storage)
         seconds = time.perf_counter() - t0
         summary["metrics"]["shard_seconds"] = seconds
@@ -96,6 +100,23 @@ class ShardStage(Stage[ShardConfig]):
         lines = {name: read_stage(storage, name) for name in graph[:-1]}
         return untimed(survival(graph, {**lines, self.name: stage_survival(self.name, [dict(own)])}))
 
+    def _write_card(self, storage: Storage) -> None:
+        """OUT/shards/README.md (output/card.py) from the manifest just published; a killed stage leaves the
+        previous card beside the new manifest, which `global_output_valid` then rewrites."""
+        storage.write_text(build_card(read_manifest(storage), self.config), SHARDS_DIR, CARD)
+
+    def _ensure_card(self, storage: Storage, manifest: dict[str, Any]) -> None:
+        """The card is a pure function of the (verified) manifest and the config: one missing, edited or stale
+        (an OUT published before cards, a new shard.card.license, which is outside the stage hash) is
+        rewritten in place rather than re-encoding every tar."""
+        card = build_card(manifest, self.config)
+        try:
+            current = storage.read_text(SHARDS_DIR, CARD) == card
+        except (FileNotFoundError, ValueError):  # ValueError: not UTF-8
+            current = False
+        if not current:
+            storage.write_text(card, SHARDS_DIR, CARD)
+
     @staticmethod
     def _markers(storage: Storage) -> dict[str, list[str | float | None]]:
         """ETag / mtime of every published tar, so a resume trusts them without reading them."""
@@ -103,7 +124,8 @@ class ShardStage(Stage[ShardConfig]):
         return {name: [info.etag, info.mtime] for name, info in infos.items()}
 
     def global_output_valid(self, ctx: PlanContext, record: Any) -> bool:
-        """Skip only if the manifest and every shard it lists are exactly what was written."""
+        """Skip only if the manifest and every shard it lists are exactly what was written; then the card is
+        made current (`_ensure_card`)."""
         storage = ctx.storage
         try:
             text = storage.read_bytes(MANIFEST)
@@ -124,6 +146,7 @@ class ShardStage(Stage[ShardConfig]):
                     return False
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # a manifest of the wrong shape
             return False
+        self._ensure_card(storage, manifest)
         return True
 
 
@@ -150,8 +173,8 @@ def _account_quota(summary: GlobalSummary, gate: QuotaGate) -> None:
 
 
 def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every tar a manifest lists, kept and rejected."""
-    return list(manifest.get("shards", [])) + list(manifest.get("rejected", {}).get("shards", []))
+    """Every tar a manifest lists: kept (train), eval and rejected."""
+    return [e for split in SPLITS for e in entries(manifest, split=split)]
 
 
 def _tar_infos(storage: Storage, manifest: dict[str, Any]) -> dict[str, FileInfo]:

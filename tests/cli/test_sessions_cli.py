@@ -48,7 +48,8 @@ def baseline(tmp_path_factory, ray_address) -> Path:
 def samples(out: Path) -> dict[str, dict[str, bytes]]:
     """Every published sample: key -> {member suffix: bytes}."""
     found: dict[str, dict[str, bytes]] = {}
-    for entry in manifest(out)["shards"]:
+    m = manifest(out)  # the train and eval tars (tiny's shard.eval_fraction)
+    for entry in [*m["shards"], *m.get("eval", {}).get("shards", [])]:
         with tarfile.open(out / entry["name"]) as tar:
             for m in tar.getmembers():
                 key, suffix = m.name.split(".", 1)
@@ -79,8 +80,9 @@ def test_sessions_and_inverse_pairs_are_published_linked(baseline: Path) -> None
 
     from editgen.output.loader import instruct_pix2pix_dataset
 
-    chains = list(instruct_pix2pix_dataset(str(baseline), resolution=16, shuffle_shards=False, shuffle_buffer=0,
-                                           sessions=True))
+    splits = ["train"] + (["eval"] if m.get("eval", {}).get("shards") else [])  # tiny's shard.eval_fraction
+    chains = [c for split in splits for c in instruct_pix2pix_dataset(
+        str(baseline), resolution=16, shuffle_shards=False, shuffle_buffer=0, sessions=True, split=split)]
     assert sum(len(c) for c in chains) == len(got) - len(inverse)
     two = [c for c in chains if len(c) == 2]
     assert len(two) == len(later) and all(c[0]["edited_image"].equal(c[1]["input_image"]) for c in two)

@@ -64,14 +64,16 @@ def test_ray_data_reads_every_sample_with_one_schema(out, ray_session):
     assert sorted(r["__key__"] for r in rows) == kept_keys(out)
     assert set(ds.schema().names) == MEMBERS | {"__key__", "__url__"}
     assert {r["json"]["mask"] for r in rows} == {"region", "whole_image"}
-    assert ray.data.read_webdataset(str(out / "shards")).count() == len(rows)  # the folder: kept tars only
+    # the folder: its tars are the kept ones (beside them: the dataset card, README.md)
+    assert ray.data.read_webdataset(str(out / "shards"), file_extensions=["tar"]).count() == len(rows)
     assert ray.data.read_webdataset(published(str(out), True, {})["urls"]).count() == \
         manifest(out)["rejected"]["samples"]
 
 
 def test_a_glob_over_shards_sees_exactly_the_kept_tars(out):
     m = manifest(out)
-    found = sorted(p for p in (out / "shards").rglob("*") if p.is_file())
+    found = sorted(p for p in (out / "shards").rglob("*") if p.is_file() and p.name != "README.md")
+    assert (out / "shards" / "README.md").is_file()  # the dataset card (output/card.py), no tar
     assert found == tar_files(out) == sorted(out / e["name"] for e in m["shards"])
     assert tar_files(out, "rejected") == sorted(out / e["name"] for e in m["rejected"]["shards"])
     assert sorted(s["__key__"] for s in wds.WebDataset([str(p) for p in found], shardshuffle=False)) == kept_keys(out)
@@ -103,5 +105,6 @@ def test_earlier_layout_is_read_then_republished(tmp_path):
     assert validate(str(tmp_path), chain=False) == []
     write_shards(tmp_path, records, samples_per_shard=3, export_rejected=True)  # the shard stage reruns
     assert not (tmp_path / "shards" / "manifest.json").exists() and (tmp_path / "manifest.json").exists()
-    assert sorted(str(p) for p in (tmp_path / "shards").rglob("*") if p.is_file()) == sorted(want[False])
+    assert sorted(str(p) for p in (tmp_path / "shards").rglob("*.tar")) == sorted(want[False])
+    assert (tmp_path / "shards" / "README.md").is_file()  # the card of the republished dataset
     assert {s: published(str(tmp_path), s, {})["urls"] for s in (False, True)} == want
