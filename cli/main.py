@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
         ("judge-agreement", "editgen.cli.judge_agreement",
          "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
+        ("evaluate", "editgen.cli.evaluate",
+         "InstructPix2Pix's CLIP curve and MagicBrush's metrics of a model on an eval set (docs/evaluate.md)"),
     ):
         add, main = _delegate(module)
         p = _command(sub, name, help_text, _module_doc(module) or help_text)

@@ -28,6 +28,7 @@ LAYERS = (
     ("engines",),  # edit engines: the interface, the typed candidate record, the registry, each engine
     ("llm",),  # LLM backends, parsing, validation
     ("output",),  # shards, manifest, loader, exporter
+    ("evaluation",),  # `editgen evaluate`: eval-set readers, the image-guidance sweep, metrics, report
     ("stages",),  # the thin stage classes
     ("cli",),  # the editgen command and its tools
     ("bench",),

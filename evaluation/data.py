@@ -1,0 +1,244 @@
+"""The eval set: an OUT's held-out split, WebDataset tars, or a parquet file, read into `EvalSample`s.
+
+Formats (docs/evaluate.md):
+- an editgen OUT: the tars its manifest's "eval" section lists (`shard.eval_fraction`); there the
+  `edited` image IS the target (the pair the model should reproduce);
+- WebDataset tars (a file, a folder of them, or a brace pattern): `<key>.input.<ext>`, the instruction as
+  `<key>.txt` or `"instruction"` in `<key>.json`, optional `<key>.target.<ext>` (else `<key>.edited.<ext>`:
+  in editgen's own shards the edited image is the reference edit),
+  optional `<key>.mask.png`, captions as `input_caption` (or `caption`) and `edited_caption` in the JSON;
+- parquet: columns input_image (bytes), instruction (str), optional target_image, mask (bytes),
+  input_caption, edited_caption (str) and key (str); an image may also be a {"bytes": ...} struct
+  (the Hugging Face `Image` feature).
+Every sample is checked here (its images decode, its instruction is text): a bad one is one InputError
+line naming the file and key, never a silently smaller eval set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from editgen.filters.pairs.clip_score import decode_image
+from editgen.output.manifest import MANIFEST, manifest_problem, read_manifest
+from editgen.pipeline.errors import InputError
+from editgen.pipeline.redact import redact_url
+from editgen.pipeline.storage import Storage, open_filesystem
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+#: The manifest section of the held-out split (docs/issue 24 contract: written by the shard stage).
+EVAL_SECTION = "eval"
+#: A folder holding this is an editgen OUT (read through its manifest, never by a directory scan).
+OUT_CONFIG = "config.yaml"
+#: One tar member or parquet cell above this is refused (an eval image is a few MB at most).
+MAX_MEMBER_BYTES = 64 << 20
+#: WebDataset's key rule: the basename up to its first dot.
+_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One edit to evaluate: the input, the instruction, and what it is measured against where given."""
+
+    key: str
+    input_image: bytes
+    instruction: str
+    target_image: bytes | None = None
+    mask: bytes | None = None
+    input_caption: str | None = None
+    edited_caption: str | None = None
+
+
+@dataclass
+class EvalSet:
+    samples: list[EvalSample]
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _check(sample: EvalSample, where: str) -> EvalSample:
+    """Every image decodes and the instruction is non-empty text, else one line naming where and the key."""
+    if not sample.instruction.strip():
+        raise InputError(f"{where}: sample {sample.key!r}: empty instruction; expected the edit instruction text")
+    for name in ("input_image", "target_image", "mask"):
+        data = getattr(sample, name)
+        if data is not None and decode_image(data) is None:
+            raise InputError(f"{where}: sample {sample.key!r}: {name} does not decode as an image")
+    return sample
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _from_members(key: str, members: dict[str, bytes], where: str) -> EvalSample:
+    """A WebDataset sample (member suffix -> bytes) as an EvalSample."""
+    def image(stem: str) -> bytes | None:
+        return next((members[f"{stem}.{e}"] for e in IMAGE_EXTS if f"{stem}.{e}" in members), None)
+
+    meta: dict[str, Any] = {}
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise InputError(f"{where}: sample {key!r}: {key}.json is not JSON") from None
+        meta = meta if isinstance(meta, dict) else {}
+    inp = image("input")
+    if inp is None:
+        raise InputError(f"{where}: sample {key!r}: no {key}.input.<png|jpg|webp> member")
+    instruction = members["txt"].decode("utf-8", "replace") if "txt" in members else meta.get("instruction")
+    if not isinstance(instruction, str):
+        raise InputError(f"{where}: sample {key!r}: no instruction ({key}.txt or \"instruction\" in {key}.json)")
+    target = image("target")
+    target = image("edited") if target is None else target
+    return _check(EvalSample(key, inp, instruction.strip(), target, members.get("mask.png"),
+                             _text(meta.get("input_caption", meta.get("caption"))), _text(meta.get("edited_caption"))),
+                  where)
+
+
+def _tar_samples(data: bytes, where: str) -> Iterator[EvalSample]:
+    """Samples in tar order (a sample's members are consecutive, as WebDataset writes them)."""
+    key, members = None, {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for info in tar:
+                m = _KEY.match(info.name)
+                if not info.isfile() or m is None or posixpath.basename(info.name).startswith("__"):
+                    continue
+                if info.size > MAX_MEMBER_BYTES:
+                    raise InputError(f"{where}: member {info.name} is {info.size} bytes (limit {MAX_MEMBER_BYTES})")
+                if m[1] != key and key is not None:
+                    yield _from_members(key, members, where)
+                    members = {}
+                key = m[1]
+                members[m[2]] = tar.extractfile(info).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InputError(f"{where}: not a readable tar ({exc})") from None
+    if key is not None:
+        yield _from_members(key, members, where)
+
+
+def _cell(value: Any, column: str, where: str) -> bytes | None:
+    if isinstance(value, dict):  # the Hugging Face Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes")
+    if value is None or isinstance(value, bytes):
+        return value
+    raise InputError(f"{where}: column {column} holds {type(value).__name__}; expected image bytes")
+
+
+def _parquet_samples(data: bytes, where: str) -> Iterator[EvalSample]:
+    """Rows of a parquet file as samples; a missing required column or a null cell is one line."""
+    import pyarrow as pa
+
+    from editgen.pipeline.storage import parquet_table
+
+    try:
+        table = parquet_table(data)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{where}: not a readable parquet file ({exc})") from None
+    missing = [c for c in ("input_image", "instruction") if c not in table.column_names]
+    if missing:
+        raise InputError(f"{where}: no column {', '.join(missing)}; expected input_image (bytes), instruction (str), "
+                         "optional target_image, mask, input_caption, edited_caption, key")
+    for i, row in enumerate(table.to_pylist()):
+        key = str(row.get("key") or f"row-{i:06d}")
+        inp = _cell(row.get("input_image"), "input_image", f"{where}: row {i}")
+        if inp is None or not isinstance(row.get("instruction"), str):
+            raise InputError(f"{where}: row {i}: input_image and instruction must not be null")
+        yield _check(EvalSample(key, inp, row["instruction"].strip(),
+                                _cell(row.get("target_image"), "target_image", f"{where}: row {i}"),
+                                _cell(row.get("mask"), "mask", f"{where}: row {i}"),
+                                _text(row.get("input_caption")), _text(row.get("edited_caption"))), f"{where}: row {i}")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(url: str, options: dict[str, Any]) -> bytes:
+    fs, path = open_filesystem(url, options)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise InputError(f"{redact_url(url)}: cannot read ({type(exc).__name__})") from None
+
+
+def out_eval_urls(storage: Storage, where: str) -> tuple[list[str], dict[str, Any]]:
+    """An OUT's held-out tars (manifest "eval" section) and what the report says of them; no split is one
+    line saying how to get one."""
+    try:
+        manifest = read_manifest(storage)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"{where}: no readable {MANIFEST} ({type(exc).__name__}); "
+                         "run the pipeline through shard") from None
+    why = manifest_problem(manifest)
+    if why is not None:
+        raise InputError(f"{where}: {MANIFEST} is not an editgen manifest ({why})")
+    section = manifest.get(EVAL_SECTION)
+    shards = section.get("shards") if isinstance(section, dict) else None
+    if not isinstance(shards, list) or not shards or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                             for e in shards):
+        raise InputError(f"{where}: no held-out eval split in its manifest; set shard.eval_fraction (e.g. `editgen "
+                         "run --out OUT --set shard.eval_fraction=0.1`) and rerun, or pass --data TARS|PARQUET")
+    source = {"kind": "editgen-eval-split", "out": where, "generation": manifest.get("generation"),
+              "eval_samples": section.get("samples")}
+    return [storage.url(e["name"]) for e in shards], source
+
+
+def _expand(data: list[str], options: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
+    """(file URLs, kind, source) for the --data values: one OUT, or tars / parquet files / folders of them."""
+    import webdataset as wds
+
+    if len(data) == 1:
+        storage = Storage(data[0], options)
+        if any(storage.exists(*p) for p in ((MANIFEST,), ("shards", MANIFEST), (OUT_CONFIG,))):
+            urls, source = out_eval_urls(storage, redact_url(data[0]))
+            return urls, "tar", source
+    urls: list[str] = []
+    for item in data:
+        fs, path = open_filesystem(item, options)
+        if fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if p.endswith((".tar", ".parquet")))
+            urls += [item.rstrip("/") + p[len(path.rstrip("/")):] for p in found]
+        else:
+            urls += list(wds.shardlists.expand_urls(item))
+    kinds = {"parquet" if u.endswith(".parquet") else "tar" for u in urls}
+    if not urls or len(kinds) > 1:
+        what = "no .tar or .parquet file" if not urls else "both tars and parquet files"
+        raise InputError(f"{', '.join(redact_url(d) for d in data)}: {what}; expected an editgen OUT, "
+                         "WebDataset tars or parquet files (docs/evaluate.md)")
+    kind = kinds.pop()
+    return urls, kind, {"kind": "webdataset" if kind == "tar" else "parquet"}
+
+
+def read_eval_set(data: list[str], limit: int | None, options: dict[str, Any]) -> EvalSet:
+    """The first `limit` samples (all without it) of --data, in file order; the report's data section
+    names each file read and its sha256."""
+    urls, kind, source = _expand(data, options)
+    samples: list[EvalSample] = []
+    files = []
+    for url in urls:
+        if limit is not None and len(samples) >= limit:
+            break
+        blob = _read(url, options)
+        files.append({"name": redact_url(url), "sha256": _digest(blob)})
+        found = _parquet_samples(blob, redact_url(url)) if kind == "parquet" else _tar_samples(blob, redact_url(url))
+        for sample in found:
+            if limit is not None and len(samples) >= limit:
+                break
+            samples.append(sample)
+    keys = [s.key for s in samples]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise InputError(f"{', '.join(redact_url(d) for d in data)}: sample key {dup!r} appears twice; keys seed "
+                         "each sample's generator and must be unique")
+    if not samples:
+        raise InputError(f"{', '.join(redact_url(d) for d in data)}: no samples")
+    return EvalSet(samples, {**source, "read": files, "samples": len(samples), "limit": limit})

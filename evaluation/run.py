@@ -1,0 +1,180 @@
+"""One evaluation from start to end: read the eval set, load the model and the scorers, sweep, measure,
+write the report (docs/evaluate.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from editgen.evaluation.data import EvalSet, read_eval_set
+from editgen.evaluation.metrics import Measurer
+from editgen.evaluation.report import CURVE_PNG, plot_curve, versions, write_json
+from editgen.evaluation.sweep import (
+    DEFAULT_IMAGE_GUIDANCE,
+    RESIZE_RULE,
+    TEXT_GUIDANCE,
+    LoadedModel,
+    load_model,
+    sweep,
+)
+from editgen.pipeline.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from editgen.filters.pairs.clip_score import ClipScorer
+    from editgen.filters.pairs.dino_score import DinoScorer
+
+DEFAULT_CLIP = ("ViT-L-14", "openai")
+DEFAULT_DINO = "facebook/dinov2-base"
+NO_DINO = "none"
+SEED_RULE = 'sha256(f"{seed}:{key}"), first 8 bytes big-endian, top bit cleared; the same at every grid point'
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `editgen evaluate` was asked (cli/evaluate.py); None = the default documented there."""
+
+    model: str
+    data: tuple[str, ...]
+    report: str
+    grid: tuple[float, ...]
+    steps: int = 20
+    seed: int = 0
+    resolution: int | None = None
+    limit: int | None = None
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    dino_model: str | None = None
+    device: str = "auto"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for --data (never written)
+
+
+def scorer_names(opts: EvalOptions, source: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """(CLIP model, CLIP pretrained, its cache dir, DINO model): the flags, else, for an OUT's eval split,
+    the run's own filter CLIP/DINO (so a tiny run's offline models), else ViT-L-14/openai and DINOv2-base."""
+    model, pretrained, cache, dino = *DEFAULT_CLIP, None, DEFAULT_DINO
+    if source.get("kind") == "editgen-eval-split":
+        from editgen.pipeline.config import out_config
+        from editgen.pipeline.storage import Storage
+        from editgen.tiny.clip import TINY_CLIP_NAME
+        from editgen.tiny.dino import TINY_DINO_NAME
+
+        f = out_config(Storage(opts.data[0], opts.storage_options)).filter
+        model, pretrained, cache = f.clip_model, f.clip_pretrained, f.clip_cache_dir
+        dino = f.dino_model or (TINY_DINO_NAME if model == TINY_CLIP_NAME else DEFAULT_DINO)
+    if opts.clip_model is not None:
+        model, pretrained = opts.clip_model, opts.clip_pretrained if opts.clip_pretrained is not None else ""
+    elif opts.clip_pretrained is not None:
+        pretrained = opts.clip_pretrained
+    return model, pretrained, cache, opts.dino_model or dino
+
+
+def load_scorers(opts: EvalOptions, eval_set: EvalSet) -> tuple[ClipScorer, DinoScorer | None]:
+    """CLIP always; DINOv2 only when a sample has a target (and not --dino-model none). One line on failure."""
+    from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
+    from editgen.filters.pairs.dino_score import DinoScorer, DinoSpec, check_dino_model
+
+    model, pretrained, cache, dino_name = scorer_names(opts, eval_set.source)
+    spec = ClipSpec(model, pretrained, opts.device, "auto", cache)
+    try:
+        clip = ClipScorer(spec)
+    except Exception as exc:  # noqa: BLE001 - unknown model, no hub, pickled weights: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--clip-model {spec.model_id()}: cannot load: {first}") from None
+    if dino_name == NO_DINO or not any(s.target_image is not None for s in eval_set.samples):
+        return clip, None
+    try:
+        check_dino_model(dino_name)
+        return clip, DinoScorer(DinoSpec(dino_name, opts.device, "auto"))
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"--dino-model: {str(exc).removeprefix('filter.dino_model: ')}") from None
+
+
+def provenance(opts: EvalOptions, eval_set: EvalSet, loaded: LoadedModel, clip: ClipScorer,
+               dino: DinoScorer | None, sizes: list[str]) -> dict[str, Any]:
+    """Everything that decides the numbers, as both JSON files record it."""
+    found = versions()
+    samples = eval_set.samples
+    return {
+        "model": loaded.info,
+        "clip": {"model": clip.spec.model, "pretrained": clip.spec.pretrained, "open_clip": found["open_clip_torch"],
+                 "precision": clip.precision, "device": clip.device.type},
+        "dino": None if dino is None else {"model": dino.spec.model, "transformers": found["transformers"],
+                                           "embedding": "pooler_output (CLS)", "device": dino.device.type},
+        "versions": found,
+        "preprocessing": {"resize": RESIZE_RULE, "resolution": opts.resolution, "input_sizes": sizes,
+                          "clip": "open_clip's preprocess for the model", "dino": "the model's AutoImageProcessor",
+                          "l1": "output resized (PIL bicubic) to the target's size, RGB in [0, 1]"},
+        "sampling": {"text_guidance": TEXT_GUIDANCE, "image_guidance": list(opts.grid),
+                     "default_image_guidance": DEFAULT_IMAGE_GUIDANCE, "steps": opts.steps, "seed": opts.seed,
+                     "seed_rule": SEED_RULE, "scheduler": loaded.info["scheduler"]},
+        "data": {**eval_set.source,
+                 "samples_with_target": sum(s.target_image is not None for s in samples),
+                 "samples_with_captions": sum(s.input_caption is not None and s.edited_caption is not None
+                                              for s in samples),
+                 "samples_with_mask": sum(s.mask is not None for s in samples)},
+    }
+
+
+def _report_dir(path: str) -> Path:
+    report = Path(path)
+    if report.exists() and not report.is_dir():
+        raise InputError(f"{path}: exists and is not a directory; expected a report directory (--out)")
+    try:
+        report.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the report directory ({exc.strerror or exc})") from None
+    return report
+
+
+def _notes(prov: dict[str, Any], dino: DinoScorer | None, opts: EvalOptions) -> tuple[list[str], list[str]]:
+    """What a reader must know about the numbers: counts short of the eval set, what is null and why."""
+    data = prov["data"]
+    n, captioned, targets = data["samples"], data["samples_with_captions"], data["samples_with_target"]
+    curve_notes, metric_notes = [], []
+    if captioned == 0:
+        curve_notes.append("no sample has both an input and an edited caption: CLIP direction similarity is null "
+                           f"and {CURVE_PNG} is not drawn (InstructPix2Pix's direction needs both captions)")
+    elif captioned < n:
+        curve_notes.append(f"CLIP direction similarity over the {captioned} of {n} samples with both captions")
+    if targets == 0:
+        metric_notes.append("no sample has a target image: L1, CLIP-I and DINO are null")
+    elif targets < n:
+        metric_notes.append(f"L1, CLIP-I and DINO over the {targets} of {n} samples with a target image")
+    if targets and dino is None:
+        metric_notes.append(f"DINO not computed (--dino-model {opts.dino_model})")
+    if data["samples_with_mask"]:
+        metric_notes.append("masks are read but no number here uses them (whole-image metrics, as MagicBrush's)")
+    if DEFAULT_IMAGE_GUIDANCE not in opts.grid:
+        metric_notes.append(f"the grid lacks the default image guidance {DEFAULT_IMAGE_GUIDANCE:g}: at_default is "
+                            "the nearest grid point")
+    return curve_notes, metric_notes
+
+
+def evaluate(opts: EvalOptions, progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Run the evaluation and write REPORT/curve.json, curve.png and metrics.json; returns (curve, metrics)."""
+    report = _report_dir(opts.report)
+    eval_set = read_eval_set(list(opts.data), opts.limit, opts.storage_options)
+    loaded = load_model(opts.model, opts.device)
+    clip, dino = load_scorers(opts, eval_set)
+    outputs = sweep(loaded, eval_set.samples, opts.grid, opts.steps, opts.seed, opts.resolution, progress)
+    measurer = Measurer(eval_set.samples, clip, dino)
+    points, rows = [], []
+    for g in opts.grid:
+        curve_row, target_row = measurer.point(outputs[g])
+        points.append({"image_guidance": g, "text_guidance": TEXT_GUIDANCE, **curve_row})
+        rows.append({"image_guidance": g, **target_row})
+    sizes = sorted({f"{im.size[0]}x{im.size[1]}" for im in outputs[opts.grid[0]]})
+    prov = provenance(opts, eval_set, loaded, clip, dino, sizes)
+    curve_notes, metric_notes = _notes(prov, dino, opts)
+    nearest = min(rows, key=lambda r: (abs(r["image_guidance"] - DEFAULT_IMAGE_GUIDANCE), r["image_guidance"]))
+    drawn = plot_curve(points, f"{opts.model}: {len(eval_set.samples)} samples, {opts.steps} steps",
+                       report / CURVE_PNG)
+    if not drawn:
+        (report / CURVE_PNG).unlink(missing_ok=True)  # an earlier run's plot would not be this run's
+    curve = {"provenance": prov, "points": points, "notes": curve_notes, "plot": CURVE_PNG if drawn else None}
+    metrics = {"provenance": prov, "default_image_guidance": DEFAULT_IMAGE_GUIDANCE, "at_default": nearest,
+               "per_image_guidance": rows, "notes": metric_notes}
+    write_json(report, curve, metrics)
+    return curve, metrics
