@@ -17,14 +17,13 @@ line naming the file and key, never a silently smaller eval set.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import IO, Any
 
 from editgen.filters.pairs.clip_score import decode_image
 from editgen.output.manifest import MANIFEST, manifest_problem, read_manifest
@@ -39,6 +38,9 @@ EVAL_SECTION = "eval"
 OUT_CONFIG = "config.yaml"
 #: One tar member or parquet cell above this is refused (an eval image is a few MB at most).
 MAX_MEMBER_BYTES = 64 << 20
+#: Parquet rows decoded at a time; file bytes hashed at a time.
+PARQUET_BATCH = 64
+CHUNK = 8 << 20
 #: WebDataset's key rule: the basename up to its first dot.
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
@@ -54,12 +56,6 @@ class EvalSample:
     mask: bytes | None = None
     input_caption: str | None = None
     edited_caption: str | None = None
-
-
-@dataclass
-class EvalSet:
-    samples: list[EvalSample]
-    source: dict[str, Any] = field(default_factory=dict)
 
 
 def _check(sample: EvalSample, where: str) -> EvalSample:
@@ -102,11 +98,12 @@ def _from_members(key: str, members: dict[str, bytes], where: str) -> EvalSample
                   where)
 
 
-def _tar_samples(data: bytes, where: str) -> Iterator[EvalSample]:
-    """Samples in tar order (a sample's members are consecutive, as WebDataset writes them)."""
+def _tar_samples(f: IO[bytes], where: str) -> Iterator[EvalSample]:
+    """Samples in tar order (a sample's members are consecutive, as WebDataset writes them), streamed: one
+    sample's members in memory at a time."""
     key, members = None, {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        with tarfile.open(fileobj=f, mode="r|*") as tar:
             for info in tar:
                 m = _KEY.match(info.name)
                 if not info.isfile() or m is None or posixpath.basename(info.name).startswith("__"):
@@ -132,44 +129,47 @@ def _cell(value: Any, column: str, where: str) -> bytes | None:
     raise InputError(f"{where}: column {column} holds {type(value).__name__}; expected image bytes")
 
 
-def _parquet_samples(data: bytes, where: str) -> Iterator[EvalSample]:
-    """Rows of a parquet file as samples; a missing required column or a null cell is one line."""
+def _parquet_samples(f: IO[bytes], where: str) -> Iterator[EvalSample]:
+    """Rows of a parquet file as samples, read in batches; a missing required column or a null cell is one
+    line."""
     import pyarrow as pa
-
-    from editgen.pipeline.storage import parquet_table
+    import pyarrow.parquet as pq
 
     try:
-        table = parquet_table(data)
+        pf = pq.ParquetFile(f)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{where}: not a readable parquet file ({exc})") from None
-    missing = [c for c in ("input_image", "instruction") if c not in table.column_names]
+    missing = [c for c in ("input_image", "instruction") if c not in pf.schema_arrow.names]
     if missing:
         raise InputError(f"{where}: no column {', '.join(missing)}; expected input_image (bytes), instruction (str), "
                          "optional target_image, mask, input_caption, edited_caption, key")
-    for i, row in enumerate(table.to_pylist()):
-        key = str(row.get("key") or f"row-{i:06d}")
-        inp = _cell(row.get("input_image"), "input_image", f"{where}: row {i}")
-        if inp is None or not isinstance(row.get("instruction"), str):
-            raise InputError(f"{where}: row {i}: input_image and instruction must not be null")
-        yield _check(EvalSample(key, inp, row["instruction"].strip(),
-                                _cell(row.get("target_image"), "target_image", f"{where}: row {i}"),
-                                _cell(row.get("mask"), "mask", f"{where}: row {i}"),
-                                _text(row.get("input_caption")), _text(row.get("edited_caption"))), f"{where}: row {i}")
+    i = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+        for row in batch.to_pylist():
+            yield _parquet_row(row, i, where)
+            i += 1
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _parquet_row(row: dict[str, Any], i: int, where: str) -> EvalSample:
+    at = f"{where}: row {i}"
+    inp = _cell(row.get("input_image"), "input_image", at)
+    if inp is None or not isinstance(row.get("instruction"), str):
+        raise InputError(f"{at}: input_image and instruction must not be null")
+    return _check(EvalSample(str(row.get("key") or f"row-{i:06d}"), inp, row["instruction"].strip(),
+                             _cell(row.get("target_image"), "target_image", at), _cell(row.get("mask"), "mask", at),
+                             _text(row.get("input_caption")), _text(row.get("edited_caption"))), at)
 
 
-def _read(url: str, options: dict[str, Any]) -> bytes:
-    fs, path = open_filesystem(url, options)
+def _file_sha256(fs: Any, path: str, where: str) -> str:
+    """The whole file's sha256, read in chunks (a --limit read may stop early; the checksum never does)."""
+    h = hashlib.sha256()
     try:
         with fs.open(path, "rb") as f:
-            return f.read()
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        raise InputError(f"{redact_url(url)}: cannot read ({type(exc).__name__})") from None
-
-
+        raise InputError(f"{where}: cannot read ({type(exc).__name__})") from None
+    return h.hexdigest()
 def out_eval_urls(storage: Storage, where: str) -> tuple[list[str], dict[str, Any]]:
     """An OUT's held-out tars (manifest "eval" section) and what the report says of them; no split is one
     line saying how to get one."""
@@ -218,27 +218,50 @@ def _expand(data: list[str], options: dict[str, Any]) -> tuple[list[str], str, d
     return urls, kind, {"kind": "webdataset" if kind == "tar" else "parquet"}
 
 
-def read_eval_set(data: list[str], limit: int | None, options: dict[str, Any]) -> EvalSet:
-    """The first `limit` samples (all without it) of --data, in file order; the report's data section
-    names each file read and its sha256."""
-    urls, kind, source = _expand(data, options)
-    samples: list[EvalSample] = []
-    files = []
-    for url in urls:
-        if limit is not None and len(samples) >= limit:
-            break
-        blob = _read(url, options)
-        files.append({"name": redact_url(url), "sha256": _digest(blob)})
-        found = _parquet_samples(blob, redact_url(url)) if kind == "parquet" else _tar_samples(blob, redact_url(url))
-        for sample in found:
-            if limit is not None and len(samples) >= limit:
+class EvalReader:
+    """--data resolved at construction (a bad EVAL fails before any model loads), then its samples streamed
+    in file order, the first `limit` only; `summary()` is the report's data section (each file read and its
+    sha256, the counts)."""
+
+    def __init__(self, data: list[str], limit: int | None, options: dict[str, Any]) -> None:
+        self.urls, self.kind, self.source = _expand(data, options)
+        self.data, self.limit, self.options = data, limit, options
+        self.read: list[dict[str, Any]] = []
+        self.counts = {"samples": 0, "samples_with_target": 0, "samples_with_captions": 0, "samples_with_mask": 0}
+
+    def __iter__(self) -> Iterator[EvalSample]:
+        seen: set[str] = set()
+        for url in self.urls:
+            if self.limit is not None and self.counts["samples"] >= self.limit:
                 break
-            samples.append(sample)
-    keys = [s.key for s in samples]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise InputError(f"{', '.join(redact_url(d) for d in data)}: sample key {dup!r} appears twice; keys seed "
-                         "each sample's generator and must be unique")
-    if not samples:
-        raise InputError(f"{', '.join(redact_url(d) for d in data)}: no samples")
-    return EvalSet(samples, {**source, "read": files, "samples": len(samples), "limit": limit})
+            where = redact_url(url)
+            fs, path = open_filesystem(url, self.options)
+            self.read.append({"name": where, "sha256": _file_sha256(fs, path, where)})
+            with fs.open(path, "rb") as f:
+                for sample in _parquet_samples(f, where) if self.kind == "parquet" else _tar_samples(f, where):
+                    if self.limit is not None and self.counts["samples"] >= self.limit:
+                        break
+                    if sample.key in seen:
+                        raise InputError(f"{where}: sample key {sample.key!r} appears twice; keys seed each "
+                                         "sample's generator and must be unique")
+                    seen.add(sample.key)
+                    self._count(sample)
+                    yield sample
+        if not self.counts["samples"]:
+            raise InputError(f"{', '.join(redact_url(d) for d in self.data)}: no samples")
+
+    def check(self) -> None:
+        """Read (and check) every sample once, holding none: the first bad one is its one line now."""
+        for _ in self:
+            pass
+        self.read.clear()
+        self.counts = dict.fromkeys(self.counts, 0)
+
+    def _count(self, sample: EvalSample) -> None:
+        self.counts["samples"] += 1
+        self.counts["samples_with_target"] += sample.target_image is not None
+        self.counts["samples_with_captions"] += sample.input_caption is not None and sample.edited_caption is not None
+        self.counts["samples_with_mask"] += sample.mask is not None
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.source, "read": self.read, **self.counts, "limit": self.limit}

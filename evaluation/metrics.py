@@ -53,6 +53,12 @@ def mean(values: Sequence[float]) -> tuple[float | None, int]:
     return (round(float(np.mean(kept)), DIGITS), len(kept)) if kept else (None, 0)
 
 
+def summarize(values: dict[str, list[float]], names: Sequence[str]) -> dict[str, Any]:
+    """Per-sample values (NaN: the sample lacks what the metric needs) -> each metric's mean and count."""
+    found = {name: mean(values.get(name, [])) for name in names}
+    return {**{k: v for k, (v, _) in found.items()}, "n": {k: n for k, (_, n) in found.items()}}
+
+
 class Measurer:
     """The sample-side embeddings (inputs, captions, targets), encoded once for every grid point."""
 
@@ -68,25 +74,27 @@ class Measurer:
         self.i_target = clip.encode_images(self.targets) if self.targets else None
         self.d_target = dino.encode(self.targets) if dino is not None and self.targets else None
 
-    def point(self, outputs: Sequence[Image.Image]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One grid point's outputs -> (the curve's two means, MagicBrush's four), each with its counts."""
+    def point(self, outputs: Sequence[Image.Image]) -> dict[str, list[float]]:
+        """One grid point's outputs -> every metric per sample, NaN where the sample lacks what it needs."""
+        nan = math.nan
         i_out = self.clip.encode_images(list(outputs))
         sims = clip_similarities(self.i_in, i_out, self.t_in, self.t_edit)
-        direction = mean([float(v) if ok else math.nan for v, ok in zip(sims["sim_direction"], self.captioned,
-                                                                       strict=True)])
-        image = mean([float(v) for v in sims["sim_image"]])
-        curve = {"clip_direction_similarity": direction, "clip_image_similarity": image}
-        idx = self.with_target
-        target = {
-            "l1": mean([l1_distance(outputs[i], t) for i, t in zip(idx, self.targets, strict=True)]),
-            "clip_i": mean(cosine(i_out[idx], self.i_target).tolist()) if idx else (None, 0),
-            "dino": (mean(cosine(self.dino.encode([outputs[i] for i in idx]), self.d_target).tolist())
-                     if self.dino is not None and idx else (None, 0)),
-            "clip_t": mean([float(v) if ok else math.nan for v, ok in zip(sims["sim_1"], self.has_edited_caption,
-                                                                          strict=True)]),
+        per = {
+            "clip_direction_similarity": [float(v) if ok else nan
+                                          for v, ok in zip(sims["sim_direction"], self.captioned, strict=True)],
+            "clip_image_similarity": [float(v) for v in sims["sim_image"]],
+            "clip_t": [float(v) if ok else nan for v, ok in zip(sims["sim_1"], self.has_edited_caption, strict=True)],
         }
-        return _with_counts(curve), _with_counts(target)
-
-
-def _with_counts(found: dict[str, tuple[float | None, int]]) -> dict[str, Any]:
-    return {**{k: v for k, (v, _) in found.items()}, "n": {k: n for k, (_, n) in found.items()}}
+        idx, n = self.with_target, len(outputs)
+        for name in ("l1", "clip_i", "dino"):
+            per[name] = [nan] * n
+        for j, i in enumerate(idx):
+            per["l1"][i] = l1_distance(outputs[i], self.targets[j])
+        if idx:
+            for i, v in zip(idx, cosine(i_out[idx], self.i_target).tolist(), strict=True):
+                per["clip_i"][i] = v
+        if self.dino is not None and idx:
+            d_out = self.dino.encode([outputs[i] for i in idx])
+            for i, v in zip(idx, cosine(d_out, self.d_target).tolist(), strict=True):
+                per["dino"][i] = v
+        return per

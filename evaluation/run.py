@@ -3,31 +3,34 @@ write the report (docs/evaluate.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from editgen.evaluation.data import EvalSet, read_eval_set
-from editgen.evaluation.metrics import Measurer
+from editgen.evaluation.data import EvalReader, EvalSample
+from editgen.evaluation.metrics import CURVE_METRICS, TARGET_METRICS, Measurer, summarize
 from editgen.evaluation.report import CURVE_PNG, plot_curve, versions, write_json
 from editgen.evaluation.sweep import (
     DEFAULT_IMAGE_GUIDANCE,
     RESIZE_RULE,
     TEXT_GUIDANCE,
     LoadedModel,
+    check_model,
     load_model,
     sweep,
 )
 from editgen.pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from editgen.filters.pairs.clip_score import ClipScorer
     from editgen.filters.pairs.dino_score import DinoScorer
 
 DEFAULT_CLIP = ("ViT-L-14", "openai")
 DEFAULT_DINO = "facebook/dinov2-base"
 NO_DINO = "none"
+#: Samples swept and measured together: bounds the images held (CHUNK x grid points).
+CHUNK = 16
 SEED_RULE = 'sha256(f"{seed}:{key}"), first 8 bytes big-endian, top bit cleared; the same at every grid point'
 
 
@@ -70,32 +73,46 @@ def scorer_names(opts: EvalOptions, source: dict[str, Any]) -> tuple[str, str, s
     return model, pretrained, cache, opts.dino_model or dino
 
 
-def load_scorers(opts: EvalOptions, eval_set: EvalSet) -> tuple[ClipScorer, DinoScorer | None]:
-    """CLIP always; DINOv2 only when a sample has a target (and not --dino-model none). One line on failure."""
-    from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
-    from editgen.filters.pairs.dino_score import DinoScorer, DinoSpec, check_dino_model
+class Scorers:
+    """CLIP, loaded at once; DINOv2 loaded at the first sample with a target (never with --dino-model none).
+    A model that does not load is one line."""
 
-    model, pretrained, cache, dino_name = scorer_names(opts, eval_set.source)
-    spec = ClipSpec(model, pretrained, opts.device, "auto", cache)
-    try:
-        clip = ClipScorer(spec)
-    except Exception as exc:  # noqa: BLE001 - unknown model, no hub, pickled weights: one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"--clip-model {spec.model_id()}: cannot load: {first}") from None
-    if dino_name == NO_DINO or not any(s.target_image is not None for s in eval_set.samples):
-        return clip, None
-    try:
-        check_dino_model(dino_name)
-        return clip, DinoScorer(DinoSpec(dino_name, opts.device, "auto"))
-    except (ValueError, ConfigError) as exc:
-        raise ConfigError(f"--dino-model: {str(exc).removeprefix('filter.dino_model: ')}") from None
+    def __init__(self, opts: EvalOptions, source: dict[str, Any]) -> None:
+        from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
+
+        model, pretrained, cache, self.dino_name = scorer_names(opts, source)
+        self.device = opts.device
+        spec = ClipSpec(model, pretrained, opts.device, "auto", cache)
+        try:
+            self.clip = ClipScorer(spec)
+        except Exception as exc:  # noqa: BLE001 - unknown model, no hub, pickled weights: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"--clip-model {spec.model_id()}: cannot load: {first}") from None
+        self.dino: DinoScorer | None = None
+        if self.dino_name != NO_DINO:
+            from editgen.filters.pairs.dino_score import check_dino_model
+
+            try:
+                check_dino_model(self.dino_name)  # before the sweep: a typo fails in a second, not an hour
+            except ValueError as exc:
+                raise ConfigError(f"--dino-model: {exc}") from None
+
+    def dino_for(self, samples: Sequence[EvalSample]) -> DinoScorer | None:
+        if self.dino is None and self.dino_name != NO_DINO and any(s.target_image is not None for s in samples):
+            from editgen.filters.pairs.dino_score import DinoScorer, DinoSpec
+
+            try:
+                self.dino = DinoScorer(DinoSpec(self.dino_name, self.device, "auto"))
+            except ConfigError as exc:
+                raise ConfigError(f"--dino-model: {str(exc).removeprefix('filter.dino_model: ')}") from None
+        return self.dino
 
 
-def provenance(opts: EvalOptions, eval_set: EvalSet, loaded: LoadedModel, clip: ClipScorer,
-               dino: DinoScorer | None, sizes: list[str]) -> dict[str, Any]:
+def provenance(opts: EvalOptions, data: dict[str, Any], loaded: LoadedModel, scorers: Scorers,
+               sizes: list[str]) -> dict[str, Any]:
     """Everything that decides the numbers, as both JSON files record it."""
     found = versions()
-    samples = eval_set.samples
+    clip, dino = scorers.clip, scorers.dino
     return {
         "model": loaded.info,
         "clip": {"model": clip.spec.model, "pretrained": clip.spec.pretrained, "open_clip": found["open_clip_torch"],
@@ -109,11 +126,7 @@ def provenance(opts: EvalOptions, eval_set: EvalSet, loaded: LoadedModel, clip: 
         "sampling": {"text_guidance": TEXT_GUIDANCE, "image_guidance": list(opts.grid),
                      "default_image_guidance": DEFAULT_IMAGE_GUIDANCE, "steps": opts.steps, "seed": opts.seed,
                      "seed_rule": SEED_RULE, "scheduler": loaded.info["scheduler"]},
-        "data": {**eval_set.source,
-                 "samples_with_target": sum(s.target_image is not None for s in samples),
-                 "samples_with_captions": sum(s.input_caption is not None and s.edited_caption is not None
-                                              for s in samples),
-                 "samples_with_mask": sum(s.mask is not None for s in samples)},
+        "data": data,
     }
 
 
@@ -152,24 +165,47 @@ def _notes(prov: dict[str, Any], dino: DinoScorer | None, opts: EvalOptions) -> 
     return curve_notes, metric_notes
 
 
+def _chunks(samples: Iterator[EvalSample]) -> Iterator[list[EvalSample]]:
+    while chunk := list(itertools.islice(samples, CHUNK)):
+        yield chunk
+
+
+def measure(opts: EvalOptions, reader: EvalReader, loaded: LoadedModel, scorers: Scorers,
+            progress: Callable[[str], None] | None) -> tuple[dict[float, dict[str, list[float]]], set[str]]:
+    """Sweep and measure CHUNK samples at a time (memory: one chunk's images): grid point -> metric ->
+    per-sample values, and the model's input sizes."""
+    values: dict[float, dict[str, list[float]]] = {g: {} for g in opts.grid}
+    sizes: set[str] = set()
+    done = 0
+    for chunk in _chunks(iter(reader)):
+        outputs = sweep(loaded, chunk, opts.grid, opts.steps, opts.seed, opts.resolution)
+        measurer = Measurer(chunk, scorers.clip, scorers.dino_for(chunk))
+        for g in opts.grid:
+            for name, per_sample in measurer.point(outputs[g]).items():
+                values[g].setdefault(name, []).extend(per_sample)
+        sizes |= {f"{im.size[0]}x{im.size[1]}" for im in outputs[opts.grid[0]]}
+        done += len(chunk)
+        if progress is not None:
+            progress(f"evaluate: {done} samples edited at {len(opts.grid)} image guidances and measured")
+    return values, sizes
+
+
 def evaluate(opts: EvalOptions, progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Run the evaluation and write REPORT/curve.json, curve.png and metrics.json; returns (curve, metrics)."""
+    check_model(opts.model)
     report = _report_dir(opts.report)
-    eval_set = read_eval_set(list(opts.data), opts.limit, opts.storage_options)
+    reader = EvalReader(list(opts.data), opts.limit, opts.storage_options)
+    reader.check()  # every sample, before any model loads: a bad one late in the set must not cost the sweep
+    scorers = Scorers(opts, reader.source)
     loaded = load_model(opts.model, opts.device)
-    clip, dino = load_scorers(opts, eval_set)
-    outputs = sweep(loaded, eval_set.samples, opts.grid, opts.steps, opts.seed, opts.resolution, progress)
-    measurer = Measurer(eval_set.samples, clip, dino)
-    points, rows = [], []
-    for g in opts.grid:
-        curve_row, target_row = measurer.point(outputs[g])
-        points.append({"image_guidance": g, "text_guidance": TEXT_GUIDANCE, **curve_row})
-        rows.append({"image_guidance": g, **target_row})
-    sizes = sorted({f"{im.size[0]}x{im.size[1]}" for im in outputs[opts.grid[0]]})
-    prov = provenance(opts, eval_set, loaded, clip, dino, sizes)
-    curve_notes, metric_notes = _notes(prov, dino, opts)
+    values, sizes = measure(opts, reader, loaded, scorers, progress)
+    points = [{"image_guidance": g, "text_guidance": TEXT_GUIDANCE, **summarize(values[g], CURVE_METRICS)}
+              for g in opts.grid]
+    rows = [{"image_guidance": g, **summarize(values[g], TARGET_METRICS)} for g in opts.grid]
+    prov = provenance(opts, reader.summary(), loaded, scorers, sorted(sizes))
+    curve_notes, metric_notes = _notes(prov, scorers.dino, opts)
     nearest = min(rows, key=lambda r: (abs(r["image_guidance"] - DEFAULT_IMAGE_GUIDANCE), r["image_guidance"]))
-    drawn = plot_curve(points, f"{opts.model}: {len(eval_set.samples)} samples, {opts.steps} steps",
+    drawn = plot_curve(points, f"{opts.model}: {prov['data']['samples']} samples, {opts.steps} steps",
                        report / CURVE_PNG)
     if not drawn:
         (report / CURVE_PNG).unlink(missing_ok=True)  # an earlier run's plot would not be this run's

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -138,13 +138,11 @@ def edit(loaded: LoadedModel, sample: EvalSample, image: Image.Image, guidance: 
 
 
 def sweep(loaded: LoadedModel, samples: Sequence[EvalSample], grid: Sequence[float], steps: int, seed: int,
-          resolution: int | None, progress: Callable[[str], None] | None = None) -> dict[float, list[Image.Image]]:
+          resolution: int | None) -> dict[float, list[Image.Image]]:
     """grid point -> the edited image of every sample (in sample order)."""
     inputs = [prepare(s.input_image, resolution) for s in samples]
     outputs: dict[float, list[Image.Image]] = {g: [] for g in grid}
-    for i, (sample, image) in enumerate(zip(samples, inputs, strict=True)):
+    for sample, image in zip(samples, inputs, strict=True):
         for g in grid:
             outputs[g].append(edit(loaded, sample, image, g, steps, seed))
-        if progress is not None:
-            progress(f"{i + 1}/{len(samples)} samples edited at {len(grid)} image guidances")
     return outputs

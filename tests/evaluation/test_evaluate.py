@@ -97,7 +97,9 @@ def test_curve_over_the_image_guidance_grid_with_versions(tar_report, model):
         assert r["n"] == {"l1": 3, "clip_i": 3, "dino": 3, "clip_t": 3}
 
 
-def test_a_rerun_writes_identical_json(tar_report, model, tmp_path, capsys):
+def test_a_rerun_writes_identical_json(tar_report, model, tmp_path, capsys, monkeypatch):
+    """The same bytes again, also when the samples are swept in chunks of 2 instead of all 3 at once."""
+    monkeypatch.setattr("editgen.evaluation.run.CHUNK", 2)
     report, data = tar_report
     code, out, _ = run(capsys, model, "--data", data, "--out", str(tmp_path), *FAST, *TINY_SCORERS)
     assert code == 0 and "img guid" in out and "1.5*" in out
@@ -109,7 +111,7 @@ def test_metrics_on_constructed_cases():
     """Identical images: L1 0, CLIP-I and DINO 1, CLIP image similarity 1; black vs white: L1 1; the output is
     compared at the target's size."""
     from editgen.evaluation.data import EvalSample
-    from editgen.evaluation.metrics import Measurer, l1_distance
+    from editgen.evaluation.metrics import CURVE_METRICS, TARGET_METRICS, Measurer, l1_distance, summarize
     from editgen.filters.pairs.clip_score import ClipScorer, ClipSpec
     from editgen.filters.pairs.dino_score import DinoScorer, DinoSpec
 
@@ -121,13 +123,15 @@ def test_metrics_on_constructed_cases():
     assert l1_distance(half, Image.new("RGB", (16, 16))) == pytest.approx(0.5)
     samples = [EvalSample(f"k{i}", png(i), "edit", png(i), None, "a cat", "a dog") for i in range(2)]
     clip, dino = ClipScorer(ClipSpec("tiny-clip", "seed:0", "cpu")), DinoScorer(DinoSpec("tiny-dino", "cpu"))
-    curve, target = Measurer(samples, clip, dino).point([Image.open(io.BytesIO(png(i))) for i in range(2)])
+    per = Measurer(samples, clip, dino).point([Image.open(io.BytesIO(png(i))) for i in range(2)])
+    curve, target = summarize(per, CURVE_METRICS), summarize(per, TARGET_METRICS)
     assert curve["clip_image_similarity"] == pytest.approx(1.0, abs=1e-5)
     assert target["l1"] == 0.0
     assert target["clip_i"] == pytest.approx(1.0, abs=1e-5) and target["dino"] == pytest.approx(1.0, abs=1e-5)
     # output == input: no image direction at all, so no direction similarity beyond numerical noise
     assert abs(curve["clip_direction_similarity"] or 0.0) < 1e-2 or math.isnan(curve["clip_direction_similarity"])
-    _, other = Measurer(samples, clip, dino).point([Image.open(io.BytesIO(png(50 + i))) for i in range(2)])
+    other = summarize(Measurer(samples, clip, dino).point([Image.open(io.BytesIO(png(50 + i))) for i in range(2)]),
+                      TARGET_METRICS)
     assert other["l1"] > 0.2 and other["clip_i"] < 1.0 - 1e-4 and other["dino"] < 1.0 - 1e-4
 
 
