@@ -114,6 +114,9 @@ def _tar_samples(f: IO[bytes], where: str) -> Iterator[EvalSample]:
                     yield _from_members(key, members, where)
                     members = {}
                 key = m[1]
+                if m[2] in members:
+                    raise InputError(f"{where}: sample key {key!r} appears twice (member {info.name}); keys seed "
+                                     "each sample's generator and must be unique")
                 members[m[2]] = tar.extractfile(info).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InputError(f"{where}: not a readable tar ({exc})") from None

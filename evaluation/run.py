@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_CLIP = ("ViT-L-14", "openai")
 DEFAULT_DINO = "facebook/dinov2-base"
 NO_DINO = "none"
+#: CLIP names that carry their weights (no --clip-pretrained needed): a hub repo, a folder, the tiny one.
+WEIGHTS_INCLUDED = ("hf-hub:", "local-dir:", "tiny-clip")
 #: Samples swept and measured together: bounds the images held (CHUNK x grid points).
 CHUNK = 16
 SEED_RULE = 'sha256(f"{seed}:{key}"), first 8 bytes big-endian, top bit cleared; the same at every grid point'
@@ -66,9 +68,12 @@ def scorer_names(opts: EvalOptions, source: dict[str, Any]) -> tuple[str, str, s
         f = out_config(Storage(opts.data[0], opts.storage_options)).filter
         model, pretrained, cache = f.clip_model, f.clip_pretrained, f.clip_cache_dir
         dino = f.dino_model or (TINY_DINO_NAME if model == TINY_CLIP_NAME else DEFAULT_DINO)
-    if opts.clip_model is not None:
-        model, pretrained = opts.clip_model, opts.clip_pretrained if opts.clip_pretrained is not None else ""
-    elif opts.clip_pretrained is not None:
+    if opts.clip_model is not None and opts.clip_model != model:
+        model, pretrained = opts.clip_model, ""
+        if opts.clip_pretrained is None and not model.startswith(WEIGHTS_INCLUDED):
+            raise InputError(f"--clip-model {model}: name its weights with --clip-pretrained (e.g. openai); "
+                             "without them open_clip builds a random-weight CLIP")
+    if opts.clip_pretrained is not None:
         pretrained = opts.clip_pretrained
     return model, pretrained, cache, opts.dino_model or dino
 

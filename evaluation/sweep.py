@@ -121,7 +121,7 @@ def load_model(model: str, device: str) -> LoadedModel:
     info = {"id": model, "class": PIPELINE_CLASS, "unet_sha256": unet_sha256(pipe.unet),
             "scheduler": type(pipe.scheduler).__name__, "device": dev.type, "dtype": str(dtype).removeprefix("torch."),
             "safety_checker": "disabled"}
-    pipe.to(dev, dtype)  # after the checksum, which is of the weights as stored
+    pipe = pipe.to(dev, dtype)  # after the checksum, which is of the weights as stored
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe, info)
 

@@ -185,9 +185,12 @@ def test_an_out_eval_split_with_the_runs_own_scorers(model, tmp_path, capsys):
     ("bad_grid", "--image-guidance"),
     ("no_model", "not a diffusers pipeline folder"),
     ("parquet_columns", "no column instruction"),
+    ("duplicate_key", "appears twice"),
+    ("report_is_a_file", "is not a directory"),
+    ("clip_without_weights", "--clip-pretrained"),
 ])
 def test_bad_input_is_one_line_and_exit_2(case, expected, model, tmp_path, capsys):
-    data, model_arg, extra = str(tmp_path / "eval.tar"), model, []
+    data, model_arg, extra, report = str(tmp_path / "eval.tar"), model, [], tmp_path / "r"
     if case == "no_eval_split":
         data = _out_with(tmp_path, eval_section=False)
     elif case == "no_instruction":
@@ -197,10 +200,15 @@ def test_bad_input_is_one_line_and_exit_2(case, expected, model, tmp_path, capsy
     elif case == "parquet_columns":
         data = str(tmp_path / "eval.parquet")
         pq.write_table(pa.table({"input_image": [png(0)]}), data)
+    elif case == "duplicate_key":
+        (tmp_path / "eval.tar").write_bytes(build_tar([*sample_members(row(0))[1], *sample_members(row(0))[1]]))
     else:
         eval_tar(tmp_path / "eval.tar", n=1)
         model_arg = str(tmp_path) if case == "no_model" else model
-        extra = ["--image-guidance", "2.2:1.0:0.2"] if case == "bad_grid" else []
-    code, out, err = run(capsys, model_arg, "--data", data, "--out", str(tmp_path / "r"), *extra)
+        extra = {"bad_grid": ["--image-guidance", "2.2:1.0:0.2"], "clip_without_weights": ["--clip-model", "RN50"]
+                 }.get(case, [])
+        if case == "report_is_a_file":
+            report.write_text("not a folder")
+    code, out, err = run(capsys, model_arg, "--data", data, "--out", str(report), *extra)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and expected in err and "Traceback" not in err, err
