@@ -227,7 +227,7 @@ class EvalReader:
     sha256, the counts)."""
 
     def __init__(self, data: list[str], limit: int | None, options: dict[str, Any]) -> None:
-        self.urls, self.kind, self.source = _expand(data, options)
+        self.urls, self.kind, self.origin = _expand(data, options)
         self.data, self.limit, self.options = data, limit, options
         self.read: list[dict[str, Any]] = []
         self.counts = {"samples": 0, "samples_with_target": 0, "samples_with_captions": 0, "samples_with_mask": 0}
@@ -267,4 +267,4 @@ class EvalReader:
         self.counts["samples_with_mask"] += sample.mask is not None
 
     def summary(self) -> dict[str, Any]:
-        return {**self.source, "read": self.read, **self.counts, "limit": self.limit}
+        return {**self.origin, "read": self.read, **self.counts, "limit": self.limit}

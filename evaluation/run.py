@@ -201,7 +201,7 @@ def evaluate(opts: EvalOptions, progress: Callable[[str], None] | None = None) -
     report = _report_dir(opts.report)
     reader = EvalReader(list(opts.data), opts.limit, opts.storage_options)
     reader.check()  # every sample, before any model loads: a bad one late in the set must not cost the sweep
-    scorers = Scorers(opts, reader.source)
+    scorers = Scorers(opts, reader.origin)
     loaded = load_model(opts.model, opts.device)
     values, sizes = measure(opts, reader, loaded, scorers, progress)
     points = [{"image_guidance": g, "text_guidance": TEXT_GUIDANCE, **summarize(values[g], CURVE_METRICS)}
