@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pattern; repeatable) or a parquet file (docs/evaluate.md)")
     parser.add_argument("--out", required=True, metavar="REPORT", help="report directory (created)")
     parser.add_argument("--image-guidance", default=DEFAULT_GRID, metavar="GRID",
-                        help=f"START:STOP:STEP or a comma list (default {DEFAULT_GRID}, InstructPix2Pix's)")
+                        help=f"START:STOP:STEP or a comma list (default {DEFAULT_GRID}: InstructPix2Pix's 1.0:2.2:0.2 "
+                        "and the default 1.5)")
     parser.add_argument("--steps", type=_positive, default=20, help="denoising steps (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each sample's is derived from it and its key")
     parser.add_argument("--resolution", type=_positive, default=None,
@@ -50,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"DINOv2 hub id, folder or tiny-dino; {NO_DINO} = no DINO (default: an OUT's "
                         f"filter.dino_model, tiny-dino with the tiny CLIP, else {DEFAULT_DINO})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch CPU threads (default: torch's; on a busy machine 1 is often fastest)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     opts = EvalOptions(model=args.model, data=tuple(args.data), report=args.out, grid=tuple(grid), steps=args.steps,
                        seed=args.seed, resolution=args.resolution, limit=args.limit, clip_model=args.clip_model,
                        clip_pretrained=args.clip_pretrained, dino_model=args.dino_model, device=args.device,
+                       threads=args.threads,
                        storage_options=parse_storage_options(getattr(args, "storage_option", None)))
     curve, metrics = evaluate(opts, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(table(curve, metrics))

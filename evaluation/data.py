@@ -186,6 +186,9 @@ def out_eval_urls(storage: Storage, where: str) -> tuple[list[str], dict[str, An
         raise InputError(f"{where}: {MANIFEST} is not an editgen manifest ({why})")
     section = manifest.get(EVAL_SECTION)
     shards = section.get("shards") if isinstance(section, dict) else None
+    if isinstance(shards, list) and not shards:
+        raise InputError(f"{where}: its eval split is empty (no sample was held out); raise shard.eval_fraction "
+                         "and rerun, or pass --data TARS|PARQUET")
     if not isinstance(shards, list) or not shards or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                              for e in shards):
         raise InputError(f"{where}: no held-out eval split in its manifest; set shard.eval_fraction (e.g. `editgen "

@@ -80,7 +80,7 @@ def table(curve: dict[str, Any], metrics: dict[str, Any]) -> str:
     for p in curve["points"]:
         row = by_guidance.get(p["image_guidance"], {})
         mark = "*" if p["image_guidance"] == metrics["default_image_guidance"] else " "
-        lines.append(f"{p['image_guidance']:>7g}{mark}  {_cell(p['clip_direction_similarity']):>8}  "
+        lines.append(f"{p['image_guidance']:>7.2f}{mark}  {_cell(p['clip_direction_similarity']):>8}  "
                      f"{_cell(p['clip_image_similarity']):>8}  "
                      + "  ".join(f"{_cell(row.get(m)):>8}" for m in TARGET_METRICS))
     prov = curve["provenance"]

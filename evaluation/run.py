@@ -3,6 +3,7 @@ write the report (docs/evaluate.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class EvalOptions:
     clip_pretrained: str | None = None
     dino_model: str | None = None
     device: str = "auto"
+    threads: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for --data (never written)
 
 
@@ -113,6 +115,13 @@ class Scorers:
         return self.dino
 
 
+def torch_threads() -> int:
+    """torch's intra-op threads: on CPU the order of a sum, and so the last bits of a score, can follow it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def provenance(opts: EvalOptions, data: dict[str, Any], loaded: LoadedModel, scorers: Scorers,
                sizes: list[str]) -> dict[str, Any]:
     """Everything that decides the numbers, as both JSON files record it."""
@@ -125,6 +134,7 @@ def provenance(opts: EvalOptions, data: dict[str, Any], loaded: LoadedModel, sco
         "dino": None if dino is None else {"model": dino.spec.model, "transformers": found["transformers"],
                                            "embedding": "pooler_output (CLS)", "device": dino.device.type},
         "versions": found,
+        "cpu_threads": torch_threads(),
         "preprocessing": {"resize": RESIZE_RULE, "resolution": opts.resolution, "input_sizes": sizes,
                           "clip": "open_clip's preprocess for the model", "dino": "the model's AutoImageProcessor",
                           "l1": "output resized (PIL bicubic) to the target's size, RGB in [0, 1]"},
@@ -198,6 +208,27 @@ def measure(opts: EvalOptions, reader: EvalReader, loaded: LoadedModel, scorers:
 def evaluate(opts: EvalOptions, progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Run the evaluation and write REPORT/curve.json, curve.png and metrics.json; returns (curve, metrics)."""
     check_model(opts.model)
+    with _threads(opts.threads):
+        return _evaluate(opts, progress)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `n` for the evaluation (None: left as they are), restored after."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(opts: EvalOptions, progress: Callable[[str], None] | None) -> tuple[dict, dict]:
     report = _report_dir(opts.report)
     reader = EvalReader(list(opts.data), opts.limit, opts.storage_options)
     reader.check()  # every sample, before any model loads: a bad one late in the set must not cost the sweep

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from editgen.evaluation.data import EvalSample
 
 TEXT_GUIDANCE = 7.5
-DEFAULT_GRID = "1.0:2.2:0.2"
+#: InstructPix2Pix's grid (1.0:2.2:0.2) with the default image guidance, 1.5, where MagicBrush-style
+#: numbers are usually quoted (`at_default`), added.
+DEFAULT_GRID = "1.0,1.2,1.4,1.5,1.6,1.8,2.0,2.2"
 DEFAULT_IMAGE_GUIDANCE = 1.5
 #: Latent-space factor of SD's VAE: both sides of an input are floored to a multiple of it.
 MULTIPLE = 8
@@ -48,7 +50,7 @@ def parse_grid(text: str) -> list[float]:
     except ValueError:
         values = []
     if not values or len(values) > 50 or any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise InputError(f"--image-guidance {text!r}: expected START:STOP:STEP (e.g. {DEFAULT_GRID}) or a comma "
+        raise InputError(f"--image-guidance {text!r}: expected START:STOP:STEP (e.g. 1.0:2.2:0.2) or a comma "
                          "list of distinct non-negative numbers (at most 50)")
     return values
 

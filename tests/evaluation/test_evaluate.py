@@ -102,7 +102,7 @@ def test_a_rerun_writes_identical_json(tar_report, model, tmp_path, capsys, monk
     monkeypatch.setattr("editgen.evaluation.run.CHUNK", 2)
     report, data = tar_report
     code, out, _ = run(capsys, model, "--data", data, "--out", str(tmp_path), *FAST, *TINY_SCORERS)
-    assert code == 0 and "img guid" in out and "1.5*" in out
+    assert code == 0 and "img guid" in out and "1.50*" in out
     for name in ("curve.json", "metrics.json", "curve.png"):
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
 
@@ -152,13 +152,15 @@ def test_parquet_without_captions_reports_direction_as_null(model, tmp_path, cap
     assert any("1 of 2" in n for n in metrics["notes"])
 
 
-def _out_with(tmp_path, eval_section: bool) -> str:
+def _out_with(tmp_path, eval_section: bool, empty: bool = False) -> str:
     """An editgen OUT (tiny config) whose manifest has (or lacks) the held-out split, as the contract says."""
     out = tmp_path / "OUT"
     (out / "shards" / "gen-x").mkdir(parents=True)
     (out / "config.yaml").write_text(config_to_yaml(build_config(profile="tiny")))
     manifest = {"format": "editgen-webdataset/3", "generation": "gen-x", "samples": 0, "bytes": 0, "shards": []}
-    if eval_section:
+    if empty:
+        manifest["eval"] = {"samples": 0, "bytes": 0, "shards": []}
+    elif eval_section:
         tar = eval_tar(out / "shards" / "gen-x" / "eval-000000.tar", n=2)
         size = len(open(tar, "rb").read())
         manifest["eval"] = {"samples": 2, "bytes": size, "shards": [
@@ -170,16 +172,18 @@ def _out_with(tmp_path, eval_section: bool) -> str:
 def test_an_out_eval_split_with_the_runs_own_scorers(model, tmp_path, capsys):
     out = _out_with(tmp_path, eval_section=True)
     code, _, err = run(capsys, model, "--data", out, "--out", str(tmp_path / "r"), "--steps", "2",
-                       "--image-guidance", "1.5", "--limit", "1")
+                       "--image-guidance", "1.5", "--limit", "1", "--threads", "1")
     assert code == 0, err
     prov = json.loads((tmp_path / "r" / "metrics.json").read_text())["provenance"]
     assert prov["data"]["kind"] == "editgen-eval-split" and prov["data"]["samples"] == 1
     assert prov["data"]["generation"] == "gen-x" and prov["data"]["eval_samples"] == 2
     assert prov["clip"]["model"] == "tiny-clip" and prov["dino"]["model"] == "tiny-dino"  # the tiny run's
+    assert prov["cpu_threads"] == 1
 
 
 @pytest.mark.parametrize("case, expected", [
     ("no_eval_split", "no held-out eval split"),
+    ("empty_eval_split", "eval split is empty"),
     ("no_instruction", "no instruction"),
     ("bad_image", "input_image does not decode"),
     ("bad_grid", "--image-guidance"),
@@ -191,8 +195,8 @@ def test_an_out_eval_split_with_the_runs_own_scorers(model, tmp_path, capsys):
 ])
 def test_bad_input_is_one_line_and_exit_2(case, expected, model, tmp_path, capsys):
     data, model_arg, extra, report = str(tmp_path / "eval.tar"), model, [], tmp_path / "r"
-    if case == "no_eval_split":
-        data = _out_with(tmp_path, eval_section=False)
+    if case in ("no_eval_split", "empty_eval_split"):
+        data = _out_with(tmp_path, eval_section=False, empty=case == "empty_eval_split")
     elif case == "no_instruction":
         (tmp_path / "eval.tar").write_bytes(build_tar([("a.input.png", png(0))]))
     elif case == "bad_image":
