@@ -88,14 +88,16 @@ def _from_members(key: str, members: dict[str, bytes], where: str) -> EvalSample
     inp = image("input")
     if inp is None:
         raise InputError(f"{where}: sample {key!r}: no {key}.input.<png|jpg|webp> member")
-    instruction = members["txt"].decode("utf-8", "replace") if "txt" in members else meta.get("instruction")
+    try:
+        instruction = members["txt"].decode("utf-8") if "txt" in members else meta.get("instruction")
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: sample {key!r}: {key}.txt is not UTF-8 text") from None
     if not isinstance(instruction, str):
         raise InputError(f"{where}: sample {key!r}: no instruction ({key}.txt or \"instruction\" in {key}.json)")
     target = image("target")
     target = image("edited") if target is None else target
-    return _check(EvalSample(key, inp, instruction.strip(), target, members.get("mask.png"),
-                             _text(meta.get("input_caption", meta.get("caption"))), _text(meta.get("edited_caption"))),
-                  where)
+    captions = _text(meta.get("input_caption") or meta.get("caption")), _text(meta.get("edited_caption"))
+    return _check(EvalSample(key, inp, instruction.strip(), target, members.get("mask.png"), *captions), where)
 
 
 def _tar_samples(f: IO[bytes], where: str) -> Iterator[EvalSample]:

@@ -62,6 +62,7 @@ def plot_curve(points: list[dict[str, Any]], title: str, path: Path) -> bool:
     ax.set_ylabel("CLIP direction similarity")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
+    ax.ticklabel_format(useOffset=False)  # an offset ("1e-5+9.9e-1") would sit on the axis label
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
