@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("judge-agreement", "editgen.cli.judge_agreement",
          "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
         ("train-probe", "editgen.cli.train_probe", "fine-tune InstructPix2Pix on OUT's shards (a probe model)"),
+        ("evaluate", "editgen.cli.evaluate",
+         "InstructPix2Pix's CLIP curve and MagicBrush's metrics of a model on an eval set (docs/evaluate.md)"),
     ):
         add, main = _delegate(module)
         p = _command(sub, name, help_text, _module_doc(module) or help_text)

@@ -29,6 +29,7 @@ LAYERS = (
     ("llm",),  # LLM backends, parsing, validation
     ("output",),  # shards, manifest, loader, exporter
     ("probe",),  # the probe model: InstructPix2Pix fine-tuned on a run's shards (editgen train-probe)
+    ("evaluation",),  # `editgen evaluate`: eval-set readers, the image-guidance sweep, metrics, report
     ("stages",),  # the thin stage classes
     ("cli",),  # the editgen command and its tools
     ("bench",),
