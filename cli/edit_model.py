@@ -16,12 +16,18 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from editgen.cli.render_model import PROFILE_NAMES, quiet_libraries, resolve_model
-from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ModelEdit, TimeEdit
+from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ForgetEdit, ModelEdit, TimeEdit
 
 if TYPE_CHECKING:
     from editgen.p2p.model_edit.solve import EditReport
 
 PROG = "editgen edit-model"
+#: --forget-X flags -> ForgetEdit fields (defaults shown in --help).
+FORGET_OPTIONS = {name.replace("_", "-"): f.default for name, f in ForgetEdit.model_fields.items()
+                  if name not in ("kind", "concept")}
+#: which edit flag each attached flag must follow
+ATTACH = {"anchor": "erase", "attribute": "debias", "weight": "debias",
+          **{f"forget-{opt}": "forget" for opt in FORGET_OPTIONS}}
 EDITS_JSON = "model_edits.json"
 
 
@@ -45,6 +51,9 @@ def add_edit_flags(parser: argparse.ArgumentParser) -> None:
         ("--debias", "CONCEPT", "map CONCEPT onto a mix of the --attribute prompts after it"),
         ("--attribute", "A", "attribute prompt of the preceding --debias (repeatable)"),
         ("--weight", "W", "weight of the preceding --attribute (default: equal shares)"),
+        ("--forget", "CONCEPT", "Forget-Me-Not: optimise K/V so CONCEPT's tokens get no attention; repeatable"),
+        *((f"--forget-{opt}", opt.upper(), f"{opt} of the preceding --forget (default {default})")
+          for opt, default in FORGET_OPTIONS.items()),
     ):
         parser.add_argument(flag, dest=flag[2:], action=_Ordered, metavar=meta, help=help_text)
     parser.add_argument("--lambda", dest="edit_lambda", type=float, default=0.1, help="λ of the closed form")
@@ -62,13 +71,27 @@ def _weights(flags: list[tuple[str, str]]) -> list[float]:
 def _group(flags: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     groups: list[list[tuple[str, str]]] = []
     for key, value in flags:
-        if key in ("edit", "erase", "debias"):
+        if key not in ATTACH:
             groups.append([(key, value)])
-        elif not groups or groups[-1][0][0] == "edit" or (key == "anchor") != (groups[-1][0][0] == "erase"):
-            raise ValueError(f"--{key} {value!r} must follow " + ("--erase" if key == "anchor" else "--debias"))
+        elif not groups or groups[-1][0][0] != ATTACH[key]:
+            raise ValueError(f"--{key} {value!r} must follow --{ATTACH[key]}")
         else:
             groups[-1].append((key, value))
     return groups
+
+
+def _forget(concept: str, rest: list[tuple[str, str]]) -> ForgetEdit:
+    """A ``--forget`` and its ``--forget-X`` options (numbers checked by the schema: NaN, inf, <= 0 fail)."""
+    options: dict[str, object] = {}
+    for key, value in rest:
+        name = key.removeprefix("forget-")
+        kind = float if name == "lr" else int
+        try:
+            options[name.replace("-", "_")] = kind(value)
+        except ValueError:
+            raise ValueError(f"--{key} expects {'a number' if kind is float else 'an integer'}, got {value!r}") \
+                from None
+    return ForgetEdit(concept=concept, **options)  # type: ignore[arg-type]
 
 
 def _edit(group: list[tuple[str, str]]) -> ModelEdit:
@@ -78,6 +101,8 @@ def _edit(group: list[tuple[str, str]]) -> ModelEdit:
         if not sep:
             raise ValueError(f"--edit expects SOURCE=>DESTINATION, got {value!r}")
         return TimeEdit(source=source.strip(), destination=destination.strip())
+    if key == "forget":
+        return _forget(value, rest)
     if key == "erase":
         anchors = [v for _, v in rest]
         if len(anchors) > 1:
@@ -95,7 +120,7 @@ def edit_set_from_args(args: argparse.Namespace) -> EditSet | None:
     groups = _group(list(getattr(args, "model_edit_flags", []) or []))
     if not groups:
         if args.preserve:
-            raise ValueError("--preserve needs at least one edit (--edit, --erase or --debias)")
+            raise ValueError("--preserve needs at least one edit (--edit, --erase, --debias or --forget)")
         return None
     try:
         return EditSet(edits=[_edit(g) for g in groups], lam=args.edit_lambda, preserve=args.preserve)
@@ -132,6 +157,8 @@ def save_edited(p2p: object, folder: Path, report: EditReport, base_model: str, 
     (folder / EDITS_JSON).unlink(missing_ok=True)
     p2p.pipe.save_pretrained(str(folder), safe_serialization=True)  # type: ignore[attr-defined]
     meta = {"base_model": base_model, "dtype": dtype, **report.describe(), "seconds": round(report.seconds, 4)}
+    if report.forgets:
+        meta["forget"] = report.forgets
     (folder / EDITS_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -142,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         edits = edit_set_from_args(args)
         if edits is None:
-            raise ValueError("give at least one edit: --edit, --erase or --debias")
+            raise ValueError("give at least one edit: --edit, --erase, --debias or --forget")
         _check_out(folder)
     except ValueError as exc:
         return _fail(str(exc))
@@ -163,4 +190,6 @@ def main(args: argparse.Namespace) -> int:
     save_edited(p2p, folder, report, model, dtype_name(p2p.dtype))
     print(f"wrote {folder}: {len(edits.edits)} edits on {report.layers} projections in {report.seconds:.2f}s "
           f"(checksum {report.checksum})")
+    for f in report.forgets:
+        print(f"forget {f['concept']!r}: concept attention mass {f['mass_before']:.4g} -> {f['mass_after']:.4g}")
     return 0

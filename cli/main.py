@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, help_text in (
         ("pair", "editgen.cli.pair", "render one Prompt-to-Prompt pair by hand"),
-        ("edit-model", "editgen.cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
+        ("edit-model", "editgen.cli.edit_model", "apply TIME / erase / debias / forget edits, save the model"),
         ("preview", "editgen.cli.preview", "write OUT/preview.html"),
         ("validate", "editgen.cli.validate", "check shards against the manifest"),
         ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),

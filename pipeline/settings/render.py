@@ -251,9 +251,10 @@ class RenderConfig(Strict):
     seed: Seed = Field(0, description="changes every candidate's sampled seed and parameters")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
     model_edits: list[ModelEdit] = Field(
-        default_factory=list, description="closed-form cross-attention edits applied once per actor after "
+        default_factory=list, description="cross-attention edits applied once per actor after "
         "loading: {kind: time, source, destination} | {kind: erase, concept, anchor} | "
-        "{kind: debias, concept, attributes, weights} (docs/model_edits.md)",
+        "{kind: debias, concept, attributes, weights} (closed form) | {kind: forget, concept, steps, lr, images, "
+        "seed, ...} (Forget-Me-Not, gradient based) (docs/model_edits.md)",
     )
     model_edit_lambda: float = Field(0.1, gt=0, description="λ of the closed form: pull towards the old weights")
     model_edit_preserve: list[str] = Field(default_factory=list, description="prompts whose projections must not move")
