@@ -16,9 +16,18 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from editgen.cli.render_model import PROFILE_NAMES, quiet_libraries, resolve_model
-from editgen.pipeline.settings.model_edits import DebiasEdit, EditSet, EraseEdit, ForgetEdit, ModelEdit, TimeEdit
+from editgen.pipeline.settings.model_edits import (
+    DebiasEdit,
+    EditReportConfig,
+    EditSet,
+    EraseEdit,
+    ForgetEdit,
+    ModelEdit,
+    TimeEdit,
+)
 
 if TYPE_CHECKING:
+    from editgen.filters.pairs.clip_score import ClipScorer
     from editgen.p2p.model_edit.solve import EditReport
 
 PROG = "editgen edit-model"
@@ -139,12 +148,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="dtype the model is loaded, edited and saved in; "
                         "render in the same dtype for bit-identical weights")
     add_edit_flags(parser)
+    parser.add_argument("--report", action="store_true", help="also write REPORT.json and report.html: the same "
+                        "seeded prompts from the original and the edited model, compared (docs/model_edits.md)")
+    parser.add_argument("--report-steps", type=int, default=None, metavar="N", help="sampler steps per report image")
+    parser.add_argument("--report-size", type=int, default=None, metavar="PX", help="report image side")
+    parser.add_argument("--report-seed", type=int, action="append", default=None, metavar="S",
+                        help="report seed (repeatable; default 0)")
     parser.add_argument("--out", required=True, help="output folder (new, empty, or an earlier edit-model folder)")
 
 
 def _fail(msg: str) -> int:
     print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
     return 2
+
+
+def report_settings(args: argparse.Namespace) -> EditReportConfig | None:
+    """The report the flags ask for (None without --report); raises ``ValueError`` with one line."""
+    if not args.report:
+        return None
+    given = {"steps": args.report_steps, "size": args.report_size, "seeds": args.report_seed}
+    try:
+        return EditReportConfig(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"--report-{err['loc'][0]}: {err['msg']}") from None
+
+
+def report_scorer(args: argparse.Namespace) -> ClipScorer:
+    """The profile's filter CLIP (loaded before any edit, so a missing CLIP fails first)."""
+    from editgen.filters.pairs.clip_score import ClipScorer
+    from editgen.pipeline.config import build_config
+
+    try:
+        return ClipScorer.from_config(build_config(profile=args.profile).filter)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"--report: cannot load the {args.profile} profile's filter CLIP: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def write_edit_report(args: argparse.Namespace, model: str, edited: object, edits: EditSet,
+                      cfg: EditReportConfig, scorer: ClipScorer, folder: Path) -> list[str]:
+    """Load the original model again, render the report's prompts from both, write it; the flagged prompts."""
+    from editgen.p2p.generate import load_pipeline
+    from editgen.p2p.model_edit.report import build_report, write_report
+
+    original = load_pipeline(model, args.device, args.dtype)
+    report = build_report(original, edited, edits, cfg, scorer)
+    write_report(report, folder)
+    return list(report.body["flagged"])
 
 
 def _check_out(folder: Path) -> None:
@@ -170,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
         edits = edit_set_from_args(args)
         if edits is None:
             raise ValueError("give at least one edit: --edit, --erase, --debias or --forget")
+        report_cfg = report_settings(args)
         _check_out(folder)
     except ValueError as exc:
         return _fail(str(exc))
@@ -183,6 +235,7 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(f"cannot load model {model!r}: {exc}")
     try:
+        scorer = report_scorer(args) if report_cfg is not None else None
         report = apply_edits(p2p, edits)
     except ValueError as exc:
         return _fail(str(exc))
@@ -192,4 +245,8 @@ def main(args: argparse.Namespace) -> int:
           f"(checksum {report.checksum})")
     for f in report.forgets:
         print(f"forget {f['concept']!r}: concept attention mass {f['mass_before']:.4g} -> {f['mass_after']:.4g}")
+    if report_cfg is not None and scorer is not None:
+        flagged = write_edit_report(args, model, p2p, edits, report_cfg, scorer, folder)
+        print(f"wrote {folder}/REPORT.json and report.html: " + (f"{len(flagged)} prompts moved too far: "
+              + "; ".join(flagged) if flagged else "every preserved and neutral prompt within its thresholds"))
     return 0

@@ -112,3 +112,19 @@ class EditSet(_Edit):
 
     def forgets(self) -> list[ForgetEdit]:
         return [e for e in self.edits if isinstance(e, ForgetEdit)]
+
+
+class EditReportConfig(_Edit):
+    """What the report of a model edit renders and when it flags a preserved prompt as moved too far.
+
+    The defaults are starting points for real models (not calibrated here: no hub). A prompt is flagged
+    when any of its numbers crosses its bound."""
+
+    neutral: bool = Field(True, description="also render the bundled neutral prompts (prompts/model_edit_neutral.txt)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one image per prompt and seed")
+    steps: int = Field(20, ge=1, le=200, description="sampler steps per image")
+    guidance: float = Field(7.5, ge=0, le=50)
+    size: int | None = Field(None, ge=8, le=2048, description="image side (default: the model's)")
+    min_clip_image: float = Field(0.85, ge=-1, le=1, description="flag below: CLIP image similarity before/after")
+    min_ssim: float = Field(0.5, ge=-1, le=1, description="flag below: SSIM before/after")
+    max_pixel_change: float = Field(0.15, ge=0, le=1, description="flag above: mean |before - after| in [0, 1]")

@@ -115,8 +115,12 @@ FORGET_FLAGS = ["--forget", "a cat", "--forget-steps", "3", "--forget-lr", "0.01
 
 def test_forget_edit_model_folder_reproduces_the_in_actor_edit(tiny, tmp_path, capsys):
     out = tmp_path / "forgot"
-    assert main(["edit-model", "--model", str(tiny), *FORGET_FLAGS, "--out", str(out)]) == 0
+    report = ["--profile", "tiny", "--report", "--report-steps", "2", "--report-size", "32"]
+    assert main(["edit-model", "--model", str(tiny), *FORGET_FLAGS, *report, "--out", str(out)]) == 0
     assert "concept attention mass" in capsys.readouterr().out
+    body = json.loads((out / "REPORT.json").read_text())
+    assert body["rows"][0]["prompt"] == "a cat" and body["rows"][0]["away"]["a cat"]["after"] is not None
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2 * len(body["rows"])
     meta = json.loads((out / "model_edits.json").read_text())
     assert meta["forget"][0]["mass_after"] < meta["forget"][0]["mass_before"]
     stage = RenderStage(_cfg(tiny, f"render.model_edits={FORGET}"))
@@ -143,6 +147,7 @@ def test_bad_forget_settings_are_one_line_and_exit_2(tiny, tmp_path, capsys):
         (["--forget", "  "], "must not be empty"),
         (["--forget-steps", "3"], "must follow --forget"),
         (["--forget", "cat " * 100, "--forget-steps", "1"], "longer than the text encoder"),
+        (["--forget", "a cat", "--report", "--report-steps", "0"], "--report-steps: Input should be greater"),
     ]
     for flags, why in cases:
         code = main(["edit-model", "--model", str(tiny), *flags, "--out", str(tmp_path / "x")])
