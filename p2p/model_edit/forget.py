@@ -123,13 +123,14 @@ def capturing(unet: Any, capture: Capture,
 def deterministic(threads: int) -> Iterator[None]:
     """Fixed thread count and deterministic kernels for the duration (restored afterwards)."""
     n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(n)
-        torch.use_deterministic_algorithms(det)
+        torch.use_deterministic_algorithms(det, warn_only=warn)
 
 
 def image_side(p2p: Any, edit: ForgetEdit) -> int:
