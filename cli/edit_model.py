@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -29,6 +29,7 @@ from editgen.pipeline.settings.model_edits import (
 if TYPE_CHECKING:
     from editgen.filters.pairs.clip_score import ClipScorer
     from editgen.p2p.model_edit.solve import EditReport
+    from editgen.pipeline.config import EditgenConfig
 
 PROG = "editgen edit-model"
 #: --forget-X flags -> ForgetEdit fields (defaults shown in --help).
@@ -250,3 +251,43 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {folder}/REPORT.json and report.html: " + (f"{len(flagged)} prompts moved too far: "
               + "; ".join(flagged) if flagged else "every preserved and neutral prompt within its thresholds"))
     return 0
+
+
+#: Where `editgen run` keeps the report of its model edits: OUT/model_edits/REPORT.json and report.html.
+RUN_REPORT_DIR = "model_edits"
+
+
+def write_run_report(cfg: EditgenConfig, out: str, options: dict[str, Any] | None = None) -> str | None:
+    """After a run with ``render.model_edits``: the report of those edits (the render model as the actors
+    load it, edited as they edit it) in OUT/model_edits/, unless one for the same model and edits is
+    there; returns what it did, None without model edits."""
+    from editgen.engines.runtime import Runtime
+    from editgen.filters.pairs.clip_score import ClipScorer
+    from editgen.p2p.generate import load_pipeline
+    from editgen.p2p.model_edit.report import REPORT_JSON, build_report, report_files
+    from editgen.pipeline.storage import Storage
+
+    edits = cfg.render.edit_set()
+    if edits is None:
+        return None
+    storage = Storage(out, options)
+    runtime = Runtime.for_stage(cfg.render, None)
+    key = {"model": cfg.render.model, "dtype": runtime.model.dtype, "edits": edits.describe(),
+           "settings": cfg.render.model_edit_report.model_dump(),
+           "clip": f"{cfg.filter.clip_model}/{cfg.filter.clip_pretrained}"}
+    if storage.exists(RUN_REPORT_DIR, REPORT_JSON):
+        try:
+            if json.loads(storage.read_text(RUN_REPORT_DIR, REPORT_JSON)).get("key") == key:
+                return f"model edits: report already in {storage.url(RUN_REPORT_DIR)}/"
+        except ValueError:
+            pass  # damaged: written again
+    original = load_pipeline(runtime.model.model, runtime.device, runtime.model.dtype)
+    report = build_report(original, runtime.pipeline, edits, cfg.render.model_edit_report,
+                          ClipScorer.from_config(cfg.filter))
+    report.body["key"] = key
+    files = report_files(report)
+    for name in sorted(files, key=lambda n: n == REPORT_JSON):  # the JSON last: its presence means done
+        storage.write_text(files[name], RUN_REPORT_DIR, name)
+    flagged = report.body["flagged"]
+    return (f"model edits: report in {storage.url(RUN_REPORT_DIR)}/REPORT.json"
+            + (f" ({len(flagged)} prompts moved too far)" if flagged else " (every preserved prompt within bounds)"))

@@ -125,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in result.stages:
         if s.note:
             progress.console.print(redact_text(f"{s.name}: {s.note}"))
+    if any(s.name == "render" for s in result.stages) and cfg.render.model_edits:  # docs/model_edits.md
+        from editgen.cli.edit_model import write_run_report
+
+        progress.console.print(redact_text(write_run_report(cfg, args.out, storage_options(args)) or ""))
     if any(s.name == "shard" for s in result.stages):
         for line in where_shards(args.out, storage_options(args)):
             progress.console.print(redact_text(line), markup=False, highlight=False, soft_wrap=True)

@@ -38,8 +38,10 @@ MAX_CONFIG_BYTES = 16 * 2**20
 #: Keys that change scheduling only, never results: excluded from stage hashes.
 NON_SEMANTIC_KEYS = ("resources",)
 #: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
-#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys.
-UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets")}
+#: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys;
+#: or because they change no output row (render's model-edit report, written beside the stages).
+UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets"),
+                 "render": ("model_edit_report",)}  # the model-edit report changes no rendered image
 #: Per-section keys left out of the hash while they hold their default: options added after a section's
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.

@@ -189,8 +189,13 @@ def _html(report: EditModelReport) -> str:
             f"<table border=1 cellpadding=4>{head}{''.join(lines)}</table>\n")
 
 
+def report_files(report: EditModelReport) -> dict[str, str]:
+    """{file name: text}: REPORT.json and report.html (thumbnails as data URIs, so the page stands alone)."""
+    return {REPORT_JSON: json.dumps(report.body, indent=2, sort_keys=True) + "\n", REPORT_HTML: _html(report)}
+
+
 def write_report(report: EditModelReport, folder: Path) -> None:
-    """REPORT.json and report.html (thumbnails as data URIs, so the page stands alone) into ``folder``."""
+    """The report's files into a local ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / REPORT_JSON).write_text(json.dumps(report.body, indent=2, sort_keys=True) + "\n")
-    (folder / REPORT_HTML).write_text(_html(report), encoding="utf-8")
+    for name, text in report_files(report).items():
+        (folder / name).write_text(text, encoding="utf-8")

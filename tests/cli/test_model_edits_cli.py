@@ -157,3 +157,20 @@ def test_bad_forget_settings_are_one_line_and_exit_2(tiny, tmp_path, capsys):
                      ("concept: a cat, lr: .inf", "finite"), ("concept: a cat, steps: 0", "greater than")):
         with pytest.raises(Exception, match=why):
             _cfg("tiny", f"render.model_edits=[{{kind: forget, {bad}}}]")
+
+
+def test_a_run_with_model_edits_writes_their_report_once(tiny, tmp_path):
+    from editgen.cli.edit_model import write_run_report
+
+    report = ["render.model_edit_report={neutral: false, steps: 2, size: 32}"]
+    cfg = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a cat}]", "render.model_edit_preserve=[a dog]",
+               "filter.clip_model=tiny-clip", "filter.clip_pretrained=seed:0", *report)
+    assert "REPORT.json" in write_run_report(cfg, str(tmp_path))
+    body = json.loads((tmp_path / "model_edits" / "REPORT.json").read_text())
+    assert [r["prompt"] for r in body["rows"]] == ["a cat", "a dog"]
+    assert (tmp_path / "model_edits" / "report.html").exists()
+    assert "already" in write_run_report(cfg, str(tmp_path))  # the same model, edits and settings: kept
+    assert write_run_report(_cfg(tiny), str(tmp_path)) is None
+    same_edits = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a cat}]", "render.model_edit_preserve=[a dog]",
+                      "filter.clip_model=tiny-clip", "filter.clip_pretrained=seed:0")
+    assert stage_hashes(cfg)["render"] == stage_hashes(same_edits)["render"]  # the report settings are not hashed
