@@ -125,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in result.stages:
         if s.note:
             progress.console.print(redact_text(f"{s.name}: {s.note}"))
+    if any(s.name == "render" for s in result.stages) and cfg.render.model_edits:  # docs/model_edits.md
+        from editgen.cli.edit_model import write_run_report
+
+        progress.console.print(redact_text(write_run_report(cfg, args.out, storage_options(args)) or ""))
     if any(s.name == "shard" for s in result.stages):
         for line in where_shards(args.out, storage_options(args)):
             progress.console.print(redact_text(line), markup=False, highlight=False, soft_wrap=True)
@@ -255,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, help_text in (
         ("pair", "editgen.cli.pair", "render one Prompt-to-Prompt pair by hand"),
-        ("edit-model", "editgen.cli.edit_model", "apply closed-form TIME / erase / debias edits, save the model"),
+        ("edit-model", "editgen.cli.edit_model", "apply TIME / erase / debias / forget edits, save the model"),
         ("preview", "editgen.cli.preview", "write OUT/preview.html"),
         ("validate", "editgen.cli.validate", "check shards against the manifest"),
         ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),

@@ -66,7 +66,7 @@ class Runtime:
         return self._pipeline
 
     def apply_edits(self, edits: EditSet) -> None:
-        """Closed-form model edits on the loaded pipeline (a bad edit: ValueError, or ConfigError naming
+        """Model edits (closed form, then forget) on the loaded pipeline (a bad edit: ValueError, or ConfigError naming
         `edits_key`); what they did goes into `model`, so into every record drawn after."""
         from editgen.p2p.model_edit.solve import apply_edits
 
@@ -78,6 +78,9 @@ class Runtime:
             raise ConfigError(f"{self.edits_key}: {exc}") from None
         log.info("render: %d model edits on %d layers in %.2fs (checksum %s)", len(edits.edits),
                  report.layers, report.seconds, report.checksum)
+        for f in report.forgets:
+            log.info("render: forget %r: concept attention mass %s -> %s", f["concept"], f["mass_before"],
+                     f["mass_after"])
         self.model = replace(self.model, model_edits=report.describe())
 
     def flops_at(self, height: int, width: int) -> int:

@@ -302,7 +302,7 @@ def export_hf(
         marker = {"split": s.split, "files": [f"data/{f}" for f in files], "rows": rows, "rejected": s.rejected,
                   "rows_per_file": rows_per_file, "source": source_url, "source_manifest_sha256": source_sha}
         dst.write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", f"export-{s.split}.json")
-    dst.write_text(dataset_card(_splits(dst), _rows(dst), _run_card(src)), CARD)
+    dst.write_text(dataset_card(_splits(dst), _rows(dst), _run_card(src), _copy_edit_report(src, dst)), CARD)
     for s in sets:  # object stores: a shorter export's surplus files (local disks: gone with the swap)
         for name in dst.listdir("data"):
             if name.startswith(f"{s.split}-") and name not in done[s.split][0]:
@@ -346,6 +346,23 @@ def _splits(dst: Storage) -> list[str]:
     return [split for _, split in sorted(found)]
 
 
+#: The report `editgen run` writes for render.model_edits (docs/model_edits.md), copied beside the card.
+EDIT_REPORT = ("model_edits", ("REPORT.json", "report.html"))
+
+
+def _copy_edit_report(src: Storage, dst: Storage) -> bool:
+    """OUT's model-edit report into DEST/model_edits/ (the card links it); False when OUT has none."""
+    folder, names = EDIT_REPORT
+    if not all(src.exists(folder, n) for n in names):
+        for name in names:  # an earlier export's report is not this dataset's
+            if dst.exists(folder, name):
+                dst.remove(folder, name)
+        return False
+    for name in names:
+        dst.write_text(src.read_text(folder, name), folder, name)
+    return True
+
+
 def _rows(dst: Storage) -> dict[str, int]:
     """Rows of each split DEST holds, from its record (what the export wrote)."""
     found = {}
@@ -365,10 +382,12 @@ def _run_card(src: Storage) -> str | None:
         return None
 
 
-def dataset_card(splits: list[str], rows: dict[str, int] | None = None, run_card: str | None = None) -> str:
+def dataset_card(splits: list[str], rows: dict[str, int] | None = None, run_card: str | None = None,
+                 edit_report: bool = False) -> str:
     """README.md: the YAML header `datasets` reads (one config, a data_files glob per split; the run card's
     license, task and size categories and tags), each split's rows, the columns, and the run card's account
-    of how the data was made (output/card.py: its sections that do not describe the tars)."""
+    of how the data was made (output/card.py: its sections that do not describe the tars); with `edit_report`,
+    a link to the render model's edit report copied beside it."""
     lines = ["---", "configs:", "- config_name: default", "  data_files:"]
     for split in splits:
         lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
@@ -407,6 +426,10 @@ def dataset_card(splits: list[str], rows: dict[str, int] | None = None, run_card
               "following, preservation of the rest, visual quality; docs/judge.md; null where no judge ran) |",
               "| `judge_*_reason` | the judge's one-sentence reason for each score |",
               "| `judge_score` | the weighted combined score the judge's top-k ranks by (judge.weights) |", ""]
+    if edit_report:
+        lines += ["## Model edits", "", "The render model was edited before rendering (TIME / erase / debias / "
+                  "forget). What the edits changed and preserved: [model_edits/report.html](model_edits/report.html) "
+                  "([REPORT.json](model_edits/REPORT.json)).", ""]
     return "\n".join(lines) + (f"\n{body}" if body else "")
 
 

@@ -39,8 +39,9 @@ MAX_CONFIG_BYTES = 16 * 2**20
 NON_SEMANTIC_KEYS = ("resources",)
 #: Per-section keys kept out of the hash chain because something better stands for them: ingest's input
 #: spelling (`./a.jsonl`, `a.jsonl`, a glob) is replaced by the files' identities in the partition keys;
-#: the shard stage's card settings change only OUT/shards/README.md, which the stage's resume check compares.
-UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets"), "shard": ("card",)}
+#: the shard stage's card settings change only OUT/shards/README.md, which the stage's resume check compares;
+#: render's model-edit report is written beside the stages and changes no output row.
+UNHASHED_KEYS = {"ingest": ("input", "dedup_buckets"), "shard": ("card",), "render": ("model_edit_report",)}
 #: Per-section keys left out of the hash while they hold their default: options added after a section's
 #: hash was first published, so an OUT rendered before them (and any run that does not use them) keeps
 #: its hash and is not recomputed; set to anything else, they enter the hash like every key.

@@ -65,6 +65,11 @@ def _bundled(name: str) -> str:
     return (importlib_resources.files("editgen.prompts") / name).read_text(encoding="utf-8")
 
 
+def model_edit_neutral_prompts() -> list[str]:
+    """The neutral prompts every model-edit report renders (prompts/model_edit_neutral.txt, one a line)."""
+    return [line.strip() for line in _bundled("model_edit_neutral.txt").splitlines() if line.strip()]
+
+
 def load_system_prompt(path: str | None = None) -> str:
     """The system prompt: `path`, or the bundled prompts/system.txt."""
     text = Path(path).read_text(encoding="utf-8") if path else _bundled("system.txt")

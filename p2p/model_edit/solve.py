@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from editgen.p2p.model_edit.targets import Rows, build_rows
+from editgen.p2p.model_edit.targets import EditError, Rows, build_rows
 from editgen.pipeline.settings.model_edits import EditSet
 
 
@@ -61,6 +61,7 @@ class EditReport:
     layers: int
     rows: int
     seconds: float
+    forgets: list[dict[str, object]] = field(default_factory=list)  # ForgetResult.describe() of each
 
     def describe(self) -> dict[str, object]:
         return {**self.edits.describe(), "checksum": self.checksum, "layers": self.layers, "rows": self.rows}
@@ -79,12 +80,25 @@ def apply_rows(unet: Any, rows: Rows, lam: float) -> int:
 
 
 def apply_edits(p2p: Any, edits: EditSet) -> EditReport:
-    """Edit a loaded :class:`~p2p.generate.P2PPipeline` in place (raises ``EditError`` on a bad edit)."""
+    """Edit a loaded :class:`~p2p.generate.P2PPipeline` in place (raises ``EditError`` on a bad edit): the
+    closed-form edits in one joint solve first, then each forget edit in order (p2p.model_edit.forget)."""
+    from editgen.p2p.model_edit.forget import concept_positions, forget
+
     t0 = time.perf_counter()
-    rows = build_rows(p2p, edits)
-    layers = apply_rows(p2p.pipe.unet, rows, edits.lam)
+    for edit in edits.forgets():
+        try:
+            concept_positions(p2p.tokenizer, edit.concept)  # a bad concept fails before any weight moves
+        except ValueError as exc:
+            raise EditError(str(exc)) from None
+    n_rows = 0
+    if edits.closed_form():
+        rows = build_rows(p2p, edits.model_copy(update={"edits": edits.closed_form()}))
+        apply_rows(p2p.pipe.unet, rows, edits.lam)
+        n_rows = int(rows.keys.shape[0])
+    results = [forget(p2p, edit, list(edits.preserve)).describe() for edit in edits.forgets()]
+    layers = sum(1 for _ in cross_projections(p2p.pipe.unet))
     seconds = time.perf_counter() - t0
-    return EditReport(edits, weights_checksum(p2p.pipe.unet), layers, int(rows.keys.shape[0]), seconds)
+    return EditReport(edits, weights_checksum(p2p.pipe.unet), layers, n_rows, seconds, results)
 
 
 def edit_set_from(described: dict[str, Any]) -> EditSet:

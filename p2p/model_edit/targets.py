@@ -110,7 +110,7 @@ def _edit_rows(p2p: Any, edit: TimeEdit | EraseEdit | DebiasEdit) -> tuple[torch
 def build_rows(p2p: Any, edits: EditSet) -> Rows:
     """All constraints of an edit set: each edit's rows plus ``c_j -> c_j`` for every preserved prompt."""
     keys, targets = [], []
-    for edit in edits.edits:
+    for edit in edits.closed_form():
         c, t = _edit_rows(p2p, edit)
         keys.append(c)
         targets.append(t)

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from editgen.pipeline.settings.base import Resources, Seed, Strict
-from editgen.pipeline.settings.model_edits import EditSet, ModelEdit
+from editgen.pipeline.settings.model_edits import EditReportConfig, EditSet, ModelEdit
 
 #: Largest image side the pipeline accepts (SD 1.5 is trained at 512, SDXL at 1024; beyond 4096 the
 #: attention maps alone exceed any GPU). Model-specific limits are checked when the model is known.
@@ -254,12 +254,17 @@ class RenderConfig(Strict):
     seed: Seed = Field(0, description="changes every candidate's sampled seed and parameters")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per actor (default: its num_cpus)")
     model_edits: list[ModelEdit] = Field(
-        default_factory=list, description="closed-form cross-attention edits applied once per actor after "
+        default_factory=list, description="cross-attention edits applied once per actor after "
         "loading: {kind: time, source, destination} | {kind: erase, concept, anchor} | "
-        "{kind: debias, concept, attributes, weights} (docs/model_edits.md)",
+        "{kind: debias, concept, attributes, weights} (closed form) | {kind: forget, concept, steps, lr, images, "
+        "seed, ...} (Forget-Me-Not, gradient based) (docs/model_edits.md)",
     )
     model_edit_lambda: float = Field(0.1, gt=0, description="λ of the closed form: pull towards the old weights")
     model_edit_preserve: list[str] = Field(default_factory=list, description="prompts whose projections must not move")
+    model_edit_report: EditReportConfig = Field(
+        default_factory=EditReportConfig, description="the report `editgen run` writes to OUT/model_edits/ after "
+        "a run with model edits (docs/model_edits.md); not part of the render hash: it changes no image",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(num_gpus=1, concurrency=0, batch_size=8),
         description="concurrency 0 = one actor per GPU (or per CPU slot) in the cluster",

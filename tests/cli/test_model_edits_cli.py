@@ -106,3 +106,71 @@ def test_manifest_lists_the_edits(tmp_path):
         r["params"] = json.dumps({**json.loads(r.get("params") or "{}"), "model_edits": edits})
     write_dataset(Storage(str(tmp_path)), rows, samples_per_shard=100)
     assert read_manifest(Storage(str(tmp_path)))["model_edits"] == [{"applied": "model_edits", **edits}]
+
+
+FORGET = "[{kind: forget, concept: a cat, steps: 3, lr: 0.01, images: 1, image_steps: 2, size: 32}]"
+FORGET_FLAGS = ["--forget", "a cat", "--forget-steps", "3", "--forget-lr", "0.01", "--forget-images", "1",
+                "--forget-image-steps", "2", "--forget-size", "32"]
+
+
+def test_forget_edit_model_folder_reproduces_the_in_actor_edit(tiny, tmp_path, capsys):
+    out = tmp_path / "forgot"
+    report = ["--profile", "tiny", "--report", "--report-steps", "2", "--report-size", "32"]
+    assert main(["edit-model", "--model", str(tiny), *FORGET_FLAGS, *report, "--out", str(out)]) == 0
+    assert "concept attention mass" in capsys.readouterr().out
+    body = json.loads((out / "REPORT.json").read_text())
+    assert body["rows"][0]["prompt"] == "a cat" and body["rows"][0]["away"]["a cat"]["after"] is not None
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2 * len(body["rows"])
+    meta = json.loads((out / "model_edits.json").read_text())
+    assert meta["forget"][0]["mass_after"] < meta["forget"][0]["mass_before"]
+    stage = RenderStage(_cfg(tiny, f"render.model_edits={FORGET}"))
+    stage.setup()
+    described = stage.runtime.model.model_edits
+    assert described["checksum"] == meta["checksum"] and described["edits"] == meta["edits"]
+    baked = load_pipeline(out, "cpu", "float32")
+    ours, theirs = stage.runtime.pipeline.pipe.unet.state_dict(), baked.pipe.unet.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    row = {"id": "r0", "caption": "a photo of a cat", "edited_caption": "a photo of a red cat", "edit_kind": "refine"}
+    rec = stage.engine_for(row).draw(row, 1)[0]
+    first = render_records(stage.runtime.pipeline, [rec])[0]
+    again = render_records(Runtime.for_record(rec.model, "cpu").pipeline, [rec])[0]  # re-applies, checks checksum
+    assert first.edited_image == again.edited_image
+
+
+def test_bad_forget_settings_are_one_line_and_exit_2(tiny, tmp_path, capsys):
+    cases = [
+        (["--forget", "a cat", "--forget-lr", "nan"], "finite number"),
+        (["--forget", "a cat", "--forget-lr", "inf"], "finite number"),
+        (["--forget", "a cat", "--forget-lr", "0"], "greater than 0"),
+        (["--forget", "a cat", "--forget-steps", "0"], "greater than or equal to 1"),
+        (["--forget", "a cat", "--forget-steps", "two"], "expects an integer"),
+        (["--forget", "  "], "must not be empty"),
+        (["--forget-steps", "3"], "must follow --forget"),
+        (["--forget", "cat " * 100, "--forget-steps", "1"], "longer than the text encoder"),
+        (["--forget", "a cat", "--report", "--report-steps", "0"], "--report-steps: Input should be greater"),
+    ]
+    for flags, why in cases:
+        code = main(["edit-model", "--model", str(tiny), *flags, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and why in err and err.count("\n") == 1, (flags, err)
+    for bad, why in (("concept: ' '", "must not be empty"), ("concept: a cat, lr: .nan", "finite"),
+                     ("concept: a cat, lr: .inf", "finite"), ("concept: a cat, steps: 0", "greater than")):
+        with pytest.raises(Exception, match=why):
+            _cfg("tiny", f"render.model_edits=[{{kind: forget, {bad}}}]")
+
+
+def test_a_run_with_model_edits_writes_their_report_once(tiny, tmp_path):
+    from editgen.cli.edit_model import write_run_report
+
+    report = ["render.model_edit_report={neutral: false, steps: 2, size: 32}"]
+    cfg = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a cat}]", "render.model_edit_preserve=[a dog]",
+               "filter.clip_model=tiny-clip", "filter.clip_pretrained=seed:0", *report)
+    assert "REPORT.json" in write_run_report(cfg, str(tmp_path))
+    body = json.loads((tmp_path / "model_edits" / "REPORT.json").read_text())
+    assert [r["prompt"] for r in body["rows"]] == ["a cat", "a dog"]
+    assert (tmp_path / "model_edits" / "report.html").exists()
+    assert "already" in write_run_report(cfg, str(tmp_path))  # the same model, edits and settings: kept
+    assert write_run_report(_cfg(tiny), str(tmp_path)) is None
+    same_edits = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a cat}]", "render.model_edit_preserve=[a dog]",
+                      "filter.clip_model=tiny-clip", "filter.clip_pretrained=seed:0")
+    assert stage_hashes(cfg)["render"] == stage_hashes(same_edits)["render"]  # the report settings are not hashed

@@ -174,3 +174,21 @@ def test_a_failed_export_changes_nothing(out, tmp_path):
     assert after == before
     export_hf(str(out), str(dest), rows_per_file=2)
     assert not list(dest.glob(".tmp-*"))
+
+
+def test_the_card_links_the_model_edit_report(out, tmp_path):
+    """A run with model edits wrote OUT/model_edits/ (docs/model_edits.md): the export copies it and links it."""
+    dest = tmp_path / "hf"
+    export_hf(str(out), str(dest))
+    assert "model_edits/report.html" not in (dest / "README.md").read_text() and not (dest / "model_edits").exists()
+    src = tmp_path / "with-report"
+    shutil.copytree(out, src)
+    (src / "model_edits").mkdir()
+    (src / "model_edits" / "REPORT.json").write_text('{"preserved": true}\n')
+    (src / "model_edits" / "report.html").write_text("<!doctype html>\n")
+    export_hf(str(src), str(dest))  # again into the same DEST (an earlier export)
+    assert "[model_edits/report.html](model_edits/report.html)" in (dest / "README.md").read_text()
+    assert (dest / "model_edits" / "REPORT.json").read_text() == '{"preserved": true}\n'
+    export_hf(str(out), str(dest))  # OUT without a report: no stale link, no stale files
+    assert "model_edits/" not in (dest / "README.md").read_text()
+    assert not (dest / "model_edits" / "REPORT.json").exists()
