@@ -136,6 +136,7 @@ def _made(manifest: Mapping[str, Any], config: EditgenConfig) -> list[str]:
             rows.append((f"`{name}` engine's model", f"`{model}`"))
     edits = manifest.get("model_edits") or []
     rows.append(("model edits", "; ".join(f"{e.get('applied')} {str(e.get('checksum', ''))[:12]}" for e in edits)
+                 + " (what they changed and preserved: [report](../model_edits/report.html), written by `editgen run`)"
                  if edits else "none"))
     if config.profile:
         rows.append(("config profile", f"`{config.profile}`"))
