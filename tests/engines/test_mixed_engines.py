@@ -6,6 +6,7 @@ the driver is SIGKILLed mid-render, and the rerun publishes exactly what an unin
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def test_mixed_engines_survive_sigkill_and_rerun_equals_a_clean_run(tmp_path, ra
     assert engines == {f"editgen.{name}" for name in REGISTRY}, engines  # every engine drew pairs
 
     out = tmp_path / "killed"
+    for stage in ("ingest", "instruct"):  # the same upstream: the kill and the rerun's work are in render
+        shutil.copytree(clean / stage, out / stage)
     env = {**cli_env(), "EDITGEN_FAULT_DELAY_S": "render=2"}
     proc = subprocess.Popen(cmd(out, ray_address), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

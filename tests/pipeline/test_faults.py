@@ -271,6 +271,7 @@ def test_worker_node_killed_mid_render(baseline, tmp_path):
     (each would fail at once and burn a retry: with max_retries=1 the stage failed that way): the
     survivor finishes the stage and the shards hold every sample exactly once."""
     out = tmp_path / "out"
+    copy_upstream(baseline, out)  # the same upstream: the cluster's time goes to render
     env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=3"}
     with ray_cluster(2, tmp_path / "cluster.log") as cluster:
         # one retry only: the lost partition may fail once, never again on the dead node's actor
@@ -296,6 +297,7 @@ def test_last_worker_node_lost_fails_in_bounded_time_then_resumes(baseline, tmp_
     run.worker_start_timeout_s (exit 1, one line) instead of hanging; with a new node, a rerun resumes
     and matches the uninterrupted run."""
     out = tmp_path / "out"
+    copy_upstream(baseline, out)  # the same upstream: the cluster's time goes to render
     env = cli_env() | {"EDITGEN_FAULT_DELAY_S": "render=2"}
     with ray_cluster(1, tmp_path / "cluster.log") as cluster:
         cmd = cli(out, "run.worker_start_timeout_s=30", ray_address=cluster.address)
