@@ -171,14 +171,8 @@ class FetchStage(Stage[FetchConfig]):
         return {"rows_in": rows, "rows_out": rows, "digests": {str(k): v for k, v in sorted(digests.items())}}
 
     def plan_publish(self, ctx: PlanContext) -> list[PartitionSpec]:
-        """One partition per fetched partition, keyed by its checksum and its drop digest."""
-        digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
-        specs = []
-        for r in ctx.steps[""]:
-            digest = digests.get(str(r["partition"]), "")
-            specs.append(PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digest),
-                                       rows_in=r.get("rows_in", 0), payload=digest, input_sha=r["sha256"]))
-        return specs
+        """One partition per fetched partition, keyed by its checksum and its drop digest (dedup.publish_specs)."""
+        return dd.publish_specs(ctx)
 
     def load_pre(self, part: Partition, upstream_dir: str | None) -> pa.Table:
         """The whole fetched partition, dropped rows included (they keep their reasons)."""

@@ -185,15 +185,8 @@ class IngestStage(Stage[IngestConfig]):
         return not record.get("digests") or ctx.storage.exists(self.name, dd.DEDUP_DIR, dd.DROPS_FILE)
 
     def plan_publish(self, ctx: PlanContext) -> list[PartitionSpec]:
-        """One partition per clean partition, keyed by its checksum and its drop digest (the payload: the
-        worker checks the drops it reads against it)."""
-        digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
-        specs = []
-        for r in ctx.steps[""]:
-            digest = digests.get(str(r["partition"]), "")
-            specs.append(PartitionSpec(pid=r["partition"], input_key=dd.final_key(r["sha256"], digest),
-                                       rows_in=r.get("rows_in", 0), payload=digest, input_sha=r["sha256"]))
-        return specs
+        """One partition per clean partition, keyed by its checksum and its drop digest (dedup.publish_specs)."""
+        return dd.publish_specs(ctx)
 
     def load_pre(self, part: Partition, upstream_dir: str | None) -> pa.Table:
         """The whole clean partition, dropped rows included (they stay in the output with their reason);

@@ -39,7 +39,7 @@ from editgen.pipeline.records import (
     read_verified_table,
     record_name,
 )
-from editgen.pipeline.stage import DROPPED, KEPT, part_name, with_status
+from editgen.pipeline.stage import DROPPED, KEPT, PartitionSpec, PlanContext, part_name, with_status
 from editgen.pipeline.storage import Storage
 
 log = logging.getLogger("editgen")
@@ -202,6 +202,18 @@ def resolve(out: str, options: dict[str, Any], *conflicts: tuple[np.ndarray, np.
 
 def final_key(pre_sha: str, digest: str) -> str:
     return combined_key([pre_sha, digest])
+
+
+def publish_specs(ctx: PlanContext) -> list[PartitionSpec]:
+    """The publish step's partitions (ingest's and fetch's): one per partition of the step before the dedup,
+    keyed by its checksum and its drop digest (the payload: the worker checks the drops it reads against it)."""
+    digests: dict[str, str] = ctx.steps["dedup"][0].get("digests", {})
+    specs = []
+    for r in ctx.steps[""]:
+        digest = digests.get(str(r["partition"]), "")
+        specs.append(PartitionSpec(pid=r["partition"], input_key=final_key(r["sha256"], digest),
+                                   rows_in=r.get("rows_in", 0), payload=digest, input_sha=r["sha256"]))
+    return specs
 
 
 def drops_digest(ordinals: np.ndarray, codes: np.ndarray) -> str:
