@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from editgen.engines.record import ModelRef
-from editgen.p2p.models import TINY_MODELS, quiet_libraries, resolve_model
+from editgen.p2p.models import quiet_libraries, refuse_guidance_embedding, resolve_model
 from editgen.pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -156,9 +156,14 @@ def _load_for_record(model: ModelRef, device: str) -> P2PPipeline:
 
 
 def prepare_models(settings: RenderConfig) -> None:
-    """On the driver, before any actor starts: build a tiny test model once so actors only load it."""
-    if settings.model in TINY_MODELS:
-        resolve_model(settings.model)
+    """On the driver, before any actor starts: build a tiny test model once so actors only load it, and
+    refuse a local model no engine can render with."""
+    unet_config = Path(resolve_model(settings.model)[0]) / "unet" / "config.json"
+    if unet_config.is_file():  # a local folder (a tiny one built now); a hub model is checked on load
+        try:
+            refuse_guidance_embedding(json.loads(unet_config.read_text()), settings.model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def baked_edits(model_path: str) -> Mapping[str, Any] | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from editgen.p2p.controls import EditControl, compile_edit
+from editgen.p2p.models import refuse_guidance_embedding
 from editgen.p2p.processors import (
     EditRow,
     ExplicitP2PProcessor,
@@ -150,6 +151,7 @@ def load_pipeline(
     if "safety_checker" in cfg:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    refuse_guidance_embedding(pipe.unet.config, model)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -6,6 +6,8 @@ same `render.model` value loads the same weights everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 #: `render.model` names that build a random-weight test model in code (tiny.sd) instead of loading one.
 TINY_MODELS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
 
@@ -18,6 +20,16 @@ def resolve_model(model: str) -> tuple[str, str | None]:
     from editgen.tiny.sd import build_tiny_sd
 
     return str(build_tiny_sd(variant=variant)), variant
+
+
+def refuse_guidance_embedding(unet_config: Mapping[str, object], model: str) -> None:
+    """LCM-distilled UNets (`time_cond_proj_dim`) take the guidance scale as an embedding and no CFG
+    half; every engine here guides with CFG rows, so such a model would render without the input it was
+    trained with. Refused in one line rather than rendered wrong (docs/fewstep.md: fuse an LCM-LoRA)."""
+    if unet_config.get("time_cond_proj_dim") is not None:
+        raise ValueError(f"render.model {model}: an LCM-distilled UNet with a guidance embedding "
+                         f"(time_cond_proj_dim={unet_config['time_cond_proj_dim']}) is not supported; fuse an "
+                         "LCM-LoRA into the base model instead (docs/fewstep.md)")
 
 
 #: `render.inpaint.model` names that build a tiny random 9-channel inpainting UNet in code (tiny.sd).

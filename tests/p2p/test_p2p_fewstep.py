@@ -155,3 +155,26 @@ def test_sdxl_turbo_costs_under_a_hundredth_of_ip2p_per_kept_sample():
     est = turbo_estimate(sd15)
     assert est["unet_flops"]["total"] > 1.5 * sd15  # SDXL's UNet, not SD 1.5's
     assert est["pass"] and est["ratio"] <= 0.01 and est["ip2p"]["flops_per_row"] == sd15
+
+
+def test_lcm_distilled_unet_is_refused_in_one_line(tmp_path):
+    """A UNet with a guidance embedding (time_cond_proj_dim) would render without it: refused on the
+    driver (a local folder) and on load, while the fused-LCM-LoRA (plain UNet) path renders above."""
+    import shutil
+
+    from editgen.engines.runtime import prepare_models
+    from editgen.p2p.models import refuse_guidance_embedding, resolve_model
+    from editgen.pipeline.config import build_config
+    from editgen.pipeline.errors import ConfigError
+
+    folder = tmp_path / "lcm-unet"
+    shutil.copytree(resolve_model("tiny")[0], folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    settings = build_config("tiny", overrides=[f"render.model={folder}"]).render
+    prepare_models(settings)  # a plain UNet passes
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "time_cond_proj_dim": 256}))
+    with pytest.raises(ConfigError, match="time_cond_proj_dim=256.*LCM-LoRA") as err:
+        prepare_models(settings)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="guidance embedding"):
+        refuse_guidance_embedding({"time_cond_proj_dim": 8}, "m")
