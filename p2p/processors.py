@@ -209,7 +209,8 @@ class P2PController:
             raise RuntimeError(f"P2P controller was set up for batch {self.batch}, UNet got {batch}")
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`(B, N, H*D)` -> `(B, H, N, D)`: the per-head view every explicit attention here works on."""
     b, n, c = x.shape
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
@@ -235,7 +236,7 @@ def _swap_rows(
 def _sdpa(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None):
     """Multi-head SDPA on ``(B, N, C)`` projections, exactly as ``AttnProcessor2_0`` calls it."""
     heads = attn.heads
-    q, k, v = _heads(query, heads), _heads(key, heads), _heads(value, heads)
+    q, k, v = split_heads(query, heads), split_heads(key, heads), split_heads(value, heads)
     if attn.norm_q is not None:
         q = attn.norm_q(q)
     if attn.norm_k is not None:
@@ -299,9 +300,9 @@ class _P2PProcessorBase:
         raise NotImplementedError
 
 
-def _probs(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def attention_probs(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Float32 attention probabilities ``(B, H, N, L)`` of ``(B, N, C)`` projections."""
-    q, k = _heads(query, attn.heads), _heads(key, attn.heads)
+    q, k = split_heads(query, attn.heads), split_heads(key, attn.heads)
     if attn.norm_q is not None:
         q = attn.norm_q(q)
     if attn.norm_k is not None:
@@ -340,7 +341,7 @@ def _probe_maps(attn, query: torch.Tensor, maps: WordMaps) -> torch.Tensor | Non
         states = probe.states.to(query.dtype)
         if attn.norm_cross:
             states = attn.norm_encoder_hidden_states(states)
-        p = _probs(attn, query[probe.row : probe.row + 1], attn.to_k(states), None)  # (1, H, N, L)
+        p = attention_probs(attn, query[probe.row : probe.row + 1], attn.to_k(states), None)  # (1, H, N, L)
         out.append((p[0] * probe.cols[None, None, :]).sum(-1).mean(0))
     return torch.stack(out)
 
@@ -390,7 +391,7 @@ class FusedP2PProcessor(_P2PProcessorBase):
         if need:
             idx = torch.tensor(need, dtype=torch.long, device=query.device)
             sub_mask = None if mask is None else mask.index_select(0, idx)
-            p = _probs(attn, query.index_select(0, idx), key.index_select(0, idx), sub_mask)
+            p = attention_probs(attn, query.index_select(0, idx), key.index_select(0, idx), sub_mask)
             probs = {r: p[i] for i, r in enumerate(need)}
         _record_blend(blend, probs, plan, _probe_maps(attn, query, blend))
 
@@ -401,8 +402,8 @@ class ExplicitP2PProcessor(_P2PProcessorBase):
     def attend(self, attn, query, key, value, mask, is_cross) -> torch.Tensor:
         ctrl = self.ctrl
         batch, n_query, _ = query.shape
-        v = _heads(value, attn.heads)
-        probs = _probs(attn, query, key, mask)
+        v = split_heads(value, attn.heads)
+        probs = attention_probs(attn, query, key, mask)
         if is_cross:
             plan = ctrl.cross_plan()
             if plan is not None:

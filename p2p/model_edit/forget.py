@@ -3,7 +3,7 @@
 The model first draws a few images of the concept (seeded, few sampler steps; the final latents are used
 directly, no decode/encode round trip). Then, for ``steps`` Adam steps, one of those latents is noised at a
 random timestep and the UNet is run on the concept prompt with :class:`ForgetProcessor` on every
-cross-attention layer: it computes the attention probabilities explicitly (``processors._probs``) from
+cross-attention layer: it computes the attention probabilities explicitly (``processors.attention_probs``) from
 float32 master copies of the layer's ``to_k`` / ``to_v`` weights, so the loss -- the squared L2 norm of the
 probabilities on the concept's tokens, averaged over layers, heads and pixels -- has gradients for those
 masters only. Only K/V change (like the closed-form edits, so the same checksum, folder and reapply paths
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from editgen.p2p.generate import RenderRequest, encode_prompts, make_scheduler, render
 from editgen.p2p.model_edit.targets import embed
-from editgen.p2p.processors import _heads, _probs
+from editgen.p2p.processors import attention_probs, split_heads
 from editgen.p2p.seq_align import tokenize
 from editgen.pipeline.settings.model_edits import ForgetEdit
 
@@ -75,10 +75,10 @@ class ForgetProcessor:
             context = attn.norm_encoder_hidden_states(context)
         query = attn.to_q(hidden_states)
         key, value = self._kv(attn, context)
-        probs = _probs(attn, query, key, None)  # (B, H, N, L) float32; SD/SDXL pass no cross mask
+        probs = attention_probs(attn, query, key, None)  # (B, H, N, L) float32; SD/SDXL pass no cross mask
         self.capture.losses.append(probs[..., self.capture.positions].pow(2).sum(-1).mean())
         self.capture.mass.append(probs.detach().mean(dim=(0, 1, 2)))
-        out = (probs.to(value.dtype) @ _heads(value, attn.heads)).transpose(1, 2).flatten(2)
+        out = (probs.to(value.dtype) @ split_heads(value, attn.heads)).transpose(1, 2).flatten(2)
         out = attn.to_out[1](attn.to_out[0](out))
         if four_d:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
