@@ -253,10 +253,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Where `editgen run` keeps the report of its model edits: OUT/model_edits/REPORT.json and report.html.
-RUN_REPORT_DIR = "model_edits"
-
-
 def write_run_report(cfg: EditgenConfig, out: str, options: dict[str, Any] | None = None) -> str | None:
     """After a run with ``render.model_edits``: the report of those edits (the render model as the actors
     load it, edited as they edit it) in OUT/model_edits/, unless one for the same model and edits is
@@ -264,7 +260,8 @@ def write_run_report(cfg: EditgenConfig, out: str, options: dict[str, Any] | Non
     from editgen.engines.runtime import Runtime
     from editgen.filters.pairs.clip_score import ClipScorer
     from editgen.p2p.generate import load_pipeline
-    from editgen.p2p.model_edit.report import REPORT_JSON, build_report, report_files
+    from editgen.p2p.model_edit.report import build_report, report_files
+    from editgen.pipeline.settings.model_edits import REPORT_JSON, RUN_REPORT_DIR
     from editgen.pipeline.storage import Storage
 
     edits = cfg.render.edit_set()
@@ -289,5 +286,5 @@ def write_run_report(cfg: EditgenConfig, out: str, options: dict[str, Any] | Non
     for name in sorted(files, key=lambda n: n == REPORT_JSON):  # the JSON last: its presence means done
         storage.write_text(files[name], RUN_REPORT_DIR, name)
     flagged = report.body["flagged"]
-    return (f"model edits: report in {storage.url(RUN_REPORT_DIR)}/REPORT.json"
+    return (f"model edits: report in {storage.url(RUN_REPORT_DIR, REPORT_JSON)}"
             + (f" ({len(flagged)} prompts moved too far)" if flagged else " (every preserved prompt within bounds)"))

@@ -16,7 +16,7 @@ from editgen.output.inverse import INVERSE_METRIC
 from editgen.output.sessions import session_counts
 from editgen.output.survival import SURVIVAL, compute_cell, drops_cell, end_line, read_survival, work_cell
 from editgen.output.type_funnel import FUNNEL_STAGES, type_funnel
-from editgen.pipeline.config import out_config
+from editgen.pipeline.config import EditgenConfig, out_config
 from editgen.pipeline.freshness import stage_states
 from editgen.pipeline.lease import read_lease, stale_reason
 from editgen.pipeline.live_progress import PROGRESS_FILE
@@ -32,6 +32,7 @@ from editgen.pipeline.records import (
 )
 from editgen.pipeline.redact import redact_url
 from editgen.pipeline.registry import stage_names
+from editgen.pipeline.settings.model_edits import REPORT_JSON, RUN_REPORT_DIR
 from editgen.pipeline.settings.run import RunConfig
 from editgen.pipeline.storage import Storage
 from editgen.prompts.taxonomy import NAMES
@@ -77,7 +78,35 @@ def collect(out: str, storage_options: dict[str, Any] | None = None) -> dict[str
     return {"out": redact_url(out), "stages": stages, "lease": lease, "live": _live(storage) if lease else None,
             "compute": _compute(stages), "edit_types": edit_types(stages), "inverse": inverse_counts(stages),
             "eval": eval_counts(stages), "sessions": _sessions(stages), "funnel": _funnel(stages),
-            SURVIVAL: read_survival(storage, list(metas))}
+            SURVIVAL: read_survival(storage, list(metas)), "model_edit_report": edit_report_state(storage, cfg)}
+
+
+def edit_report_state(storage: Storage, cfg: EditgenConfig) -> dict[str, Any] | None:
+    """Where the report of the run's model edits is and what it flags (None: no model edits). It is not a
+    stage: `editgen run` writes it after the stages, so a stopped run has none until the next run, and a
+    report of other edits than the config's is stale (the next run rewrites it)."""
+    edits = cfg.render.edit_set()
+    if edits is None:
+        return None
+    state: dict[str, Any] = {"report": redact_url(storage.url(RUN_REPORT_DIR, REPORT_JSON)), "written": False}
+    if not storage.exists(RUN_REPORT_DIR, REPORT_JSON):
+        return state
+    try:
+        body = json.loads(storage.read_text(RUN_REPORT_DIR, REPORT_JSON))
+        state.update(written=True, stale=body["edits"] != edits.describe(), prompts=len(body["rows"]),
+                     flagged=list(body["flagged"]))
+    except (ValueError, KeyError, TypeError):
+        state["damaged"] = True  # the next run writes it again
+    return state
+
+
+def _edit_report_line(state: dict[str, Any]) -> str:
+    if not state["written"]:
+        why = "damaged" if state.get("damaged") else "not written yet"
+        return f"model edits report: {why} (`editgen run` writes {state['report']} after the stages)"
+    line = f"model edits report: {state['report']}, {state['prompts']} prompts, "
+    line += f"{len(state['flagged'])} moved too far" if state["flagged"] else "every preserved prompt within bounds"
+    return line + (" (stale: written for other edits; the next `editgen run` rewrites it)" if state["stale"] else "")
 
 
 def survival_table(status: dict[str, Any]) -> Table | None:
@@ -240,6 +269,8 @@ def render_table(status: dict[str, Any]) -> Table:
         ses = status["sessions"]
         turns = ", ".join(f"turn {t}: {n}" for t, n in ses["turn_samples"].items())
         caption = "\n".join(c for c in (caption, f"sessions: {ses['sessions']} published ({turns} samples)") if c)
+    if status.get("model_edit_report"):
+        caption = "\n".join(c for c in (caption, _edit_report_line(status["model_edit_report"])) if c)
     table = Table(title=f"editgen status: {status['out']}", caption=caption)
     for col in ("stage", "state", "partitions", "rows in", "kept", "dropped", "drop reasons", "config hash"):
         table.add_column(col)

@@ -27,6 +27,7 @@ from editgen.output.eval_split import EVAL_PREFIX, EVAL_SECTION
 from editgen.output.inverse import INVERSE_METRIC
 from editgen.pipeline.config import EditgenConfig
 from editgen.pipeline.redact import redact_text
+from editgen.pipeline.settings.model_edits import REPORT_HTML, RUN_REPORT_DIR
 
 CARD = "README.md"
 #: The card's split names: the train tars, and the eval tars as the hub's conventional `test` split.
@@ -135,9 +136,9 @@ def _made(manifest: Mapping[str, Any], config: EditgenConfig) -> list[str]:
         if isinstance(model, str):
             rows.append((f"`{name}` engine's model", f"`{model}`"))
     edits = manifest.get("model_edits") or []
+    report = f"[report](../{RUN_REPORT_DIR}/{REPORT_HTML})"
     rows.append(("model edits", "; ".join(f"{e.get('applied')} {str(e.get('checksum', ''))[:12]}" for e in edits)
-                 + " (what they changed and preserved: [report](../model_edits/report.html), written by `editgen run`)"
-                 if edits else "none"))
+                 + f" (what they changed and preserved: {report}, written by `editgen run`)" if edits else "none"))
     if config.profile:
         rows.append(("config profile", f"`{config.profile}`"))
     return ["## How it was made", "", "| what | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]

@@ -74,6 +74,7 @@ from editgen.output.sessions import SESSION_FIELD
 from editgen.output.shard_writer import whole_image_mask
 from editgen.pipeline.errors import InputError
 from editgen.pipeline.redact import redact_url
+from editgen.pipeline.settings.model_edits import REPORT_HTML, REPORT_JSON, RUN_REPORT_DIR
 from editgen.pipeline.storage import TMP_MARK, Storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -347,7 +348,7 @@ def _splits(dst: Storage) -> list[str]:
 
 
 #: The report `editgen run` writes for render.model_edits (docs/model_edits.md), copied beside the card.
-EDIT_REPORT = ("model_edits", ("REPORT.json", "report.html"))
+EDIT_REPORT = (RUN_REPORT_DIR, (REPORT_JSON, REPORT_HTML))
 
 
 def _copy_edit_report(src: Storage, dst: Storage) -> bool:

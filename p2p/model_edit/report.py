@@ -28,6 +28,8 @@ from editgen.filters.pairs.clip_score import ClipScorer, clip_similarities
 from editgen.filters.pairs.consistency import whole_ssim
 from editgen.p2p.generate import RenderRequest, render
 from editgen.pipeline.settings.model_edits import (
+    REPORT_HTML,
+    REPORT_JSON,
     DebiasEdit,
     EditReportConfig,
     EditSet,
@@ -37,9 +39,6 @@ from editgen.pipeline.settings.model_edits import (
     TimeEdit,
 )
 from editgen.prompts.builder import model_edit_neutral_prompts
-
-REPORT_JSON = "REPORT.json"
-REPORT_HTML = "report.html"
 
 
 @dataclass

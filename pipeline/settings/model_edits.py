@@ -114,6 +114,13 @@ class EditSet(_Edit):
         return [e for e in self.edits if isinstance(e, ForgetEdit)]
 
 
+#: Where `editgen run` keeps the report of its model edits (OUT/model_edits/REPORT.json + report.html): one
+#: name for the writer (cli/edit_model.py), `editgen status`, export-hf and the dataset card.
+RUN_REPORT_DIR = "model_edits"
+REPORT_JSON = "REPORT.json"
+REPORT_HTML = "report.html"
+
+
 class EditReportConfig(_Edit):
     """What the report of a model edit renders and when it flags a preserved prompt as moved too far.
 

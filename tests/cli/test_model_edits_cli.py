@@ -161,12 +161,23 @@ def test_bad_forget_settings_are_one_line_and_exit_2(tiny, tmp_path, capsys):
 
 def test_a_run_with_model_edits_writes_their_report_once(tiny, tmp_path):
     from editgen.cli.edit_model import write_run_report
+    from editgen.cli.status import edit_report_state, render_table
+    from editgen.pipeline.storage import Storage
 
     report = ["render.model_edit_report={neutral: false, steps: 2, size: 32}"]
     cfg = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a cat}]", "render.model_edit_preserve=[a dog]",
                "filter.clip_model=tiny-clip", "filter.clip_pretrained=seed:0", *report)
+    assert edit_report_state(Storage(str(tmp_path)), cfg) == {"report": str(tmp_path / "model_edits" / "REPORT.json"),
+                                                               "written": False}
     assert "REPORT.json" in write_run_report(cfg, str(tmp_path))
     body = json.loads((tmp_path / "model_edits" / "REPORT.json").read_text())
+    state = edit_report_state(Storage(str(tmp_path)), cfg)  # what `editgen status` shows
+    assert (state["written"], state["stale"], state["prompts"], state["flagged"]) == (True, False, 2, body["flagged"])
+    caption = str(render_table({"out": str(tmp_path), "stages": [], "model_edit_report": state}).caption)
+    assert "model edits report: " in caption and "2 prompts" in caption
+    other = _cfg(tiny, "render.model_edits=[{kind: erase, concept: a dog}]")
+    assert edit_report_state(Storage(str(tmp_path)), other)["stale"] is True
+    assert edit_report_state(Storage(str(tmp_path)), _cfg(tiny)) is None
     assert [r["prompt"] for r in body["rows"]] == ["a cat", "a dog"]
     assert (tmp_path / "model_edits" / "report.html").exists()
     assert "already" in write_run_report(cfg, str(tmp_path))  # the same model, edits and settings: kept
