@@ -233,7 +233,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {redact_text(message)}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands owned by other modules: (name, module, one-line summary).
+DELEGATED = (
+    ("pair", "editgen.cli.pair", "render one Prompt-to-Prompt pair by hand"),
+    ("edit-model", "editgen.cli.edit_model", "apply TIME / erase / debias / forget edits, save the model"),
+    ("preview", "editgen.cli.preview", "write OUT/preview.html"),
+    ("validate", "editgen.cli.validate", "check shards against the manifest"),
+    ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
+    ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
+    ("judge-agreement", "editgen.cli.judge_agreement",
+     "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
+    ("train-probe", "editgen.cli.train_probe", "fine-tune InstructPix2Pix on OUT's shards (a probe model)"),
+    ("evaluate", "editgen.cli.evaluate",
+     "InstructPix2Pix's CLIP curve and MagicBrush's metrics of a model on an eval set (docs/evaluate.md)"),
+)
+
+
+def chosen_command(argv: list[str]) -> str:
+    """The command word of `argv` ("" for none: `editgen -h`, `editgen --version`); the top-level parser
+    has no option that takes a value, so it is the first word that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, the delegated modules of other commands are not imported
+    (torch, torchvision: seconds per process), so `editgen status` does not pay for `train-probe`."""
     parser = _Parser(prog="editgen", usage="editgen [-h] [--version] COMMAND ...",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"editgen {editgen_version()}",
@@ -257,23 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--list-profiles", action="store_true", help="print the profile names, one per line, and exit")
     cf.set_defaults(func=cmd_config)
 
-    for name, module, help_text in (
-        ("pair", "editgen.cli.pair", "render one Prompt-to-Prompt pair by hand"),
-        ("edit-model", "editgen.cli.edit_model", "apply TIME / erase / debias / forget edits, save the model"),
-        ("preview", "editgen.cli.preview", "write OUT/preview.html"),
-        ("validate", "editgen.cli.validate", "check shards against the manifest"),
-        ("shards", "editgen.cli.shards", "print the published shard URLs (one per line, --brace, --json)"),
-        ("export-hf", "editgen.cli.export_hf", "export the shards as a Hugging Face dataset folder (train, rejected)"),
-        ("judge-agreement", "editgen.cli.judge_agreement",
-         "agreement of every stored score with human labels (accuracy at the threshold, Spearman)"),
-        ("train-probe", "editgen.cli.train_probe", "fine-tune InstructPix2Pix on OUT's shards (a probe model)"),
-        ("evaluate", "editgen.cli.evaluate",
-         "InstructPix2Pix's CLIP curve and MagicBrush's metrics of a model on an eval set (docs/evaluate.md)"),
-    ):
-        add, main = _delegate(module)
-        p = _command(sub, name, help_text, _module_doc(module) or help_text)
+    for name, module, help_text in DELEGATED:
+        p = _command(sub, name, help_text, help_text)
         if name not in ("pair", "edit-model"):
             add_storage_option(p)
+        if only is not None and name != only:
+            continue  # another command's parser: never parsed in this process, its module never imported
+        add, main = _delegate(module)
+        p.description = _module_doc(module) or help_text
         if add and main:
             add(p)
             p.set_defaults(func=main)
@@ -391,7 +406,8 @@ def _orderly_sigterm() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=chosen_command(argv))
     args = parser.parse_args(argv)
     with _orderly_sigterm():
         return _run(args)

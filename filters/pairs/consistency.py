@@ -15,12 +15,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from editgen.filters.pairs.outside_mask import ssim_map
+
+if TYPE_CHECKING:
+    import torch
 
 SSIM_COLUMNS = ("ssim",)
 #: Part of the score cache's key: bump when the same images would score differently.
@@ -38,6 +41,8 @@ def ssim_key() -> str:
 
 
 def _pixels(data: bytes) -> torch.Tensor:
+    import torch  # here, not at the top: the driver and the CLI import this module for its column names
+
     with Image.open(io.BytesIO(data)) as img:
         arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]

@@ -3,6 +3,9 @@
 A real-image candidate's source row re-renders the photograph from its inversion; where that
 reconstruction is poor, the edit was made on a different picture than the one the shard shows as its
 input, so the filter drops the pair as ``poor_inversion`` (filters.pairs.select).
+
+torch is imported inside the functions that compute: the driver and every CLI command import this module
+(through filters.pairs.select) for its names alone, and torch costs them seconds.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 POOR_INVERSION = "poor_inversion"
 FIDELITY_COLUMNS = ("recon_psnr", "recon_ssim")
@@ -22,11 +27,15 @@ FIDELITY_COLUMNS = ("recon_psnr", "recon_ssim")
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB of two images in ``[0, data_range]`` (inf when equal)."""
+    import torch
+
     mse = float(torch.mean((a.double() - b.double()) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
 def _gaussian_window(size: int, sigma: float, channels: int) -> torch.Tensor:
+    import torch
+
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -36,6 +45,8 @@ def _gaussian_window(size: int, sigma: float, channels: int) -> torch.Tensor:
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> float:
     """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 'valid' filtering)
     of images ``(B, C, H, W)``, per channel then averaged. The window shrinks to fit images under 11 px."""
+    import torch.nn.functional as F
+
     a, b = a.double(), b.double()
     size = min(window, a.shape[-1], a.shape[-2])
     w = _gaussian_window(size, sigma, a.shape[1]).to(a.device)
@@ -54,6 +65,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
 
 def image_pixels(image: Image.Image, dtype: np.dtype | type = np.float64) -> torch.Tensor:
     """An image as (1, 3, H, W) RGB in [0, 1], the layout psnr/ssim take."""
+    import torch
+
     arr = np.asarray(image.convert("RGB"), dtype=dtype) / 255.0
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].contiguous()
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from editgen.filters.pairs.masks import decode_mask
+
+if TYPE_CHECKING:
+    import torch
 
 OUTSIDE_MASK_COLUMNS = ("outside_mask_l1", "outside_mask_ssim")
 CHANGED_OUTSIDE_MASK = "changed_outside_mask"
@@ -48,6 +50,8 @@ def dilation_px(dilation: float, height: int, width: int) -> int:
 
 def _grow(mask: torch.Tensor, size: int, pad: int) -> torch.Tensor:
     """Max over a size x size square (separable: two 1-D passes), `pad` pixels of padding each side."""
+    import torch.nn.functional as F  # deferred: the driver and the CLI import this module for its names only
+
     if size <= 1:
         return mask
     mask = F.max_pool2d(mask, (size, 1), stride=1, padding=(pad, 0))
@@ -57,6 +61,8 @@ def _grow(mask: torch.Tensor, size: int, pad: int) -> torch.Tensor:
 def ssim_map(a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
     """Per-window SSIM ('valid' windows, separable Gaussian), channels averaged: (H-size+1, W-size+1), of
     images (1, C, H, W) in [0, 1]. Also the whole-image `ssim` (filters.pairs.consistency): its mean."""
+    import torch
+    import torch.nn.functional as F
     x = torch.arange(size, dtype=a.dtype) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * _SIGMA**2))
     g = g / g.sum()
@@ -80,6 +86,7 @@ def _rgb(data: bytes) -> np.ndarray:
 def outside_change(input_image: bytes, edited_image: bytes, mask: bytes | None,
                    dilation: float) -> tuple[float, float]:
     """(outside_mask_l1, outside_mask_ssim) of one pair (module doc); NaN, NaN where undefined."""
+    import torch
     if not mask:
         return math.nan, math.nan
     try:

@@ -58,3 +58,19 @@ def test_pair_run_and_edit_model_accept_the_same_profiles():
         return sorted(next(a for a in commands[command]._actions if "--profile" in a.option_strings).choices)
 
     assert choices("run") == choices("config") == choices("pair") == choices("edit-model") == profile_names()
+
+
+def test_light_commands_import_no_torch(tmp_path: Path) -> None:
+    """`--version`, `status`, `validate`, `shards` and a `run` refused on its input import neither torch nor
+    torchvision (seconds per call: a delegated command's module is imported only when it is the command, and
+    the filter's scoring modules import torch where they compute)."""
+    code = (
+        "import sys\nfrom editgen.cli.main import main\n"
+        f"out = {str(tmp_path / 'out')!r}\n"
+        "for argv in (['--version'], ['status', out], ['validate', out], ['shards', out],\n"
+        "             ['run', '--profile', 'tiny', '--input', out + '.jsonl', '--out', out]):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'diffusers', 'ray') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
