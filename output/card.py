@@ -6,16 +6,20 @@ each number means).
 The YAML header is what `datasets` and the hub read: `configs` (one config whose `data_files` map the splits
 to the published generation's tar globs, relative to OUT/shards: train -> `gen-<G>/<prefix>-*.tar`, test ->
 `gen-<G>/eval-*.tar` when the run held some out), `license` (shard.card.license), task category, size
-category, tags, and `dataset_info.splits` (each split's samples, which `datasets` checks on load, and its tar
-bytes). No `dataset_info.features`: the `json` member's fields differ between runs (scores, the engine's
-record), so `datasets` infers the schema from the tars; the body lists the members. Every count in the
-body is the manifest's; the survival funnel is its untimed `survival` section, so the card of a resumed run
-is the same bytes as an uninterrupted one's. Nothing from the config that is not a hub id, a number or a
-name goes in, and the text passes through the redactor like everything editgen writes.
+category, tags, `dataset_info.features` and `dataset_info.splits` (each split's samples, which `datasets`
+checks on load, and its tar bytes). The features are the manifest's schema of the splits the card lists
+(output/features.py: every member any sample has, and the `json` member's fields and types joined over all
+samples), so `datasets` reads every sample against them instead of guessing a schema from the first five
+(which fails on a member or a JSON field those lack); a manifest without a schema (written before one was
+recorded) gets no features. Every count in the body is the manifest's; the survival funnel is its untimed
+`survival` section, so the card of a resumed run is the same bytes as an uninterrupted one's. Nothing from
+the config that is not a hub id, a number or a name goes in, and the text passes through the redactor like
+everything editgen writes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +28,7 @@ import yaml
 from editgen.engines.base import engine_names, needs_of, reconstructs
 from editgen.filters.pairs.score_registry import SCORES, thresholds
 from editgen.output.eval_split import EVAL_PREFIX, EVAL_SECTION
+from editgen.output.features import FEATURES, SplitSchema, from_manifest, members_in_order, yaml_features
 from editgen.output.inverse import INVERSE_METRIC
 from editgen.pipeline.config import EditgenConfig
 from editgen.pipeline.redact import redact_text
@@ -66,6 +71,21 @@ def data_files(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
     return files
 
 
+def split_schema(manifest: Mapping[str, Any]) -> SplitSchema | None:
+    """The schema of the splits the card lists, joined (one config: one set of features for every split);
+    None when a listed split's is not in the manifest."""
+    parts = {TRAIN_SPLIT: manifest, TEST_SPLIT: manifest.get(EVAL_SECTION) or {}}
+    found = [from_manifest(parts[split].get(FEATURES)) for split in split_counts(manifest)]
+    known = [f for f in found if f is not None]
+    return functools.reduce(SplitSchema.join, known, SplitSchema()) if len(known) == len(found) else None
+
+
+def features(manifest: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The header's `dataset_info.features` (module doc), None without a schema."""
+    schema = split_schema(manifest)
+    return yaml_features(schema) if schema is not None else None
+
+
 def header(manifest: Mapping[str, Any], config: EditgenConfig) -> dict[str, Any]:
     """The YAML header as data (module doc)."""
     counts = split_counts(manifest)
@@ -73,6 +93,7 @@ def header(manifest: Mapping[str, Any], config: EditgenConfig) -> dict[str, Any]
                    TEST_SPLIT: int((manifest.get(EVAL_SECTION) or {}).get("bytes", 0))}
     real = needs_of(config.render).real_image
     source = "real photographs" if real else "synthetic images"
+    declared = features(manifest)
     return {
         "license": config.shard.card.license,
         "task_categories": ["image-to-image"],
@@ -81,7 +102,8 @@ def header(manifest: Mapping[str, Any], config: EditgenConfig) -> dict[str, Any]
                  "real-images" if real else "synthetic"],
         "pretty_name": f"editgen instruction-based image edits ({source})",
         "configs": [{"config_name": "default", "data_files": data_files(manifest)}],
-        "dataset_info": {"splits": [{"name": s, "num_bytes": split_bytes[s], "num_examples": n}
+        "dataset_info": {**({"features": declared} if declared else {}),
+                         "splits": [{"name": s, "num_bytes": split_bytes[s], "num_examples": n}
                                     for s, n in counts.items()]},
     }
 
@@ -90,7 +112,7 @@ def build_card(manifest: Mapping[str, Any], config: EditgenConfig) -> str:
     """README.md's text: the YAML header, then the body's sections (module doc)."""
     head = yaml.safe_dump(header(manifest, config), sort_keys=False, allow_unicode=True, width=1000)
     body = [*_summary(manifest, config), *_made(manifest, config), *_thresholds(config), *_types(manifest),
-            *_funnel(manifest), *_features(), *_loading(manifest), *_regenerating(config),
+            *_funnel(manifest), *_features(manifest), *_loading(manifest), *_regenerating(config),
             *_limitations(manifest, config)]
     return redact_text(f"---\n{head}---\n\n" + "\n".join(body) + "\n", known=False)
 
@@ -214,18 +236,29 @@ def _compute(report: Mapping[str, Any] | None) -> list[str]:
             "`editgen status OUT` (timings are not in the manifest: they differ between a run and its resume).", ""]
 
 
-def _features() -> list[str]:
+def _features(manifest: Mapping[str, Any]) -> list[str]:
     rows = [f"| `{name}` | {dtype} | {what} |" for name, dtype, what in MEMBERS]
+    schema, found = split_schema(manifest), ""
+    if schema is not None:
+        found = ("This dataset's members: " + ", ".join(f"`{m}`" for m in members_in_order(schema)) + ". The "
+                 "header's `dataset_info.features` declares each of them and every field of `json` with its type, "
+                 "over every sample of the splits above: None where a sample lacks one; `Json` for a field whose "
+                 "values have no common type.")
     return ["## Features", "", "Each sample's tar members (the WebDataset key is `<id>-cNNNN`, `-inv` for an inverse "
             "pair); `datasets` names the columns after them:", "", "| member | type | what |", "|---|---|---|", *rows,
-            "", "A real-image run adds `reconstruction.png`, a multi-turn session dataset `first_input.png`.", ""]
+            "", "A real-image run adds `reconstruction.png`, a multi-turn session dataset `first_input.png`. "
+            + found, ""]
 
 
 def _loading(manifest: Mapping[str, Any]) -> list[str]:
     train = data_files(manifest)[0]["path"]
     return ["## Load it", "", "With `datasets` (this card's `configs` name the splits; `test` is the eval split):", "",
-            "    from datasets import load_dataset", "    ds = load_dataset(\"OUT/shards\")  # this folder",
-            f"    ds = load_dataset(\"webdataset\", data_files={{\"train\": \"OUT/shards/{train}\"}})", "",
+            "    from datasets import load_dataset, load_dataset_builder",
+            "    ds = load_dataset(\"OUT/shards\")  # this folder",
+            f"    ds = load_dataset(\"webdataset\", data_files={{\"train\": \"OUT/shards/{train}\"}},",
+            "                      features=load_dataset_builder(\"OUT/shards\").info.features)", "",
+            "(the second form reads no card: without `features=` it guesses them from the first samples, and fails "
+            "where later ones have another member or set a field those leave null).", "",
             "With editgen's training loader (the manifest's exact tar list, paired augmentation, diffusers' keys):",
             "", "    from editgen.output.loader import instruct_pix2pix_dataset",
             "    train = instruct_pix2pix_dataset(\"OUT\")",
@@ -262,7 +295,8 @@ def _limitations(manifest: Mapping[str, Any], config: EditgenConfig) -> list[str
 
 def card_problems(text: str, manifest: Mapping[str, Any]) -> list[str]:
     """Why a card does not describe this manifest (`editgen validate`): its YAML header must parse, name the
-    published generation's split globs and count each split's samples as the manifest does."""
+    published generation's split globs, count each split's samples as the manifest does and declare its
+    features."""
     try:
         head = yaml.safe_load(text.split("---\n", 2)[1]) if text.startswith("---\n") else None
     except (yaml.YAMLError, IndexError):
@@ -279,11 +313,14 @@ def card_problems(text: str, manifest: Mapping[str, Any]) -> list[str]:
     counts = {s.get("name"): s.get("num_examples") for s in splits if isinstance(s, dict)}
     if counts != split_counts(manifest):
         problems.append(f"{CARD}: split sizes {counts} != the manifest's {split_counts(manifest)}")
+    if info.get("features") != features(manifest):
+        problems.append(f"{CARD}: dataset_info.features are not the manifest's schema of its splits")
     return problems
 
 
 #: Header fields and body sections another card of the same data (export-hf's parquet card) takes over; the
-#: sections left out describe the tars, which such a copy does not hold.
+#: fields (`dataset_info`: the tars' features and sizes) and sections left out describe the tars, which such a
+#: copy does not hold.
 SHARED_FIELDS = ("license", "task_categories", "size_categories", "tags", "pretty_name")
 TAR_SECTIONS = ("Features", "Load it")
 

@@ -22,10 +22,11 @@ shard.eval_fraction) when it has them, and `rejected` when the run published rej
 `rejected=True` exports only `rejected`, `rejected=False` only the kept ones (train and test).
 An export rewrites only the splits it writes: another split's files are never deleted, and the card
 lists every split DEST holds with its rows, then the run's own card (OUT/shards/README.md, output/card.py)
-less its sections about the tars: the same license, categories, models, thresholds and funnel. DEST must
-be new, empty (dot files aside, e.g. a cloned hub repo's .git)
-or an earlier export (it has an export-<split>.json); any other folder is refused. The card is editgen's
-and is rewritten by each export.
+less its sections and header fields about the tars (their `dataset_info.features`: the parquet schema's
+`huggingface` metadata declares these columns): the same license, categories, models, thresholds and
+funnel. DEST must be new, empty (dot files aside, e.g. a cloned hub repo's .git) or an earlier export (it
+has an export-<split>.json); any other folder is refused. The card is editgen's and is rewritten by each
+export.
 
 Written with pyarrow alone (the `datasets` package is optional): images use the `datasets` Image feature
 storage layout, a struct {bytes, path}, and the schema carries the `huggingface` features metadata.

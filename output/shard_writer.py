@@ -4,8 +4,10 @@ rejected-NNNNNN.tar (with shard.export_rejected) and OUT/manifest.json (the layo
 
 Same inputs and config give byte-identical shards: samples keep their upstream order, tar headers
 carry a fixed mtime/uid/gid/uname/mode, JSON is written with sorted keys, and nothing records the time
-or host. Each tar is assembled in memory and published through pipeline.storage.Storage (temp name +
-rename locally, one PUT on object stores), so readers never see half a shard.
+or host. The manifest also says what each set's samples hold (members, the JSON's fields and their types,
+joined over every sample: output/features.py), which the card declares. Each tar is assembled in memory
+and published through pipeline.storage.Storage (temp name + rename locally, one PUT on object stores), so
+readers never see half a shard.
 
 Publication is by generation: a dataset's tars go into their own folder `gen-<G>` (G from the shard
 config and upstream fingerprint, so an identical rerun lands in the same place), the manifest, which
@@ -34,6 +36,7 @@ import pyarrow as pa
 from editgen.filters.pairs.masks import MaskGeometry, mask_geometry
 from editgen.output.compute_report import compute_report
 from editgen.output.eval_split import EVAL_PREFIX, EVAL_SAMPLES_METRIC, EVAL_SECTION, EVAL_SHARDS_METRIC, in_eval
+from editgen.output.features import FEATURES, SplitSchema, tar_schema, to_manifest
 from editgen.output.inverse import INVERSE_METRIC, forward_row, has_inverse, inverse_key, inverse_row
 from editgen.output.keys import sample_key
 from editgen.output.manifest import (
@@ -229,6 +232,7 @@ class ShardSetWriter:
     Shard boundaries depend only on the sample sequence and the limits (sizes are computed exactly,
     before writing), so parallel writing cannot change the output. Consecutive samples of one `group` (a
     session's turns: output.sessions) are never cut apart: a tar holding one may pass the limits.
+    `schema` is what the written tars' samples hold (output.features), joined in tar order.
     """
 
     def __init__(
@@ -244,8 +248,9 @@ class ShardSetWriter:
         self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="shard")
-        self._inflight: list[Future[ShardInfo]] = []
+        self._inflight: list[Future[tuple[ShardInfo, SplitSchema]]] = []
         self.shards: list[ShardInfo] = []
+        self.schema = SplitSchema()
         self._members: list[tuple[str, bytes]] = []
         self._count = 0
         self._payload = 0
@@ -278,16 +283,22 @@ class ShardSetWriter:
         members, count = self._members, self._count
         self._members, self._count, self._payload = [], 0, 0
         while len(self._inflight) >= self.workers:  # bound memory: at most `workers` shards pending
-            self.shards.append(self._inflight.pop(0).result())
+            self._done()
         self._inflight.append(self._pool.submit(self._write, self.name(index), members, count))
 
-    def _write(self, name: str, members: list[tuple[str, bytes]], count: int) -> ShardInfo:
+    def _done(self) -> None:
+        """The oldest pending shard's result, taken in tar order (so the joined schema's order is fixed)."""
+        info, schema = self._inflight.pop(0).result()
+        self.shards.append(info)
+        self.schema = self.schema.join(schema)
+
+    def _write(self, name: str, members: list[tuple[str, bytes]], count: int) -> tuple[ShardInfo, SplitSchema]:
         data = build_tar(members)
         delay = fault_delay_s("shard")  # test hook (docs/faults.md): lets a test kill the driver mid-stage
         if delay:
             time.sleep(delay)
         self.storage.write_bytes(data, self.subdir, name)
-        return ShardInfo(name, count, len(data), hashlib.sha256(data).hexdigest())
+        return ShardInfo(name, count, len(data), hashlib.sha256(data).hexdigest()), tar_schema(members)
 
     def close(self, flush: bool = True) -> list[ShardInfo]:
         """Write the last shard (not when `flush` is False: the row stream failed, and a short tar must
@@ -296,7 +307,7 @@ class ShardSetWriter:
             if flush:
                 self._flush()
             while self._inflight:
-                self.shards.append(self._inflight.pop(0).result())
+                self._done()
         finally:
             self._pool.shutdown(wait=True)
         return self.shards
@@ -320,13 +331,16 @@ def generation_name(config_hash: str, upstream_key: str, prefix: str) -> str:
     return f"{GEN_PREFIX}{digest[:12]}"
 
 
-def _set_summary(shards: list[ShardInfo], folder: str) -> dict[str, Any]:
-    """Manifest entries name each tar relative to OUT (`shards/gen-<G>/edits-NNNNNN.tar`)."""
-    return {
+def _set_summary(writer: ShardSetWriter) -> dict[str, Any]:
+    """A closed set's manifest section. Entries name each tar relative to OUT (`shards/gen-<G>/edits-NNNNNN.tar`);
+    `features`: what the set's samples hold (output.features; none for a set without samples)."""
+    shards, folder = writer.shards, writer.subdir
+    summary = {
         "samples": sum(s.samples for s in shards),
         "bytes": sum(s.bytes for s in shards),
         "shards": [{**asdict(s), "name": f"{folder}/{s.name}"} for s in shards],
     }
+    return {**summary, FEATURES: to_manifest(writer.schema)} if summary["samples"] else summary
 
 
 def _collect_model_edits(row: dict[str, Any], found: dict[str, Any]) -> None:
@@ -492,11 +506,11 @@ def write_dataset(
     finally:  # a failed row stream (a damaged partition) writes no short last tar
         kept_shards, rejected_shards, eval_shards = writers.close(complete)
     manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "config_hash": config_hash, "upstream_key": upstream_key,
-                                "prefix": prefix, "generation": gen, **_set_summary(kept_shards, kept_dir)}
+                                "prefix": prefix, "generation": gen, **_set_summary(writers.kept)}
     if writers.rejected is not None:
-        manifest["rejected"] = _set_summary(rejected_shards, rejected_dir)
+        manifest["rejected"] = _set_summary(writers.rejected)
     if writers.eval is not None:
-        manifest[EVAL_SECTION] = _set_summary(eval_shards, kept_dir)
+        manifest[EVAL_SECTION] = _set_summary(writers.eval)
     published = manifest["samples"] + sum(s.samples for s in eval_shards)
     so_far: GlobalSummary = {"rows_in": rows_in, "rows_out": published, "dropped": dict(sorted(dropped.items()))}
     extra = {**(sections(so_far) if sections is not None else {}), SESSIONS_SECTION: chains.summary()}

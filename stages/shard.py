@@ -34,8 +34,9 @@ FILTER = "filter"
 
 class ShardStage(Stage[ShardConfig]):
     name = "shard"
-    version = "4"  # 2: OUT/manifest.json, rejected tars, a mask in every sample; 3: the funnel by edit type;
-    # 4: with a judge, the rejected export holds the filter's rejects too
+    version = "5"  # 2: OUT/manifest.json, rejected tars, a mask in every sample; 3: the funnel by edit type;
+    # 4: with a judge, the rejected export holds the filter's rejects too; 5: each split's schema in the manifest
+    # (`features`, output/features.py), declared in the card
     is_global = True
     input_columns = ("candidate", "input_image", "edited_image")
 

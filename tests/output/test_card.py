@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -16,6 +17,7 @@ from editgen.cli.validate import validate
 from editgen.output.card import CARD, build_card, card_problems
 from editgen.output.eval_split import in_eval
 from editgen.output.export_hf import export_hf
+from editgen.output.features import ANY, MAX_FIELDS, SplitSchema, from_tree, infer, join, to_tree, yaml_features
 from editgen.output.inverse import is_inverse_key
 from editgen.output.loader import shard_urls
 from editgen.output.shard_writer import write_dataset
@@ -115,6 +117,8 @@ def test_card_header_counts_and_load_dataset(out, tmp_path):
     assert f"Kept samples (the shard stage's rows out, both splits): {m['survival']['kept_samples']}." in body
     assert m["survival"]["kept_samples"] == m["samples"] + m["eval"]["samples"]
     ds = datasets.load_dataset(str(out / "shards"), cache_dir=str(tmp_path / "cache"))
+    declared = datasets.Features._from_yaml_list(head["dataset_info"]["features"])
+    assert ds["train"].features == ds["test"].features == declared  # the card's, not inferred
     assert set(ds) == {"train", "test"}
     assert (ds["train"].num_rows, ds["test"].num_rows) == (m["samples"], m["eval"]["samples"])
     assert sorted(ds["test"]["__key__"]) == sorted(keys_of(out, "eval"))
@@ -180,6 +184,8 @@ def test_validate_names_a_card_that_miscounts(out, tmp_path):
     wrong = text.replace(f"num_examples: {m['samples']}\n", f"num_examples: {m['samples'] + 1}\n", 1)
     assert card_problems(wrong, m) and "split sizes" in card_problems(wrong, m)[0]
     assert card_problems("# no header", m)
+    undeclared = text.replace("  features:\n", "  features_:\n", 1)
+    assert [p for p in card_problems(undeclared, m) if "dataset_info.features" in p]
 
 
 def test_export_hf_writes_the_eval_split_and_the_runs_card(out, tmp_path):
@@ -190,6 +196,7 @@ def test_export_hf_writes_the_eval_split_and_the_runs_card(out, tmp_path):
     head = yaml.safe_load(card.split("---\n", 2)[1])
     assert head["license"] == header(out)["license"] and head["size_categories"] == ["n<1K"]
     assert f"| `test` | {m['eval']['samples']} |" in card and "## Survival funnel" in card and "## Load it" not in card
+    assert "dataset_info" not in head  # the tars' features are not the parquet files' columns
     ds = datasets.load_dataset(str(dest), cache_dir=str(tmp_path / "cache"))
     assert (ds["train"].num_rows, ds["test"].num_rows) == (m["samples"], m["eval"]["samples"])
     assert sorted(ds["test"]["key"]) == sorted(keys_of(out, "eval"))
@@ -202,3 +209,74 @@ def test_eval_prefix_is_refused_and_only_a_split_moves_the_hash():
     shard_hash = lambda **shard: stage_hashes(build_config(extra={"shard": shard}))["shard"]  # noqa: E731
     assert shard_hash() == shard_hash(eval_fraction=0.0) == shard_hash(card={"license": "mit"})  # old runs keep theirs
     assert shard_hash(eval_fraction=0.1) != shard_hash()
+
+
+def _varying(start: int, part: str):
+    """A filter-table edit: from row `start` on, samples gain a member (`part` "member": a reconstruction, as
+    a real-image engine's rows in a mixed run) or set JSON fields the earlier ones hold as null, empty or of
+    another type (`part` "json": a mask description, per-word p2p windows and reweights)."""
+    def edit(t: pa.Table) -> pa.Table:
+        rows = t.to_pylist()
+        for i, row in enumerate(rows):
+            late = i >= start
+            if part == "member":
+                row["reconstruction"] = row["input_image"] if late else None
+                continue
+            params = json.loads(row["params"])
+            params["edits"] = [{"cross_replace": {"box": [0.0, 0.8]} if late else 0.8,
+                                "reweight": {"box": 2.0} if late else {}}]
+            if late:
+                params["mask"] = {"kind": "diffedit", "words": ["box"]}
+            row["params"] = json.dumps(params, sort_keys=True)
+        return pa.Table.from_pylist(rows)
+    return edit
+
+
+@pytest.mark.parametrize(("part", "start", "error"), [("member", 3, ValueError),
+                                                      ("json", 6, datasets.exceptions.DatasetGenerationError)])
+def test_declared_features_load_samples_that_differ(tmp_path, part, start, error):
+    """datasets infers features from a tar's first 5 samples: a member only some of those have fails the load,
+    a JSON field they hold as null fails at the first sample that sets it. The card's features, joined over
+    every sample, load both, a missing member or field as None."""
+    records = filter_partitions(tmp_path, parts=1, pairs=4, candidates=3, size=16, keep_fraction=1.0,
+                                edit=_varying(start, part))
+    write_shards(tmp_path, records, samples_per_shard=100)
+    card = tmp_path / "shards" / CARD
+    ds = datasets.load_dataset(str(tmp_path / "shards"), cache_dir=str(tmp_path / "cache"))["train"]
+    assert ds.num_rows == manifest(tmp_path)["samples"] == 12
+    assert ds.features == datasets.Features._from_yaml_list(header(tmp_path)["dataset_info"]["features"])
+    if part == "member":
+        assert [r is None for r in ds["reconstruction.png"]] == [i < start for i in range(12)]
+    else:
+        meta = ds["json"]
+        assert [m["mask_kind"] for m in meta] == [None] * start + ["diffedit"] * (12 - start)
+        edits = [m["params"]["edits"][0] for m in meta]  # `Json` (no common type): each value as it was
+        assert [e["cross_replace"] for e in edits[start - 1:start + 1]] == [0.8, {"box": [0.0, 0.8]}]
+        assert edits[-1]["reweight"] == {"box": 2.0}
+    _, head, body = card.read_text().split("---\n", 2)
+    undeclared = yaml.safe_load(head)
+    del undeclared["dataset_info"]["features"]
+    card.write_text(f"---\n{yaml.safe_dump(undeclared, sort_keys=False)}---\n{body}")
+    with pytest.raises(error):
+        datasets.load_dataset(str(tmp_path / "shards"), cache_dir=str(tmp_path / "inferred"))
+
+
+def test_feature_types_join_and_round_trip_through_datasets_yaml():
+    """output/features.py: the lattice (nulls, int/float, fields a sample lacks, no common type, too many
+    fields), the manifest's form, and the YAML `datasets` reads back to the same arrow types."""
+    values = [{"a": None, "b": [{"x": 1}], "c": {"d": [[1.5]]}, "e": {}, "f": 1, "g": [], "n": None},
+              {"a": "s", "b": [], "c": {"d": [[2]]}, "f": "one", "g": [True]}]
+    want = pa.struct([("a", pa.string()), ("b", pa.list_(pa.struct([("x", pa.int64())]))),
+                      ("c", pa.struct([("d", pa.list_(pa.list_(pa.float64())))])), ("e", pa.struct([])),
+                      ("f", ANY), ("g", pa.list_(pa.bool_())), ("n", pa.null())])
+    first, second = infer(values[:1]), infer(values[1:])
+    assert infer(values) == want == join(first, second) == join(second, first)
+    assert infer([{str(i): i for i in range(MAX_FIELDS + 1)}]) == ANY == infer([2**63]) == infer([1, [1]])
+    assert from_tree(json.loads(json.dumps(to_tree(want)))) == want
+    declared = yaml_features(SplitSchema(frozenset({"json", "txt", "mask.png", "edited.jpg", "input.png"}), want))
+    assert [f["name"] for f in declared] == ["input.png", "edited.jpg", "mask.png", "txt", "json", "__key__",
+                                             "__url__"]
+    features = datasets.Features._from_yaml_list(declared)
+    assert features._to_yaml_list() == declared  # the shape datasets itself writes
+    assert features["input.png"] == features["edited.jpg"] == datasets.Image()
+    assert features.arrow_schema.field("json").type == want and features["json"]["f"] == datasets.Json()
