@@ -62,8 +62,13 @@ demo-real: venv
 
 # The main venv runs everything except the llm-marked tests, including the cross-venv path where the
 # driver starts vLLM actors under the LLM venv's interpreter; the LLM venv runs the llm-marked tests.
+# The main suite runs in TEST_WORKERS pytest-xdist processes, a test file per worker (its module fixtures,
+# e.g. a shared clean run, are built once): its pipeline runs wait on Ray and subprocesses about half the
+# time, so 2 workers on 2 cores finish in about 2/3 of the serial time. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: venv venv-llm chromium lint
-	EDITGEN_LLM_PYTHON=$(abspath $(VENV_LLM))/bin/python $(VENV)/bin/python -m pytest -m "not llm" -p no:cacheprovider
+	EDITGEN_LLM_PYTHON=$(abspath $(VENV_LLM))/bin/python $(VENV)/bin/python -m pytest -m "not llm" -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist loadfile
 	$(VENV_LLM)/bin/python -m pytest -m llm -p no:cacheprovider tests/llm tests/stages/test_instruct_runner.py tests/stages/test_instruct_stage.py tests/prompts
 
 bench: venv venv-llm
