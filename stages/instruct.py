@@ -30,8 +30,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from editgen.llm.base import LLMBackend, LLMRequest
+from editgen.llm.base import LLMBackend, LLMRequest, LLMResult
 from editgen.llm.parse import ParsedEdit, parse_edit
+from editgen.llm.reask import Round, ask_until_parsed
 from editgen.llm.turns import repeats_caption, turn_rows
 from editgen.llm.validate import MISSING_CAPTION, SESSION_REPEATS, UNPARSEABLE, Validator
 from editgen.p2p.edit_diff import EditDiff, diff_captions
@@ -167,45 +168,36 @@ class InstructStage(Stage[InstructConfig]):
         self.metrics[key] = self.metrics.get(key, 0.0) + float(value)
 
     def _generate(self, rows: list[RowState], ids: list[str]) -> None:
-        """Ask the backend for all rows; re-ask only unparseable ones, one call per round."""
-        assert self.backend is not None and self.builder is not None
+        """Ask the backend for all rows; re-ask only unparseable ones, one call per round (llm.reask)."""
+        backend, builder = self.backend, self.builder
+        assert backend is not None and builder is not None
+
+        def request(i: int, attempt: int) -> LLMRequest:
+            return builder.request(ids[i], rows[i].caption or "", attempt, backend.needs_messages, rows[i].requested)
+
+        def accept(i: int, req: LLMRequest, res: LLMResult, attempt: int) -> bool:
+            row = rows[i]
+            row.seed, row.attempts = req.seed, attempt + 1
+            self._add("generated_tokens", res.generated_tokens)
+            self._add("prompt_tokens", res.prompt_tokens)
+            self._add("request_retries", res.retries)
+            if res.error:
+                row.reason = res.error
+                return True
+            row.edit = parse_edit(res.text)
+            return row.edit is not None
+
         pending = [i for i, r in enumerate(rows) if r.reason is None]
-        for attempt in range(self.settings.max_attempts):
-            if not pending:
-                return
-            requests: list[LLMRequest] = [
-                self.builder.request(
-                    ids[i], rows[i].caption or "", attempt, self.backend.needs_messages, rows[i].requested
-                )
-                for i in pending
-            ]
-            t0 = time.perf_counter()
-            results = self.backend.generate(requests)
-            seconds = time.perf_counter() - t0
-            self._add("llm_seconds", seconds)
-            if self.resources().num_gpus > 0:  # a vLLM engine on this actor's GPUs (output/survival.py)
-                self._add("gpu_seconds", seconds * self.resources().num_gpus)
-            self._add("requests", len(requests))
-            if attempt:
-                self._add("retries", len(requests))
-            if len(results) != len(requests):
-                raise RuntimeError(f"{self.backend.name}: {len(results)} answers for {len(requests)} requests")
-            retry = []
-            for i, req, res in zip(pending, requests, results, strict=True):
-                row = rows[i]
-                row.seed, row.attempts = req.seed, attempt + 1
-                self._add("generated_tokens", res.generated_tokens)
-                self._add("prompt_tokens", res.prompt_tokens)
-                self._add("request_retries", res.retries)
-                if res.error:
-                    row.reason = res.error
-                    continue
-                row.edit = parse_edit(res.text)
-                if row.edit is None:
-                    retry.append(i)
-            pending = retry
-        for i in pending:
+        for i in ask_until_parsed(backend, pending, request, accept, self.settings.max_attempts, self._count_round):
             rows[i].reason = UNPARSEABLE
+
+    def _count_round(self, done: Round) -> None:
+        self._add("llm_seconds", done.seconds)
+        if self.resources().num_gpus > 0:  # a vLLM engine on this actor's GPUs (output/survival.py)
+            self._add("gpu_seconds", done.seconds * self.resources().num_gpus)
+        self._add("requests", len(done.requests))
+        if done.attempt:
+            self._add("retries", len(done.requests))
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         if self.backend is None:

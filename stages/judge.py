@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from editgen.filters.pairs.judge_select import NOT_TOP_K, SCORES, below_reason, combined, top_k
 from editgen.llm.judge_parse import UNPARSEABLE, JudgeAnswer, parse_judgement
+from editgen.llm.reask import Round, ask_until_parsed
 from editgen.llm.vlm_request import JudgeInput, judge_request, judge_schema
 from editgen.pipeline.errors import ConfigError
 from editgen.pipeline.settings.base import Resources
@@ -31,7 +32,7 @@ from editgen.prompts.judge import load_rubric, shrink
 from editgen.stages.llm_actors import llm_python, llm_ray_options, llm_resources
 
 if TYPE_CHECKING:
-    from editgen.llm.base import LLMBackend, LLMRequest
+    from editgen.llm.base import LLMBackend, LLMRequest, LLMResult
     from editgen.pipeline.config import EditgenConfig
     from editgen.pipeline.stage import Partition
 
@@ -118,7 +119,7 @@ class JudgeStage(Stage[JudgeConfig]):
         return judge_request(inp, self.rubric)
 
     def _judge(self, rows: list[dict[str, Any]]) -> list[JudgeAnswer | str]:
-        """Each row's judgement, or its drop reason; malformed answers re-asked, one call per round."""
+        """Each row's judgement, or its drop reason; malformed answers re-asked, one call per round (llm.reask)."""
         assert self.backend is not None
         found: list[JudgeAnswer | str] = [UNPARSEABLE] * len(rows)
         first: dict[int, LLMRequest] = {}  # attempt 0's requests; building one is the images' decode check
@@ -127,37 +128,30 @@ class JudgeStage(Stage[JudgeConfig]):
                 first[i] = self._request(row, 0)
             except (ValueError, KeyError, TypeError):
                 found[i] = BAD_IMAGE
-        pending = list(first)
-        for attempt in range(self.settings.max_attempts):
-            if not pending:
-                break
-            requests = [first[i] if attempt == 0 else self._request(rows[i], attempt) for i in pending]
-            t0 = time.perf_counter()
-            results = self.backend.generate(requests)
-            self._count(len(requests), attempt, time.perf_counter() - t0, results)
-            retry = []
-            for i, res in zip(pending, results, strict=True):
-                rows[i]["_attempts"] = attempt + 1
-                answer = None if res.error else parse_judgement(res.text, self.settings.max_reason_chars)
-                if answer is not None:
-                    found[i] = answer
-                elif res.error:
-                    found[i] = res.error
-                else:
-                    retry.append(i)
-            pending = retry
+
+        def accept(i: int, _req: LLMRequest, res: LLMResult, attempt: int) -> bool:
+            rows[i]["_attempts"] = attempt + 1
+            answer = None if res.error else parse_judgement(res.text, self.settings.max_reason_chars)
+            if answer is not None or res.error:
+                found[i] = answer if answer is not None else str(res.error)
+                return True
+            return False
+
+        ask_until_parsed(self.backend, list(first),
+                         lambda i, attempt: first[i] if attempt == 0 else self._request(rows[i], attempt),
+                         accept, self.settings.max_attempts, self._count)
         return found
 
-    def _count(self, n: int, attempt: int, seconds: float, results: list[Any]) -> None:
-        m = self.metrics
+    def _count(self, done: Round) -> None:
+        m, n = self.metrics, len(done.requests)
         m["requests"] += n
-        m["retries"] += n if attempt else 0
-        m["judge_seconds"] += seconds
+        m["retries"] += n if done.attempt else 0
+        m["judge_seconds"] += done.seconds
         gpus = self.resources().num_gpus  # a vLLM engine on this actor's GPUs (an openai server's are not ours)
         if gpus and self.settings.backend == "vllm":
-            m["gpu_seconds"] = m.get("gpu_seconds", 0.0) + seconds * gpus
-        m["generated_tokens"] += sum(r.generated_tokens for r in results)
-        m["prompt_tokens"] += sum(r.prompt_tokens for r in results)
+            m["gpu_seconds"] = m.get("gpu_seconds", 0.0) + done.seconds * gpus
+        m["generated_tokens"] += sum(r.generated_tokens for r in done.results)
+        m["prompt_tokens"] += sum(r.prompt_tokens for r in done.results)
 
     def _output(self, table: pa.Table, rows: list[dict[str, Any]], answers: list[JudgeAnswer | str]) -> pa.Table:
         """Scores, reasons and the combined score per row; thresholds, then top-k (judge_select)."""
